@@ -1,0 +1,185 @@
+//! Benchmarks (commands, never timed tests): the training step, with the GEMM peak it is measured
+//! against.
+
+use crate::config::LlamaConfig;
+use crate::kernels::matmul::matmul;
+use crate::model::{Llama, Workspace};
+use crate::profile::timed;
+use crate::rng::Rng;
+use crate::train::{clip_grad_norm, AdamW, AdamWConfig};
+use anyhow::Result;
+use serde::Serialize;
+use std::time::Instant;
+
+#[derive(Debug, Serialize)]
+pub struct GemmPeak {
+    pub gflops: f64,
+    /// `m×k×n` of the shape that reached it.
+    pub shape: String,
+    pub all: Vec<(String, f64)>,
+}
+
+/// The f32 GEMM peak of this machine as our GEMM reaches it: the best of several timed runs of
+/// each of the model's own forward GEMM shapes (`[B*T, d]·[d, out]` for QKV, output projection,
+/// gate/up, down and head), on all threads; GFLOP/s = 2mkn / time.
+pub fn gemm_peak(cfg: &LlamaConfig, rows: usize) -> GemmPeak {
+    let d = cfg.hidden_size;
+    let shapes = [
+        (rows, d, cfg.q_dim() + 2 * cfg.kv_dim()),
+        (rows, cfg.q_dim(), d),
+        (rows, d, 2 * cfg.intermediate_size),
+        (rows, cfg.intermediate_size, d),
+        (rows.min(256), d, cfg.vocab_size),
+    ];
+    let mut r = Rng::new(0);
+    let mut all = vec![];
+    for (m, k, n) in shapes {
+        let a: Vec<f32> = (0..m * k).map(|_| r.normal() as f32).collect();
+        let b: Vec<f32> = (0..n * k).map(|_| r.normal() as f32).collect();
+        let mut c = vec![0.0f32; m * n];
+        let flop = 2.0 * (m * n * k) as f64;
+        let reps = ((2e10 / flop) as usize).clamp(2, 50);
+        let mut best = f64::INFINITY;
+        for _ in 0..3 {
+            let t = Instant::now();
+            for _ in 0..reps {
+                matmul(&mut c, &a, &b, m, n, k, false, true, false);
+            }
+            best = best.min(t.elapsed().as_secs_f64() / reps as f64);
+        }
+        all.push((format!("{m}x{k}x{n}"), flop / best / 1e9));
+    }
+    let (shape, gflops) = all.iter().cloned().fold((String::new(), 0.0), |a, b| if b.1 > a.1 { b } else { a });
+    GemmPeak { gflops, shape, all }
+}
+
+#[derive(Debug, Serialize)]
+pub struct TrainBench {
+    pub preset: String,
+    pub params: usize,
+    pub batch: usize,
+    pub seq_len: usize,
+    pub threads: usize,
+    pub steps: usize,
+    /// Median step time (forward, backward, clip, AdamW).
+    pub step_ms: f64,
+    pub step_ms_min: f64,
+    pub tokens_per_s: f64,
+    pub gflop_per_step: f64,
+    pub achieved_gflops: f64,
+    pub gemm_peak_gflops: f64,
+    pub gemm_peak_shape: String,
+    /// achieved / GEMM peak, FLOPs counted as 6 × matmul parameters × tokens plus attention.
+    pub mfu: f64,
+    /// Process peak resident memory (VmHWM).
+    pub peak_rss_bytes: u64,
+    /// CPU seconds / wall seconds over the timed steps: ~threads when the process had its cores.
+    pub cpu_utilisation: f64,
+    pub loss_first: f64,
+    pub loss_last: f64,
+    /// Per-kernel (name, ms per step, calls per step), with `--profile`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub profile: Vec<(String, f64, f64)>,
+}
+
+/// Times `steps` training steps after `warmup` untimed ones. With `profile`, the per-kernel
+/// breakdown of the timed steps is in the result.
+pub fn train_bench(
+    preset: &str,
+    cfg: &LlamaConfig,
+    batch: usize,
+    seq_len: usize,
+    steps: usize,
+    warmup: usize,
+    profile: bool,
+) -> Result<TrainBench> {
+    let peak = gemm_peak(cfg, batch * seq_len);
+    let mut model = Llama::new_init(cfg.clone(), 1234);
+    let mut ws = Workspace::new(cfg, batch, seq_len);
+    let mut grads = vec![0.0f32; model.layout.total];
+    let mut opt = AdamW::new(model.layout.total, AdamWConfig::default());
+    let mut r = Rng::new(42);
+    let n = batch * seq_len;
+    let ids: Vec<u32> = (0..n + 1).map(|_| r.below(cfg.vocab_size as u64) as u32).collect();
+    let (tokens, targets) = (&ids[..n], &ids[1..]);
+    let mut times = vec![];
+    let mut losses = vec![];
+    let mut cpu0 = 0.0;
+    let mut wall0 = Instant::now();
+    for i in 0..warmup + steps {
+        if i == warmup {
+            cpu0 = process_cpu_seconds();
+            wall0 = Instant::now();
+        }
+        let t = Instant::now();
+        crate::profile::enable(profile && i >= warmup);
+        timed("zero_grad", || grads.fill(0.0));
+        let loss = model.forward_backward(&mut ws, &mut grads, tokens, targets, 1.0 / n as f32)?;
+        timed("clip_grad_norm", || clip_grad_norm(&mut grads, 1.0));
+        timed("adamw", || opt.update(&mut model.params, &grads, 4e-4));
+        crate::profile::enable(false);
+        let dt = t.elapsed().as_secs_f64();
+        losses.push(loss);
+        if i >= warmup {
+            times.push(dt);
+        }
+    }
+    let cpu = process_cpu_seconds() - cpu0;
+    let wall = wall0.elapsed().as_secs_f64();
+    let mut sorted = times.clone();
+    sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let med = sorted[sorted.len() / 2];
+    let flop = cfg.train_flops_per_token(seq_len) * n as f64;
+    Ok(TrainBench {
+        preset: preset.to_string(),
+        params: cfg.num_params(),
+        batch,
+        seq_len,
+        threads: rayon::current_num_threads(),
+        steps,
+        step_ms: med * 1e3,
+        step_ms_min: sorted[0] * 1e3,
+        tokens_per_s: n as f64 / med,
+        gflop_per_step: flop / 1e9,
+        achieved_gflops: flop / med / 1e9,
+        gemm_peak_gflops: peak.gflops,
+        gemm_peak_shape: peak.shape,
+        mfu: flop / med / 1e9 / peak.gflops,
+        peak_rss_bytes: peak_rss_bytes(),
+        cpu_utilisation: cpu / wall,
+        loss_first: losses[0],
+        loss_last: *losses.last().unwrap(),
+        profile: crate::profile::take()
+            .into_iter()
+            .map(|(name, s, calls)| (name.to_string(), s * 1e3 / steps as f64, calls as f64 / steps as f64))
+            .collect(),
+    })
+}
+
+/// Peak resident set size of this process (Linux `VmHWM`), 0 where unknown.
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+/// User + system CPU time of this process (Linux `/proc/self/stat`, clock ticks of 1/100 s).
+pub fn process_cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = &s[s.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ut: f64 = f.get(11)?.parse().ok()?;
+            let st: f64 = f.get(12)?.parse().ok()?;
+            Some((ut + st) / 100.0)
+        })
+        .unwrap_or(0.0)
+}

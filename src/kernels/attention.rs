@@ -1,0 +1,330 @@
+//! Causal grouped-query attention, flash style: keys are visited in tiles with an online softmax,
+//! only the per-row log-sum-exp is kept for backward, and the backward pass recomputes the
+//! probabilities instead of storing a T×T matrix. Query head `h` reads key/value head
+//! `h / (n_heads / n_kv_heads)` in place (no materialised repeat of K/V), as transformers'
+//! `repeat_kv` lays them out.
+//!
+//! Layout: the fused projection buffer `qkv[B*T, (n_heads + 2 n_kv) * head_dim]` holds per row the
+//! query heads, then the key heads, then the value heads. The output is `[B*T, n_heads * head_dim]`.
+
+use super::{axpy, dot, exp};
+use rayon::prelude::*;
+
+/// Shapes of one attention call.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnShape {
+    pub batch: usize,
+    pub seq_len: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl AttnShape {
+    pub fn qkv_stride(&self) -> usize {
+        (self.n_heads + 2 * self.n_kv_heads) * self.head_dim
+    }
+    pub fn out_stride(&self) -> usize {
+        self.n_heads * self.head_dim
+    }
+    fn k_off(&self, g: usize) -> usize {
+        (self.n_heads + g) * self.head_dim
+    }
+    fn v_off(&self, g: usize) -> usize {
+        (self.n_heads + self.n_kv_heads + g) * self.head_dim
+    }
+    fn scale(&self) -> f32 {
+        1.0 / (self.head_dim as f32).sqrt()
+    }
+}
+
+const KEY_TILE: usize = 64;
+const MAX_HEAD_DIM: usize = 512;
+
+/// Raw pointer shared by tasks that write disjoint parts of one buffer.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+/// Floats of scratch that [`attention_forward`] and [`attention_backward`] need: per
+/// (batch, kv head) task, transposed K and V and the task's dK and dV.
+pub fn attention_scratch_len(s: AttnShape) -> usize {
+    s.batch * s.n_kv_heads * 4 * s.head_dim * padded(s.seq_len)
+}
+
+/// Keys are laid out transposed in rows of `padded(t_len)` floats, zero beyond `t_len`, so that a
+/// whole key tile can always be read.
+fn padded(t_len: usize) -> usize {
+    t_len.div_ceil(KEY_TILE) * KEY_TILE
+}
+
+/// `dst[e * padded(t_len) + j] = src row j, column e` for the rows of one sequence: K or V of one
+/// head, transposed so that scores against a tile of keys are one vectorised loop over keys.
+fn transpose_head(dst: &mut [f32], qkv: &[f32], base: usize, stride: usize, off: usize, t_len: usize, hd: usize) {
+    let tp = padded(t_len);
+    dst[..hd * tp].fill(0.0);
+    for j in 0..t_len {
+        let row = &qkv[(base + j) * stride + off..][..hd];
+        for (e, &v) in row.iter().enumerate() {
+            dst[e * tp + j] = v;
+        }
+    }
+}
+
+/// `s[j] = Σ_e q[e] · kt[e][j0 + j]` for a whole tile of keys from `j0`; the tile's 64
+/// accumulators stay in registers.
+#[inline(always)]
+fn score_tile(q: &[f32], kt: &[f32], tp: usize, j0: usize) -> [f32; KEY_TILE] {
+    let mut s = [0.0f32; KEY_TILE];
+    for (e, &qe) in q.iter().enumerate() {
+        let row: &[f32; KEY_TILE] = kt[e * tp + j0..][..KEY_TILE].try_into().unwrap();
+        for l in 0..KEY_TILE {
+            s[l] += qe * row[l];
+        }
+    }
+    s
+}
+
+/// Maximum of a tile, with 16 independent lanes (a serial fold would wait on each `max`).
+#[inline(always)]
+fn lane_max(x: &[f32; KEY_TILE]) -> f32 {
+    let mut m = [f32::NEG_INFINITY; 16];
+    for c in x.chunks_exact(16) {
+        for l in 0..16 {
+            m[l] = m[l].max(c[l]);
+        }
+    }
+    m.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b))
+}
+
+/// Sum of a tile, with 16 independent lanes.
+#[inline(always)]
+fn lane_sum(x: &[f32; KEY_TILE]) -> f32 {
+    let mut s = [0.0f32; 16];
+    for c in x.chunks_exact(16) {
+        for l in 0..16 {
+            s[l] += c[l];
+        }
+    }
+    s.iter().sum()
+}
+
+/// Forward: `out = softmax(q kᵀ / sqrt(h) + causal mask) v` per head; `lse[b, head, t]` keeps the
+/// log-sum-exp of each query row's scores for the backward pass.
+pub fn attention_forward(out: &mut [f32], lse: &mut [f32], qkv: &[f32], scratch: &mut [f32], s: AttnShape) {
+    let (t_len, hd) = (s.seq_len, s.head_dim);
+    assert!(hd <= MAX_HEAD_DIM, "head_dim {hd} above {MAX_HEAD_DIM}");
+    assert!(qkv.len() >= s.batch * t_len * s.qkv_stride() && out.len() >= s.batch * t_len * s.out_stride());
+    assert!(lse.len() >= s.batch * s.n_heads * t_len && scratch.len() >= attention_scratch_len(s));
+    let (qs, os) = (s.qkv_stride(), s.out_stride());
+    let rep = s.n_heads / s.n_kv_heads;
+    let scale = s.scale();
+    let out_ptr = SharedMut(out.as_mut_ptr());
+    let per_task = attention_scratch_len(s) / (s.batch * s.n_kv_heads);
+    // One task per (batch, kv head): K is transposed once for the query heads that share it.
+    lse[..s.batch * s.n_heads * t_len]
+        .par_chunks_mut(rep * t_len)
+        .zip(scratch.par_chunks_mut(per_task))
+        .enumerate()
+        .for_each(|(task, (lse_g, scr))| {
+            let out_ptr = out_ptr;
+            let (b, g) = (task / s.n_kv_heads, task % s.n_kv_heads);
+            let base = b * t_len;
+            let tp = padded(t_len);
+            let kt = &mut scr[..hd * tp];
+            transpose_head(kt, qkv, base, qs, s.k_off(g), t_len, hd);
+            let vo = s.v_off(g);
+            let mut acc = [0.0f32; MAX_HEAD_DIM];
+            let mut q = [0.0f32; MAX_HEAD_DIM];
+            for (hi, lse_row) in lse_g.chunks_mut(t_len).enumerate() {
+                let h = g * rep + hi;
+                for i in 0..t_len {
+                    let q = &mut q[..hd];
+                    for (qv, &x) in q.iter_mut().zip(&qkv[(base + i) * qs + h * hd..][..hd]) {
+                        *qv = x * scale;
+                    }
+                    let acc = &mut acc[..hd];
+                    acc.fill(0.0);
+                    let (mut m, mut l) = (f32::NEG_INFINITY, 0.0f32);
+                    for j0 in (0..=i).step_by(KEY_TILE) {
+                        let n = (i + 1 - j0).min(KEY_TILE);
+                        let mut sc = score_tile(q, kt, tp, j0);
+                        sc[n..].fill(f32::NEG_INFINITY); // causal mask
+                        let m_new = m.max(lane_max(&sc));
+                        let corr = exp(m - m_new);
+                        for sv in sc.iter_mut() {
+                            *sv = exp(*sv - m_new);
+                        }
+                        sc[n..].fill(0.0);
+                        l = l * corr + lane_sum(&sc);
+                        for a in acc.iter_mut() {
+                            *a *= corr;
+                        }
+                        for (jj, &p) in sc[..n].iter().enumerate() {
+                            axpy(acc, p, &qkv[(base + j0 + jj) * qs + vo..][..hd]);
+                        }
+                        m = m_new;
+                    }
+                    let inv = 1.0 / l;
+                    // SAFETY: task (b, g) alone writes rows of batch b in the columns of the
+                    // query heads of group g.
+                    let o = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add((base + i) * os + h * hd), hd) };
+                    for (ov, a) in o.iter_mut().zip(acc.iter()) {
+                        *ov = a * inv;
+                    }
+                    lse_row[i] = m + l.ln();
+                }
+            }
+        });
+}
+
+/// Backward (FlashAttention-2 order): writes `dqkv` (query, key and value gradients, before the
+/// rotary backward) from `dout`, recomputing the probabilities from `qkv` and `lse`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    dqkv: &mut [f32],
+    dout: &[f32],
+    out: &[f32],
+    qkv: &[f32],
+    lse: &[f32],
+    scratch: &mut [f32],
+    s: AttnShape,
+) {
+    let (t_len, hd) = (s.seq_len, s.head_dim);
+    assert!(dqkv.len() >= s.batch * t_len * s.qkv_stride());
+    assert!(scratch.len() >= attention_scratch_len(s));
+    let (qs, os) = (s.qkv_stride(), s.out_stride());
+    let rep = s.n_heads / s.n_kv_heads;
+    let scale = s.scale();
+    let d_ptr = SharedMut(dqkv.as_mut_ptr());
+    let per_task = attention_scratch_len(s) / (s.batch * s.n_kv_heads);
+    // One task per (batch, kv head): the query heads that share a kv head accumulate into the
+    // same dK/dV, so they run in order inside one task.
+    scratch.par_chunks_mut(per_task).take(s.batch * s.n_kv_heads).enumerate().for_each(|(task, scr)| {
+        let d_ptr = d_ptr;
+        let (b, g) = (task / s.n_kv_heads, task % s.n_kv_heads);
+        let base = b * t_len;
+        let tp = padded(t_len);
+        let (kt, rest) = scr.split_at_mut(hd * tp);
+        let (vt, rest) = rest.split_at_mut(hd * tp);
+        let (dk, rest) = rest.split_at_mut(hd * t_len);
+        let dv = &mut rest[..hd * t_len];
+        transpose_head(kt, qkv, base, qs, s.k_off(g), t_len, hd);
+        transpose_head(vt, qkv, base, qs, s.v_off(g), t_len, hd);
+        dk.fill(0.0);
+        dv.fill(0.0);
+        let ko = s.k_off(g);
+        for h in g * rep..(g + 1) * rep {
+            let lse_h = &lse[(b * s.n_heads + h) * t_len..][..t_len];
+            for i in 0..t_len {
+                let q = &qkv[(base + i) * qs + h * hd..][..hd];
+                let d_o = &dout[(base + i) * os + h * hd..][..hd];
+                let di = dot(d_o, &out[(base + i) * os + h * hd..][..hd]);
+                let lse_i = lse_h[i];
+                // SAFETY: task (b, g) alone writes rows of batch b in the columns of group g.
+                let dq = unsafe { std::slice::from_raw_parts_mut(d_ptr.0.add((base + i) * qs + h * hd), hd) };
+                dq.fill(0.0);
+                for j0 in (0..=i).step_by(KEY_TILE) {
+                    let n = (i + 1 - j0).min(KEY_TILE);
+                    let mut p = score_tile(q, kt, tp, j0); // q·k_j
+                    let mut ds = score_tile(d_o, vt, tp, j0); // dO·v_j
+                    for (pj, dsj) in p.iter_mut().zip(ds.iter_mut()) {
+                        *pj = exp(*pj * scale - lse_i);
+                        *dsj = *pj * (*dsj - di) * scale; // ∂L/∂(q·k), with the score's scale
+                    }
+                    for jj in 0..n {
+                        let j = j0 + jj;
+                        axpy(&mut dv[j * hd..][..hd], p[jj], d_o);
+                        axpy(&mut dk[j * hd..][..hd], ds[jj], q);
+                        axpy(dq, ds[jj], &qkv[(base + j) * qs + ko..][..hd]);
+                    }
+                }
+            }
+        }
+        for j in 0..t_len {
+            // SAFETY: as above; these are the key and value columns of group g.
+            let row = unsafe { std::slice::from_raw_parts_mut(d_ptr.0.add((base + j) * qs), qs) };
+            row[ko..ko + hd].copy_from_slice(&dk[j * hd..][..hd]);
+            row[s.v_off(g)..s.v_off(g) + hd].copy_from_slice(&dv[j * hd..][..hd]);
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::gradcheck::{check, probe_loss, randn};
+
+    /// Plain softmax attention, in f64, with an explicit repeat of K/V.
+    fn reference(qkv: &[f32], s: AttnShape) -> Vec<f64> {
+        let (t, hd, qs) = (s.seq_len, s.head_dim, s.qkv_stride());
+        let rep = s.n_heads / s.n_kv_heads;
+        let mut out = vec![0.0f64; s.batch * t * s.out_stride()];
+        for b in 0..s.batch {
+            for h in 0..s.n_heads {
+                for i in 0..t {
+                    let q = &qkv[(b * t + i) * qs + h * hd..][..hd];
+                    let sc: Vec<f64> = (0..=i)
+                        .map(|j| {
+                            let k = &qkv[(b * t + j) * qs + s.k_off(h / rep)..][..hd];
+                            q.iter().zip(k).map(|(a, c)| *a as f64 * *c as f64).sum::<f64>() / (hd as f64).sqrt()
+                        })
+                        .collect();
+                    let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let z: f64 = sc.iter().map(|x| (x - m).exp()).sum();
+                    for (j, x) in sc.iter().enumerate() {
+                        let v = &qkv[(b * t + j) * qs + s.v_off(h / rep)..][..hd];
+                        for e in 0..hd {
+                            out[(b * t + i) * s.out_stride() + h * hd + e] += (x - m).exp() / z * v[e] as f64;
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn shapes() -> Vec<AttnShape> {
+        // GQA ratios 1, 2, 4 and multi-query; odd lengths; one sequence longer than a key tile.
+        vec![
+            AttnShape { batch: 2, seq_len: 5, n_heads: 2, n_kv_heads: 2, head_dim: 4 },
+            AttnShape { batch: 1, seq_len: 7, n_heads: 4, n_kv_heads: 2, head_dim: 6 },
+            AttnShape { batch: 2, seq_len: 3, n_heads: 4, n_kv_heads: 1, head_dim: 8 },
+            AttnShape { batch: 1, seq_len: 9, n_heads: 8, n_kv_heads: 2, head_dim: 2 },
+            AttnShape { batch: 1, seq_len: 70, n_heads: 2, n_kv_heads: 1, head_dim: 4 },
+        ]
+    }
+
+    fn forward(qkv: &[f32], s: AttnShape) -> (Vec<f32>, Vec<f32>) {
+        let mut out = vec![0.0; s.batch * s.seq_len * s.out_stride()];
+        let mut lse = vec![0.0; s.batch * s.n_heads * s.seq_len];
+        let mut scratch = vec![f32::NAN; attention_scratch_len(s)];
+        attention_forward(&mut out, &mut lse, qkv, &mut scratch, s);
+        (out, lse)
+    }
+
+    #[test]
+    fn attention_forward_matches_plain_softmax() {
+        for s in shapes() {
+            let qkv = randn(s.batch * s.seq_len * s.qkv_stride(), 1, 1.5);
+            let (out, _) = forward(&qkv, s);
+            for (a, b) in out.iter().zip(reference(&qkv, s)) {
+                assert!((*a as f64 - b).abs() < 1e-5, "{s:?}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn attention_gradients_match_finite_differences() {
+        for s in shapes() {
+            let qkv = randn(s.batch * s.seq_len * s.qkv_stride(), 2, 1.0);
+            let probe = randn(s.batch * s.seq_len * s.out_stride(), 3, 1.0);
+            let (out, lse) = forward(&qkv, s);
+            let mut dqkv = vec![f32::NAN; qkv.len()];
+            let mut scratch = vec![f32::NAN; attention_scratch_len(s)];
+            attention_backward(&mut dqkv, &probe, &out, &qkv, &lse, &mut scratch, s);
+            check(&format!("attention {s:?}"), &qkv, &dqkv, &mut |x| probe_loss(&forward(x, s).0, &probe));
+        }
+    }
+}

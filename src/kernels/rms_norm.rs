@@ -1,0 +1,111 @@
+//! RMSNorm (Llama): `y = w ⊙ x / sqrt(mean(x²) + ε)`, computed in f32 as transformers does.
+
+use rayon::prelude::*;
+
+/// Normalises each of the `rows` rows of `x[rows, d]` into `y`, keeping `1/rms` per row in `rstd`
+/// for the backward pass.
+pub fn rms_norm_forward(y: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], d: usize, eps: f32) {
+    y.par_chunks_mut(d)
+        .zip(rstd.par_iter_mut())
+        .zip(x.par_chunks(d))
+        .for_each(|((y, r), x)| {
+            let ms = super::dot(x, x) / d as f32;
+            let s = 1.0 / (ms + eps).sqrt();
+            *r = s;
+            for ((yo, &xi), &wi) in y.iter_mut().zip(x).zip(w) {
+                *yo = wi * (xi * s);
+            }
+        });
+}
+
+/// Backward of [`rms_norm_forward`]: `dx += ∂L/∂x` (the residual stream's gradient is accumulated
+/// in place) and `dw += ∂L/∂w`.
+pub fn rms_norm_backward(
+    dx: &mut [f32],
+    dw: &mut [f32],
+    dy: &[f32],
+    x: &[f32],
+    rstd: &[f32],
+    w: &[f32],
+    d: usize,
+) {
+    dx.par_chunks_mut(d)
+        .zip(dy.par_chunks(d))
+        .zip(x.par_chunks(d))
+        .zip(rstd.par_iter())
+        .for_each(|(((dx, dy), x), &s)| {
+            // dx = s · (g − x̂ · mean(g ⊙ x̂)), with g = dy ⊙ w and x̂ = x · s
+            let mut gx = 0.0f32;
+            for ((&dyi, &wi), &xi) in dy.iter().zip(w).zip(x) {
+                gx += dyi * wi * xi;
+            }
+            let c = gx * s * s / d as f32;
+            for (((dxo, &dyi), &wi), &xi) in dx.iter_mut().zip(dy).zip(w).zip(x) {
+                *dxo += s * (dyi * wi - xi * c);
+            }
+        });
+    // dw: columns in parallel, rows summed in order (deterministic for any thread count).
+    const COLS: usize = 64;
+    let rows = rstd.len();
+    dw.par_chunks_mut(COLS).enumerate().for_each(|(cb, dw)| {
+        let c0 = cb * COLS;
+        let mut acc = [0.0f32; COLS];
+        let acc = &mut acc[..dw.len()];
+        for r in 0..rows {
+            let s = rstd[r];
+            let off = r * d + c0;
+            for ((a, &dyi), &xi) in acc.iter_mut().zip(&dy[off..off + dw.len()]).zip(&x[off..off + dw.len()]) {
+                *a += dyi * xi * s;
+            }
+        }
+        for (o, a) in dw.iter_mut().zip(acc.iter()) {
+            *o += a;
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::gradcheck::{check, probe_loss, randn};
+
+    #[test]
+    fn rms_norm_gradients_match_finite_differences() {
+        for (rows, d) in [(3, 7), (5, 33), (2, 130)] {
+            let eps = 1e-5;
+            let x = randn(rows * d, 1, 1.0);
+            let w: Vec<f32> = randn(d, 2, 0.3).iter().map(|v| 1.0 + v).collect();
+            let probe = randn(rows * d, 3, 1.0);
+            let fwd = |x: &[f32], w: &[f32]| {
+                let mut y = vec![0.0; rows * d];
+                let mut r = vec![0.0; rows];
+                rms_norm_forward(&mut y, &mut r, x, w, d, eps);
+                (y, r)
+            };
+            let (_, rstd) = fwd(&x, &w);
+            let mut dx = vec![0.0; rows * d];
+            let mut dw = vec![0.0; d];
+            rms_norm_backward(&mut dx, &mut dw, &probe, &x, &rstd, &w, d);
+            check("rms_norm dx", &x, &dx, &mut |xp| probe_loss(&fwd(xp, &w).0, &probe));
+            check("rms_norm dw", &w, &dw, &mut |wp| probe_loss(&fwd(&x, wp).0, &probe));
+        }
+    }
+
+    #[test]
+    fn rms_norm_matches_definition() {
+        let d = 10;
+        let x = randn(2 * d, 4, 2.0);
+        let w = randn(d, 5, 1.0);
+        let mut y = vec![0.0; 2 * d];
+        let mut r = vec![0.0; 2];
+        rms_norm_forward(&mut y, &mut r, &x, &w, d, 1e-5);
+        for row in 0..2 {
+            let xs = &x[row * d..(row + 1) * d];
+            let ms: f64 = xs.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / d as f64;
+            for i in 0..d {
+                let want = w[i] as f64 * xs[i] as f64 / (ms + 1e-5).sqrt();
+                assert!((y[row * d + i] as f64 - want).abs() < 1e-5 * want.abs().max(1.0));
+            }
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! tinyllama: pretrain, evaluate and run compact Llama-2-architecture language models on CPU.
+//!
+//! Module map (see ARCHITECTURE.md): [`config`] → [`model`] (parameters, forward, backward) built
+//! on [`kernels`]; [`checkpoint`] reads and writes Hugging Face safetensors; [`train`] holds the
+//! optimiser and schedule; [`bench`] measures.
+
+pub mod bench;
+pub mod checkpoint;
+pub mod config;
+pub mod kernels;
+pub mod model;
+pub mod profile;
+pub mod rng;
+pub mod train;

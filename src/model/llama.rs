@@ -1,0 +1,376 @@
+//! The whole model on one screen: forward and backward of the decoder stack over a workspace
+//! allocated once per batch shape.
+//!
+//! Per layer (pre-norm, as Llama): `x_mid = x + Wo·attn(rope(Wqkv·norm1(x)))`,
+//! `x_out = x_mid + Wdown·swiglu(Wgu·norm2(x_mid))`; then a final norm and the untied head.
+
+use super::params::{init_params, ParamLayout};
+use crate::config::LlamaConfig;
+use crate::kernels::attention::{attention_backward, attention_forward, attention_scratch_len, AttnShape};
+use crate::kernels::cross_entropy::{head_cross_entropy_backward, head_cross_entropy_forward, HEAD_CHUNK_ROWS};
+use crate::kernels::embedding::{embedding_backward, embedding_forward};
+use crate::kernels::matmul::{linear_backward_input, linear_backward_weight, linear_forward, matmul};
+use crate::kernels::rms_norm::{rms_norm_backward, rms_norm_forward};
+use crate::kernels::rope::{rope_backward, rope_forward, RopeTable};
+use crate::kernels::swiglu::{swiglu_backward, swiglu_forward};
+use crate::profile;
+use anyhow::{ensure, Result};
+
+pub struct Llama {
+    pub cfg: LlamaConfig,
+    pub layout: ParamLayout,
+    pub params: Vec<f32>,
+    rope: RopeTable,
+}
+
+/// Activations kept for backward, and the gradient scratch, for one `(batch, seq_len)` shape.
+/// Allocated once; a training step allocates nothing else of size.
+pub struct Workspace {
+    pub batch: usize,
+    pub seq_len: usize,
+    /// Residual stream: `n_layers + 1` blocks of `[B*T, d]` (each layer's input, then the last output).
+    resid: Vec<f32>,
+    /// Per layer: normed inputs, fused QKV (after RoPE), attention output, log-sum-exp,
+    /// mid residual, gate/up, SwiGLU output, and the two norms' 1/rms.
+    xn1: Vec<f32>,
+    qkv: Vec<f32>,
+    att: Vec<f32>,
+    lse: Vec<f32>,
+    x_mid: Vec<f32>,
+    xn2: Vec<f32>,
+    gu: Vec<f32>,
+    h: Vec<f32>,
+    rstd1: Vec<f32>,
+    rstd2: Vec<f32>,
+    /// Final norm output and its 1/rms.
+    pub xf: Vec<f32>,
+    rstdf: Vec<f32>,
+    /// Per-token loss of the last forward.
+    pub row_loss: Vec<f32>,
+    // backward scratch
+    dres: Vec<f32>,
+    dxn: Vec<f32>,
+    dh: Vec<f32>,
+    dgu: Vec<f32>,
+    datt: Vec<f32>,
+    dqkv: Vec<f32>,
+    attn_scratch: Vec<f32>,
+    head_scratch: Vec<f32>,
+}
+
+impl Workspace {
+    pub fn new(cfg: &LlamaConfig, batch: usize, seq_len: usize) -> Self {
+        let n = batch * seq_len;
+        let (d, l, f) = (cfg.hidden_size, cfg.num_hidden_layers, cfg.intermediate_size);
+        let qs = cfg.q_dim() + 2 * cfg.kv_dim();
+        let z = |k: usize| vec![0.0f32; k];
+        Workspace {
+            batch,
+            seq_len,
+            resid: z((l + 1) * n * d),
+            xn1: z(l * n * d),
+            qkv: z(l * n * qs),
+            att: z(l * n * cfg.q_dim()),
+            lse: z(l * batch * cfg.num_attention_heads * seq_len),
+            x_mid: z(l * n * d),
+            xn2: z(l * n * d),
+            gu: z(l * n * 2 * f),
+            h: z(l * n * f),
+            rstd1: z(l * n),
+            rstd2: z(l * n),
+            xf: z(n * d),
+            rstdf: z(n),
+            row_loss: z(n),
+            dres: z(n * d),
+            dxn: z(n * d),
+            dh: z(n * f),
+            dgu: z(n * 2 * f),
+            datt: z(n * cfg.q_dim()),
+            dqkv: z(n * qs),
+            attn_scratch: z(attention_scratch_len(AttnShape {
+                batch,
+                seq_len,
+                n_heads: cfg.num_attention_heads,
+                n_kv_heads: cfg.num_key_value_heads,
+                head_dim: cfg.head_dim,
+            })),
+            head_scratch: z(HEAD_CHUNK_ROWS.min(n) * cfg.vocab_size),
+        }
+    }
+
+    pub fn tokens(&self) -> usize {
+        self.batch * self.seq_len
+    }
+}
+
+impl Llama {
+    /// A model with TinyLlama's initialisation, seeded.
+    pub fn new_init(cfg: LlamaConfig, seed: u64) -> Self {
+        let layout = ParamLayout::new(&cfg);
+        let params = init_params(&cfg, &layout, seed);
+        Self::from_params(cfg, params)
+    }
+
+    pub fn from_params(cfg: LlamaConfig, params: Vec<f32>) -> Self {
+        let layout = ParamLayout::new(&cfg);
+        assert_eq!(params.len(), layout.total, "parameter buffer does not match the config");
+        let rope = RopeTable::new(cfg.head_dim, cfg.rope_theta, cfg.max_position_embeddings.max(1));
+        Llama { cfg, layout, params, rope }
+    }
+
+    fn attn_shape(&self, ws: &Workspace) -> AttnShape {
+        AttnShape {
+            batch: ws.batch,
+            seq_len: ws.seq_len,
+            n_heads: self.cfg.num_attention_heads,
+            n_kv_heads: self.cfg.num_key_value_heads,
+            head_dim: self.cfg.head_dim,
+        }
+    }
+
+    /// Forward through the decoder stack and the final norm; `ws.xf` then holds the hidden states
+    /// the head reads. `tokens` is `[batch, seq_len]`, row-major.
+    pub fn forward_hidden(&self, ws: &mut Workspace, tokens: &[u32]) -> Result<()> {
+        let cfg = &self.cfg;
+        let n = ws.tokens();
+        ensure!(tokens.len() == n, "expected {n} tokens ({}×{}), got {}", ws.batch, ws.seq_len, tokens.len());
+        ensure!(
+            ws.seq_len <= self.rope.max_pos(),
+            "sequence length {} exceeds max_position_embeddings {}",
+            ws.seq_len,
+            self.rope.max_pos()
+        );
+        let (d, f, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.rms_norm_eps);
+        let (qd, qs) = (cfg.q_dim(), cfg.q_dim() + 2 * cfg.kv_dim());
+        let p = &self.params;
+        let shape = self.attn_shape(ws);
+        profile::timed("embedding_forward", || embedding_forward(&mut ws.resid[..n * d], tokens, &p[self.layout.embed.clone()], d))?;
+        for (l, lp) in self.layout.layers.iter().enumerate() {
+            let (x_in, x_out) = ws.resid[l * n * d..(l + 2) * n * d].split_at_mut(n * d);
+            let xn1 = &mut ws.xn1[l * n * d..][..n * d];
+            let qkv = &mut ws.qkv[l * n * qs..][..n * qs];
+            let att = &mut ws.att[l * n * qd..][..n * qd];
+            let x_mid = &mut ws.x_mid[l * n * d..][..n * d];
+            let xn2 = &mut ws.xn2[l * n * d..][..n * d];
+            let gu = &mut ws.gu[l * n * 2 * f..][..n * 2 * f];
+            let h = &mut ws.h[l * n * f..][..n * f];
+            let rstd1 = &mut ws.rstd1[l * n..][..n];
+            let rstd2 = &mut ws.rstd2[l * n..][..n];
+            let lse = &mut ws.lse[l * shape.batch * shape.n_heads * shape.seq_len..][..shape.batch * shape.n_heads * shape.seq_len];
+
+            profile::timed("rms_norm_forward", || rms_norm_forward(xn1, rstd1, x_in, &p[lp.attn_norm.clone()], d, eps));
+            profile::timed("linear_forward", || linear_forward(qkv, xn1, &p[lp.wqkv.clone()], n, d, qs));
+            profile::timed("rope_forward", || rope_forward(qkv, qs, cfg.num_attention_heads + cfg.num_key_value_heads, ws.seq_len, 0, &self.rope));
+            profile::timed("attention_forward", || attention_forward(att, lse, qkv, &mut ws.attn_scratch, shape));
+            // residual add fused into the GEMM: x_mid = x_in + att·Woᵀ
+            x_mid.copy_from_slice(x_in);
+            profile::timed("matmul_residual", || matmul(x_mid, att, &p[lp.wo.clone()], n, d, qd, false, true, true));
+            profile::timed("rms_norm_forward", || rms_norm_forward(xn2, rstd2, x_mid, &p[lp.mlp_norm.clone()], d, eps));
+            profile::timed("linear_forward", || linear_forward(gu, xn2, &p[lp.wgu.clone()], n, d, 2 * f));
+            profile::timed("swiglu_forward", || swiglu_forward(h, gu, f));
+            x_out.copy_from_slice(x_mid);
+            profile::timed("matmul_residual", || matmul(x_out, h, &p[lp.wdown.clone()], n, d, f, false, true, true));
+        }
+        let last = &ws.resid[cfg.num_hidden_layers * n * d..][..n * d];
+        profile::timed("rms_norm_forward", || rms_norm_forward(&mut ws.xf, &mut ws.rstdf, last, &p[self.layout.final_norm.clone()], d, eps));
+        Ok(())
+    }
+
+    /// Full logits `[batch * seq_len, vocab]` (inference, parity checks).
+    pub fn forward_logits(&self, ws: &mut Workspace, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.forward_hidden(ws, tokens)?;
+        let (n, d, v) = (ws.tokens(), self.cfg.hidden_size, self.cfg.vocab_size);
+        let mut logits = vec![0.0f32; n * v];
+        profile::timed("linear_forward", || linear_forward(&mut logits, &ws.xf, &self.params[self.layout.lm_head.clone()], n, d, v));
+        Ok(logits)
+    }
+
+    /// Mean cross-entropy of next-token prediction, without keeping logits or gradients.
+    pub fn forward_loss(&self, ws: &mut Workspace, tokens: &[u32], targets: &[u32]) -> Result<f64> {
+        self.forward_hidden(ws, tokens)?;
+        self.check_targets(targets, ws.tokens())?;
+        let (d, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
+        let head = &self.params[self.layout.lm_head.clone()];
+        profile::timed("head_cross_entropy_forward", || head_cross_entropy_forward(&mut ws.row_loss, &ws.xf, head, targets, d, v, &mut ws.head_scratch));
+        Ok(mean_loss(&ws.row_loss, targets))
+    }
+
+    fn check_targets(&self, targets: &[u32], n: usize) -> Result<()> {
+        ensure!(targets.len() == n, "expected {n} targets, got {}", targets.len());
+        let v = self.cfg.vocab_size as u32;
+        if let Some(t) = targets.iter().find(|&&t| t >= v && t != crate::kernels::cross_entropy::IGNORE_INDEX) {
+            anyhow::bail!("target id {t} is outside the vocabulary (size {v})");
+        }
+        Ok(())
+    }
+
+    /// One micro-batch of training: forward, loss, and backward, accumulating into `grads` (a
+    /// buffer in the parameter layout) the gradient of `grad_scale × Σ token losses`. Returns the
+    /// micro-batch's mean loss. With `k` micro-batches of `n` tokens, `grad_scale = 1/(k n)` gives
+    /// the gradient of the mean over all of them.
+    pub fn forward_backward(
+        &self,
+        ws: &mut Workspace,
+        grads: &mut [f32],
+        tokens: &[u32],
+        targets: &[u32],
+        grad_scale: f32,
+    ) -> Result<f64> {
+        ensure!(grads.len() == self.layout.total, "gradient buffer does not match the model");
+        self.check_targets(targets, ws.tokens())?;
+        self.forward_hidden(ws, tokens)?;
+        let cfg = &self.cfg;
+        let n = ws.tokens();
+        let (d, f) = (cfg.hidden_size, cfg.intermediate_size);
+        let (qd, qs) = (cfg.q_dim(), cfg.q_dim() + 2 * cfg.kv_dim());
+        let p = &self.params;
+        let lay = &self.layout;
+        let shape = self.attn_shape(ws);
+        let n_rot = cfg.num_attention_heads + cfg.num_key_value_heads;
+
+        // head + cross-entropy, fused: dxn = ∂L/∂xf
+        head_cross_entropy_backward(
+            &mut ws.row_loss,
+            &mut ws.dxn,
+            &mut grads[lay.lm_head.clone()],
+            &ws.xf,
+            &p[lay.lm_head.clone()],
+            targets,
+            d,
+            cfg.vocab_size,
+            grad_scale,
+            &mut ws.head_scratch,
+        );
+        let last = &ws.resid[cfg.num_hidden_layers * n * d..][..n * d];
+        ws.dres.fill(0.0);
+        profile::timed("rms_norm_backward", || rms_norm_backward(&mut ws.dres, &mut grads[lay.final_norm.clone()], &ws.dxn, last, &ws.rstdf, &p[lay.final_norm.clone()], d));
+
+        for (l, lp) in lay.layers.iter().enumerate().rev() {
+            let x_in = &ws.resid[l * n * d..][..n * d];
+            let xn1 = &ws.xn1[l * n * d..][..n * d];
+            let qkv = &ws.qkv[l * n * qs..][..n * qs];
+            let att = &ws.att[l * n * qd..][..n * qd];
+            let x_mid = &ws.x_mid[l * n * d..][..n * d];
+            let xn2 = &ws.xn2[l * n * d..][..n * d];
+            let gu = &ws.gu[l * n * 2 * f..][..n * 2 * f];
+            let h = &ws.h[l * n * f..][..n * f];
+            let rstd1 = &ws.rstd1[l * n..][..n];
+            let rstd2 = &ws.rstd2[l * n..][..n];
+            let lse = &ws.lse[l * shape.batch * shape.n_heads * shape.seq_len..][..shape.batch * shape.n_heads * shape.seq_len];
+
+            // MLP: dres is ∂L/∂x_out here.
+            profile::timed("linear_backward_input", || linear_backward_input(&mut ws.dh, &ws.dres, &p[lp.wdown.clone()], n, f, d, false));
+            profile::timed("linear_backward_weight", || linear_backward_weight(&mut grads[lp.wdown.clone()], &ws.dres, h, n, f, d));
+            profile::timed("swiglu_backward", || swiglu_backward(&mut ws.dgu, &ws.dh, gu, f));
+            profile::timed("linear_backward_input", || linear_backward_input(&mut ws.dxn, &ws.dgu, &p[lp.wgu.clone()], n, d, 2 * f, false));
+            profile::timed("linear_backward_weight", || linear_backward_weight(&mut grads[lp.wgu.clone()], &ws.dgu, xn2, n, d, 2 * f));
+            profile::timed("rms_norm_backward", || rms_norm_backward(&mut ws.dres, &mut grads[lp.mlp_norm.clone()], &ws.dxn, x_mid, rstd2, &p[lp.mlp_norm.clone()], d));
+            // Attention: dres is ∂L/∂x_mid here.
+            profile::timed("linear_backward_input", || linear_backward_input(&mut ws.datt, &ws.dres, &p[lp.wo.clone()], n, qd, d, false));
+            profile::timed("linear_backward_weight", || linear_backward_weight(&mut grads[lp.wo.clone()], &ws.dres, att, n, qd, d));
+            profile::timed("attention_backward", || attention_backward(&mut ws.dqkv, &ws.datt, att, qkv, lse, &mut ws.attn_scratch, shape));
+            profile::timed("rope_backward", || rope_backward(&mut ws.dqkv, qs, n_rot, ws.seq_len, 0, &self.rope));
+            profile::timed("linear_backward_input", || linear_backward_input(&mut ws.dxn, &ws.dqkv, &p[lp.wqkv.clone()], n, d, qs, false));
+            profile::timed("linear_backward_weight", || linear_backward_weight(&mut grads[lp.wqkv.clone()], &ws.dqkv, xn1, n, d, qs));
+            profile::timed("rms_norm_backward", || rms_norm_backward(&mut ws.dres, &mut grads[lp.attn_norm.clone()], &ws.dxn, x_in, rstd1, &p[lp.attn_norm.clone()], d));
+        }
+        profile::timed("embedding_backward", || embedding_backward(&mut grads[lay.embed.clone()], &ws.dres, tokens, d));
+        Ok(mean_loss(&ws.row_loss, targets))
+    }
+}
+
+/// Mean of the per-token losses over the targets that count, summed in f64 in a fixed order.
+pub fn mean_loss(row_loss: &[f32], targets: &[u32]) -> f64 {
+    let ignore = crate::kernels::cross_entropy::IGNORE_INDEX;
+    let (mut s, mut c) = (0.0f64, 0usize);
+    for (&l, &t) in row_loss.iter().zip(targets) {
+        if t != ignore {
+            s += l as f64;
+            c += 1;
+        }
+    }
+    if c == 0 {
+        0.0
+    } else {
+        s / c as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::gradcheck::check;
+    use crate::rng::Rng;
+
+    fn small_cfg(heads: usize, kv: usize) -> LlamaConfig {
+        LlamaConfig {
+            vocab_size: 23,
+            hidden_size: 12,
+            intermediate_size: 20,
+            num_hidden_layers: 2,
+            num_attention_heads: heads,
+            num_key_value_heads: kv,
+            head_dim: 4,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            max_position_embeddings: 16,
+            bos_token_id: 1,
+            eos_token_id: 2,
+        }
+    }
+
+    fn batch(cfg: &LlamaConfig, n: usize, seed: u64) -> (Vec<u32>, Vec<u32>) {
+        let mut r = Rng::new(seed);
+        let ids: Vec<u32> = (0..2 * n).map(|_| r.below(cfg.vocab_size as u64) as u32).collect();
+        (ids[..n].to_vec(), ids[n..].to_vec())
+    }
+
+    #[test]
+    fn whole_model_gradient_matches_finite_differences() {
+        for (heads, kv) in [(3, 3), (2, 1), (4, 2)] {
+            let cfg = small_cfg(heads, kv);
+            let mut model = Llama::new_init(cfg.clone(), 5);
+            // weights a little larger than the init, so that attention is not uniform (much larger makes
+            // the loss too curved for finite differences at this step size)
+            for v in model.params.iter_mut() {
+                *v *= 1.5;
+            }
+            let (b, t) = (2, 5);
+            let (tokens, targets) = batch(&cfg, b * t, 9);
+            let mut ws = Workspace::new(&cfg, b, t);
+            let mut grads = vec![0.0; model.layout.total];
+            model.forward_backward(&mut ws, &mut grads, &tokens, &targets, 1.0 / (b * t) as f32).unwrap();
+            let params = model.params.clone();
+            check(&format!("model h{heads} kv{kv}"), &params, &grads, &mut |p| {
+                model.params.copy_from_slice(p);
+                model.forward_loss(&mut ws, &tokens, &targets).unwrap()
+            });
+        }
+    }
+
+    #[test]
+    fn accumulated_micro_batches_equal_one_large_batch() {
+        let cfg = small_cfg(4, 2);
+        let model = Llama::new_init(cfg.clone(), 1);
+        let (k, b, t) = (3, 2, 7);
+        let (tokens, targets) = batch(&cfg, k * b * t, 4);
+        let mut big = Workspace::new(&cfg, k * b, t);
+        let mut g_big = vec![0.0; model.layout.total];
+        let loss_big = model.forward_backward(&mut big, &mut g_big, &tokens, &targets, 1.0 / (k * b * t) as f32).unwrap();
+        let mut small = Workspace::new(&cfg, b, t);
+        let mut g_acc = vec![0.0; model.layout.total];
+        let mut loss_acc = 0.0;
+        for i in 0..k {
+            let r = i * b * t..(i + 1) * b * t;
+            loss_acc += model
+                .forward_backward(&mut small, &mut g_acc, &tokens[r.clone()], &targets[r], 1.0 / (k * b * t) as f32)
+                .unwrap()
+                / k as f64;
+        }
+        assert!((loss_big - loss_acc).abs() < 1e-6, "{loss_big} vs {loss_acc}");
+        let scale = g_big.iter().fold(0.0f32, |m, g| m.max(g.abs()));
+        for (a, b) in g_big.iter().zip(&g_acc) {
+            assert!((a - b).abs() <= 1e-5 * scale, "{a} vs {b}");
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! Parity with Hugging Face transformers (`LlamaForCausalLM`, eager attention, f32): logits, loss,
+//! every parameter gradient, the parameters after each of the AdamW steps, and the learning-rate
+//! schedule, against a fixture written by `../shared/fixtures/make_fixture.py`.
+//!
+//! The fixture directory comes from `TINYLLAMA_HF_FIXTURE` (default `../shared/fixtures/hf-tiny`);
+//! `TINYLLAMA_HF_FIXTURE=DIR cargo test --release hf_parity` runs these checks on any such directory.
+
+use serde_json::Value;
+use std::path::PathBuf;
+use tinyllama::checkpoint::hf::load_hf;
+use tinyllama::checkpoint::safetensors::SafeTensorsFile;
+use tinyllama::model::{Llama, Workspace};
+use tinyllama::train::{clip_grad_norm, AdamW, AdamWConfig, CosineSchedule};
+
+// Tolerances (max |ours − theirs| / max |theirs| per tensor).
+const TOL_LOGITS: f64 = 1e-5;
+const TOL_LOSS: f64 = 1e-5;
+const TOL_GRAD: f64 = 1e-4;
+const TOL_STEP: f64 = 1e-4;
+
+struct Fixture {
+    dir: PathBuf,
+    meta: Value,
+    tensors: SafeTensorsFile,
+    model: Llama,
+    batch: usize,
+    seq: usize,
+    tokens: Vec<u32>,
+    targets: Vec<u32>,
+}
+
+fn fixture() -> Option<Fixture> {
+    let dir = PathBuf::from(std::env::var("TINYLLAMA_HF_FIXTURE").unwrap_or_else(|_| "../shared/fixtures/hf-tiny".into()));
+    if !dir.join("fixture.safetensors").exists() {
+        eprintln!("skipping HF parity: no fixture at {} (set TINYLLAMA_HF_FIXTURE)", dir.display());
+        return None;
+    }
+    let meta: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("fixture.json")).unwrap()).unwrap();
+    let tensors = SafeTensorsFile::open(&dir.join("fixture.safetensors")).unwrap();
+    let model = load_hf(&dir.join("model")).unwrap();
+    let (ids, shape) = tensors.read_i64("input_ids").unwrap();
+    let (tg, _) = tensors.read_i64("targets").unwrap();
+    Some(Fixture {
+        dir,
+        meta,
+        model,
+        batch: shape[0],
+        seq: shape[1],
+        tokens: ids.iter().map(|&x| x as u32).collect(),
+        targets: tg.iter().map(|&x| x as u32).collect(),
+        tensors,
+    })
+}
+
+/// max |a − b| / max |b|
+fn rel_err(ours: &[f32], theirs: &[f32]) -> f64 {
+    assert_eq!(ours.len(), theirs.len());
+    let scale = theirs.iter().fold(0.0f64, |m, &x| m.max((x as f64).abs())).max(1e-30);
+    ours.iter().zip(theirs).fold(0.0f64, |m, (&a, &b)| m.max((a as f64 - b as f64).abs())) / scale
+}
+
+#[test]
+fn hf_parity_logits_and_loss() {
+    let Some(fx) = fixture() else { return };
+    let mut ws = Workspace::new(&fx.model.cfg, fx.batch, fx.seq);
+    let logits = fx.model.forward_logits(&mut ws, &fx.tokens).unwrap();
+    let (want, _) = fx.tensors.read_f32("logits").unwrap();
+    let e = rel_err(&logits, &want);
+    eprintln!("{}: logits relative error {e:.2e}", fx.dir.display());
+    assert!(e <= TOL_LOGITS, "logits relative error {e:.2e} > {TOL_LOGITS:e}");
+    let loss = fx.model.forward_loss(&mut ws, &fx.tokens, &fx.targets).unwrap();
+    let want_loss = fx.tensors.read_f32("loss").unwrap().0[0] as f64;
+    let e = (loss - want_loss).abs() / want_loss.abs();
+    eprintln!("loss {loss} vs {want_loss}: relative error {e:.2e}");
+    assert!(e <= TOL_LOSS);
+}
+
+#[test]
+fn hf_parity_gradients() {
+    let Some(fx) = fixture() else { return };
+    let mut ws = Workspace::new(&fx.model.cfg, fx.batch, fx.seq);
+    let mut grads = vec![0.0; fx.model.layout.total];
+    let n = (fx.batch * fx.seq) as f32;
+    fx.model.forward_backward(&mut ws, &mut grads, &fx.tokens, &fx.targets, 1.0 / n).unwrap();
+    let mut worst = (0.0, String::new());
+    for t in fx.model.layout.hf_tensors(&fx.model.cfg) {
+        let (want, _) = fx.tensors.read_f32(&format!("grad.{}", t.name)).unwrap();
+        let e = rel_err(&grads[t.range.clone()], &want);
+        assert!(e <= TOL_GRAD, "gradient of {}: relative error {e:.2e} > {TOL_GRAD:e}", t.name);
+        if e > worst.0 {
+            worst = (e, t.name.clone());
+        }
+    }
+    eprintln!("gradients: worst relative error {:.2e} ({})", worst.0, worst.1);
+}
+
+#[test]
+fn hf_parity_adamw_steps_and_schedule() {
+    let Some(mut fx) = fixture() else { return };
+    let sched_meta = &fx.meta["schedule"];
+    let sched = CosineSchedule {
+        max_lr: sched_meta["max_lr"].as_f64().unwrap(),
+        min_lr: sched_meta["min_lr"].as_f64().unwrap(),
+        warmup_iters: sched_meta["warmup"].as_u64().unwrap(),
+        decay_iters: sched_meta["decay"].as_u64().unwrap(),
+    };
+    for (it, lr) in sched_meta["samples"].as_object().unwrap() {
+        let it: u64 = it.parse().unwrap();
+        let lr = lr.as_f64().unwrap();
+        assert!((sched.lr(it) - lr).abs() <= 1e-12 * lr.max(1e-3), "lr({it}) = {} vs {lr}", sched.lr(it));
+    }
+    let opt = &fx.meta["optimizer"];
+    let betas = opt["betas"].as_array().unwrap();
+    let cfg = AdamWConfig {
+        beta1: betas[0].as_f64().unwrap(),
+        beta2: betas[1].as_f64().unwrap(),
+        eps: opt["eps"].as_f64().unwrap(),
+        weight_decay: opt["weight_decay"].as_f64().unwrap(),
+    };
+    let clip = opt["grad_clip_global_norm"].as_f64().unwrap();
+    let mut adam = AdamW::new(fx.model.layout.total, cfg);
+    let mut ws = Workspace::new(&fx.model.cfg, fx.batch, fx.seq);
+    let mut grads = vec![0.0; fx.model.layout.total];
+    let n = (fx.batch * fx.seq) as f32;
+    let tensors = fx.model.layout.hf_tensors(&fx.model.cfg);
+    for (k, step) in fx.meta["steps"].as_array().unwrap().iter().enumerate() {
+        let it = step["iteration"].as_u64().unwrap();
+        grads.fill(0.0);
+        let loss = fx.model.forward_backward(&mut ws, &mut grads, &fx.tokens, &fx.targets, 1.0 / n).unwrap();
+        let want_loss = step["loss"].as_f64().unwrap();
+        let e_loss = (loss - want_loss).abs() / want_loss;
+        let norm = clip_grad_norm(&mut grads, clip);
+        let want_norm = step["grad_norm_before_clip"].as_f64().unwrap();
+        let e_norm = (norm - want_norm).abs() / want_norm;
+        assert!(e_loss <= TOL_STEP && e_norm <= TOL_STEP, "step {it}: loss {loss} vs {want_loss}, grad norm {norm} vs {want_norm}");
+        let lr = sched.lr(it);
+        assert!((lr - step["lr"].as_f64().unwrap()).abs() < 1e-12);
+        adam.update(&mut fx.model.params, &grads, lr);
+        let mut worst = 0.0f64;
+        for t in &tensors {
+            let (want, _) = fx.tensors.read_f32(&format!("step{}.{}", k + 1, t.name)).unwrap();
+            // compare the update, not only the parameter: the change is what AdamW computed
+            let e = rel_err(&fx.model.params[t.range.clone()], &want);
+            assert!(e <= TOL_STEP, "step {}: parameter {} relative error {e:.2e}", k + 1, t.name);
+            worst = worst.max(e);
+        }
+        eprintln!("step {}: loss rel err {e_loss:.2e}, grad-norm rel err {e_norm:.2e}, params worst rel err {worst:.2e}", k + 1);
+    }
+}
