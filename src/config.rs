@@ -51,9 +51,7 @@ impl LlamaConfig {
             "tinyllama-1.1b" => base(32000, 2048, 22, 32, 4, 5632, 2048),
             other => bail!(
                 "unknown preset `{other}`{}; presets: {}",
-                suggest(other, PRESETS)
-                    .map(|s| format!(" (did you mean `{s}`?)"))
-                    .unwrap_or_default(),
+                suggest(other, PRESETS).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default(),
                 PRESETS.join(", ")
             ),
         })
@@ -62,10 +60,9 @@ impl LlamaConfig {
     /// Loads a Hugging Face `config.json`. Refuses what this engine does not implement
     /// (rope scaling, biases, tied embeddings, another activation) rather than computing something else.
     pub fn from_hf_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read model config {}", path.display()))?;
-        let v: Value = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not valid JSON", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read model config {}", path.display()))?;
+        let v: Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
         Self::from_hf_json(&v).with_context(|| format!("unsupported model config {}", path.display()))
     }
 
@@ -110,9 +107,7 @@ impl LlamaConfig {
                 if ty != "default" {
                     bail!("rope_parameters.rope_type `{ty}` is not supported: only `default`");
                 }
-                p.get("rope_theta")
-                    .and_then(Value::as_f64)
-                    .context("rope_parameters without `rope_theta`")?
+                p.get("rope_theta").and_then(Value::as_f64).context("rope_parameters without `rope_theta`")?
             }
             None => v.get("rope_theta").and_then(Value::as_f64).unwrap_or(10000.0),
         };
@@ -126,9 +121,8 @@ impl LlamaConfig {
             Some(x) if !x.is_null() => get_usize("head_dim")?,
             _ => hidden_size / heads.max(1),
         };
-        let token = |k: &str, default: u32| -> u32 {
-            v.get(k).and_then(Value::as_u64).map(|x| x as u32).unwrap_or(default)
-        };
+        let token =
+            |k: &str, default: u32| -> u32 { v.get(k).and_then(Value::as_u64).map(|x| x as u32).unwrap_or(default) };
         let cfg = LlamaConfig {
             vocab_size: get_usize("vocab_size")?,
             hidden_size,
@@ -278,12 +272,7 @@ pub fn suggest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
         }
         prev[b.len()]
     };
-    candidates
-        .iter()
-        .map(|c| (dist(word, c), *c))
-        .min()
-        .filter(|(d, c)| *d <= (c.len() / 2).max(2))
-        .map(|(_, c)| c)
+    candidates.iter().map(|c| (dist(word, c), *c)).min().filter(|(d, c)| *d <= (c.len() / 2).max(2)).map(|(_, c)| c)
 }
 
 #[cfg(test)]

@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use tinyllama::config::LlamaConfig;
 
 #[derive(Parser)]
-#[command(name = "tinyllama", version, about = "Pretrain, evaluate and run compact Llama-2-architecture models (TinyLlama) on CPU")]
+#[command(
+    name = "tinyllama",
+    version,
+    about = "Pretrain, evaluate and run compact Llama-2-architecture models (TinyLlama) on CPU"
+)]
 struct Cli {
     /// Worker threads (default: all cores; also RAYON_NUM_THREADS).
     #[arg(long, global = true)]
@@ -99,7 +103,10 @@ fn run() -> Result<()> {
             let seq = seq_len.unwrap_or(256.min(cfg.max_position_embeddings));
             if !json {
                 eprintln!("model {name}: {cfg}");
-                eprintln!("batch {batch} × seq {seq}, {} threads; measuring GEMM peak, then {warmup}+{steps} steps…", rayon::current_num_threads());
+                eprintln!(
+                    "batch {batch} × seq {seq}, {} threads; measuring GEMM peak, then {warmup}+{steps} steps…",
+                    rayon::current_num_threads()
+                );
             }
             let r = tinyllama::bench::train_bench(&name, &cfg, batch, seq, steps.max(1), warmup, profile)?;
             if json {
@@ -107,8 +114,14 @@ fn run() -> Result<()> {
             } else {
                 println!("step time     {:.0} ms (median of {}, min {:.0} ms)", r.step_ms, r.steps, r.step_ms_min);
                 println!("tokens/s      {:.0}", r.tokens_per_s);
-                println!("throughput    {:.1} GFLOP/s ({:.1} GFLOP/step: 6 × matmul params × tokens + attention)", r.achieved_gflops, r.gflop_per_step);
-                println!("GEMM peak     {:.1} GFLOP/s (best of the model's GEMM shapes, {})", r.gemm_peak_gflops, r.gemm_peak_shape);
+                println!(
+                    "throughput    {:.1} GFLOP/s ({:.1} GFLOP/step: 6 × matmul params × tokens + attention)",
+                    r.achieved_gflops, r.gflop_per_step
+                );
+                println!(
+                    "GEMM peak     {:.1} GFLOP/s (best of the model's GEMM shapes, {})",
+                    r.gemm_peak_gflops, r.gemm_peak_shape
+                );
                 println!("MFU           {:.1}% of the measured GEMM peak", 100.0 * r.mfu);
                 println!("peak memory   {:.0} MiB (VmHWM)", r.peak_rss_bytes as f64 / (1 << 20) as f64);
                 println!("CPU use       {:.2} cores of {} threads", r.cpu_utilisation, r.threads);

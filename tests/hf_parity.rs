@@ -30,7 +30,8 @@ struct Fixture {
 }
 
 fn fixture() -> Option<Fixture> {
-    let dir = PathBuf::from(std::env::var("TINYLLAMA_HF_FIXTURE").unwrap_or_else(|_| "../shared/fixtures/hf-tiny".into()));
+    let dir =
+        PathBuf::from(std::env::var("TINYLLAMA_HF_FIXTURE").unwrap_or_else(|_| "../shared/fixtures/hf-tiny".into()));
     if !dir.join("fixture.safetensors").exists() {
         eprintln!("skipping HF parity: no fixture at {} (set TINYLLAMA_HF_FIXTURE)", dir.display());
         return None;
@@ -132,7 +133,10 @@ fn hf_parity_adamw_steps_and_schedule() {
         let norm = clip_grad_norm(&mut grads, clip);
         let want_norm = step["grad_norm_before_clip"].as_f64().unwrap();
         let e_norm = (norm - want_norm).abs() / want_norm;
-        assert!(e_loss <= TOL_STEP && e_norm <= TOL_STEP, "step {it}: loss {loss} vs {want_loss}, grad norm {norm} vs {want_norm}");
+        assert!(
+            e_loss <= TOL_STEP && e_norm <= TOL_STEP,
+            "step {it}: loss {loss} vs {want_loss}, grad norm {norm} vs {want_norm}"
+        );
         let lr = sched.lr(it);
         assert!((lr - step["lr"].as_f64().unwrap()).abs() < 1e-12);
         adam.update(&mut fx.model.params, &grads, lr);
@@ -144,6 +148,9 @@ fn hf_parity_adamw_steps_and_schedule() {
             assert!(e <= TOL_STEP, "step {}: parameter {} relative error {e:.2e}", k + 1, t.name);
             worst = worst.max(e);
         }
-        eprintln!("step {}: loss rel err {e_loss:.2e}, grad-norm rel err {e_norm:.2e}, params worst rel err {worst:.2e}", k + 1);
+        eprintln!(
+            "step {}: loss rel err {e_loss:.2e}, grad-norm rel err {e_norm:.2e}, params worst rel err {worst:.2e}",
+            k + 1
+        );
     }
 }

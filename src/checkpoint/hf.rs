@@ -59,10 +59,7 @@ fn open_weight_files(dir: &Path) -> Result<Vec<SafeTensorsFile>> {
             .and_then(Value::as_object)
             .with_context(|| format!("{}: no `weight_map` object", index.display()))?;
         let names: BTreeSet<&str> = map.values().filter_map(Value::as_str).collect();
-        let files = names
-            .into_iter()
-            .map(|n| SafeTensorsFile::open(&dir.join(n)))
-            .collect::<Result<Vec<_>>>()?;
+        let files = names.into_iter().map(|n| SafeTensorsFile::open(&dir.join(n))).collect::<Result<Vec<_>>>()?;
         for (tensor, file) in map {
             let file = file.as_str().unwrap_or("");
             let f = files.iter().find(|f| f.path.file_name().map(|x| x == file).unwrap_or(false));
@@ -124,10 +121,7 @@ pub fn save_hf(model: &Llama, dir: &Path, dtype: Dtype, max_shard_bytes: u64) ->
         }
     }
     let total: usize = tensors.iter().map(|t| t.range.len() * dtype.size()).sum();
-    write_json(
-        &dir.join(INDEX),
-        &serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map}),
-    )?;
+    write_json(&dir.join(INDEX), &serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map}))?;
     let _ = std::fs::remove_file(dir.join(SINGLE));
     Ok(())
 }

@@ -106,7 +106,12 @@ impl SafeTensorsFile {
             let dtype = Dtype::parse(&dtype_name);
             if let Some(dt) = dtype {
                 let want = shape.iter().product::<usize>() * dt.size();
-                ensure!((b - a) as usize == want, "{}: tensor `{name}`: {} bytes for shape {shape:?} {dtype_name}", path.display(), b - a);
+                ensure!(
+                    (b - a) as usize == want,
+                    "{}: tensor `{name}`: {} bytes for shape {shape:?} {dtype_name}",
+                    path.display(),
+                    b - a
+                );
             }
             ensure!(
                 data0 + b <= size,
@@ -120,9 +125,7 @@ impl SafeTensorsFile {
     }
 
     pub fn info(&self, name: &str) -> Result<&TensorInfo> {
-        self.tensors
-            .get(name)
-            .with_context(|| format!("{}: no tensor named `{name}`", self.path.display()))
+        self.tensors.get(name).with_context(|| format!("{}: no tensor named `{name}`", self.path.display()))
     }
 
     /// Reads tensor `name` into `dst` (converted to f32), checking its element count.
@@ -169,7 +172,12 @@ impl SafeTensorsFile {
     /// Tensor `name` as i64 (token ids in fixtures).
     pub fn read_i64(&self, name: &str) -> Result<(Vec<i64>, Vec<usize>)> {
         let info = self.info(name)?;
-        ensure!(info.dtype_name == "I64", "{}: tensor `{name}` is {}, expected I64", self.path.display(), info.dtype_name);
+        ensure!(
+            info.dtype_name == "I64",
+            "{}: tensor `{name}` is {}, expected I64",
+            self.path.display(),
+            info.dtype_name
+        );
         let mut bytes = vec![0u8; (info.end - info.start) as usize];
         self.file.read_exact_at(&mut bytes, info.start)?;
         let v = bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
@@ -185,7 +193,12 @@ pub struct TensorOut<'a> {
 }
 
 /// Writes a safetensors file atomically (temp file in the same folder, fsync, rename).
-pub fn write_safetensors(path: &Path, tensors: &[TensorOut], dtype: Dtype, metadata: &Map<String, Value>) -> Result<()> {
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[TensorOut],
+    dtype: Dtype,
+    metadata: &Map<String, Value>,
+) -> Result<()> {
     let mut header = Map::new();
     if !metadata.is_empty() {
         header.insert("__metadata__".into(), Value::Object(metadata.clone()));
@@ -214,8 +227,12 @@ pub fn write_safetensors(path: &Path, tensors: &[TensorOut], dtype: Dtype, metad
                 buf.clear();
                 match dtype {
                     Dtype::F32 => chunk.iter().for_each(|v| buf.extend_from_slice(&v.to_le_bytes())),
-                    Dtype::BF16 => chunk.iter().for_each(|v| buf.extend_from_slice(&half::bf16::from_f32(*v).to_bits().to_le_bytes())),
-                    Dtype::F16 => chunk.iter().for_each(|v| buf.extend_from_slice(&half::f16::from_f32(*v).to_bits().to_le_bytes())),
+                    Dtype::BF16 => chunk
+                        .iter()
+                        .for_each(|v| buf.extend_from_slice(&half::bf16::from_f32(*v).to_bits().to_le_bytes())),
+                    Dtype::F16 => chunk
+                        .iter()
+                        .for_each(|v| buf.extend_from_slice(&half::f16::from_f32(*v).to_bits().to_le_bytes())),
                 }
                 w.write_all(&buf)?;
             }
@@ -284,7 +301,8 @@ mod tests {
         let d = tmpdir("trunc");
         let p = d.join("m.safetensors");
         let a = vec![0.5f32; 100];
-        write_safetensors(&p, &[TensorOut { name: "w".into(), shape: vec![100], data: &a }], Dtype::F32, &Map::new()).unwrap();
+        write_safetensors(&p, &[TensorOut { name: "w".into(), shape: vec![100], data: &a }], Dtype::F32, &Map::new())
+            .unwrap();
         let bytes = std::fs::read(&p).unwrap();
         std::fs::write(&p, &bytes[..bytes.len() - 10]).unwrap();
         let err = format!("{:#}", SafeTensorsFile::open(&p).err().unwrap());

@@ -47,6 +47,17 @@ struct SharedMut(*mut f32);
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
 
+impl SharedMut {
+    /// A method (not a field access), so that closures capture the whole `Send` wrapper.
+    ///
+    /// # Safety
+    /// `offset..offset + len` lies inside the buffer, no other task touches it while the slice
+    /// lives, and the slice does not outlive the kernel call.
+    unsafe fn at<'a>(self, offset: usize, len: usize) -> &'a mut [f32] {
+        std::slice::from_raw_parts_mut(self.0.add(offset), len)
+    }
+}
+
 /// Floats of scratch that [`attention_forward`] and [`attention_backward`] need: per
 /// (batch, kv head) task, transposed K and V and the task's dK and dV.
 pub fn attention_scratch_len(s: AttnShape) -> usize {
@@ -84,6 +95,54 @@ fn score_tile(q: &[f32], kt: &[f32], tp: usize, j0: usize) -> [f32; KEY_TILE] {
         }
     }
     s
+}
+
+/// `acc += Σ_j coef[j] · row_j`, where row `j` is `acc.len()` floats at `data[first + j·stride..]`:
+/// a probability-weighted sum of value rows (or of key rows, for dQ). The accumulator is held
+/// 64 lanes at a time in registers while the rows stream past.
+#[inline(always)]
+fn accumulate_rows(acc: &mut [f32], coef: &[f32], data: &[f32], first: usize, stride: usize) {
+    let hd = acc.len();
+    let mut e0 = 0;
+    while e0 + 64 <= hd {
+        let mut a: [f32; 64] = acc[e0..e0 + 64].try_into().unwrap();
+        for (j, &c) in coef.iter().enumerate() {
+            let row: &[f32; 64] = data[first + j * stride + e0..][..64].try_into().unwrap();
+            for l in 0..64 {
+                a[l] += c * row[l];
+            }
+        }
+        acc[e0..e0 + 64].copy_from_slice(&a);
+        e0 += 64;
+    }
+    if e0 < hd {
+        for (j, &c) in coef.iter().enumerate() {
+            axpy(&mut acc[e0..], c, &data[first + j * stride + e0..][..hd - e0]);
+        }
+    }
+}
+
+/// `rows_j += coef[j] · v` for the consecutive `v.len()`-float rows of `rows` (dK and dV of a tile
+/// of keys from one query row); `v` is held 64 lanes at a time in registers.
+#[inline(always)]
+fn update_rows(rows: &mut [f32], coef: &[f32], v: &[f32]) {
+    let hd = v.len();
+    let mut e0 = 0;
+    while e0 + 64 <= hd {
+        let x: &[f32; 64] = v[e0..e0 + 64].try_into().unwrap();
+        for (j, &c) in coef.iter().enumerate() {
+            let row: &mut [f32; 64] = (&mut rows[j * hd + e0..][..64]).try_into().unwrap();
+            for l in 0..64 {
+                row[l] += c * x[l];
+            }
+        }
+        e0 += 64;
+    }
+    if e0 < hd {
+        for (j, &c) in coef.iter().enumerate() {
+            axpy(&mut rows[j * hd + e0..][..hd - e0], c, &v[e0..]);
+        }
+    }
 }
 
 /// Maximum of a tile, with 16 independent lanes (a serial fold would wait on each `max`).
@@ -128,7 +187,6 @@ pub fn attention_forward(out: &mut [f32], lse: &mut [f32], qkv: &[f32], scratch:
         .zip(scratch.par_chunks_mut(per_task))
         .enumerate()
         .for_each(|(task, (lse_g, scr))| {
-            let out_ptr = out_ptr;
             let (b, g) = (task / s.n_kv_heads, task % s.n_kv_heads);
             let base = b * t_len;
             let tp = padded(t_len);
@@ -161,15 +219,13 @@ pub fn attention_forward(out: &mut [f32], lse: &mut [f32], qkv: &[f32], scratch:
                         for a in acc.iter_mut() {
                             *a *= corr;
                         }
-                        for (jj, &p) in sc[..n].iter().enumerate() {
-                            axpy(acc, p, &qkv[(base + j0 + jj) * qs + vo..][..hd]);
-                        }
+                        accumulate_rows(acc, &sc[..n], qkv, (base + j0) * qs + vo, qs);
                         m = m_new;
                     }
                     let inv = 1.0 / l;
-                    // SAFETY: task (b, g) alone writes rows of batch b in the columns of the
-                    // query heads of group g.
-                    let o = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add((base + i) * os + h * hd), hd) };
+                    // SAFETY: task (b, g) alone writes rows of batch b in the columns of group g's
+                    // query heads.
+                    let o = unsafe { out_ptr.at((base + i) * os + h * hd, hd) };
                     for (ov, a) in o.iter_mut().zip(acc.iter()) {
                         *ov = a * inv;
                     }
@@ -202,7 +258,6 @@ pub fn attention_backward(
     // One task per (batch, kv head): the query heads that share a kv head accumulate into the
     // same dK/dV, so they run in order inside one task.
     scratch.par_chunks_mut(per_task).take(s.batch * s.n_kv_heads).enumerate().for_each(|(task, scr)| {
-        let d_ptr = d_ptr;
         let (b, g) = (task / s.n_kv_heads, task % s.n_kv_heads);
         let base = b * t_len;
         let tp = padded(t_len);
@@ -223,7 +278,7 @@ pub fn attention_backward(
                 let di = dot(d_o, &out[(base + i) * os + h * hd..][..hd]);
                 let lse_i = lse_h[i];
                 // SAFETY: task (b, g) alone writes rows of batch b in the columns of group g.
-                let dq = unsafe { std::slice::from_raw_parts_mut(d_ptr.0.add((base + i) * qs + h * hd), hd) };
+                let dq = unsafe { d_ptr.at((base + i) * qs + h * hd, hd) };
                 dq.fill(0.0);
                 for j0 in (0..=i).step_by(KEY_TILE) {
                     let n = (i + 1 - j0).min(KEY_TILE);
@@ -233,18 +288,15 @@ pub fn attention_backward(
                         *pj = exp(*pj * scale - lse_i);
                         *dsj = *pj * (*dsj - di) * scale; // ∂L/∂(q·k), with the score's scale
                     }
-                    for jj in 0..n {
-                        let j = j0 + jj;
-                        axpy(&mut dv[j * hd..][..hd], p[jj], d_o);
-                        axpy(&mut dk[j * hd..][..hd], ds[jj], q);
-                        axpy(dq, ds[jj], &qkv[(base + j) * qs + ko..][..hd]);
-                    }
+                    update_rows(&mut dv[j0 * hd..(j0 + n) * hd], &p[..n], d_o);
+                    update_rows(&mut dk[j0 * hd..(j0 + n) * hd], &ds[..n], q);
+                    accumulate_rows(dq, &ds[..n], qkv, (base + j0) * qs + ko, qs);
                 }
             }
         }
         for j in 0..t_len {
             // SAFETY: as above; these are the key and value columns of group g.
-            let row = unsafe { std::slice::from_raw_parts_mut(d_ptr.0.add((base + j) * qs), qs) };
+            let row = unsafe { d_ptr.at((base + j) * qs, qs) };
             row[ko..ko + hd].copy_from_slice(&dk[j * hd..][..hd]);
             row[s.v_off(g)..s.v_off(g) + hd].copy_from_slice(&dv[j * hd..][..hd]);
         }

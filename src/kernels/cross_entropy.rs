@@ -4,8 +4,8 @@
 //! `[HEAD_CHUNK_ROWS, vocab]` block.
 
 use super::exp;
-use crate::profile::timed;
 use super::matmul::{linear_backward_input, linear_backward_weight, linear_forward};
+use crate::profile::timed;
 use rayon::prelude::*;
 
 /// Target id that contributes neither loss nor gradient (padding).
@@ -17,41 +17,43 @@ pub const HEAD_CHUNK_ROWS: usize = 1024;
 /// Per row: `loss = logsumexp(logits) − logits[target]`; the logits become
 /// `grad_scale · (softmax − onehot)` in place (one exponential per logit). Ignored rows get zero
 /// loss and zero gradient.
-pub fn cross_entropy_forward_backward(logits: &mut [f32], row_loss: &mut [f32], targets: &[u32], vocab: usize, grad_scale: f32) {
-    logits
-        .par_chunks_mut(vocab)
-        .zip(row_loss.par_iter_mut())
-        .zip(targets.par_iter())
-        .for_each(|((l, loss), &t)| {
-            if t == IGNORE_INDEX {
-                *loss = 0.0;
-                l.fill(0.0);
-                return;
+pub fn cross_entropy_forward_backward(
+    logits: &mut [f32],
+    row_loss: &mut [f32],
+    targets: &[u32],
+    vocab: usize,
+    grad_scale: f32,
+) {
+    logits.par_chunks_mut(vocab).zip(row_loss.par_iter_mut()).zip(targets.par_iter()).for_each(|((l, loss), &t)| {
+        if t == IGNORE_INDEX {
+            *loss = 0.0;
+            l.fill(0.0);
+            return;
+        }
+        let target_logit = l[t as usize];
+        let m = max(l);
+        // l ← exp(l − m), summed with 16 accumulators
+        let mut acc = [0.0f32; 16];
+        let mut c = l.chunks_exact_mut(16);
+        for ch in &mut c {
+            for k in 0..16 {
+                ch[k] = exp(ch[k] - m);
+                acc[k] += ch[k];
             }
-            let target_logit = l[t as usize];
-            let m = max(l);
-            // l ← exp(l − m), summed with 16 accumulators
-            let mut acc = [0.0f32; 16];
-            let mut c = l.chunks_exact_mut(16);
-            for ch in &mut c {
-                for k in 0..16 {
-                    ch[k] = exp(ch[k] - m);
-                    acc[k] += ch[k];
-                }
-            }
-            let mut sum = 0.0f32;
-            for v in c.into_remainder() {
-                *v = exp(*v - m);
-                sum += *v;
-            }
-            sum += acc.iter().sum::<f32>();
-            *loss = m + sum.ln() - target_logit;
-            let k = grad_scale / sum;
-            for v in l.iter_mut() {
-                *v *= k;
-            }
-            l[t as usize] -= grad_scale;
-        });
+        }
+        let mut sum = 0.0f32;
+        for v in c.into_remainder() {
+            *v = exp(*v - m);
+            sum += *v;
+        }
+        sum += acc.iter().sum::<f32>();
+        *loss = m + sum.ln() - target_logit;
+        let k = grad_scale / sum;
+        for v in l.iter_mut() {
+            *v *= k;
+        }
+        l[t as usize] -= grad_scale;
+    });
 }
 
 fn max(l: &[f32]) -> f32 {

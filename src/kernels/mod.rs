@@ -35,6 +35,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// step (softmax over the vocabulary, attention, SiLU). Inputs are clamped to [-87.3, 88.3]:
 /// below that it returns ~1e-38 instead of 0, which no sum here can tell apart.
 #[inline(always)]
+#[allow(clippy::excessive_precision)] // the constants as Cephes publishes them
 pub fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;

@@ -5,35 +5,21 @@ use rayon::prelude::*;
 /// Normalises each of the `rows` rows of `x[rows, d]` into `y`, keeping `1/rms` per row in `rstd`
 /// for the backward pass.
 pub fn rms_norm_forward(y: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], d: usize, eps: f32) {
-    y.par_chunks_mut(d)
-        .zip(rstd.par_iter_mut())
-        .zip(x.par_chunks(d))
-        .for_each(|((y, r), x)| {
-            let ms = super::dot(x, x) / d as f32;
-            let s = 1.0 / (ms + eps).sqrt();
-            *r = s;
-            for ((yo, &xi), &wi) in y.iter_mut().zip(x).zip(w) {
-                *yo = wi * (xi * s);
-            }
-        });
+    y.par_chunks_mut(d).zip(rstd.par_iter_mut()).zip(x.par_chunks(d)).for_each(|((y, r), x)| {
+        let ms = super::dot(x, x) / d as f32;
+        let s = 1.0 / (ms + eps).sqrt();
+        *r = s;
+        for ((yo, &xi), &wi) in y.iter_mut().zip(x).zip(w) {
+            *yo = wi * (xi * s);
+        }
+    });
 }
 
 /// Backward of [`rms_norm_forward`]: `dx += ∂L/∂x` (the residual stream's gradient is accumulated
 /// in place) and `dw += ∂L/∂w`.
-pub fn rms_norm_backward(
-    dx: &mut [f32],
-    dw: &mut [f32],
-    dy: &[f32],
-    x: &[f32],
-    rstd: &[f32],
-    w: &[f32],
-    d: usize,
-) {
-    dx.par_chunks_mut(d)
-        .zip(dy.par_chunks(d))
-        .zip(x.par_chunks(d))
-        .zip(rstd.par_iter())
-        .for_each(|(((dx, dy), x), &s)| {
+pub fn rms_norm_backward(dx: &mut [f32], dw: &mut [f32], dy: &[f32], x: &[f32], rstd: &[f32], w: &[f32], d: usize) {
+    dx.par_chunks_mut(d).zip(dy.par_chunks(d)).zip(x.par_chunks(d)).zip(rstd.par_iter()).for_each(
+        |(((dx, dy), x), &s)| {
             // dx = s · (g − x̂ · mean(g ⊙ x̂)), with g = dy ⊙ w and x̂ = x · s
             let mut gx = 0.0f32;
             for ((&dyi, &wi), &xi) in dy.iter().zip(w).zip(x) {
@@ -43,16 +29,15 @@ pub fn rms_norm_backward(
             for (((dxo, &dyi), &wi), &xi) in dx.iter_mut().zip(dy).zip(w).zip(x) {
                 *dxo += s * (dyi * wi - xi * c);
             }
-        });
+        },
+    );
     // dw: columns in parallel, rows summed in order (deterministic for any thread count).
     const COLS: usize = 64;
-    let rows = rstd.len();
     dw.par_chunks_mut(COLS).enumerate().for_each(|(cb, dw)| {
         let c0 = cb * COLS;
         let mut acc = [0.0f32; COLS];
         let acc = &mut acc[..dw.len()];
-        for r in 0..rows {
-            let s = rstd[r];
+        for (r, &s) in rstd.iter().enumerate() {
             let off = r * d + c0;
             for ((a, &dyi), &xi) in acc.iter_mut().zip(&dy[off..off + dw.len()]).zip(&x[off..off + dw.len()]) {
                 *a += dyi * xi * s;

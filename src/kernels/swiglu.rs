@@ -19,20 +19,17 @@ pub fn swiglu_forward(h: &mut [f32], gu: &[f32], ffn: usize) {
 
 /// `dgu = ∂L/∂[g, u]` from `dh = ∂L/∂h`.
 pub fn swiglu_backward(dgu: &mut [f32], dh: &[f32], gu: &[f32], ffn: usize) {
-    dgu.par_chunks_mut(2 * ffn)
-        .zip(dh.par_chunks(ffn))
-        .zip(gu.par_chunks(2 * ffn))
-        .for_each(|((dgu, dh), gu)| {
-            let (g, u) = gu.split_at(ffn);
-            let (dg, du) = dgu.split_at_mut(ffn);
-            for i in 0..ffn {
-                let s = sigmoid(g[i]);
-                let silu = g[i] * s;
-                du[i] = dh[i] * silu;
-                // silu'(g) = s (1 + g (1 − s))
-                dg[i] = dh[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
-            }
-        });
+    dgu.par_chunks_mut(2 * ffn).zip(dh.par_chunks(ffn)).zip(gu.par_chunks(2 * ffn)).for_each(|((dgu, dh), gu)| {
+        let (g, u) = gu.split_at(ffn);
+        let (dg, du) = dgu.split_at_mut(ffn);
+        for i in 0..ffn {
+            let s = sigmoid(g[i]);
+            let silu = g[i] * s;
+            du[i] = dh[i] * silu;
+            // silu'(g) = s (1 + g (1 − s))
+            dg[i] = dh[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
+        }
+    });
 }
 
 #[cfg(test)]

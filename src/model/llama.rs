@@ -144,7 +144,9 @@ impl Llama {
         let (qd, qs) = (cfg.q_dim(), cfg.q_dim() + 2 * cfg.kv_dim());
         let p = &self.params;
         let shape = self.attn_shape(ws);
-        profile::timed("embedding_forward", || embedding_forward(&mut ws.resid[..n * d], tokens, &p[self.layout.embed.clone()], d))?;
+        profile::timed("embedding_forward", || {
+            embedding_forward(&mut ws.resid[..n * d], tokens, &p[self.layout.embed.clone()], d)
+        })?;
         for (l, lp) in self.layout.layers.iter().enumerate() {
             let (x_in, x_out) = ws.resid[l * n * d..(l + 2) * n * d].split_at_mut(n * d);
             let xn1 = &mut ws.xn1[l * n * d..][..n * d];
@@ -156,11 +158,14 @@ impl Llama {
             let h = &mut ws.h[l * n * f..][..n * f];
             let rstd1 = &mut ws.rstd1[l * n..][..n];
             let rstd2 = &mut ws.rstd2[l * n..][..n];
-            let lse = &mut ws.lse[l * shape.batch * shape.n_heads * shape.seq_len..][..shape.batch * shape.n_heads * shape.seq_len];
+            let lse = &mut ws.lse[l * shape.batch * shape.n_heads * shape.seq_len..]
+                [..shape.batch * shape.n_heads * shape.seq_len];
 
             profile::timed("rms_norm_forward", || rms_norm_forward(xn1, rstd1, x_in, &p[lp.attn_norm.clone()], d, eps));
             profile::timed("linear_forward", || linear_forward(qkv, xn1, &p[lp.wqkv.clone()], n, d, qs));
-            profile::timed("rope_forward", || rope_forward(qkv, qs, cfg.num_attention_heads + cfg.num_key_value_heads, ws.seq_len, 0, &self.rope));
+            profile::timed("rope_forward", || {
+                rope_forward(qkv, qs, cfg.num_attention_heads + cfg.num_key_value_heads, ws.seq_len, 0, &self.rope)
+            });
             profile::timed("attention_forward", || attention_forward(att, lse, qkv, &mut ws.attn_scratch, shape));
             // residual add fused into the GEMM: x_mid = x_in + att·Woᵀ
             x_mid.copy_from_slice(x_in);
@@ -172,7 +177,9 @@ impl Llama {
             profile::timed("matmul_residual", || matmul(x_out, h, &p[lp.wdown.clone()], n, d, f, false, true, true));
         }
         let last = &ws.resid[cfg.num_hidden_layers * n * d..][..n * d];
-        profile::timed("rms_norm_forward", || rms_norm_forward(&mut ws.xf, &mut ws.rstdf, last, &p[self.layout.final_norm.clone()], d, eps));
+        profile::timed("rms_norm_forward", || {
+            rms_norm_forward(&mut ws.xf, &mut ws.rstdf, last, &p[self.layout.final_norm.clone()], d, eps)
+        });
         Ok(())
     }
 
@@ -181,7 +188,9 @@ impl Llama {
         self.forward_hidden(ws, tokens)?;
         let (n, d, v) = (ws.tokens(), self.cfg.hidden_size, self.cfg.vocab_size);
         let mut logits = vec![0.0f32; n * v];
-        profile::timed("linear_forward", || linear_forward(&mut logits, &ws.xf, &self.params[self.layout.lm_head.clone()], n, d, v));
+        profile::timed("linear_forward", || {
+            linear_forward(&mut logits, &ws.xf, &self.params[self.layout.lm_head.clone()], n, d, v)
+        });
         Ok(logits)
     }
 
@@ -191,7 +200,9 @@ impl Llama {
         self.check_targets(targets, ws.tokens())?;
         let (d, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
         let head = &self.params[self.layout.lm_head.clone()];
-        profile::timed("head_cross_entropy_forward", || head_cross_entropy_forward(&mut ws.row_loss, &ws.xf, head, targets, d, v, &mut ws.head_scratch));
+        profile::timed("head_cross_entropy_forward", || {
+            head_cross_entropy_forward(&mut ws.row_loss, &ws.xf, head, targets, d, v, &mut ws.head_scratch)
+        });
         Ok(mean_loss(&ws.row_loss, targets))
     }
 
@@ -243,7 +254,17 @@ impl Llama {
         );
         let last = &ws.resid[cfg.num_hidden_layers * n * d..][..n * d];
         ws.dres.fill(0.0);
-        profile::timed("rms_norm_backward", || rms_norm_backward(&mut ws.dres, &mut grads[lay.final_norm.clone()], &ws.dxn, last, &ws.rstdf, &p[lay.final_norm.clone()], d));
+        profile::timed("rms_norm_backward", || {
+            rms_norm_backward(
+                &mut ws.dres,
+                &mut grads[lay.final_norm.clone()],
+                &ws.dxn,
+                last,
+                &ws.rstdf,
+                &p[lay.final_norm.clone()],
+                d,
+            )
+        });
 
         for (l, lp) in lay.layers.iter().enumerate().rev() {
             let x_in = &ws.resid[l * n * d..][..n * d];
@@ -256,23 +277,62 @@ impl Llama {
             let h = &ws.h[l * n * f..][..n * f];
             let rstd1 = &ws.rstd1[l * n..][..n];
             let rstd2 = &ws.rstd2[l * n..][..n];
-            let lse = &ws.lse[l * shape.batch * shape.n_heads * shape.seq_len..][..shape.batch * shape.n_heads * shape.seq_len];
+            let lse = &ws.lse[l * shape.batch * shape.n_heads * shape.seq_len..]
+                [..shape.batch * shape.n_heads * shape.seq_len];
 
             // MLP: dres is ∂L/∂x_out here.
-            profile::timed("linear_backward_input", || linear_backward_input(&mut ws.dh, &ws.dres, &p[lp.wdown.clone()], n, f, d, false));
-            profile::timed("linear_backward_weight", || linear_backward_weight(&mut grads[lp.wdown.clone()], &ws.dres, h, n, f, d));
+            profile::timed("linear_backward_input", || {
+                linear_backward_input(&mut ws.dh, &ws.dres, &p[lp.wdown.clone()], n, f, d, false)
+            });
+            profile::timed("linear_backward_weight", || {
+                linear_backward_weight(&mut grads[lp.wdown.clone()], &ws.dres, h, n, f, d)
+            });
             profile::timed("swiglu_backward", || swiglu_backward(&mut ws.dgu, &ws.dh, gu, f));
-            profile::timed("linear_backward_input", || linear_backward_input(&mut ws.dxn, &ws.dgu, &p[lp.wgu.clone()], n, d, 2 * f, false));
-            profile::timed("linear_backward_weight", || linear_backward_weight(&mut grads[lp.wgu.clone()], &ws.dgu, xn2, n, d, 2 * f));
-            profile::timed("rms_norm_backward", || rms_norm_backward(&mut ws.dres, &mut grads[lp.mlp_norm.clone()], &ws.dxn, x_mid, rstd2, &p[lp.mlp_norm.clone()], d));
+            profile::timed("linear_backward_input", || {
+                linear_backward_input(&mut ws.dxn, &ws.dgu, &p[lp.wgu.clone()], n, d, 2 * f, false)
+            });
+            profile::timed("linear_backward_weight", || {
+                linear_backward_weight(&mut grads[lp.wgu.clone()], &ws.dgu, xn2, n, d, 2 * f)
+            });
+            profile::timed("rms_norm_backward", || {
+                rms_norm_backward(
+                    &mut ws.dres,
+                    &mut grads[lp.mlp_norm.clone()],
+                    &ws.dxn,
+                    x_mid,
+                    rstd2,
+                    &p[lp.mlp_norm.clone()],
+                    d,
+                )
+            });
             // Attention: dres is ∂L/∂x_mid here.
-            profile::timed("linear_backward_input", || linear_backward_input(&mut ws.datt, &ws.dres, &p[lp.wo.clone()], n, qd, d, false));
-            profile::timed("linear_backward_weight", || linear_backward_weight(&mut grads[lp.wo.clone()], &ws.dres, att, n, qd, d));
-            profile::timed("attention_backward", || attention_backward(&mut ws.dqkv, &ws.datt, att, qkv, lse, &mut ws.attn_scratch, shape));
+            profile::timed("linear_backward_input", || {
+                linear_backward_input(&mut ws.datt, &ws.dres, &p[lp.wo.clone()], n, qd, d, false)
+            });
+            profile::timed("linear_backward_weight", || {
+                linear_backward_weight(&mut grads[lp.wo.clone()], &ws.dres, att, n, qd, d)
+            });
+            profile::timed("attention_backward", || {
+                attention_backward(&mut ws.dqkv, &ws.datt, att, qkv, lse, &mut ws.attn_scratch, shape)
+            });
             profile::timed("rope_backward", || rope_backward(&mut ws.dqkv, qs, n_rot, ws.seq_len, 0, &self.rope));
-            profile::timed("linear_backward_input", || linear_backward_input(&mut ws.dxn, &ws.dqkv, &p[lp.wqkv.clone()], n, d, qs, false));
-            profile::timed("linear_backward_weight", || linear_backward_weight(&mut grads[lp.wqkv.clone()], &ws.dqkv, xn1, n, d, qs));
-            profile::timed("rms_norm_backward", || rms_norm_backward(&mut ws.dres, &mut grads[lp.attn_norm.clone()], &ws.dxn, x_in, rstd1, &p[lp.attn_norm.clone()], d));
+            profile::timed("linear_backward_input", || {
+                linear_backward_input(&mut ws.dxn, &ws.dqkv, &p[lp.wqkv.clone()], n, d, qs, false)
+            });
+            profile::timed("linear_backward_weight", || {
+                linear_backward_weight(&mut grads[lp.wqkv.clone()], &ws.dqkv, xn1, n, d, qs)
+            });
+            profile::timed("rms_norm_backward", || {
+                rms_norm_backward(
+                    &mut ws.dres,
+                    &mut grads[lp.attn_norm.clone()],
+                    &ws.dxn,
+                    x_in,
+                    rstd1,
+                    &p[lp.attn_norm.clone()],
+                    d,
+                )
+            });
         }
         profile::timed("embedding_backward", || embedding_backward(&mut grads[lay.embed.clone()], &ws.dres, tokens, d));
         Ok(mean_loss(&ws.row_loss, targets))
@@ -356,7 +416,8 @@ mod tests {
         let (tokens, targets) = batch(&cfg, k * b * t, 4);
         let mut big = Workspace::new(&cfg, k * b, t);
         let mut g_big = vec![0.0; model.layout.total];
-        let loss_big = model.forward_backward(&mut big, &mut g_big, &tokens, &targets, 1.0 / (k * b * t) as f32).unwrap();
+        let loss_big =
+            model.forward_backward(&mut big, &mut g_big, &tokens, &targets, 1.0 / (k * b * t) as f32).unwrap();
         let mut small = Workspace::new(&cfg, b, t);
         let mut g_acc = vec![0.0; model.layout.total];
         let mut loss_acc = 0.0;
@@ -371,6 +432,33 @@ mod tests {
         let scale = g_big.iter().fold(0.0f32, |m, g| m.max(g.abs()));
         for (a, b) in g_big.iter().zip(&g_acc) {
             assert!((a - b).abs() <= 1e-5 * scale, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn same_bits_on_any_thread_count() {
+        let mut cfg = LlamaConfig::preset("tiny-10m").unwrap();
+        cfg.vocab_size = 1000;
+        let model = Llama::new_init(cfg.clone(), 2);
+        let (b, t) = (4, 64);
+        let (tokens, targets) = batch(&cfg, b * t, 3);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let mut ws = Workspace::new(&cfg, b, t);
+                let mut g = vec![0.0; model.layout.total];
+                let loss = model.forward_backward(&mut ws, &mut g, &tokens, &targets, 1.0 / (b * t) as f32).unwrap();
+                (loss, g)
+            })
+        };
+        let (l1, g1) = run(1);
+        for threads in [2, 3] {
+            let (l, g) = run(threads);
+            assert_eq!(l.to_bits(), l1.to_bits(), "loss differs with {threads} threads");
+            assert!(
+                g.iter().zip(&g1).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "gradients differ with {threads} threads"
+            );
         }
     }
 }
