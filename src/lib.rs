@@ -7,8 +7,10 @@
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
+pub mod data;
 pub mod kernels;
 pub mod model;
 pub mod profile;
 pub mod rng;
+pub mod tokenizer;
 pub mod train;

@@ -3,7 +3,13 @@
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tinyllama::checkpoint::safetensors::Dtype;
 use tinyllama::config::LlamaConfig;
+use tinyllama::tokenizer::Tokenizer;
+use tinyllama::train::config::TrainConfig;
+use tinyllama::train::pretrain::Resume;
 
 #[derive(Parser)]
 #[command(
@@ -21,6 +27,24 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Pretrain a model. With no arguments: the `tiny-10m` preset on the built-in corpus (Austen +
+    /// CPython), a few minutes on 2 cores. TinyLlama's recipe (AdamW 0.9/0.95, wd 0.1, lr 4e-4 →
+    /// 4e-5 cosine, warmup min(2000, steps/10), clip 1.0) unless a --config TOML or flags say otherwise.
+    Pretrain(Box<PretrainArgs>),
+    /// Tokenize corpora (jsonl, jsonl.zst, parquet, text) into packed token shards.
+    Prepare(PrepareArgs),
+    /// Write a training checkpoint as a Hugging Face model directory (LlamaForCausalLM + tokenizer).
+    Export {
+        /// A checkpoint directory (runs/NAME/checkpoints/step-N).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Output directory.
+        #[arg(long)]
+        hf: PathBuf,
+        /// Weight dtype on disk: f32, bf16 or f16.
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+    },
     /// Print a model configuration and its parameter count.
     Info(ModelArg),
     /// Benchmarks: `bench train` times a full training step.
@@ -49,6 +73,88 @@ impl ModelArg {
             (None, None) => Ok((default.to_string(), LlamaConfig::preset(default)?)),
         }
     }
+}
+
+#[derive(Args)]
+struct PretrainArgs {
+    /// Model preset: tiny-10m (default), bench-50m, tinyllama-1.1b.
+    #[arg(long)]
+    preset: Option<String>,
+    /// A TOML file of training settings (keys as in train_config.json's "train"); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Directory of prepared shards (from `tinyllama prepare`); default: the built-in corpus.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Run directory: metrics.jsonl, loss.svg, train_config.json, checkpoints/.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Optimiser steps to run (the cosine schedule spans them).
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// Continue from the latest checkpoint in --out, or from the given checkpoint directory.
+    #[arg(long, num_args = 0..=1, value_name = "PATH")]
+    resume: Option<Option<PathBuf>>,
+    /// Start from a Hugging Face checkpoint directory (continued pretraining).
+    #[arg(long)]
+    init_from: Option<PathBuf>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Sequences per micro-batch.
+    #[arg(long)]
+    micro_batch: Option<usize>,
+    #[arg(long)]
+    seq_len: Option<usize>,
+    /// Tokens per optimiser step (micro-batches are accumulated to reach it).
+    #[arg(long)]
+    global_batch_tokens: Option<usize>,
+    #[arg(long)]
+    max_lr: Option<f64>,
+    #[arg(long)]
+    min_lr: Option<f64>,
+    #[arg(long)]
+    warmup_steps: Option<u64>,
+    #[arg(long)]
+    eval_interval: Option<u64>,
+    #[arg(long)]
+    save_interval: Option<u64>,
+    /// tokenizer.json (default: the built-in Llama-2 tokenizer).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Mixture weights, e.g. `slim=0.693584,star=0.306416`.
+    #[arg(long)]
+    mix: Option<String>,
+    /// No progress bar or log lines, only the summary.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct PrepareArgs {
+    /// Input files or directories (*.jsonl, *.jsonl.zst, *.parquet; any other file is one text document).
+    #[arg(long, required = true, num_args = 1..)]
+    input: Vec<PathBuf>,
+    /// Output directory for the shards.
+    #[arg(long)]
+    output: PathBuf,
+    /// Mixture component name, e.g. `slim` or `star`.
+    #[arg(long)]
+    prefix: String,
+    /// tokenizer.json (default: the built-in Llama-2 tokenizer).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Tokens per shard file (TinyLlama: 2049 × 1024).
+    #[arg(long, default_value_t = tinyllama::data::prepare::DEFAULT_CHUNK_SIZE)]
+    chunk_size: usize,
+    /// Fraction of documents held out as the validation split.
+    #[arg(long, default_value_t = 0.0)]
+    val_fraction: f64,
+    /// `i/N`: this machine takes every N-th input file from the i-th (0-based).
+    #[arg(long, default_value = "0/1")]
+    shard: String,
+    /// Stop at the first malformed row instead of counting and skipping it.
+    #[arg(long)]
+    strict: bool,
 }
 
 #[derive(Subcommand)]
@@ -92,6 +198,20 @@ fn run() -> Result<()> {
         rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("cannot set the thread count")?;
     }
     match cli.cmd {
+        Cmd::Pretrain(a) => pretrain(*a)?,
+        Cmd::Prepare(a) => prepare(a)?,
+        Cmd::Export { checkpoint, hf, dtype } => {
+            let dtype = match dtype.as_str() {
+                "f32" => Dtype::F32,
+                "bf16" => Dtype::BF16,
+                "f16" => Dtype::F16,
+                other => anyhow::bail!("--dtype {other}: use f32, bf16 or f16"),
+            };
+            let model = tinyllama::checkpoint::hf::load_hf(&checkpoint)?;
+            let tok = Tokenizer::from_file(&checkpoint.join("tokenizer.json"))?;
+            tinyllama::train::checkpoint::export_hf(&model, &tok, &hf, dtype)?;
+            println!("wrote {} ({}, {} parameters)", hf.display(), model.cfg, model.cfg.num_params());
+        }
         Cmd::Info(m) => {
             let (name, cfg) = m.resolve("tiny-10m")?;
             println!("{name}: {cfg}");
@@ -137,5 +257,124 @@ fn run() -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+fn pretrain(a: PretrainArgs) -> Result<()> {
+    let mut cfg = match &a.config {
+        Some(p) => TrainConfig::from_toml_file(p)?,
+        None => TrainConfig::default(),
+    };
+    macro_rules! set {
+        ($($field:ident),*) => {$(if let Some(v) = a.$field.clone() { cfg.$field = v; })*};
+    }
+    set!(preset, out, max_steps, seed, micro_batch, seq_len, max_lr, min_lr, eval_interval, save_interval);
+    if a.data.is_some() {
+        cfg.data = a.data.clone();
+    }
+    if a.init_from.is_some() {
+        cfg.init_from = a.init_from.clone();
+    }
+    if a.tokenizer.is_some() {
+        cfg.tokenizer = a.tokenizer.clone();
+    }
+    if a.global_batch_tokens.is_some() {
+        cfg.global_batch_tokens = a.global_batch_tokens;
+    }
+    if a.warmup_steps.is_some() {
+        cfg.warmup_steps = a.warmup_steps;
+    }
+    if let Some(m) = &a.mix {
+        cfg.mix = m
+            .split(',')
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').with_context(|| format!("--mix: `{kv}` is not NAME=WEIGHT"))?;
+                let w: f64 = v.trim().parse().with_context(|| format!("--mix: weight `{v}` is not a number"))?;
+                Ok((k.trim().to_string(), w))
+            })
+            .collect::<Result<_>>()?;
+    }
+    if let Some(name) = &a.preset {
+        LlamaConfig::preset(name)?; // unknown presets fail before any work
+    }
+    let resume = match a.resume {
+        None => Resume::No,
+        Some(None) => Resume::Latest,
+        Some(Some(p)) => Resume::From(p),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("second interrupt: exiting without a checkpoint");
+            std::process::exit(130);
+        }
+        eprintln!("interrupt: finishing this step, then writing a checkpoint (Ctrl-C again to abort)");
+    })
+    .context("cannot install the signal handler")?;
+    let out = tinyllama::train::pretrain::pretrain(&cfg, resume, &stop, !a.quiet)?;
+    let first = out.losses.first().copied().unwrap_or(f64::NAN);
+    let last = out.losses.last().copied().unwrap_or(f64::NAN);
+    println!(
+        "{} at step {}: train loss {first:.4} → {last:.4}{}, {:.0} tokens/s, MFU {:.1}%, {:.1} s",
+        if out.interrupted { "stopped" } else { "done" },
+        out.step,
+        out.val_loss.map(|v| format!(", val loss {v:.4} (ppl {:.1})", v.exp())).unwrap_or_default(),
+        out.tokens_per_s,
+        100.0 * out.mfu,
+        out.wall_s
+    );
+    if let Some(c) = out.checkpoint {
+        println!("checkpoint: {}", c.display());
+    }
+    println!("metrics: {}, plot: {}", cfg.out.join("metrics.jsonl").display(), cfg.out.join("loss.svg").display());
+    Ok(())
+}
+
+fn prepare(a: PrepareArgs) -> Result<()> {
+    let (i, n) = a
+        .shard
+        .split_once('/')
+        .and_then(|(i, n)| Some((i.parse().ok()?, n.parse().ok()?)))
+        .with_context(|| format!("--shard `{}`: expected i/N, e.g. 0/4", a.shard))?;
+    let tok = Tokenizer::from_file_or_builtin(a.tokenizer.as_deref())?;
+    let opts = tinyllama::data::prepare::PrepareOptions {
+        inputs: a.input,
+        output: a.output.clone(),
+        prefix: a.prefix,
+        chunk_size: a.chunk_size,
+        val_fraction: a.val_fraction,
+        shard: (i, n),
+        strict: a.strict,
+        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let s = tinyllama::data::prepare::prepare(&opts, &tok)?;
+    println!(
+        "{} files, {} documents ({} train / {} validation), {} + {} tokens, {:.1} MB in {:.1} s ({:.1} MB/s, {:.0} tokens/s)",
+        s.files,
+        s.documents,
+        s.train_documents,
+        s.val_documents,
+        s.train_tokens,
+        s.val_tokens,
+        s.input_bytes as f64 / 1e6,
+        s.seconds,
+        s.input_bytes as f64 / 1e6 / s.seconds.max(1e-9),
+        (s.train_tokens + s.val_tokens) as f64 / s.seconds.max(1e-9)
+    );
+    let skipped = s.skipped_malformed + s.skipped_no_text + s.skipped_invalid_utf8;
+    if s.skipped_redpajama_github > 0 {
+        println!("skipped {} RedPajamaGithub rows (as TinyLlama does)", s.skipped_redpajama_github);
+    }
+    if skipped > 0 {
+        println!(
+            "skipped {skipped} bad rows ({} malformed JSON, {} without text, {} invalid UTF-8); first at {}",
+            s.skipped_malformed,
+            s.skipped_no_text,
+            s.skipped_invalid_utf8,
+            s.first_skip.unwrap_or_default()
+        );
+    }
+    println!("{} shard files in {}", s.shard_files.len(), a.output.display());
     Ok(())
 }

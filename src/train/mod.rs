@@ -1,7 +1,12 @@
-//! Training pieces: the optimiser with global-norm clipping ([`adamw`]) and TinyLlama's learning
-//! rate schedule ([`schedule`]).
+//! Training: the optimiser with global-norm clipping ([`adamw`]), TinyLlama's learning-rate
+//! schedule ([`schedule`]), the run's configuration ([`config`]), checkpoints ([`checkpoint`]), the
+//! loss plot ([`plot`]) and the loop itself ([`pretrain`]).
 
 pub mod adamw;
+pub mod checkpoint;
+pub mod config;
+pub mod plot;
+pub mod pretrain;
 pub mod schedule;
 
 pub use adamw::{clip_grad_norm, global_grad_norm, AdamW, AdamWConfig};

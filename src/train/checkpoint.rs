@@ -1,0 +1,179 @@
+//! Training checkpoints: one directory per step, `CHECKPOINTS/step-{step:08}/`, holding the model as
+//! a Hugging Face checkpoint (config.json, model.safetensors, tokenizer.json), the AdamW moments
+//! (optimizer.safetensors) and everything else needed to continue bit for bit (trainer_state.json:
+//! step, data-reader position, configs). Written into a temporary directory and renamed, so a
+//! checkpoint is either complete or absent; older ones are pruned only after the new one exists.
+
+use super::adamw::AdamW;
+use super::config::TrainConfig;
+use crate::checkpoint::hf::{load_hf, save_hf, write_json};
+use crate::checkpoint::safetensors::{write_safetensors, Dtype, SafeTensorsFile, TensorOut};
+use crate::config::LlamaConfig;
+use crate::data::loader::LoaderState;
+use crate::model::Llama;
+use crate::tokenizer::Tokenizer;
+use anyhow::{ensure, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Optimiser steps completed.
+    pub step: u64,
+    pub tokens_seen: u64,
+    /// Data position of each rank.
+    pub loaders: Vec<LoaderState>,
+    pub world: usize,
+    pub train_config: TrainConfig,
+    pub model_config: LlamaConfig,
+    pub elapsed_s: f64,
+    pub consecutive_bad_steps: u32,
+}
+
+pub fn step_dir(root: &Path, step: u64) -> PathBuf {
+    root.join(format!("step-{step:08}"))
+}
+
+fn step_of(p: &Path) -> Option<u64> {
+    p.file_name()?.to_str()?.strip_prefix("step-")?.parse().ok()
+}
+
+/// Complete checkpoints under `root`, oldest first.
+pub fn list_checkpoints(root: &Path) -> Vec<(u64, PathBuf)> {
+    let mut v: Vec<(u64, PathBuf)> = std::fs::read_dir(root)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.join("trainer_state.json").exists())
+                .filter_map(|p| step_of(&p).map(|s| (s, p)))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+pub fn latest_checkpoint(root: &Path) -> Option<PathBuf> {
+    list_checkpoints(root).pop().map(|(_, p)| p)
+}
+
+/// Writes a checkpoint atomically and prunes old ones (keeping `keep_last` and milestones).
+pub fn save_checkpoint(
+    root: &Path,
+    model: &Llama,
+    adam: &AdamW,
+    tok: &Tokenizer,
+    state: &TrainerState,
+) -> Result<PathBuf> {
+    std::fs::create_dir_all(root).with_context(|| format!("cannot create {}", root.display()))?;
+    let final_dir = step_dir(root, state.step);
+    let tmp = root.join(format!(".step-{:08}.tmp-{}", state.step, std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let written = (|| -> Result<()> {
+        save_hf(model, &tmp, Dtype::F32, 0)?;
+        tok.save(&tmp.join("tokenizer.json"))?;
+        let mut meta = serde_json::Map::new();
+        meta.insert("adam_step".into(), adam.step.to_string().into());
+        let n = adam.m.len();
+        write_safetensors(
+            &tmp.join("optimizer.safetensors"),
+            &[
+                TensorOut { name: "exp_avg".into(), shape: vec![n], data: &adam.m },
+                TensorOut { name: "exp_avg_sq".into(), shape: vec![n], data: &adam.v },
+            ],
+            Dtype::F32,
+            &meta,
+        )?;
+        write_json(&tmp.join("trainer_state.json"), &serde_json::to_value(state)?)?;
+        if final_dir.exists() {
+            std::fs::remove_dir_all(&final_dir)?;
+        }
+        std::fs::rename(&tmp, &final_dir)?;
+        Ok(())
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e.context(format!("cannot write checkpoint {} (the previous one is intact)", final_dir.display())));
+    }
+    let cfg = &state.train_config;
+    let all = list_checkpoints(root);
+    let n = all.len();
+    for (i, (step, dir)) in all.iter().enumerate() {
+        let milestone = cfg.milestone_interval.map(|m| m > 0 && step % m == 0).unwrap_or(false);
+        if i + cfg.keep_last < n && !milestone {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+    Ok(final_dir)
+}
+
+pub struct LoadedCheckpoint {
+    pub model: Llama,
+    pub adam_m: Vec<f32>,
+    pub adam_v: Vec<f32>,
+    pub adam_step: u64,
+    pub state: TrainerState,
+}
+
+pub fn load_checkpoint(dir: &Path) -> Result<LoadedCheckpoint> {
+    let sp = dir.join("trainer_state.json");
+    let text =
+        std::fs::read_to_string(&sp).with_context(|| format!("{} is not a training checkpoint", dir.display()))?;
+    let state: TrainerState = serde_json::from_str(&text).with_context(|| format!("{}: unreadable", sp.display()))?;
+    let model = load_hf(dir)?;
+    ensure!(
+        model.cfg == state.model_config,
+        "{}: config.json and trainer_state.json disagree on the model",
+        dir.display()
+    );
+    let opt = SafeTensorsFile::open(&dir.join("optimizer.safetensors"))?;
+    let (adam_m, _) = opt.read_f32("exp_avg")?;
+    let (adam_v, _) = opt.read_f32("exp_avg_sq")?;
+    ensure!(
+        adam_m.len() == model.layout.total && adam_v.len() == model.layout.total,
+        "{}: optimizer state does not match the model's {} parameters",
+        dir.display(),
+        model.layout.total
+    );
+    let adam_step = opt
+        .metadata
+        .get("adam_step")
+        .and_then(|v| v.as_str())
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("{}: optimizer.safetensors has no adam_step", dir.display()))?;
+    Ok(LoadedCheckpoint { model, adam_m, adam_v, adam_step, state })
+}
+
+/// Writes a directory that transformers loads as `LlamaForCausalLM` with its tokenizer.
+pub fn export_hf(model: &Llama, tok: &Tokenizer, out: &Path, dtype: Dtype) -> Result<()> {
+    save_hf(model, out, dtype, 5 << 30)?;
+    tok.save(&out.join("tokenizer.json"))?;
+    let name = |id: u32| tok.id_to_token(id).unwrap_or_default();
+    write_json(
+        &out.join("tokenizer_config.json"),
+        &serde_json::json!({
+            "tokenizer_class": "LlamaTokenizerFast",
+            "bos_token": name(tok.bos_id),
+            "eos_token": name(tok.eos_id),
+            "unk_token": tok.id_to_token(0).unwrap_or_default(),
+            "add_bos_token": true,
+            "add_eos_token": false,
+            "clean_up_tokenization_spaces": false,
+            "legacy": false,
+            "model_max_length": model.cfg.max_position_embeddings,
+        }),
+    )?;
+    write_json(
+        &out.join("special_tokens_map.json"),
+        &serde_json::json!({"bos_token": name(tok.bos_id), "eos_token": name(tok.eos_id), "unk_token": tok.id_to_token(0).unwrap_or_default()}),
+    )?;
+    write_json(
+        &out.join("generation_config.json"),
+        &serde_json::json!({
+            "bos_token_id": model.cfg.bos_token_id,
+            "eos_token_id": model.cfg.eos_token_id,
+            "do_sample": false,
+            "max_length": model.cfg.max_position_embeddings,
+        }),
+    )?;
+    Ok(())
+}

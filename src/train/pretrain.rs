@@ -1,0 +1,376 @@
+//! The pretraining loop (`tinyllama pretrain`): data mixture → micro-batches with gradient
+//! accumulation → global-norm clipping → AdamW on TinyLlama's schedule; metrics, validation,
+//! plots and checkpoints along the way; bit-exact resume.
+
+use super::checkpoint::{latest_checkpoint, load_checkpoint, save_checkpoint, TrainerState};
+use super::config::TrainConfig;
+use super::plot::write_loss_svg;
+use super::{clip_grad_norm, AdamW, AdamWConfig, CosineSchedule};
+use crate::checkpoint::hf::{load_hf, write_json};
+use crate::config::LlamaConfig;
+use crate::data::builtin;
+use crate::data::loader::{component_files, LoaderOptions, MixtureLoader};
+use crate::model::{Llama, Workspace};
+use crate::tokenizer::Tokenizer;
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::json;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+pub enum Resume {
+    No,
+    Latest,
+    From(PathBuf),
+}
+
+#[derive(Debug)]
+pub struct Outcome {
+    pub step: u64,
+    /// Loss of every step this run executed, in order.
+    pub losses: Vec<f64>,
+    pub val_loss: Option<f64>,
+    pub checkpoint: Option<PathBuf>,
+    pub wall_s: f64,
+    pub tokens_per_s: f64,
+    pub mfu: f64,
+    pub interrupted: bool,
+    pub final_params: Vec<f32>,
+}
+
+/// Model and tokenizer the run starts from: an HF checkpoint (`init_from`), a config.json or a preset.
+fn initial_model(cfg: &TrainConfig) -> Result<(Llama, Tokenizer)> {
+    if let Some(dir) = &cfg.init_from {
+        let model = load_hf(dir)?;
+        let tok = match &cfg.tokenizer {
+            Some(p) => Tokenizer::from_file(p)?,
+            None => Tokenizer::from_file(&dir.join("tokenizer.json"))
+                .with_context(|| format!("{}: checkpoint without tokenizer.json (pass --tokenizer)", dir.display()))?,
+        };
+        return Ok((model, tok));
+    }
+    let mc = match &cfg.model_config {
+        Some(p) => LlamaConfig::from_hf_file(p)?,
+        None => LlamaConfig::preset(&cfg.preset)?,
+    };
+    Ok((Llama::new_init(mc, cfg.seed), Tokenizer::from_file_or_builtin(cfg.tokenizer.as_deref())?))
+}
+
+/// Fields that fix the data stream and the batch: a resumed run must keep them to continue exactly.
+fn check_resumable(saved: &TrainConfig, now: &TrainConfig, dir: &Path) -> Result<()> {
+    let pairs = [
+        ("seq_len", saved.seq_len.to_string(), now.seq_len.to_string()),
+        ("micro_batch", saved.micro_batch.to_string(), now.micro_batch.to_string()),
+        ("global_batch_tokens", format!("{:?}", saved.global_batch_tokens), format!("{:?}", now.global_batch_tokens)),
+        ("seed", saved.seed.to_string(), now.seed.to_string()),
+        ("mix", format!("{:?}", saved.mix), format!("{:?}", now.mix)),
+        ("buffer_files", saved.buffer_files.to_string(), now.buffer_files.to_string()),
+    ];
+    for (k, a, b) in pairs {
+        ensure!(
+            a == b,
+            "checkpoint {} was trained with {k} = {a}, this run has {b}: resuming would not continue the same run",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+pub fn pretrain(cfg: &TrainConfig, resume: Resume, stop: &AtomicBool, verbose: bool) -> Result<Outcome> {
+    cfg.validate()?;
+    let (world, rank) = (1usize, 0usize);
+    let (mut model, tok) = initial_model(cfg)?;
+    let mc = model.cfg.clone();
+    ensure!(
+        tok.vocab_size() <= mc.vocab_size,
+        "the tokenizer has {} tokens but the model's vocabulary is {}",
+        tok.vocab_size(),
+        mc.vocab_size
+    );
+    ensure!(
+        cfg.seq_len <= mc.max_position_embeddings,
+        "seq_len {} exceeds the model's context ({})",
+        cfg.seq_len,
+        mc.max_position_embeddings
+    );
+    let data_dir = match &cfg.data {
+        Some(d) => d.clone(),
+        None => builtin::prepared(&tok, cfg.val_fraction, verbose)?,
+    };
+    let mix: Vec<(String, f64)> = cfg.mix.iter().map(|(k, v)| (k.clone(), *v)).collect();
+    let lopts = LoaderOptions {
+        split: "train".into(),
+        mix: mix.clone(),
+        block_size: cfg.seq_len + 1,
+        seed: cfg.seed,
+        rank,
+        world,
+        buffer_files: cfg.buffer_files,
+        shuffle: true,
+    };
+    let mut loader = MixtureLoader::open(&data_dir, lopts.clone())?;
+    let mut val_mix = vec![];
+    for (n, w) in &mix {
+        if !component_files(&data_dir, "validation", n)?.is_empty() {
+            val_mix.push((n.clone(), *w));
+        }
+    }
+    let val_opts = (!val_mix.is_empty()).then(|| LoaderOptions {
+        split: "validation".into(),
+        mix: val_mix,
+        shuffle: false,
+        seed: 0,
+        ..lopts.clone()
+    });
+    let accum = cfg.accumulation(world)?;
+    let tokens_per_step = (accum * cfg.micro_batch * cfg.seq_len * world) as u64;
+    let adam_cfg = AdamWConfig { beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weight_decay: cfg.weight_decay };
+    let mut adam = AdamW::new(model.layout.total, adam_cfg);
+    let sched =
+        CosineSchedule { max_lr: cfg.max_lr, min_lr: cfg.min_lr, warmup_iters: cfg.warmup(), decay_iters: cfg.decay() };
+    let ckpt_root = cfg.out.join("checkpoints");
+    let (mut step, mut tokens_seen, mut elapsed_before, mut bad) = (0u64, 0u64, 0.0f64, 0u32);
+    let resume_dir = match resume {
+        Resume::No => None,
+        Resume::Latest => Some(
+            latest_checkpoint(&ckpt_root)
+                .with_context(|| format!("--resume: no checkpoint in {}", ckpt_root.display()))?,
+        ),
+        Resume::From(p) => Some(p),
+    };
+    if let Some(dir) = &resume_dir {
+        let ck = load_checkpoint(dir)?;
+        ensure!(
+            ck.model.cfg == mc,
+            "checkpoint {} is for another model ({}) than this run ({mc})",
+            dir.display(),
+            ck.model.cfg
+        );
+        ensure!(
+            ck.state.world == world,
+            "checkpoint {} was written by {} ranks, this run has {world}",
+            dir.display(),
+            ck.state.world
+        );
+        check_resumable(&ck.state.train_config, cfg, dir)?;
+        model.params = ck.model.params;
+        adam.m = ck.adam_m;
+        adam.v = ck.adam_v;
+        adam.step = ck.adam_step;
+        step = ck.state.step;
+        tokens_seen = ck.state.tokens_seen;
+        elapsed_before = ck.state.elapsed_s;
+        bad = ck.state.consecutive_bad_steps;
+        loader.restore(&ck.state.loaders[rank])?;
+    }
+
+    std::fs::create_dir_all(&cfg.out).with_context(|| format!("cannot create {}", cfg.out.display()))?;
+    let resolved = json!({"train": cfg, "model": mc, "data_dir": data_dir, "accumulation": accum,
+        "tokens_per_step": tokens_per_step, "warmup_steps": cfg.warmup(), "decay_steps": cfg.decay(), "world": world,
+        "threads": rayon::current_num_threads(), "resumed_from": resume_dir});
+    write_json(&cfg.out.join("train_config.json"), &resolved)?;
+    if verbose {
+        eprintln!("model: {mc}");
+        eprintln!("config: {}", serde_json::to_string(&resolved)?);
+    }
+    let metrics_path = cfg.out.join("metrics.jsonl");
+    let (mut train_curve, mut val_curve) = restore_metrics(&metrics_path, step)?;
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .with_context(|| format!("cannot open {}", metrics_path.display()))?;
+
+    let peak_gflops = crate::bench::gemm_peak(&mc, cfg.micro_batch * cfg.seq_len).gflops;
+    let flops_per_token = mc.train_flops_per_token(cfg.seq_len);
+    let mut ws = Workspace::new(&mc, cfg.micro_batch, cfg.seq_len);
+    let mut grads = vec![0.0f32; model.layout.total];
+    let (mut inputs, mut targets) = (vec![], vec![]);
+    let n_tokens = (cfg.micro_batch * cfg.seq_len) as f32;
+    let bar = progress_bar(verbose, cfg.max_steps, step);
+    let t_start = Instant::now();
+    let start_step = step;
+    let mut out = Outcome {
+        step,
+        losses: vec![],
+        val_loss: None,
+        checkpoint: None,
+        wall_s: 0.0,
+        tokens_per_s: 0.0,
+        mfu: 0.0,
+        interrupted: false,
+        final_params: vec![],
+    };
+    let mut last_saved = resume_dir.as_ref().map(|_| step);
+    let save = |model: &Llama, adam: &AdamW, loader: &MixtureLoader, step, tokens_seen, bad, elapsed| {
+        let state = TrainerState {
+            step,
+            tokens_seen,
+            loaders: vec![loader.state()],
+            world,
+            train_config: cfg.clone(),
+            model_config: mc.clone(),
+            elapsed_s: elapsed,
+            consecutive_bad_steps: bad,
+        };
+        save_checkpoint(&ckpt_root, model, adam, &tok, &state)
+    };
+
+    while step < cfg.max_steps {
+        if stop.load(Ordering::Relaxed) {
+            out.interrupted = true;
+            break;
+        }
+        let t0 = Instant::now();
+        grads.fill(0.0);
+        let mut loss = 0.0;
+        for _ in 0..accum {
+            loader.next_batch(cfg.micro_batch, &mut inputs, &mut targets)?;
+            loss += model.forward_backward(&mut ws, &mut grads, &inputs, &targets, 1.0 / (n_tokens * accum as f32))?
+                / accum as f64;
+        }
+        let norm = clip_grad_norm(&mut grads, cfg.grad_clip);
+        let lr = sched.lr(step + 1);
+        let skipped = !loss.is_finite() || !norm.is_finite();
+        if skipped {
+            bad += 1;
+            let msg = format!("step {}: loss {loss}, grad norm {norm}: update skipped ({bad} in a row)", step + 1);
+            match &bar {
+                Some(b) => b.println(&msg),
+                None => eprintln!("{msg}"),
+            }
+            if bad >= cfg.nan_patience {
+                bail!(
+                    "{bad} steps in a row had a NaN/inf loss or gradient norm; stopping. The last good checkpoint is {}",
+                    latest_checkpoint(&ckpt_root).map(|p| p.display().to_string()).unwrap_or_else(|| "none".into())
+                );
+            }
+        } else {
+            adam.update(&mut model.params, &grads, lr);
+            bad = 0;
+        }
+        step += 1;
+        tokens_seen += tokens_per_step;
+        let dt = t0.elapsed().as_secs_f64();
+        let tps = tokens_per_step as f64 / dt;
+        let mfu = tps * flops_per_token / 1e9 / peak_gflops;
+        out.losses.push(loss);
+        train_curve.push((step, loss));
+        let elapsed = elapsed_before + t_start.elapsed().as_secs_f64();
+        writeln!(
+            metrics,
+            "{}",
+            json!({"step": step, "loss": loss, "lr": lr, "grad_norm": norm, "tokens": tokens_seen,
+                "tokens_per_s": tps, "mfu": mfu, "elapsed_s": elapsed, "skipped": skipped})
+        )?;
+        if let Some(b) = &bar {
+            b.set_position(step);
+            b.set_message(format!(
+                "loss {loss:.4} | lr {lr:.2e} | gnorm {norm:.3} | {tps:.0} tok/s | MFU {:.0}%",
+                100.0 * mfu
+            ));
+        } else if verbose && step % cfg.log_interval.max(1) == 0 {
+            eprintln!("step {step}: loss {loss:.4} lr {lr:.2e} gnorm {norm:.3} {tps:.0} tok/s");
+        }
+        let interrupted = stop.load(Ordering::Relaxed);
+        if let Some(vo) = &val_opts {
+            if step % cfg.eval_interval.max(1) == 0 || step == cfg.max_steps {
+                let vl = validate(&model, &mut ws, &data_dir, vo, cfg)?;
+                out.val_loss = Some(vl);
+                val_curve.push((step, vl));
+                writeln!(metrics, "{}", json!({"step": step, "val_loss": vl, "val_ppl": vl.exp()}))?;
+                let msg = format!("step {step}: val loss {vl:.4}, perplexity {:.2}", vl.exp());
+                match &bar {
+                    Some(b) => b.println(&msg),
+                    None if verbose => eprintln!("{msg}"),
+                    None => {}
+                }
+            }
+        }
+        // no checkpoint during a run of NaN/inf steps: the last good one stays the latest
+        if bad == 0 && (step % cfg.save_interval.max(1) == 0 || step == cfg.max_steps || interrupted) {
+            metrics.flush()?;
+            let dir = save(&model, &adam, &loader, step, tokens_seen, bad, elapsed)?;
+            last_saved = Some(step);
+            out.checkpoint = Some(dir);
+            write_loss_svg(&cfg.out.join("loss.svg"), &train_curve, &val_curve)?;
+        }
+    }
+    if out.interrupted && last_saved != Some(step) && bad == 0 {
+        let elapsed = elapsed_before + t_start.elapsed().as_secs_f64();
+        out.checkpoint = Some(save(&model, &adam, &loader, step, tokens_seen, bad, elapsed)?);
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    write_loss_svg(&cfg.out.join("loss.svg"), &train_curve, &val_curve)?;
+    out.step = step;
+    out.wall_s = t_start.elapsed().as_secs_f64();
+    let done = step - start_step;
+    out.tokens_per_s = if out.wall_s > 0.0 { (done * tokens_per_step) as f64 / out.wall_s } else { 0.0 };
+    out.mfu = out.tokens_per_s * flops_per_token / 1e9 / peak_gflops;
+    out.final_params = model.params;
+    Ok(out)
+}
+
+/// Mean loss over the same `eval_batches` validation batches every time.
+fn validate(model: &Llama, ws: &mut Workspace, dir: &Path, vo: &LoaderOptions, cfg: &TrainConfig) -> Result<f64> {
+    let mut l = MixtureLoader::open(dir, vo.clone())?;
+    let (mut x, mut y) = (vec![], vec![]);
+    let mut sum = 0.0;
+    for _ in 0..cfg.eval_batches.max(1) {
+        l.next_batch(cfg.micro_batch, &mut x, &mut y)?;
+        sum += model.forward_loss(ws, &x, &y)?;
+    }
+    Ok(sum / cfg.eval_batches.max(1) as f64)
+}
+
+/// On resume: keep the metrics rows up to the checkpoint's step (later ones belong to the
+/// abandoned continuation) and return the curves so far.
+type Curve = Vec<(u64, f64)>;
+fn restore_metrics(path: &Path, step: u64) -> Result<(Curve, Curve)> {
+    let (mut train, mut val) = (vec![], vec![]);
+    if step == 0 {
+        let _ = std::fs::remove_file(path);
+        return Ok((train, val));
+    }
+    let mut kept = String::new();
+    if let Ok(f) = std::fs::File::open(path) {
+        for line in std::io::BufReader::new(f).lines() {
+            let line = line?;
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+            let s = v["step"].as_u64().unwrap_or(u64::MAX);
+            if s > step {
+                continue;
+            }
+            if let Some(l) = v["loss"].as_f64() {
+                train.push((s, l));
+            }
+            if let Some(l) = v["val_loss"].as_f64() {
+                val.push((s, l));
+            }
+            kept += &line;
+            kept.push('\n');
+        }
+    }
+    crate::checkpoint::safetensors::write_atomically(path, |w| {
+        w.write_all(kept.as_bytes())?;
+        Ok(())
+    })?;
+    Ok((train, val))
+}
+
+fn progress_bar(verbose: bool, max: u64, at: u64) -> Option<indicatif::ProgressBar> {
+    if !verbose || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return None;
+    }
+    let b = indicatif::ProgressBar::new(max);
+    b.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} | {msg} | ETA {eta}")
+            .unwrap()
+            .progress_chars("=> "),
+    );
+    b.set_position(at);
+    Some(b)
+}
