@@ -12,7 +12,7 @@ cargo build --release --quiet
 out=$(mktemp)
 for r in $(seq "$rounds"); do
   ./target/release/tinyllama bench train --preset "$preset" --steps "$steps" --json | sed 's/^/rust /' | tee -a "$out"
-  "$py" benches/pytorch_train_step.py --preset "$preset" --steps "$steps" --json | sed 's/^/torch /' | tee -a "$out"
+  "$py" benches/pytorch_train_step.py --preset "$preset" --steps "$steps" --adamw foreach --json | sed 's/^/torch /' | tee -a "$out"
 done
 python3 - "$out" <<'PY'
 import json, statistics, sys

@@ -8,6 +8,8 @@ pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod eval;
+pub mod generate;
 pub mod kernels;
 pub mod model;
 pub mod profile;

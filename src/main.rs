@@ -33,6 +33,21 @@ enum Cmd {
     Pretrain(Box<PretrainArgs>),
     /// Tokenize corpora (jsonl, jsonl.zst, parquet, text) into packed token shards.
     Prepare(PrepareArgs),
+    /// Train a byte-level BPE tokenizer (tokenizer.json) on a corpus, for your own vocabulary.
+    TrainTokenizer {
+        /// Input files or directories (same kinds as `prepare`).
+        #[arg(long, required = true, num_args = 1..)]
+        input: Vec<PathBuf>,
+        /// Vocabulary size, special tokens included (<unk>, <s>, </s> = 0, 1, 2).
+        #[arg(long, default_value_t = 32000)]
+        vocab_size: usize,
+        /// Output tokenizer.json.
+        #[arg(long)]
+        output: PathBuf,
+        /// Read at most this many MB of text.
+        #[arg(long, default_value_t = 1000)]
+        max_mb: usize,
+    },
     /// Write a training checkpoint as a Hugging Face model directory (LlamaForCausalLM + tokenizer).
     Export {
         /// A checkpoint directory (runs/NAME/checkpoints/step-N).
@@ -45,6 +60,17 @@ enum Cmd {
         #[arg(long, default_value = "f32")]
         dtype: String,
     },
+    /// Zero-shot evaluation with lm-evaluation-harness v0.4's rules (or perplexity of a file).
+    ///
+    /// Task data are JSONL files in the Hugging Face datasets' field layout, in --data-dir:
+    /// hellaswag_validation.jsonl, piqa_validation.jsonl, boolq_validation.jsonl,
+    /// winogrande_xl_validation.jsonl, arc_{easy,challenge}_test.jsonl (or _test_from_requests /
+    /// _validation), openbookqa_test.jsonl (likewise), mmlu_test.jsonl + mmlu_dev.jsonl (5 shots).
+    Eval(EvalArgs),
+    /// Generate text from a prompt (KV cache; greedy with --temperature 0).
+    Generate(GenerateArgs),
+    /// Chat with a chat checkpoint (Zephyr template, as TinyLlama-1.1B-Chat). Reads lines from stdin.
+    Chat(ChatArgs),
     /// Print a model configuration and its parameter count.
     Info(ModelArg),
     /// Benchmarks: `bench train` times a full training step.
@@ -157,6 +183,85 @@ struct PrepareArgs {
     strict: bool,
 }
 
+#[derive(Args)]
+struct EvalArgs {
+    /// A Hugging Face model directory (or a training checkpoint) with tokenizer.json.
+    #[arg(long)]
+    model: PathBuf,
+    /// Comma-separated: hellaswag, openbookqa, winogrande, arc_easy, arc_challenge, boolq, piqa, mmlu.
+    #[arg(long, default_value = "hellaswag,openbookqa,winogrande,arc_easy,arc_challenge,boolq,piqa")]
+    tasks: String,
+    /// Directory of the task files.
+    #[arg(long, default_value = "eval-data")]
+    data_dir: PathBuf,
+    /// Only the first N items of each task.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Write the results as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write one JSON line per request (task, doc_index, choice_index, loglikelihood, is_greedy).
+    #[arg(long)]
+    log_samples: Option<PathBuf>,
+    /// Instead of tasks: perplexity of a text file or a prepared .bin shard.
+    #[arg(long)]
+    perplexity: Option<PathBuf>,
+    /// Perplexity window (default: the model's context).
+    #[arg(long)]
+    window: Option<usize>,
+    /// Perplexity stride (default: half the window).
+    #[arg(long)]
+    stride: Option<usize>,
+}
+
+#[derive(Args)]
+struct SamplingArgs {
+    /// 0 = greedy (deterministic).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 256)]
+    max_new_tokens: usize,
+}
+
+impl SamplingArgs {
+    fn options(&self) -> tinyllama::generate::SamplingOptions {
+        tinyllama::generate::SamplingOptions {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            seed: self.seed,
+        }
+    }
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// A Hugging Face model directory (or a training checkpoint) with tokenizer.json.
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    prompt: String,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+}
+
+#[derive(Args)]
+struct ChatArgs {
+    #[arg(long)]
+    model: PathBuf,
+    /// System prompt.
+    #[arg(long)]
+    system: Option<String>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+}
+
 #[derive(Subcommand)]
 enum BenchCmd {
     /// Time training steps (forward, backward, clip, AdamW) on random tokens and report tokens/s,
@@ -200,6 +305,24 @@ fn run() -> Result<()> {
     match cli.cmd {
         Cmd::Pretrain(a) => pretrain(*a)?,
         Cmd::Prepare(a) => prepare(a)?,
+        Cmd::TrainTokenizer { input, vocab_size, output, max_mb } => {
+            let (docs, st) = tinyllama::data::prepare::read_corpus(&input, max_mb << 20)?;
+            anyhow::ensure!(!docs.is_empty(), "no documents found in {input:?}");
+            eprintln!("training a {vocab_size}-token BPE on {} documents from {} files", docs.len(), st.files);
+            let tok = tinyllama::tokenizer::train_bpe(
+                &docs,
+                vocab_size,
+                std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            )?;
+            tok.save(&output)?;
+            println!(
+                "wrote {} ({} tokens; <s> = {}, </s> = {})",
+                output.display(),
+                tok.vocab_size(),
+                tok.bos_id,
+                tok.eos_id
+            );
+        }
         Cmd::Export { checkpoint, hf, dtype } => {
             let dtype = match dtype.as_str() {
                 "f32" => Dtype::F32,
@@ -211,6 +334,33 @@ fn run() -> Result<()> {
             let tok = Tokenizer::from_file(&checkpoint.join("tokenizer.json"))?;
             tinyllama::train::checkpoint::export_hf(&model, &tok, &hf, dtype)?;
             println!("wrote {} ({}, {} parameters)", hf.display(), model.cfg, model.cfg.num_params());
+        }
+        Cmd::Eval(a) => eval(a)?,
+        Cmd::Generate(a) => {
+            let (model, tok) = load_model_dir(&a.model)?;
+            let prompt: Vec<u32> = std::iter::once(tok.bos_id).chain(tok.encode(&a.prompt)?).collect();
+            print!("{}", a.prompt);
+            stream_generate(&model, &tok, &prompt, &a.sampling)?;
+            println!();
+        }
+        Cmd::Chat(a) => {
+            let (model, tok) = load_model_dir(&a.model)?;
+            let mut turns: Vec<(String, Option<String>)> = vec![];
+            eprintln!("chat with {} (empty line or Ctrl-D to quit)", a.model.display());
+            let stdin = std::io::stdin();
+            loop {
+                eprint!("> ");
+                let mut line = String::new();
+                if stdin.read_line(&mut line)? == 0 || line.trim().is_empty() {
+                    break;
+                }
+                turns.push((line.trim().to_string(), None));
+                let text = tinyllama::generate::zephyr_prompt(a.system.as_deref(), &turns);
+                let prompt: Vec<u32> = std::iter::once(tok.bos_id).chain(tok.encode(&text)?).collect();
+                let reply = stream_generate(&model, &tok, &prompt, &a.sampling)?;
+                println!();
+                turns.last_mut().unwrap().1 = Some(reply.trim().to_string());
+            }
         }
         Cmd::Info(m) => {
             let (name, cfg) = m.resolve("tiny-10m")?;
@@ -376,5 +526,117 @@ fn prepare(a: PrepareArgs) -> Result<()> {
         );
     }
     println!("{} shard files in {}", s.shard_files.len(), a.output.display());
+    Ok(())
+}
+
+fn load_model_dir(dir: &std::path::Path) -> Result<(tinyllama::model::Llama, Tokenizer)> {
+    let model = tinyllama::checkpoint::hf::load_hf(dir)?;
+    let tok = Tokenizer::from_file(&dir.join("tokenizer.json"))
+        .with_context(|| format!("{}: a model directory needs its tokenizer.json", dir.display()))?;
+    Ok((model, tok))
+}
+
+/// Generates and prints text as it comes (decoding the whole continuation each time, so that
+/// multi-token characters appear whole); returns the text.
+fn stream_generate(
+    model: &tinyllama::model::Llama,
+    tok: &Tokenizer,
+    prompt: &[u32],
+    s: &SamplingArgs,
+) -> Result<String> {
+    use std::io::Write;
+    let mut sampler = tinyllama::generate::Sampler::new(s.options());
+    let mut ids = vec![];
+    let mut shown = String::new();
+    let mut out = std::io::stdout();
+    tinyllama::generate::generate(model, prompt, s.max_new_tokens, Some(tok.eos_id), &mut sampler, &mut |t| {
+        if t == tok.eos_id {
+            return Ok(());
+        }
+        ids.push(t);
+        let text = tok.decode(&ids)?;
+        if text.len() > shown.len() && text.starts_with(&shown) && !text.ends_with('\u{fffd}') {
+            write!(out, "{}", &text[shown.len()..])?;
+            out.flush()?;
+            shown = text;
+        }
+        Ok(())
+    })?;
+    let text = tok.decode(&ids)?;
+    if text.len() > shown.len() && text.starts_with(&shown) {
+        print!("{}", &text[shown.len()..]);
+    }
+    Ok(text)
+}
+
+fn eval(a: EvalArgs) -> Result<()> {
+    let (model, tok) = load_model_dir(&a.model)?;
+    if let Some(path) = &a.perplexity {
+        let tokens: Vec<u32> = if path.extension().map(|e| e == "bin").unwrap_or(false) {
+            tinyllama::data::shard::Shard::open(path)?.tokens()
+        } else {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            std::iter::once(tok.bos_id).chain(tok.encode(&text)?).collect()
+        };
+        let window = a.window.unwrap_or(model.cfg.max_position_embeddings);
+        let stride = a.stride.unwrap_or((window / 2).max(1));
+        let p = tinyllama::eval::perplexity::perplexity(&model, &tokens, window, stride)?;
+        println!(
+            "{}: {} tokens scored, NLL {:.4}, perplexity {:.3} (window {window}, stride {stride})",
+            path.display(),
+            p.tokens_scored,
+            p.nll,
+            p.perplexity
+        );
+        if let Some(j) = &a.json {
+            tinyllama::checkpoint::hf::write_json(j, &serde_json::to_value(&p)?)?;
+        }
+        return Ok(());
+    }
+    let mut log = match &a.log_samples {
+        Some(p) => Some(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+        )),
+        None => None,
+    };
+    let mut results = vec![];
+    for name in a.tasks.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let task = tinyllama::eval::tasks::load_task(name, &a.data_dir, a.limit)?;
+        let bar = indicatif::ProgressBar::new(task.items.len() as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{msg:14} {bar:30} {pos}/{len} items, ETA {eta}").unwrap(),
+        );
+        bar.set_message(name.to_string());
+        if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
+        let r = tinyllama::eval::harness::evaluate_task(
+            &model,
+            &tok,
+            &task,
+            log.as_mut().map(|w| w as &mut dyn std::io::Write),
+            &mut |i| bar.set_position(i as u64),
+        )?;
+        bar.finish_and_clear();
+        results.push(r);
+    }
+    println!("| task | n | acc | ± | acc_norm | ± | items/s |");
+    println!("|---|---|---|---|---|---|---|");
+    for r in &results {
+        let norm = |x: Option<f64>| x.map(|v| format!("{:.2}", 100.0 * v)).unwrap_or_else(|| "—".into());
+        println!(
+            "| {} | {} | {:.2} | {:.2} | {} | {} | {:.2} |",
+            r.task,
+            r.n,
+            100.0 * r.acc,
+            100.0 * r.acc_stderr,
+            norm(r.acc_norm),
+            norm(r.acc_norm_stderr),
+            r.items_per_s
+        );
+    }
+    if let Some(j) = &a.json {
+        tinyllama::checkpoint::hf::write_json(j, &serde_json::json!({"model": a.model, "results": results}))?;
+    }
     Ok(())
 }

@@ -12,6 +12,91 @@ pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     pub bos_id: u32,
     pub eos_id: u32,
+    /// For SentencePiece-style BPE (Llama-2): word-at-a-time encoding, see [`LlamaWords`].
+    words: Option<LlamaWords>,
+}
+
+/// Exact fast path for Llama-2-style tokenizers (normalizer: prepend "▁", spaces to "▁"; no
+/// pre-tokenizer; BPE). No piece of such a vocabulary holds "▁" after another character, so no
+/// merge crosses the start of a "▁"-led word: encoding word by word gives the same ids as encoding
+/// the whole text, and words repeat, so each is merged once per thread and then looked up. The
+/// `tokenizers` pipeline treats a whole document as one BPE word, which is far slower.
+struct LlamaWords {
+    bpe: tokenizers::models::bpe::BPE,
+    /// Added tokens (`<s>`, …) are matched in raw text by `tokenizers`: texts holding one take
+    /// the full pipeline.
+    added: Vec<String>,
+}
+
+thread_local! {
+    static WORD_CACHE: std::cell::RefCell<std::collections::HashMap<String, Vec<u32>>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+impl LlamaWords {
+    fn detect(json: &serde_json::Value, inner: &tokenizers::Tokenizer) -> Option<Self> {
+        let want_norm = serde_json::json!({"type": "Sequence", "normalizers": [
+            {"type": "Prepend", "prepend": "▁"},
+            {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]});
+        if json.get("normalizer") != Some(&want_norm) || !json.get("pre_tokenizer").map(|p| p.is_null()).unwrap_or(true)
+        {
+            return None;
+        }
+        let tokenizers::ModelWrapper::BPE(bpe) = inner.get_model() else { return None };
+        if bpe.dropout.is_some() || bpe.ignore_merges {
+            return None;
+        }
+        let vocab = json.pointer("/model/vocab")?.as_object()?;
+        if vocab.keys().any(|p| p.trim_start_matches('▁').contains('▁')) {
+            return None;
+        }
+        let added = inner.get_added_tokens_decoder().values().map(|t| t.content.clone()).collect();
+        Some(LlamaWords { bpe: bpe.clone(), added })
+    }
+
+    fn encode(&self, text: &str) -> Option<Result<Vec<u32>>> {
+        if self.added.iter().any(|a| text.contains(a.as_str())) {
+            return None;
+        }
+        if text.is_empty() {
+            return Some(Ok(vec![]));
+        }
+        let norm: String = std::iter::once('▁').chain(text.chars().map(|c| if c == ' ' { '▁' } else { c })).collect();
+        let mut ids = Vec::with_capacity(text.len() / 3);
+        let mut start = 0;
+        let mut prev = '▁';
+        let mut r = Ok(());
+        WORD_CACHE.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            if cache.len() > 200_000 {
+                cache.clear();
+            }
+            let mut emit = |w: &str, ids: &mut Vec<u32>| -> Result<()> {
+                if let Some(hit) = cache.get(w) {
+                    ids.extend_from_slice(hit);
+                    return Ok(());
+                }
+                use tokenizers::Model;
+                let toks = self.bpe.tokenize(w).map_err(|e| anyhow!("tokenizer: {e}"))?;
+                let v: Vec<u32> = toks.iter().map(|t| t.id).collect();
+                ids.extend_from_slice(&v);
+                cache.insert(w.to_string(), v);
+                Ok(())
+            };
+            for (i, c) in norm.char_indices() {
+                if c == '▁' && prev != '▁' && i > start {
+                    if let Err(e) = emit(&norm[start..i], &mut ids) {
+                        r = Err(e);
+                        return;
+                    }
+                    start = i;
+                }
+                prev = c;
+            }
+            r = emit(&norm[start..], &mut ids);
+        });
+        Some(r.map(|_| ids))
+    }
 }
 
 impl Tokenizer {
@@ -39,11 +124,21 @@ impl Tokenizer {
         let id = |names: &[&str], default: u32| names.iter().find_map(|n| inner.token_to_id(n)).unwrap_or(default);
         let bos_id = id(&["<s>", "<|begin_of_text|>", "<|endoftext|>"], 1);
         let eos_id = id(&["</s>", "<|end_of_text|>", "<|endoftext|>"], 2);
-        Ok(Tokenizer { inner, bos_id, eos_id })
+        let json: serde_json::Value = serde_json::from_slice(bytes)?;
+        let words = LlamaWords::detect(&json, &inner);
+        Ok(Tokenizer { inner, bos_id, eos_id, words })
     }
 
     /// Token ids of `text`, without BOS or EOS.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        if let Some(r) = self.words.as_ref().and_then(|w| w.encode(text)) {
+            return r;
+        }
+        self.encode_pipeline(text)
+    }
+
+    /// Token ids through the full `tokenizers` pipeline (the reference the fast path must equal).
+    pub fn encode_pipeline(&self, text: &str) -> Result<Vec<u32>> {
         let enc = self.inner.encode_fast(text, false).map_err(|e| anyhow!("tokenizer: {e}"))?;
         Ok(enc.get_ids().to_vec())
     }
@@ -82,6 +177,36 @@ impl Tokenizer {
     }
 }
 
+/// Trains a byte-level BPE tokenizer (GPT-2 style: any text encodes, nothing is unknown) of
+/// `vocab_size` tokens on `docs`, with `<unk>`, `<s>`, `</s>` as ids 0, 1, 2 like Llama's.
+pub fn train_bpe(docs: &[String], vocab_size: usize, progress: bool) -> Result<Tokenizer> {
+    use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+    use tokenizers::{AddedToken, TokenizerBuilder};
+    anyhow::ensure!(vocab_size >= 256 + 3, "--vocab-size {vocab_size}: byte-level BPE needs at least 259 tokens");
+    let specials = ["<unk>", "<s>", "</s>"].map(|t| AddedToken::from(t.to_string(), true)).to_vec();
+    let mut trainer = BpeTrainerBuilder::new()
+        .show_progress(progress)
+        .vocab_size(vocab_size)
+        .min_frequency(2)
+        .special_tokens(specials)
+        .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+        .build();
+    let byte_level = ByteLevel::new(false, true, true);
+    let mut tk: tokenizers::TokenizerImpl<BPE, tokenizers::NormalizerWrapper, ByteLevel, ByteLevel, ByteLevel> =
+        TokenizerBuilder::new()
+            .with_model(BPE::default())
+            .with_normalizer(None)
+            .with_pre_tokenizer(Some(byte_level))
+            .with_post_processor(Some(byte_level))
+            .with_decoder(Some(byte_level))
+            .build()
+            .map_err(|e| anyhow!("{e}"))?;
+    tk.train(&mut trainer, docs.iter()).map_err(|e| anyhow!("BPE training: {e}"))?;
+    let json = tk.to_string(false).map_err(|e| anyhow!("{e}"))?;
+    Tokenizer::from_bytes(json.as_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,5 +219,47 @@ mod tests {
         let ids = t.encode(text).unwrap();
         assert!(!ids.contains(&1) && !ids.contains(&2));
         assert_eq!(t.decode(&ids).unwrap(), text);
+    }
+
+    /// The word-at-a-time path against the full pipeline, on the built-in corpus (prose and code,
+    /// runs of spaces, tabs, newlines) and awkward strings.
+    #[test]
+    fn word_path_equals_the_pipeline() {
+        let t = Tokenizer::llama2();
+        assert!(t.words.is_some(), "Llama-2 tokenizer takes the word path");
+        let mut texts: Vec<String> =
+            ["", " ", "   leading", "trailing  ", "a\n\n  b\t\tc", "<s> literal", "日本語 ½ 🦙\u{0}"]
+                .map(String::from)
+                .to_vec();
+        for (_, bytes) in crate::data::builtin::FILES {
+            let raw = zstd::decode_all(*bytes).unwrap();
+            for line in std::str::from_utf8(&raw).unwrap().lines().step_by(7) {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                texts.push(v["text"].as_str().unwrap().to_string());
+            }
+        }
+        for text in &texts {
+            assert_eq!(t.encode(text).unwrap(), t.encode_pipeline(text).unwrap(), "{:?}", &text[..text.len().min(80)]);
+        }
+    }
+
+    #[test]
+    fn trained_bpe_round_trips_any_text() {
+        let docs: Vec<String> = (0..200)
+            .map(|i| format!("It is a truth universally acknowledged, number {i}.\ndef f(x):\n    return x + {i}\n"))
+            .collect();
+        let t = train_bpe(&docs, 400, false).unwrap();
+        assert_eq!((t.bos_id, t.eos_id), (1, 2));
+        assert!(t.vocab_size() <= 400 && t.vocab_size() > 259, "{}", t.vocab_size());
+        let common = t.encode(&docs[7]).unwrap();
+        assert!(
+            common.len() < docs[7].len() / 2,
+            "merges learned: {} tokens for {} bytes",
+            common.len(),
+            docs[7].len()
+        );
+        for text in [docs[3].as_str(), "unseen ½ 🦙 Ünïcödé\t text"] {
+            assert_eq!(t.decode(&t.encode(text).unwrap()).unwrap(), text);
+        }
     }
 }

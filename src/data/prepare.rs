@@ -218,6 +218,28 @@ fn read_parquet(path: &Path, _: &mut PrepareStats, _: &mut dyn FnMut(String)) ->
     bail!("{}: this build has no parquet support (build with `--features parquet`)", path.display())
 }
 
+/// The documents of `inputs` (same rules as [`prepare`]), up to about `max_bytes` of text: the
+/// corpus a tokenizer is trained on.
+pub fn read_corpus(inputs: &[PathBuf], max_bytes: usize) -> Result<(Vec<String>, PrepareStats)> {
+    let mut stats = PrepareStats::default();
+    let mut docs = vec![];
+    let mut bytes = 0usize;
+    for path in discover_inputs(inputs)? {
+        if bytes >= max_bytes {
+            break;
+        }
+        read_documents(&path, false, &mut stats, &mut |d| {
+            if bytes < max_bytes {
+                bytes += d.len();
+                docs.push(d);
+            }
+        })?;
+        stats.files += 1;
+    }
+    stats.documents = docs.len() as u64;
+    Ok((docs, stats))
+}
+
 /// Runs the whole preparation; returns the statistics (also written as
 /// `prepare_{prefix}_{i}.json` in the output directory).
 pub fn prepare(opts: &PrepareOptions, tok: &Tokenizer) -> Result<PrepareStats> {

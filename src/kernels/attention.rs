@@ -303,6 +303,59 @@ pub fn attention_backward(
     });
 }
 
+/// Inference attention: `n` new queries (rows of `qkv`, `qkv_stride` apart, at positions
+/// `p0..p0 + n`) against the cached keys and values of positions `0..=p0 + i` (`[pos, n_kv·hd]`).
+/// Writes `out[n, n_heads·hd]`. One task per (query, head); online softmax over key tiles.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_cached(
+    out: &mut [f32],
+    qkv: &[f32],
+    qkv_stride: usize,
+    k_cache: &[f32],
+    v_cache: &[f32],
+    n: usize,
+    p0: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    hd: usize,
+) {
+    assert!(hd <= MAX_HEAD_DIM);
+    let kvd = n_kv_heads * hd;
+    let rep = n_heads / n_kv_heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    out[..n * n_heads * hd].par_chunks_mut(hd).enumerate().for_each(|(task, o)| {
+        let (i, h) = (task / n_heads, task % n_heads);
+        let g = h / rep;
+        let q = &qkv[i * qkv_stride + h * hd..][..hd];
+        let mut acc = [0.0f32; MAX_HEAD_DIM];
+        let acc = &mut acc[..hd];
+        let (mut m, mut l) = (f32::NEG_INFINITY, 0.0f32);
+        let last = p0 + i;
+        for j0 in (0..=last).step_by(KEY_TILE) {
+            let nk = (last + 1 - j0).min(KEY_TILE);
+            let mut sc = [f32::NEG_INFINITY; KEY_TILE];
+            for (jj, s) in sc[..nk].iter_mut().enumerate() {
+                *s = dot(q, &k_cache[(j0 + jj) * kvd + g * hd..][..hd]) * scale;
+            }
+            let m_new = m.max(lane_max(&sc));
+            let corr = exp(m - m_new);
+            for s in sc.iter_mut() {
+                *s = exp(*s - m_new);
+            }
+            sc[nk..].fill(0.0);
+            l = l * corr + lane_sum(&sc);
+            for a in acc.iter_mut() {
+                *a *= corr;
+            }
+            accumulate_rows(acc, &sc[..nk], v_cache, j0 * kvd + g * hd, kvd);
+            m = m_new;
+        }
+        for (ov, a) in o.iter_mut().zip(acc.iter()) {
+            *ov = a / l;
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -363,6 +416,29 @@ mod tests {
             let (out, _) = forward(&qkv, s);
             for (a, b) in out.iter().zip(reference(&qkv, s)) {
                 assert!((*a as f64 - b).abs() < 1e-5, "{s:?}: {a} vs {b}");
+            }
+        }
+    }
+
+    /// Prefill of p0 positions then n more, through the cache, equals one causal pass.
+    #[test]
+    fn cached_attention_equals_full_attention() {
+        let s = AttnShape { batch: 1, seq_len: 70, n_heads: 4, n_kv_heads: 2, head_dim: 8 };
+        let qkv = randn(s.seq_len * s.qkv_stride(), 5, 1.0);
+        let (full, _) = forward(&qkv, s);
+        let kvd = s.n_kv_heads * s.head_dim;
+        let qs = s.qkv_stride();
+        let mut kc = vec![0.0; s.seq_len * kvd];
+        let mut vc = vec![0.0; s.seq_len * kvd];
+        for r in 0..s.seq_len {
+            kc[r * kvd..][..kvd].copy_from_slice(&qkv[r * qs + s.k_off(0)..][..kvd]);
+            vc[r * kvd..][..kvd].copy_from_slice(&qkv[r * qs + s.v_off(0)..][..kvd]);
+        }
+        for (p0, n) in [(0, 70), (65, 5), (69, 1)] {
+            let mut out = vec![0.0; n * s.out_stride()];
+            attention_cached(&mut out, &qkv[p0 * qs..], qs, &kc, &vc, n, p0, 4, 2, 8);
+            for (a, b) in out.iter().zip(&full[p0 * s.out_stride()..]) {
+                assert!((a - b).abs() < 1e-5, "p0 {p0}: {a} vs {b}");
             }
         }
     }
