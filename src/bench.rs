@@ -183,3 +183,59 @@ pub fn process_cpu_seconds() -> f64 {
         })
         .unwrap_or(0.0)
 }
+
+#[derive(Debug, Serialize)]
+pub struct GenerateBench {
+    pub preset: String,
+    pub params: usize,
+    pub threads: usize,
+    pub prompt_len: usize,
+    pub new_tokens: usize,
+    /// Median over runs of prompt tokens / prefill time.
+    pub prefill_tokens_per_s: f64,
+    /// Median over runs of generated tokens / decode time (greedy, KV cache).
+    pub decode_tokens_per_s: f64,
+    pub peak_rss_bytes: u64,
+}
+
+/// Prefill and decode speed of one sequence (random weights: speed does not depend on them).
+pub fn generate_bench(
+    preset: &str,
+    cfg: &LlamaConfig,
+    prompt_len: usize,
+    new_tokens: usize,
+    runs: usize,
+) -> Result<GenerateBench> {
+    use crate::model::KvCache;
+    let model = Llama::new_init(cfg.clone(), 7);
+    let prompt_len = prompt_len.min(cfg.max_position_embeddings.saturating_sub(new_tokens)).max(1);
+    let mut r = Rng::new(3);
+    let prompt: Vec<u32> = (0..prompt_len).map(|_| r.below(cfg.vocab_size as u64) as u32).collect();
+    let (mut pre, mut dec) = (vec![], vec![]);
+    for _ in 0..runs.max(1) {
+        let mut cache = KvCache::new(&model, prompt_len + new_tokens);
+        let t = Instant::now();
+        let mut logits = model.next_token_logits(&prompt, &mut cache)?;
+        pre.push(prompt_len as f64 / t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        for _ in 0..new_tokens {
+            let next = logits.iter().enumerate().fold(0, |b, (i, &x)| if x > logits[b] { i } else { b }) as u32;
+            logits = model.next_token_logits(&[next], &mut cache)?;
+        }
+        dec.push(new_tokens as f64 / t.elapsed().as_secs_f64());
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    Ok(GenerateBench {
+        preset: preset.to_string(),
+        params: cfg.num_params(),
+        threads: rayon::current_num_threads(),
+        prompt_len,
+        new_tokens,
+        prefill_tokens_per_s: med(&mut pre),
+        decode_tokens_per_s: med(&mut dec),
+        peak_rss_bytes: peak_rss_bytes(),
+    })
+}

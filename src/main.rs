@@ -264,6 +264,19 @@ struct ChatArgs {
 
 #[derive(Subcommand)]
 enum BenchCmd {
+    /// Prefill and decode speed (tokens/s) of one sequence with the KV cache, random weights.
+    Generate {
+        #[command(flatten)]
+        model: ModelArg,
+        #[arg(long, default_value_t = 256)]
+        prompt_len: usize,
+        #[arg(long, default_value_t = 32)]
+        new_tokens: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Time training steps (forward, backward, clip, AdamW) on random tokens and report tokens/s,
     /// MFU against the GEMM peak measured in the same run, and peak memory.
     Train {
@@ -367,6 +380,16 @@ fn run() -> Result<()> {
             println!("{name}: {cfg}");
             println!("parameters: {}", cfg.num_params());
             println!("{}", serde_json::to_string_pretty(&cfg)?);
+        }
+        Cmd::Bench(BenchCmd::Generate { model, prompt_len, new_tokens, runs, json }) => {
+            let (name, cfg) = model.resolve("tinyllama-1.1b")?;
+            let r = tinyllama::bench::generate_bench(&name, &cfg, prompt_len, new_tokens, runs)?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!("{name}: prefill {:.1} tokens/s ({prompt_len}-token prompt), decode {:.2} tokens/s, peak RSS {:.0} MiB",
+                    r.prefill_tokens_per_s, r.decode_tokens_per_s, r.peak_rss_bytes as f64 / (1 << 20) as f64);
+            }
         }
         Cmd::Bench(BenchCmd::Train { model, batch, seq_len, steps, warmup, json, profile }) => {
             let (name, cfg) = model.resolve("bench-50m")?;

@@ -3,7 +3,7 @@
 //! same kernels as training; attention reads the cached keys and values in place.
 
 use super::llama::Llama;
-use crate::kernels::attention::attention_cached;
+use crate::kernels::attention::{attention_cached, attention_forward, attention_scratch_len, AttnShape};
 use crate::kernels::cross_entropy::log_sum_exp;
 use crate::kernels::embedding::embedding_forward;
 use crate::kernels::matmul::{linear_forward, matmul};
@@ -75,18 +75,22 @@ impl Llama {
                 kc[(p0 + r) * kvd..][..kvd].copy_from_slice(&qkv[r * qs + qd..][..kvd]);
                 vc[(p0 + r) * kvd..][..kvd].copy_from_slice(&qkv[r * qs + qd + kvd..][..kvd]);
             }
-            attention_cached(
-                &mut att,
-                &qkv,
-                qs,
-                kc,
-                vc,
-                n,
-                p0,
-                c.num_attention_heads,
-                c.num_key_value_heads,
-                c.head_dim,
-            );
+            if p0 == 0 {
+                // a fresh prompt: the tiled training kernel is the faster one
+                let shape = AttnShape {
+                    batch: 1,
+                    seq_len: n,
+                    n_heads: c.num_attention_heads,
+                    n_kv_heads: c.num_key_value_heads,
+                    head_dim: c.head_dim,
+                };
+                let mut lse = vec![0.0f32; c.num_attention_heads * n];
+                let mut scratch = vec![0.0f32; attention_scratch_len(shape)];
+                attention_forward(&mut att, &mut lse, &qkv, &mut scratch, shape);
+            } else {
+                let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+                attention_cached(&mut att, &qkv, qs, kc, vc, n, p0, nh, nkv, hd);
+            }
             matmul(&mut x, &att, &p[lp.wo.clone()], n, d, qd, false, true, true);
             rms_norm_forward(&mut xn, &mut rstd, &x, &p[lp.mlp_norm.clone()], d, eps);
             linear_forward(&mut gu, &xn, &p[lp.wgu.clone()], n, d, 2 * f);
