@@ -485,7 +485,18 @@ fn pretrain(a: PretrainArgs) -> Result<()> {
         eprintln!("interrupt: finishing this step, then writing a checkpoint (Ctrl-C again to abort)");
     })
     .context("cannot install the signal handler")?;
-    let out = tinyllama::train::pretrain::pretrain(&cfg, resume, &stop, !a.quiet)?;
+    let comm = tinyllama::dist::init()?;
+    let out = match tinyllama::train::pretrain::pretrain(&cfg, resume, &stop, !a.quiet, comm.as_ref()) {
+        Ok(o) => o,
+        Err(e) if comm.world() > 1 => {
+            eprintln!("rank {}: error: {e:#}\nrank {}: aborting all {} ranks", comm.rank(), comm.rank(), comm.world());
+            comm.abort(1)
+        }
+        Err(e) => return Err(e),
+    };
+    if comm.rank() != 0 {
+        return Ok(());
+    }
     let first = out.losses.first().copied().unwrap_or(f64::NAN);
     let last = out.losses.last().copied().unwrap_or(f64::NAN);
     println!(

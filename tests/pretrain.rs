@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use tinyllama::checkpoint::hf::load_hf;
 use tinyllama::checkpoint::safetensors::Dtype;
+use tinyllama::dist::SingleProcess;
 use tinyllama::train::checkpoint::{export_hf, list_checkpoints};
 use tinyllama::train::config::TrainConfig;
 use tinyllama::train::pretrain::{pretrain, Resume};
@@ -54,11 +55,11 @@ fn config(dir: &Path, max_steps: u64) -> TrainConfig {
 fn resume_is_bit_identical() {
     let no_stop = AtomicBool::new(false);
     let d = tmpdir("resume");
-    let straight = pretrain(&config(&d.join("a"), 6), Resume::No, &no_stop, false).unwrap();
+    let straight = pretrain(&config(&d.join("a"), 6), Resume::No, &no_stop, false, &SingleProcess).unwrap();
     assert_eq!(straight.losses.len(), 6);
     let b = d.join("b");
-    let first = pretrain(&config(&b, 3), Resume::No, &no_stop, false).unwrap();
-    let second = pretrain(&config(&b, 6), Resume::Latest, &no_stop, false).unwrap();
+    let first = pretrain(&config(&b, 3), Resume::No, &no_stop, false, &SingleProcess).unwrap();
+    let second = pretrain(&config(&b, 6), Resume::Latest, &no_stop, false, &SingleProcess).unwrap();
     let joined: Vec<u64> = first.losses.iter().chain(&second.losses).map(|l| l.to_bits()).collect();
     let want: Vec<u64> = straight.losses.iter().map(|l| l.to_bits()).collect();
     assert_eq!(joined, want, "losses of 3 + resume + 3 differ from 6 straight");
@@ -82,10 +83,10 @@ fn resume_is_bit_identical() {
 fn resume_refuses_another_run() {
     let no_stop = AtomicBool::new(false);
     let d = tmpdir("refuse");
-    pretrain(&config(&d, 3), Resume::No, &no_stop, false).unwrap();
+    pretrain(&config(&d, 3), Resume::No, &no_stop, false, &SingleProcess).unwrap();
     let mut other = config(&d, 6);
     other.seq_len = 16;
-    let err = format!("{:#}", pretrain(&other, Resume::Latest, &no_stop, false).unwrap_err());
+    let err = format!("{:#}", pretrain(&other, Resume::Latest, &no_stop, false, &SingleProcess).unwrap_err());
     assert!(err.contains("seq_len"), "{err}");
     let mut bigger = config(&d, 6);
     let mut c = tinyllama::config::LlamaConfig::from_hf_file(&small_model_config(&d)).unwrap();
@@ -93,7 +94,7 @@ fn resume_refuses_another_run() {
     let p = d.join("other.json");
     std::fs::write(&p, serde_json::to_string(&c.to_hf_json()).unwrap()).unwrap();
     bigger.model_config = Some(p);
-    let err = format!("{:#}", pretrain(&bigger, Resume::Latest, &no_stop, false).unwrap_err());
+    let err = format!("{:#}", pretrain(&bigger, Resume::Latest, &no_stop, false, &SingleProcess).unwrap_err());
     assert!(err.contains("another model"), "{err}");
     std::fs::remove_dir_all(d).unwrap();
 }
@@ -108,7 +109,7 @@ fn nan_loss_skips_updates_then_stops() {
     c.warmup_steps = Some(0);
     c.nan_patience = 2;
     c.save_interval = 1;
-    let err = format!("{:#}", pretrain(&c, Resume::No, &no_stop, false).unwrap_err());
+    let err = format!("{:#}", pretrain(&c, Resume::No, &no_stop, false, &SingleProcess).unwrap_err());
     assert!(err.contains("NaN/inf") && err.contains("step-00000001"), "{err}");
     let rows = std::fs::read_to_string(d.join("run/metrics.jsonl")).unwrap();
     assert!(rows.lines().filter(|l| l.contains("\"skipped\":true")).count() >= 1, "{rows}");
@@ -119,7 +120,7 @@ fn nan_loss_skips_updates_then_stops() {
 fn export_round_trips_and_matches_transformers_when_available() {
     let no_stop = AtomicBool::new(false);
     let d = tmpdir("export");
-    let out = pretrain(&config(&d, 3), Resume::No, &no_stop, false).unwrap();
+    let out = pretrain(&config(&d, 3), Resume::No, &no_stop, false, &SingleProcess).unwrap();
     let ckpt = out.checkpoint.unwrap();
     let model = load_hf(&ckpt).unwrap();
     let tok = tinyllama::tokenizer::Tokenizer::from_file(&ckpt.join("tokenizer.json")).unwrap();

@@ -2,10 +2,14 @@
 //! `star`. Tokenized on first use into a cache directory, keyed by the corpus, the tokenizer and
 //! the validation fraction, and reused after that.
 
-use super::prepare::{prepare, PrepareOptions, DEFAULT_CHUNK_SIZE};
+use super::prepare::{prepare, PrepareOptions};
 use crate::tokenizer::Tokenizer;
 use anyhow::{Context, Result};
 use std::path::PathBuf;
+
+/// Tokens per shard: small, so that several data-parallel ranks (and accumulation streams) each
+/// get files of every component (~18 `slim` and ~8 `star` shards).
+pub const CHUNK_SIZE: usize = 2049 * 32;
 
 pub const FILES: &[(&str, &[u8])] = &[
     ("slim", include_bytes!("../../data/corpus/slim.jsonl.zst")),
@@ -35,7 +39,11 @@ pub fn prepared(tok: &Tokenizer, val_fraction: f64, progress: bool) -> Result<Pa
     }
     feed(tok.inner().to_string(false).unwrap_or_default().as_bytes());
     feed(&val_fraction.to_le_bytes());
+    feed(&CHUNK_SIZE.to_le_bytes());
     let dir = cache_root().join(format!("builtin-corpus-{h:016x}"));
+    // one preparation at a time in this process; other processes use their own temp directory
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     if dir.join("done").exists() {
         return Ok(dir);
     }
@@ -52,7 +60,7 @@ pub fn prepared(tok: &Tokenizer, val_fraction: f64, progress: bool) -> Result<Pa
             inputs: vec![src],
             output: tmp.clone(),
             prefix: name.to_string(),
-            chunk_size: DEFAULT_CHUNK_SIZE,
+            chunk_size: CHUNK_SIZE,
             val_fraction,
             shard: (0, 1),
             strict: true,

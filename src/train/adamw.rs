@@ -71,12 +71,17 @@ impl AdamW {
     }
 }
 
-/// L2 norm of the whole gradient, summed in f64 over fixed-size chunks in a fixed order (the same
-/// bits for any thread count).
-pub fn global_grad_norm(grads: &[f32]) -> f64 {
+/// Sum of squares of the gradient, in f64 over fixed-size chunks in a fixed order (the same bits
+/// for any thread count).
+pub fn grad_sum_squares(grads: &[f32]) -> f64 {
     let partial: Vec<f64> =
         grads.par_chunks(CHUNK).map(|c| c.iter().map(|&g| g as f64 * g as f64).sum::<f64>()).collect();
-    partial.iter().sum::<f64>().sqrt()
+    partial.iter().sum::<f64>()
+}
+
+/// L2 norm of the whole gradient.
+pub fn global_grad_norm(grads: &[f32]) -> f64 {
+    grad_sum_squares(grads).sqrt()
 }
 
 /// Scales `grads` so that their global norm is at most `max_norm`; returns the norm before

@@ -2,14 +2,15 @@
 //! accumulation → global-norm clipping → AdamW on TinyLlama's schedule; metrics, validation,
 //! plots and checkpoints along the way; bit-exact resume.
 
-use super::checkpoint::{latest_checkpoint, load_checkpoint, save_checkpoint, TrainerState};
+use super::checkpoint::{latest_checkpoint, load_checkpoint, save_checkpoint, step_dir, TrainerState};
 use super::config::TrainConfig;
 use super::plot::write_loss_svg;
-use super::{clip_grad_norm, AdamW, AdamWConfig, CosineSchedule};
+use super::{grad_sum_squares, AdamW, AdamWConfig, CosineSchedule};
 use crate::checkpoint::hf::{load_hf, write_json};
 use crate::config::LlamaConfig;
 use crate::data::builtin;
-use crate::data::loader::{component_files, LoaderOptions, MixtureLoader};
+use crate::data::loader::{component_files, LoaderOptions, LoaderState, MixtureLoader};
+use crate::dist::{shard_range, Collectives};
 use crate::model::{Llama, Workspace};
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, ensure, Context, Result};
@@ -77,9 +78,23 @@ fn check_resumable(saved: &TrainConfig, now: &TrainConfig, dir: &Path) -> Result
     Ok(())
 }
 
-pub fn pretrain(cfg: &TrainConfig, resume: Resume, stop: &AtomicBool, verbose: bool) -> Result<Outcome> {
+/// Runs (or resumes) a pretraining run on one process (`comm` = [`SingleProcess`]) or as one rank
+/// of a data-parallel job (ZeRO-1: each rank owns 1/world of the optimiser state).
+///
+/// Data: the mixture is read as `world × accumulation` streams (ranks × micro-batch slots), stream
+/// `rank · accumulation + j` feeding micro-batch `j` of this rank. So 2 ranks × 1 micro-batch read
+/// exactly what 1 rank × 2 accumulated micro-batches read, and a run resumed with another world
+/// size but the same global batch continues the same data.
+pub fn pretrain(
+    cfg: &TrainConfig,
+    resume: Resume,
+    stop: &AtomicBool,
+    verbose: bool,
+    comm: &dyn Collectives,
+) -> Result<Outcome> {
     cfg.validate()?;
-    let (world, rank) = (1usize, 0usize);
+    let (world, rank) = (comm.world(), comm.rank());
+    let verbose = verbose && rank == 0;
     let (mut model, tok) = initial_model(cfg)?;
     let mc = model.cfg.clone();
     ensure!(
@@ -94,22 +109,38 @@ pub fn pretrain(cfg: &TrainConfig, resume: Resume, stop: &AtomicBool, verbose: b
         cfg.seq_len,
         mc.max_position_embeddings
     );
+    let accum = cfg.accumulation(world)?;
+    // every rank must run the same configuration
+    let digest = serde_json::to_vec(&json!({"train": cfg, "model": mc, "accum": accum}))?;
+    let digests = comm.all_gather_bytes(&digest);
+    let differ: Vec<usize> = (0..world).filter(|&r| digests[r] != digests[0]).collect();
+    ensure!(differ.is_empty(), "ranks {differ:?} were started with another configuration than rank 0");
+
     let data_dir = match &cfg.data {
         Some(d) => d.clone(),
-        None => builtin::prepared(&tok, cfg.val_fraction, verbose)?,
+        None if rank == 0 => builtin::prepared(&tok, cfg.val_fraction, verbose)?,
+        None => {
+            comm.barrier(); // rank 0 tokenizes the built-in corpus (once) first
+            builtin::prepared(&tok, cfg.val_fraction, false)?
+        }
     };
+    if cfg.data.is_none() && rank == 0 {
+        comm.barrier();
+    }
     let mix: Vec<(String, f64)> = cfg.mix.iter().map(|(k, v)| (k.clone(), *v)).collect();
-    let lopts = LoaderOptions {
+    let streams = world * accum;
+    let lopts = |stream: usize| LoaderOptions {
         split: "train".into(),
         mix: mix.clone(),
         block_size: cfg.seq_len + 1,
         seed: cfg.seed,
-        rank,
-        world,
+        rank: stream,
+        world: streams,
         buffer_files: cfg.buffer_files,
         shuffle: true,
     };
-    let mut loader = MixtureLoader::open(&data_dir, lopts.clone())?;
+    let mut loaders =
+        (0..accum).map(|j| MixtureLoader::open(&data_dir, lopts(rank * accum + j))).collect::<Result<Vec<_>>>()?;
     let mut val_mix = vec![];
     for (n, w) in &mix {
         if !component_files(&data_dir, "validation", n)?.is_empty() {
@@ -121,12 +152,16 @@ pub fn pretrain(cfg: &TrainConfig, resume: Resume, stop: &AtomicBool, verbose: b
         mix: val_mix,
         shuffle: false,
         seed: 0,
-        ..lopts.clone()
+        rank: 0,
+        world: 1,
+        ..lopts(0)
     });
-    let accum = cfg.accumulation(world)?;
-    let tokens_per_step = (accum * cfg.micro_batch * cfg.seq_len * world) as u64;
+    let tokens_per_step = (streams * cfg.micro_batch * cfg.seq_len) as u64;
+    let n_params = model.layout.total;
+    let shard = shard_range(n_params, rank, world);
+    let block = n_params.div_ceil(world);
     let adam_cfg = AdamWConfig { beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weight_decay: cfg.weight_decay };
-    let mut adam = AdamW::new(model.layout.total, adam_cfg);
+    let mut adam = AdamW::new(shard.len(), adam_cfg);
     let sched =
         CosineSchedule { max_lr: cfg.max_lr, min_lr: cfg.min_lr, warmup_iters: cfg.warmup(), decay_iters: cfg.decay() };
     let ckpt_root = cfg.out.join("checkpoints");
@@ -147,47 +182,66 @@ pub fn pretrain(cfg: &TrainConfig, resume: Resume, stop: &AtomicBool, verbose: b
             dir.display(),
             ck.model.cfg
         );
-        ensure!(
-            ck.state.world == world,
-            "checkpoint {} was written by {} ranks, this run has {world}",
-            dir.display(),
-            ck.state.world
-        );
         check_resumable(&ck.state.train_config, cfg, dir)?;
         model.params = ck.model.params;
-        adam.m = ck.adam_m;
-        adam.v = ck.adam_v;
+        // the optimiser state is stored whole: any world size takes its own shard of it
+        adam.m = ck.adam_m[shard.clone()].to_vec();
+        adam.v = ck.adam_v[shard.clone()].to_vec();
         adam.step = ck.adam_step;
         step = ck.state.step;
         tokens_seen = ck.state.tokens_seen;
         elapsed_before = ck.state.elapsed_s;
         bad = ck.state.consecutive_bad_steps;
-        loader.restore(&ck.state.loaders[rank])?;
+        ensure!(
+            ck.state.loaders.len() == streams,
+            "checkpoint {} holds {} data streams (ranks × accumulation) but this run reads {streams}: keep \
+             global_batch_tokens / (micro_batch × seq_len) the same when changing the number of ranks",
+            dir.display(),
+            ck.state.loaders.len()
+        );
+        for (j, l) in loaders.iter_mut().enumerate() {
+            l.restore(&ck.state.loaders[rank * accum + j])?;
+        }
     }
 
-    std::fs::create_dir_all(&cfg.out).with_context(|| format!("cannot create {}", cfg.out.display()))?;
+    if rank == 0 {
+        std::fs::create_dir_all(&cfg.out).with_context(|| format!("cannot create {}", cfg.out.display()))?;
+    }
     let resolved = json!({"train": cfg, "model": mc, "data_dir": data_dir, "accumulation": accum,
         "tokens_per_step": tokens_per_step, "warmup_steps": cfg.warmup(), "decay_steps": cfg.decay(), "world": world,
-        "threads": rayon::current_num_threads(), "resumed_from": resume_dir});
-    write_json(&cfg.out.join("train_config.json"), &resolved)?;
+        "threads_per_rank": rayon::current_num_threads(), "resumed_from": resume_dir});
+    if rank == 0 {
+        write_json(&cfg.out.join("train_config.json"), &resolved)?;
+    }
     if verbose {
         eprintln!("model: {mc}");
         eprintln!("config: {}", serde_json::to_string(&resolved)?);
     }
     let metrics_path = cfg.out.join("metrics.jsonl");
-    let (mut train_curve, mut val_curve) = restore_metrics(&metrics_path, step)?;
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .with_context(|| format!("cannot open {}", metrics_path.display()))?;
+    let (mut train_curve, mut val_curve) =
+        if rank == 0 { restore_metrics(&metrics_path, step)? } else { (vec![], vec![]) };
+    let mut metrics: Box<dyn Write> = if rank == 0 {
+        Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&metrics_path)
+                .with_context(|| format!("cannot open {}", metrics_path.display()))?,
+        )
+    } else {
+        Box::new(std::io::sink())
+    };
 
     let peak_gflops = crate::bench::gemm_peak(&mc, cfg.micro_batch * cfg.seq_len).gflops;
     let flops_per_token = mc.train_flops_per_token(cfg.seq_len);
     let mut ws = Workspace::new(&mc, cfg.micro_batch, cfg.seq_len);
-    let mut grads = vec![0.0f32; model.layout.total];
+    // flat buffers padded to world × block for reduce-scatter / all-gather
+    let mut grads = vec![0.0f32; block * world];
+    let mut gshard = vec![0.0f32; block];
+    let mut pshard = vec![0.0f32; block];
+    let mut gathered = vec![0.0f32; if world > 1 { block * world } else { 0 }];
     let (mut inputs, mut targets) = (vec![], vec![]);
-    let n_tokens = (cfg.micro_batch * cfg.seq_len) as f32;
+    let grad_scale = 1.0 / (cfg.micro_batch * cfg.seq_len * streams) as f32;
     let bar = progress_bar(verbose, cfg.max_steps, step);
     let t_start = Instant::now();
     let start_step = step;
@@ -203,34 +257,75 @@ pub fn pretrain(cfg: &TrainConfig, resume: Resume, stop: &AtomicBool, verbose: b
         final_params: vec![],
     };
     let mut last_saved = resume_dir.as_ref().map(|_| step);
-    let save = |model: &Llama, adam: &AdamW, loader: &MixtureLoader, step, tokens_seen, bad, elapsed| {
-        let state = TrainerState {
-            step,
-            tokens_seen,
-            loaders: vec![loader.state()],
-            world,
-            train_config: cfg.clone(),
-            model_config: mc.clone(),
-            elapsed_s: elapsed,
-            consecutive_bad_steps: bad,
+    // All ranks take part (the optimiser shards and data positions are gathered); rank 0 writes.
+    let save =
+        |model: &Llama, adam: &AdamW, loaders: &[MixtureLoader], step, tokens_seen, bad, elapsed| -> Result<PathBuf> {
+            let mine: Vec<LoaderState> = loaders.iter().map(|l| l.state()).collect();
+            let all = comm.all_gather_bytes(&serde_json::to_vec(&mine)?);
+            let mut states = vec![];
+            for b in &all {
+                states.extend(serde_json::from_slice::<Vec<LoaderState>>(b)?);
+            }
+            let full = if world > 1 {
+                let gather = |x: &[f32]| {
+                    let mut send = vec![0.0f32; block];
+                    send[..x.len()].copy_from_slice(x);
+                    let mut all = vec![0.0f32; block * world];
+                    comm.all_gather(&send, &mut all);
+                    all.truncate(n_params);
+                    all
+                };
+                AdamW { cfg: adam.cfg.clone(), m: gather(&adam.m), v: gather(&adam.v), step: adam.step }
+            } else {
+                AdamW { cfg: adam.cfg.clone(), m: adam.m.clone(), v: adam.v.clone(), step: adam.step }
+            };
+            let state = TrainerState {
+                step,
+                tokens_seen,
+                loaders: states,
+                world,
+                train_config: cfg.clone(),
+                model_config: mc.clone(),
+                elapsed_s: elapsed,
+                consecutive_bad_steps: bad,
+            };
+            let dir = if rank == 0 {
+                save_checkpoint(&ckpt_root, model, &full, &tok, &state)
+            } else {
+                Ok(step_dir(&ckpt_root, step))
+            };
+            // every rank learns whether rank 0's write worked
+            let ok = comm.all_gather_bytes(&[dir.is_ok() as u8]);
+            ensure!(ok[0] == [1], "rank 0 could not write checkpoint {}", step_dir(&ckpt_root, step).display());
+            dir
         };
-        save_checkpoint(&ckpt_root, model, adam, &tok, &state)
-    };
 
     while step < cfg.max_steps {
-        if stop.load(Ordering::Relaxed) {
+        // a signal on any rank stops every rank after the same step
+        let mut stopping = [stop.load(Ordering::Relaxed) as u8 as f64];
+        if world > 1 {
+            comm.all_reduce_sum_f64(&mut stopping);
+        }
+        if stopping[0] > 0.0 {
             out.interrupted = true;
             break;
         }
         let t0 = Instant::now();
+        let comm0 = comm.comm_seconds();
         grads.fill(0.0);
         let mut loss = 0.0;
-        for _ in 0..accum {
-            loader.next_batch(cfg.micro_batch, &mut inputs, &mut targets)?;
-            loss += model.forward_backward(&mut ws, &mut grads, &inputs, &targets, 1.0 / (n_tokens * accum as f32))?
-                / accum as f64;
+        for l in loaders.iter_mut() {
+            l.next_batch(cfg.micro_batch, &mut inputs, &mut targets)?;
+            loss += model.forward_backward(&mut ws, &mut grads[..n_params], &inputs, &targets, grad_scale)?;
         }
-        let norm = clip_grad_norm(&mut grads, cfg.grad_clip);
+        // ZeRO-1: sum the gradients and keep this rank's block
+        comm.reduce_scatter_sum(&grads, &mut gshard);
+        let g = &mut gshard[..shard.len()];
+        let mut sums = [grad_sum_squares(g), loss];
+        comm.all_reduce_sum_f64(&mut sums);
+        let norm = sums[0].sqrt();
+        let loss = sums[1] / streams as f64;
+        scale_grads(g, cfg.grad_clip, norm);
         let lr = sched.lr(step + 1);
         let skipped = !loss.is_finite() || !norm.is_finite();
         if skipped {
@@ -238,7 +333,8 @@ pub fn pretrain(cfg: &TrainConfig, resume: Resume, stop: &AtomicBool, verbose: b
             let msg = format!("step {}: loss {loss}, grad norm {norm}: update skipped ({bad} in a row)", step + 1);
             match &bar {
                 Some(b) => b.println(&msg),
-                None => eprintln!("{msg}"),
+                None if rank == 0 => eprintln!("{msg}"),
+                None => {}
             }
             if bad >= cfg.nan_patience {
                 bail!(
@@ -247,14 +343,20 @@ pub fn pretrain(cfg: &TrainConfig, resume: Resume, stop: &AtomicBool, verbose: b
                 );
             }
         } else {
-            adam.update(&mut model.params, &grads, lr);
+            adam.update(&mut model.params[shard.clone()], g, lr);
             bad = 0;
+            if world > 1 {
+                pshard[..shard.len()].copy_from_slice(&model.params[shard.clone()]);
+                comm.all_gather(&pshard, &mut gathered);
+                model.params.copy_from_slice(&gathered[..n_params]);
+            }
         }
         step += 1;
         tokens_seen += tokens_per_step;
         let dt = t0.elapsed().as_secs_f64();
+        let comm_s = comm.comm_seconds() - comm0;
         let tps = tokens_per_step as f64 / dt;
-        let mfu = tps * flops_per_token / 1e9 / peak_gflops;
+        let mfu = tps / world as f64 * flops_per_token / 1e9 / peak_gflops;
         out.losses.push(loss);
         train_curve.push((step, loss));
         let elapsed = elapsed_before + t_start.elapsed().as_secs_f64();
@@ -262,7 +364,7 @@ pub fn pretrain(cfg: &TrainConfig, resume: Resume, stop: &AtomicBool, verbose: b
             metrics,
             "{}",
             json!({"step": step, "loss": loss, "lr": lr, "grad_norm": norm, "tokens": tokens_seen,
-                "tokens_per_s": tps, "mfu": mfu, "elapsed_s": elapsed, "skipped": skipped})
+                "tokens_per_s": tps, "mfu": mfu, "comm_s": comm_s, "elapsed_s": elapsed, "skipped": skipped})
         )?;
         if let Some(b) = &bar {
             b.set_position(step);
@@ -274,7 +376,7 @@ pub fn pretrain(cfg: &TrainConfig, resume: Resume, stop: &AtomicBool, verbose: b
             eprintln!("step {step}: loss {loss:.4} lr {lr:.2e} gnorm {norm:.3} {tps:.0} tok/s");
         }
         let interrupted = stop.load(Ordering::Relaxed);
-        if let Some(vo) = &val_opts {
+        if let (Some(vo), 0) = (&val_opts, rank) {
             if step % cfg.eval_interval.max(1) == 0 || step == cfg.max_steps {
                 let vl = validate(&model, &mut ws, &data_dir, vo, cfg)?;
                 out.val_loss = Some(vl);
@@ -291,27 +393,39 @@ pub fn pretrain(cfg: &TrainConfig, resume: Resume, stop: &AtomicBool, verbose: b
         // no checkpoint during a run of NaN/inf steps: the last good one stays the latest
         if bad == 0 && (step % cfg.save_interval.max(1) == 0 || step == cfg.max_steps || interrupted) {
             metrics.flush()?;
-            let dir = save(&model, &adam, &loader, step, tokens_seen, bad, elapsed)?;
+            let dir = save(&model, &adam, &loaders, step, tokens_seen, bad, elapsed)?;
             last_saved = Some(step);
             out.checkpoint = Some(dir);
-            write_loss_svg(&cfg.out.join("loss.svg"), &train_curve, &val_curve)?;
+            if rank == 0 {
+                write_loss_svg(&cfg.out.join("loss.svg"), &train_curve, &val_curve)?;
+            }
         }
     }
     if out.interrupted && last_saved != Some(step) && bad == 0 {
         let elapsed = elapsed_before + t_start.elapsed().as_secs_f64();
-        out.checkpoint = Some(save(&model, &adam, &loader, step, tokens_seen, bad, elapsed)?);
+        out.checkpoint = Some(save(&model, &adam, &loaders, step, tokens_seen, bad, elapsed)?);
     }
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    write_loss_svg(&cfg.out.join("loss.svg"), &train_curve, &val_curve)?;
+    if rank == 0 {
+        write_loss_svg(&cfg.out.join("loss.svg"), &train_curve, &val_curve)?;
+    }
     out.step = step;
     out.wall_s = t_start.elapsed().as_secs_f64();
     let done = step - start_step;
     out.tokens_per_s = if out.wall_s > 0.0 { (done * tokens_per_step) as f64 / out.wall_s } else { 0.0 };
-    out.mfu = out.tokens_per_s * flops_per_token / 1e9 / peak_gflops;
+    out.mfu = out.tokens_per_s / world as f64 * flops_per_token / 1e9 / peak_gflops;
     out.final_params = model.params;
     Ok(out)
+}
+
+/// Global-norm clipping of (a shard of) the gradient, given the norm over all of it; torch's rule.
+fn scale_grads(g: &mut [f32], max_norm: f64, norm: f64) {
+    let coef = (max_norm / (norm + 1e-6)).min(1.0) as f32;
+    if coef < 1.0 {
+        g.iter_mut().for_each(|x| *x *= coef);
+    }
 }
 
 /// Mean loss over the same `eval_batches` validation batches every time.
