@@ -219,7 +219,7 @@ pub fn generate_bench(
         pre.push(prompt_len as f64 / t.elapsed().as_secs_f64());
         let t = Instant::now();
         for _ in 0..new_tokens {
-            let next = logits.iter().enumerate().fold(0, |b, (i, &x)| if x > logits[b] { i } else { b }) as u32;
+            let next = crate::kernels::argmax(&logits) as u32;
             logits = model.next_token_logits(&[next], &mut cache)?;
         }
         dec.push(new_tokens as f64 / t.elapsed().as_secs_f64());

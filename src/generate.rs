@@ -35,7 +35,7 @@ impl Sampler {
     }
 
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
-        let argmax = || logits.iter().enumerate().fold(0, |b, (i, &x)| if x > logits[b] { i } else { b }) as u32;
+        let argmax = || crate::kernels::argmax(logits) as u32;
         if self.opts.temperature <= 0.0 {
             return argmax();
         }
@@ -140,7 +140,7 @@ mod tests {
             let mut ws = Workspace::new(&cfg, 1, seq.len());
             let logits = model.forward_logits(&mut ws, &seq).unwrap();
             let last = &logits[(seq.len() - 1) * cfg.vocab_size..];
-            let want = last.iter().enumerate().fold(0, |b, (i, &x)| if x > last[b] { i } else { b }) as u32;
+            let want = crate::kernels::argmax(last) as u32;
             assert_eq!(t, want, "after {} tokens", seq.len());
             seq.push(t);
         }

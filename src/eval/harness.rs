@@ -6,6 +6,7 @@
 //! √n. Requests that share a context reuse its KV cache.
 
 use super::tasks::{Item, Task};
+use crate::kernels::argmax;
 use crate::model::{KvCache, Llama};
 use crate::tokenizer::Tokenizer;
 use anyhow::{ensure, Result};
@@ -86,7 +87,6 @@ pub fn mean_stderr(xs: &[f64]) -> (f64, f64) {
 /// `acc` and `acc_norm` of one item from its choices' log-likelihoods (first maximum wins, as
 /// numpy's argmax).
 pub fn item_correct(item: &Item, scores: &[f64]) -> (bool, bool) {
-    let argmax = |v: &[f64]| v.iter().enumerate().fold(0, |b, (i, &x)| if x > v[b] { i } else { b });
     let norm: Vec<f64> = scores.iter().zip(&item.choices).map(|(s, c)| s / c.chars().count() as f64).collect();
     (argmax(scores) == item.gold, argmax(&norm) == item.gold)
 }

@@ -58,6 +58,11 @@ pub fn exp(x: f32) -> f32 {
     e * two_n
 }
 
+/// Index of the first largest value (numpy's `argmax`; the greedy token of a logits row).
+pub fn argmax<T: PartialOrd + Copy>(v: &[T]) -> usize {
+    v.iter().enumerate().fold(0, |b, (i, &x)| if x > v[b] { i } else { b })
+}
+
 /// `y += alpha * x`.
 #[inline]
 pub fn axpy(y: &mut [f32], alpha: f32, x: &[f32]) {

@@ -139,7 +139,7 @@ impl Llama {
         for (r, &t) in continuation.iter().enumerate() {
             let row = &logits[r * v..(r + 1) * v];
             sum += (row[t as usize] - log_sum_exp(row)) as f64;
-            let best = row.iter().enumerate().fold(0, |b, (i, &x)| if x > row[b] { i } else { b });
+            let best = crate::kernels::argmax(row);
             greedy &= best == t as usize;
         }
         Ok((sum, greedy))
