@@ -12,11 +12,24 @@ use tinyllama::checkpoint::safetensors::SafeTensorsFile;
 use tinyllama::model::{Llama, Workspace};
 use tinyllama::train::{clip_grad_norm, AdamW, AdamWConfig, CosineSchedule};
 
-// Tolerances (max |ours − theirs| / max |theirs| per tensor).
+// Tolerances (max |ours − theirs| / max |theirs| per tensor). Measured on the shared fixture and on
+// three more from make_fixture.py (6 heads / 1 KV head, θ 5e5, ε 1e-6, seq 13; MHA seq 31; GQA 4:1
+// seq 70): logits ≤ 1.5e-6, loss ≤ 1e-7, gradients ≤ 2.3e-6, loss and grad norm along the steps
+// ≤ 4.8e-5 (the 70-token fixture at lr 1e-2); AdamW on torch's own gradient within 1e-6; weights: below.
 const TOL_LOGITS: f64 = 1e-5;
 const TOL_LOSS: f64 = 1e-5;
 const TOL_GRAD: f64 = 1e-4;
-const TOL_STEP: f64 = 1e-4;
+const TOL_STEP: f64 = 1e-4; // loss and grad norm after AdamW steps (the weights drift: see below)
+                            // Parameters after AdamW steps. AdamW moves a weight by about lr · m / (sqrt(v) + ε): where the
+                            // (running) gradient is ~0 that is a ratio of two tiny numbers, and a last-bit difference in the
+                            // gradient (ours and torch's sums run in different orders) can flip its sign — seen on a fixture:
+                            // g = 1.9e-8 against torch's −6.7e-9 (max |g| 0.04), and the weight moved by lr the other way.
+                            // So: (1) AdamW itself, fed torch's own step-1 gradient, must reproduce torch's step-1 weights to
+                            // 1e-6; (2) along the trajectory, all but a few weights per thousand agree to 1e-4 of the tensor's
+                            // largest, and none differs by more than AdamW's largest possible move (2 lr per step).
+const TOL_PARAMS: f64 = 1e-4;
+const TOL_ADAMW_ON_TORCH_GRADS: f64 = 1e-6;
+const MAX_ILL_CONDITIONED: f64 = 5e-3;
 
 struct Fixture {
     dir: PathBuf,
@@ -124,6 +137,7 @@ fn hf_parity_adamw_steps_and_schedule() {
     let mut grads = vec![0.0; fx.model.layout.total];
     let n = (fx.batch * fx.seq) as f32;
     let tensors = fx.model.layout.hf_tensors(&fx.model.cfg);
+    let mut lr_sum = 0.0f64;
     for (k, step) in fx.meta["steps"].as_array().unwrap().iter().enumerate() {
         let it = step["iteration"].as_u64().unwrap();
         grads.fill(0.0);
@@ -139,18 +153,52 @@ fn hf_parity_adamw_steps_and_schedule() {
         );
         let lr = sched.lr(it);
         assert!((lr - step["lr"].as_f64().unwrap()).abs() < 1e-12);
+        let before = fx.model.params.clone();
         adam.update(&mut fx.model.params, &grads, lr);
-        let mut worst = 0.0f64;
+        lr_sum += lr;
+        if k == 0 {
+            // AdamW and clipping alone, on torch's gradient
+            let mut g_ref = vec![0.0f32; grads.len()];
+            for t in &tensors {
+                fx.tensors.read_f32_into(&format!("grad.{}", t.name), &mut g_ref[t.range.clone()]).unwrap();
+            }
+            let mut p = before.clone();
+            let mut a = AdamW::new(p.len(), adam.cfg.clone());
+            clip_grad_norm(&mut g_ref, clip);
+            a.update(&mut p, &g_ref, lr);
+            for t in &tensors {
+                let (want, _) = fx.tensors.read_f32(&format!("step1.{}", t.name)).unwrap();
+                let e = rel_err(&p[t.range.clone()], &want);
+                assert!(e <= TOL_ADAMW_ON_TORCH_GRADS, "AdamW on torch's gradient: {} relative error {e:.2e}", t.name);
+            }
+        }
+        let (mut worst_frac, mut worst_abs) = (0.0f64, 0.0f64);
         for t in &tensors {
             let (want, _) = fx.tensors.read_f32(&format!("step{}.{}", k + 1, t.name)).unwrap();
-            // compare the update, not only the parameter: the change is what AdamW computed
-            let e = rel_err(&fx.model.params[t.range.clone()], &want);
-            assert!(e <= TOL_STEP, "step {}: parameter {} relative error {e:.2e}", k + 1, t.name);
-            worst = worst.max(e);
+            let ours = &fx.model.params[t.range.clone()];
+            let scale = want.iter().fold(0f32, |m, x| m.max(x.abs())) as f64;
+            let mut off = 0usize;
+            for (i, (&o, &w)) in ours.iter().zip(&want).enumerate() {
+                let d = (o - w).abs() as f64;
+                off += (d > TOL_PARAMS * scale) as usize;
+                worst_abs = worst_abs.max(d);
+                assert!(d <= 2.0 * lr_sum, "step {}: {}[{i}] is {d} from torch's, beyond 2 Σ lr", k + 1, t.name);
+            }
+            let frac = off as f64 / want.len() as f64;
+            assert!(
+                frac <= MAX_ILL_CONDITIONED,
+                "step {}: {} has {:.2}% of weights beyond {TOL_PARAMS:e} relative",
+                k + 1,
+                t.name,
+                100.0 * frac
+            );
+            worst_frac = worst_frac.max(frac);
         }
         eprintln!(
-            "step {}: loss rel err {e_loss:.2e}, grad-norm rel err {e_norm:.2e}, params worst rel err {worst:.2e}",
-            k + 1
+            "step {}: loss rel err {e_loss:.2e}, grad-norm rel err {e_norm:.2e}; weights beyond 1e-4: at most \
+             {:.3}% of a tensor, largest difference {worst_abs:.1e} (lr {lr:.1e})",
+            k + 1,
+            100.0 * worst_frac
         );
     }
 }
