@@ -27,9 +27,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Pretrain a model. With no arguments: the `tiny-10m` preset on the built-in corpus (Austen +
-    /// CPython), a few minutes on 2 cores. TinyLlama's recipe (AdamW 0.9/0.95, wd 0.1, lr 4e-4 →
-    /// 4e-5 cosine, warmup min(2000, steps/10), clip 1.0) unless a --config TOML or flags say otherwise.
+    /// Pretrain a model (no arguments: a small model on the built-in corpus, a few minutes).
+    ///
+    /// With no arguments: the `tiny-10m` preset on the built-in corpus (Austen + CPython), 400
+    /// steps, a few minutes on 2 cores. TinyLlama's recipe (AdamW 0.9/0.95, wd 0.1, lr 4e-4 → 4e-5
+    /// cosine, warmup min(2000, steps/10), clip 1.0) unless a --config TOML or flags say otherwise.
+    /// Under `mpirun` (built with --features mpi) it trains data-parallel with ZeRO-1.
     Pretrain(Box<PretrainArgs>),
     /// Tokenize corpora (jsonl, jsonl.zst, parquet, text) into packed token shards.
     Prepare(PrepareArgs),
@@ -62,6 +65,7 @@ enum Cmd {
     },
     /// Zero-shot evaluation with lm-evaluation-harness v0.4's rules (or perplexity of a file).
     ///
+    /// Scores acc and acc_norm (with standard errors) as lm-eval does.
     /// Task data are JSONL files in the Hugging Face datasets' field layout, in --data-dir:
     /// hellaswag_validation.jsonl, piqa_validation.jsonl, boolq_validation.jsonl,
     /// winogrande_xl_validation.jsonl, arc_{easy,challenge}_test.jsonl (or _test_from_requests /
@@ -73,7 +77,7 @@ enum Cmd {
     Chat(ChatArgs),
     /// Print a model configuration and its parameter count.
     Info(ModelArg),
-    /// Benchmarks: `bench train` times a full training step.
+    /// Benchmarks: `bench train` (training step, MFU), `bench generate` (prefill and decode).
     #[command(subcommand)]
     Bench(BenchCmd),
 }
@@ -124,24 +128,31 @@ struct PretrainArgs {
     /// Start from a Hugging Face checkpoint directory (continued pretraining).
     #[arg(long)]
     init_from: Option<PathBuf>,
+    /// Seed of the initialisation and of the data order.
     #[arg(long)]
     seed: Option<u64>,
     /// Sequences per micro-batch.
     #[arg(long)]
     micro_batch: Option<usize>,
+    /// Tokens per training sequence (default 256).
     #[arg(long)]
     seq_len: Option<usize>,
     /// Tokens per optimiser step (micro-batches are accumulated to reach it).
     #[arg(long)]
     global_batch_tokens: Option<usize>,
+    /// Peak learning rate (default 4e-4).
     #[arg(long)]
     max_lr: Option<f64>,
+    /// Final learning rate of the cosine (default 4e-5).
     #[arg(long)]
     min_lr: Option<f64>,
+    /// Linear warmup steps (default min(2000, max_steps / 10)).
     #[arg(long)]
     warmup_steps: Option<u64>,
+    /// Validate every N steps (default 100).
     #[arg(long)]
     eval_interval: Option<u64>,
+    /// Checkpoint every N steps (default 200; always at the end and on Ctrl-C).
     #[arg(long)]
     save_interval: Option<u64>,
     /// tokenizer.json (default: the built-in Llama-2 tokenizer).
