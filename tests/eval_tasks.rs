@@ -169,3 +169,32 @@ fn context_continuation_split_follows_lm_eval() {
     let (c2, k2) = encode_pair(&tok, "Question: 2+2?\nAnswer: ", "4").unwrap();
     assert_eq!((c2, k2), (c, k));
 }
+
+#[test]
+fn scores_are_the_same_bits_on_any_thread_count() {
+    use tinyllama::eval::harness::evaluate_task;
+    use tinyllama::eval::tasks::Task;
+    let tok = tinyllama::tokenizer::Tokenizer::llama2();
+    let mut cfg = tinyllama::config::LlamaConfig::preset("tiny-10m").unwrap();
+    cfg.num_hidden_layers = 2;
+    let model = tinyllama::model::Llama::new_init(cfg, 3);
+    let items: Vec<Item> = (0..20)
+        .map(|i| {
+            let ctx = format!("Question: what is {i} plus {}?\nAnswer:", i % 7);
+            let choices: Vec<String> = (0..3).map(|c| format!("{}", i + c)).collect();
+            Item { requests: choices.iter().map(|c| (ctx.clone(), format!(" {c}"))).collect(), choices, gold: i % 3 }
+        })
+        .collect();
+    let task = Task { name: "synthetic".into(), file: "none".into(), items, has_acc_norm: true };
+    let run = |threads| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            let mut log = vec![];
+            let r = evaluate_task(&model, &tok, &task, Some(&mut log), &mut |_| {}).unwrap();
+            (r.acc, String::from_utf8(log).unwrap())
+        })
+    };
+    let one = run(1);
+    assert_eq!(one.1.lines().count(), 60);
+    assert_eq!(run(3), one);
+}

@@ -10,6 +10,7 @@ use crate::kernels::argmax;
 use crate::model::{KvCache, Llama};
 use crate::tokenizer::Tokenizer;
 use anyhow::{ensure, Result};
+use rayon::prelude::*;
 use serde::Serialize;
 use std::io::Write;
 
@@ -102,30 +103,57 @@ pub fn evaluate_task(
     ensure!(!task.items.is_empty(), "task `{}` has no items", task.name);
     let t0 = std::time::Instant::now();
     let max_len = model.cfg.max_position_embeddings;
-    let mut cache = KvCache::new(model, max_len);
     let (mut acc, mut acc_norm) = (vec![], vec![]);
-    for (i, item) in task.items.iter().enumerate() {
-        let mut scores = vec![];
-        for (c, (ctx, cont)) in item.requests.iter().enumerate() {
-            let (ce, ke) = encode_pair(tok, ctx, cont)?;
-            let (ce, ke) = truncate_left(&ce, &ke, max_len);
-            let (ll, greedy) = if ke.is_empty() { (0.0, true) } else { model.loglikelihood(&ce, &ke, &mut cache)? };
-            scores.push(ll);
+    // Items in parallel, in fixed runs of RUN items that share one KV cache (choices of an item,
+    // and the few-shot prefix of consecutive MMLU items, are computed once). The runs do not
+    // depend on the thread count, so neither do the scores; results are logged in item order.
+    const GROUP: usize = 64;
+    const RUN: usize = 8;
+    for (g, group) in task.items.chunks(GROUP).enumerate() {
+        let scored: Vec<Result<Vec<(f64, bool)>>> = group
+            .par_chunks(RUN)
+            .map(|run| {
+                let mut cache = KvCache::new(model, max_len);
+                run.iter()
+                    .map(|item| {
+                        item.requests
+                            .iter()
+                            .map(|(ctx, cont)| {
+                                let (ce, ke) = encode_pair(tok, ctx, cont)?;
+                                let (ce, ke) = truncate_left(&ce, &ke, max_len);
+                                if ke.is_empty() {
+                                    Ok((0.0, true))
+                                } else {
+                                    model.loglikelihood(&ce, &ke, &mut cache)
+                                }
+                            })
+                            .collect::<Result<Vec<_>>>()
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .flatten()
+            .collect();
+        for (j, (item, r)) in group.iter().zip(scored).enumerate() {
+            let i = g * GROUP + j;
+            let r = r?;
             if let Some(w) = log.as_deref_mut() {
-                let s = Sample {
-                    task: task.name.clone(),
-                    doc_index: i,
-                    choice_index: c,
-                    loglikelihood: ll,
-                    is_greedy: greedy,
-                };
-                writeln!(w, "{}", serde_json::to_string(&s)?)?;
+                for (c, &(ll, greedy)) in r.iter().enumerate() {
+                    let s = Sample {
+                        task: task.name.clone(),
+                        doc_index: i,
+                        choice_index: c,
+                        loglikelihood: ll,
+                        is_greedy: greedy,
+                    };
+                    writeln!(w, "{}", serde_json::to_string(&s)?)?;
+                }
             }
+            let scores: Vec<f64> = r.iter().map(|x| x.0).collect();
+            let (a, an) = item_correct(item, &scores);
+            acc.push(a as u8 as f64);
+            acc_norm.push(an as u8 as f64);
+            on_item(i + 1);
         }
-        let (a, an) = item_correct(item, &scores);
-        acc.push(a as u8 as f64);
-        acc_norm.push(an as u8 as f64);
-        on_item(i + 1);
     }
     let (a, ae) = mean_stderr(&acc);
     let (an, ane) = mean_stderr(&acc_norm);
