@@ -127,11 +127,8 @@ mod tests {
     /// Greedy generation through the cache equals recomputing the whole sequence at every step.
     #[test]
     fn cached_generation_equals_full_recompute() {
-        let mut cfg = crate::config::LlamaConfig::preset("tiny-10m").unwrap();
-        cfg.vocab_size = 300;
-        cfg.max_position_embeddings = 64;
-        let mut model = Llama::new_init(cfg.clone(), 4);
-        model.params.iter_mut().for_each(|p| *p *= 4.0); // peaked distributions, varied tokens
+        let model = crate::model::test_model(300, 64, 4, 4.0);
+        let cfg = model.cfg.clone();
         let prompt = vec![1u32, 17, 200, 5, 99];
         let mut sampler = Sampler::new(SamplingOptions::default());
         let got = generate(&model, &prompt, 20, None, &mut sampler, &mut |_| Ok(())).unwrap();

@@ -50,10 +50,8 @@ mod tests {
 
     #[test]
     fn sliding_window_scores_every_token_once() {
-        let mut cfg = crate::config::LlamaConfig::preset("tiny-10m").unwrap();
-        cfg.vocab_size = 200;
-        cfg.max_position_embeddings = 32;
-        let model = Llama::new_init(cfg.clone(), 2);
+        let model = crate::model::test_model(200, 32, 2, 1.0);
+        let cfg = model.cfg.clone();
         let mut r = crate::rng::Rng::new(1);
         let toks: Vec<u32> = (0..70).map(|_| r.below(200) as u32).collect();
         // one window over everything: the plain mean next-token loss

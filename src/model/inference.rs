@@ -154,11 +154,8 @@ mod tests {
     /// Log-likelihoods through the shared-prefix cache equal those read off one full forward pass.
     #[test]
     fn cached_loglikelihood_equals_full_forward() {
-        let mut cfg = crate::config::LlamaConfig::preset("tiny-10m").unwrap();
-        cfg.vocab_size = 300;
-        cfg.max_position_embeddings = 64;
-        let mut model = Llama::new_init(cfg.clone(), 8);
-        model.params.iter_mut().for_each(|p| *p *= 3.0);
+        let model = crate::model::test_model(300, 64, 8, 3.0);
+        let cfg = model.cfg.clone();
         let ctx = [1u32, 45, 7, 210, 33, 90];
         let mut cache = KvCache::new(&model, 64);
         for cont in [vec![5u32, 6, 7], vec![5, 9], vec![250]] {

@@ -8,3 +8,15 @@ pub mod params;
 pub use inference::KvCache;
 pub use llama::{Llama, Workspace};
 pub use params::{HfTensor, ParamLayout};
+
+/// A `tiny-10m`-shaped model with a small vocabulary and context, its weights scaled by `scale`
+/// (larger weights give peaked, varied predictions), for tests.
+#[cfg(test)]
+pub(crate) fn test_model(vocab: usize, ctx: usize, seed: u64, scale: f32) -> Llama {
+    let mut cfg = crate::config::LlamaConfig::preset("tiny-10m").unwrap();
+    cfg.vocab_size = vocab;
+    cfg.max_position_embeddings = ctx;
+    let mut model = Llama::new_init(cfg, seed);
+    model.params.iter_mut().for_each(|p| *p *= scale);
+    model
+}
