@@ -23,6 +23,9 @@ pub trait Collectives {
     fn reduce_scatter_sum(&self, send: &[f32], out: &mut [f32]);
     /// `out` = every rank's `send`, concatenated in rank order (`out.len() == world * send.len()`).
     fn all_gather(&self, send: &[f32], out: &mut [f32]);
+    /// Rank 0's `out` = every rank's `send`, concatenated in rank order; other ranks pass an empty
+    /// `out` (so only rank 0 holds the whole, e.g. the optimizer state at checkpoint time).
+    fn gather_to_root(&self, send: &[f32], out: &mut [f32]);
     /// Every rank's bytes, in rank order (small messages: states, config digests).
     fn all_gather_bytes(&self, send: &[u8]) -> Vec<Vec<u8>>;
     fn barrier(&self);
@@ -46,6 +49,9 @@ impl Collectives for SingleProcess {
         out.copy_from_slice(&send[..out.len()]);
     }
     fn all_gather(&self, send: &[f32], out: &mut [f32]) {
+        out.copy_from_slice(send);
+    }
+    fn gather_to_root(&self, send: &[f32], out: &mut [f32]) {
         out.copy_from_slice(send);
     }
     fn all_gather_bytes(&self, send: &[u8]) -> Vec<Vec<u8>> {

@@ -71,6 +71,14 @@ impl Collectives for MpiCollectives {
     fn all_gather(&self, send: &[f32], out: &mut [f32]) {
         self.timed(|| self.world.all_gather_into(send, out));
     }
+    fn gather_to_root(&self, send: &[f32], out: &mut [f32]) {
+        let root = self.world.process_at_rank(0);
+        if self.world.rank() == 0 {
+            self.timed(|| root.gather_into_root(send, out));
+        } else {
+            self.timed(|| root.gather_into(send));
+        }
+    }
     fn all_gather_bytes(&self, send: &[u8]) -> Vec<Vec<u8>> {
         let n = self.world();
         let len = send.len() as i32;

@@ -267,11 +267,12 @@ pub fn pretrain(
                 states.extend(serde_json::from_slice::<Vec<LoaderState>>(b)?);
             }
             let full = if world > 1 {
+                // only rank 0 holds the whole optimizer state, and only while it writes it
                 let gather = |x: &[f32]| {
                     let mut send = vec![0.0f32; block];
                     send[..x.len()].copy_from_slice(x);
-                    let mut all = vec![0.0f32; block * world];
-                    comm.all_gather(&send, &mut all);
+                    let mut all = vec![0.0f32; if rank == 0 { block * world } else { 0 }];
+                    comm.gather_to_root(&send, &mut all);
                     all.truncate(n_params);
                     all
                 };
