@@ -104,7 +104,7 @@ impl MixtureLoader {
             }
             ensure!(
                 paths.len() >= opts.world,
-                "component `{name}` has {} shard files but there are {} ranks: each rank needs at least one (prepare with a smaller --chunk-size)",
+                "component `{name}` has {} shard files but is read as {} streams (ranks × micro-batches per step), each needing at least one file: prepare it with a smaller --chunk-size",
                 paths.len(),
                 opts.world
             );
