@@ -1,6 +1,5 @@
 //! `prepare` end to end on small inputs of every kind: jsonl, jsonl.zst, parquet, plain text.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use tinyllama::data::prepare::{prepare, PrepareOptions};
 use tinyllama::data::shard::Shard;
@@ -172,6 +171,5 @@ fn parquet_content_column() {
     std::fs::write(&bad, b"PAR1 not really").unwrap();
     let err = format!("{:#}", prepare(&opts(vec![bad], &out, "star"), &tok).unwrap_err());
     assert!(err.contains("bad.parquet"), "{err}");
-    let _ = std::io::stderr().flush();
     std::fs::remove_dir_all(d).unwrap();
 }
