@@ -33,16 +33,23 @@ fn setup(d: &Path) -> PathBuf {
     p
 }
 
-fn mpirun(np: usize, toml: &Path, out: &Path, extra: &[&str]) {
-    let o = Command::new("mpirun")
+/// `mpirun -np N tinyllama --threads 1 pretrain --quiet --config TOML --out OUT EXTRA…`, after `prefix`.
+fn mpirun_command(prefix: &[&str], np: usize, toml: &Path, out: &Path, extra: &[&std::ffi::OsStr]) -> Command {
+    let mut c = Command::new(prefix.first().copied().unwrap_or("mpirun"));
+    c.args(prefix.iter().skip(1))
+        .args(if prefix.is_empty() { vec![] } else { vec!["mpirun"] })
         .args(["--oversubscribe", "--allow-run-as-root", "-np", &np.to_string(), env!("CARGO_BIN_EXE_tinyllama")])
         .args(["--threads", "1", "pretrain", "--quiet", "--config"])
         .arg(toml)
         .arg("--out")
         .arg(out)
-        .args(extra)
-        .output()
-        .expect("mpirun");
+        .args(extra);
+    c
+}
+
+fn mpirun(np: usize, toml: &Path, out: &Path, extra: &[&str]) {
+    let extra: Vec<&std::ffi::OsStr> = extra.iter().map(std::ffi::OsStr::new).collect();
+    let o = mpirun_command(&[], np, toml, out, &extra).output().expect("mpirun");
     assert!(
         o.status.success(),
         "mpirun failed:\n{}\n{}",
@@ -130,14 +137,7 @@ fn a_failing_rank_brings_the_job_down() {
     let d = tmpdir("fail");
     let toml = setup(&d);
     // a data directory with no shards: every rank errors; the job must end (no hang) with the message
-    let o = Command::new("timeout")
-        .args(["120", "mpirun", "--oversubscribe", "--allow-run-as-root", "-np", "2", env!("CARGO_BIN_EXE_tinyllama")])
-        .args(["--threads", "1", "pretrain", "--quiet", "--config"])
-        .arg(&toml)
-        .arg("--data")
-        .arg(&d)
-        .arg("--out")
-        .arg(d.join("out"))
+    let o = mpirun_command(&["timeout", "120"], 2, &toml, &d.join("out"), &["--data".as_ref(), d.as_os_str()])
         .output()
         .unwrap();
     assert!(!o.status.success());

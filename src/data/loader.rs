@@ -148,10 +148,6 @@ impl MixtureLoader {
         Ok(())
     }
 
-    pub fn component_names(&self) -> Vec<&str> {
-        self.comps.iter().map(|c| c.name.as_str()).collect()
-    }
-
     /// Fills `out` (`block_size` tokens) with the next block; returns its component's index.
     pub fn next_block(&mut self, out: &mut [u32]) -> Result<usize> {
         let total = *self.cum_weights.last().unwrap();

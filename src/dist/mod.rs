@@ -73,10 +73,6 @@ pub fn shard_range(n: usize, rank: usize, world: usize) -> Range<usize> {
     (rank * block).min(n)..((rank + 1) * block).min(n)
 }
 
-pub fn padded_len(n: usize, world: usize) -> usize {
-    n.div_ceil(world) * world
-}
-
 /// Ranks in the launch environment (Open MPI, MPICH/PMI, PMIx, Slurm), if launched under one.
 pub fn launcher_world_size() -> Option<usize> {
     ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"]

@@ -88,9 +88,15 @@ pub fn global_grad_norm(grads: &[f32]) -> f64 {
 /// clipping. Like torch, the factor is `max_norm / (norm + 1e-6)`, capped at 1.
 pub fn clip_grad_norm(grads: &mut [f32], max_norm: f64) -> f64 {
     let norm = global_grad_norm(grads);
+    clip_to_norm(grads, max_norm, norm);
+    norm
+}
+
+/// The scaling of [`clip_grad_norm`] given the norm, which may be that of a larger whole (a
+/// data-parallel rank clips its shard by the norm of every rank's gradient).
+pub fn clip_to_norm(grads: &mut [f32], max_norm: f64, norm: f64) {
     let coef = (max_norm / (norm + 1e-6)).min(1.0) as f32;
     if coef < 1.0 {
         grads.par_iter_mut().for_each(|g| *g *= coef);
     }
-    norm
 }

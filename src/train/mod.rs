@@ -9,5 +9,5 @@ pub mod plot;
 pub mod pretrain;
 pub mod schedule;
 
-pub use adamw::{clip_grad_norm, global_grad_norm, grad_sum_squares, AdamW, AdamWConfig};
+pub use adamw::{clip_grad_norm, clip_to_norm, global_grad_norm, grad_sum_squares, AdamW, AdamWConfig};
 pub use schedule::CosineSchedule;

@@ -5,7 +5,7 @@
 use super::checkpoint::{latest_checkpoint, load_checkpoint, save_checkpoint, step_dir, TrainerState};
 use super::config::TrainConfig;
 use super::plot::write_loss_svg;
-use super::{grad_sum_squares, AdamW, AdamWConfig, CosineSchedule};
+use super::{clip_to_norm, grad_sum_squares, AdamW, AdamWConfig, CosineSchedule};
 use crate::checkpoint::hf::{load_hf, write_json};
 use crate::config::LlamaConfig;
 use crate::data::builtin;
@@ -326,7 +326,7 @@ pub fn pretrain(
         comm.all_reduce_sum_f64(&mut sums);
         let norm = sums[0].sqrt();
         let loss = sums[1] / streams as f64;
-        scale_grads(g, cfg.grad_clip, norm);
+        clip_to_norm(g, cfg.grad_clip, norm);
         let lr = sched.lr(step + 1);
         let skipped = !loss.is_finite() || !norm.is_finite();
         if skipped {
@@ -419,14 +419,6 @@ pub fn pretrain(
     out.mfu = out.tokens_per_s / world as f64 * flops_per_token / 1e9 / peak_gflops;
     out.final_params = model.params;
     Ok(out)
-}
-
-/// Global-norm clipping of (a shard of) the gradient, given the norm over all of it; torch's rule.
-fn scale_grads(g: &mut [f32], max_norm: f64, norm: f64) {
-    let coef = (max_norm / (norm + 1e-6)).min(1.0) as f32;
-    if coef < 1.0 {
-        g.iter_mut().for_each(|x| *x *= coef);
-    }
 }
 
 /// Mean loss over the same `eval_batches` validation batches every time.
