@@ -187,55 +187,138 @@ pub fn process_cpu_seconds() -> f64 {
 #[derive(Debug, Serialize)]
 pub struct GenerateBench {
     pub preset: String,
+    /// Weight formats, e.g. `q4_0 ×155, f32 …`.
+    pub dtype: String,
     pub params: usize,
     pub threads: usize,
+    /// The instruction set the kernels ran on.
+    pub isa: String,
     pub prompt_len: usize,
     pub new_tokens: usize,
     /// Median over runs of prompt tokens / prefill time.
     pub prefill_tokens_per_s: f64,
     /// Median over runs of generated tokens / decode time (greedy, KV cache).
     pub decode_tokens_per_s: f64,
+    /// Sequences decoded together in the batched measurement.
+    pub batch: usize,
+    /// Median over runs of tokens of all sequences / decode time, `batch` sequences together.
+    pub batched_decode_tokens_per_s: f64,
+    /// Bytes of weights one decode step reads.
+    pub weight_bytes_per_token: usize,
+    /// Read bandwidth of this process on all threads, measured in the same run (sum of 512 MiB).
+    pub read_bandwidth_bytes_per_s: f64,
+    /// decode tokens/s × bytes per token ÷ read bandwidth.
+    pub bandwidth_fraction: f64,
+    pub weight_bytes: usize,
+    pub kv_cache_bytes: usize,
     pub peak_rss_bytes: u64,
 }
 
-/// Prefill and decode speed of one sequence (random weights: speed does not depend on them).
+/// Read bandwidth: the best of 5 parallel sums over a 512 MiB buffer (bytes / s).
+pub fn read_bandwidth() -> f64 {
+    use rayon::prelude::*;
+    let n = (512usize << 20) / 4;
+    let buf: Vec<f32> = (0..n).into_par_iter().map(|i| (i % 7) as f32).collect();
+    let mut best = 0.0f64;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let s: f32 = buf.par_chunks(1 << 16).map(|c| crate::kernels::dot(c, c)).sum();
+        let dt = t.elapsed().as_secs_f64();
+        std::hint::black_box(s);
+        best = best.max((n * 4) as f64 / dt);
+    }
+    best
+}
+
+/// Prefill, decode and batched-decode speed (random weights: speed does not depend on them), of
+/// `model`, or of a random model of `cfg` in `dtype`.
+#[allow(clippy::too_many_arguments)]
 pub fn generate_bench(
-    preset: &str,
+    name: &str,
+    model: Option<crate::model::InferenceModel>,
     cfg: &LlamaConfig,
+    dtype: crate::model::ModelDtype,
     prompt_len: usize,
     new_tokens: usize,
+    batch: usize,
     runs: usize,
 ) -> Result<GenerateBench> {
-    use crate::model::KvCache;
-    let model = Llama::new_init(cfg.clone(), 7);
-    let prompt_len = prompt_len.min(cfg.max_position_embeddings.saturating_sub(new_tokens)).max(1);
+    use crate::model::{InferenceModel, KvCache, RowMode, Segment};
+    let bandwidth = read_bandwidth();
+    let model = match model {
+        Some(m) => m,
+        None => InferenceModel::from_params(cfg.clone(), Llama::new_init(cfg.clone(), 7).params, dtype)?,
+    };
+    let cfg = model.cfg.clone();
+    let prompt_len = prompt_len.min(cfg.max_position_embeddings.saturating_sub(new_tokens + 1)).max(1);
     let mut r = Rng::new(3);
-    let prompt: Vec<u32> = (0..prompt_len).map(|_| r.below(cfg.vocab_size as u64) as u32).collect();
-    let (mut pre, mut dec) = (vec![], vec![]);
+    let prompts: Vec<Vec<u32>> =
+        (0..batch.max(1)).map(|_| (0..prompt_len).map(|_| r.below(cfg.vocab_size as u64) as u32).collect()).collect();
+    let (mut pre, mut dec, mut bdec) = (vec![], vec![], vec![]);
+    let max_len = prompt_len + new_tokens + 1;
     for _ in 0..runs.max(1) {
-        let mut cache = KvCache::new(&model, prompt_len + new_tokens);
+        let mut cache = KvCache::new(&model, max_len);
         let t = Instant::now();
-        let mut logits = model.next_token_logits(&prompt, &mut cache)?;
+        let mut logits = model.next_token_logits(&prompts[0], &mut cache, RowMode::Batched)?;
         pre.push(prompt_len as f64 / t.elapsed().as_secs_f64());
         let t = Instant::now();
         for _ in 0..new_tokens {
             let next = crate::kernels::argmax(&logits) as u32;
-            logits = model.next_token_logits(&[next], &mut cache)?;
+            logits = model.next_token_logits(&[next], &mut cache, RowMode::Independent)?;
         }
         dec.push(new_tokens as f64 / t.elapsed().as_secs_f64());
     }
+    if batch > 1 {
+        let mut caches: Vec<KvCache> = (0..batch).map(|_| KvCache::new(&model, max_len)).collect();
+        let mut last: Vec<[u32; 1]> = vec![];
+        for (c, p) in caches.iter_mut().zip(&prompts) {
+            let l = model.next_token_logits(p, c, RowMode::Batched)?;
+            last.push([crate::kernels::argmax(&l) as u32]);
+        }
+        let v = cfg.vocab_size;
+        for _ in 0..runs.max(1) {
+            for c in caches.iter_mut() {
+                c.truncate(prompt_len);
+            }
+            let t = Instant::now();
+            for _ in 0..new_tokens {
+                let mut segs: Vec<Segment> =
+                    caches.iter_mut().zip(&last).map(|(c, t)| Segment { tokens: t, cache: c }).collect();
+                let hidden = model.forward(&mut segs, RowMode::Independent)?;
+                let logits = model.head_logits(&hidden, RowMode::Independent);
+                for (k, l) in last.iter_mut().enumerate() {
+                    l[0] = crate::kernels::argmax(&logits[k * v..(k + 1) * v]) as u32;
+                }
+            }
+            bdec.push((batch * new_tokens) as f64 / t.elapsed().as_secs_f64());
+        }
+    }
     let med = |v: &mut Vec<f64>| {
+        if v.is_empty() {
+            return 0.0;
+        }
         v.sort_by(|a, b| a.partial_cmp(b).unwrap());
         v[v.len() / 2]
     };
+    let decode = med(&mut dec);
+    let per_token = model.matmul_bytes();
     Ok(GenerateBench {
-        preset: preset.to_string(),
+        preset: name.to_string(),
+        dtype: model.format_summary(),
         params: cfg.num_params(),
         threads: rayon::current_num_threads(),
+        isa: crate::kernels::quant::dot::Isa::detect().name().to_string(),
         prompt_len,
         new_tokens,
         prefill_tokens_per_s: med(&mut pre),
-        decode_tokens_per_s: med(&mut dec),
+        decode_tokens_per_s: decode,
+        batch,
+        batched_decode_tokens_per_s: med(&mut bdec),
+        weight_bytes_per_token: per_token,
+        read_bandwidth_bytes_per_s: bandwidth,
+        bandwidth_fraction: decode * per_token as f64 / bandwidth,
+        weight_bytes: model.weight_bytes(),
+        kv_cache_bytes: KvCache::bytes_for(&cfg, max_len) * (1 + batch),
         peak_rss_bytes: peak_rss_bytes(),
     })
 }

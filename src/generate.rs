@@ -1,8 +1,10 @@
 //! Text generation with the KV cache: greedy (`temperature 0`, deterministic), or sampling with
-//! temperature, top-k and top-p from a seeded generator; stops at EOS or a length. And the Zephyr
-//! chat template TinyLlama-Chat was tuned with.
+//! temperature, top-k and top-p from a seeded generator; stops at EOS or a length. Many sequences
+//! decode together ([`generate_batch`]): each step runs one token of every live sequence through
+//! one pass over the weights, and a sequence's tokens are the same bits as when it runs alone.
+//! And the Zephyr chat template TinyLlama-Chat was tuned with.
 
-use crate::model::{KvCache, Llama};
+use crate::model::{InferenceModel, KvCache, RowMode, Segment};
 use crate::rng::Rng;
 use anyhow::{ensure, Result};
 
@@ -24,7 +26,7 @@ impl Default for SamplingOptions {
 }
 
 pub struct Sampler {
-    opts: SamplingOptions,
+    pub opts: SamplingOptions,
     rng: Rng,
 }
 
@@ -76,30 +78,96 @@ impl Sampler {
 }
 
 /// Generates up to `max_new` tokens after `prompt` (which should start with BOS), calling
-/// `on_token` with each as it comes; stops after `eos`. Returns the new tokens.
+/// `on_token` with each as it comes; stops after any of `eos`. Returns the new tokens.
 pub fn generate(
-    model: &Llama,
+    model: &InferenceModel,
     prompt: &[u32],
     max_new: usize,
-    eos: Option<u32>,
+    eos: &[u32],
     sampler: &mut Sampler,
     on_token: &mut dyn FnMut(u32) -> Result<()>,
 ) -> Result<Vec<u32>> {
-    ensure!(!prompt.is_empty(), "empty prompt");
+    let req = Request { prompt: prompt.to_vec(), max_new, sampling: sampler.opts.clone() };
+    let mut out = generate_batch(model, std::slice::from_ref(&req), eos, 1, &mut |_, t| on_token(t))?;
+    Ok(out.pop().unwrap_or_default())
+}
+
+/// One sequence to generate.
+#[derive(Clone, Debug)]
+pub struct Request {
+    /// Token ids, BOS first.
+    pub prompt: Vec<u32>,
+    pub max_new: usize,
+    pub sampling: SamplingOptions,
+}
+
+/// Generates every request, at most `max_batch` sequences decoding together; a finished sequence
+/// leaves the batch and the next waiting one is prefilled in its place. `on_token(i, t)` sees each
+/// new token of request `i` as it comes. A prompt is prefilled alone, and each decode step
+/// computes every sequence's row independently, so a request's tokens do not depend on the others.
+pub fn generate_batch(
+    model: &InferenceModel,
+    reqs: &[Request],
+    eos: &[u32],
+    max_batch: usize,
+    on_token: &mut dyn FnMut(usize, u32) -> Result<()>,
+) -> Result<Vec<Vec<u32>>> {
     let ctx = model.cfg.max_position_embeddings;
-    ensure!(prompt.len() < ctx, "prompt of {} tokens fills the context ({ctx})", prompt.len());
-    let max_new = max_new.min(ctx - prompt.len());
-    let mut cache = KvCache::new(model, prompt.len() + max_new);
-    let mut logits = model.next_token_logits(prompt, &mut cache)?;
-    let mut out = vec![];
-    for i in 0..max_new {
-        let t = sampler.sample(&logits);
-        out.push(t);
-        on_token(t)?;
-        if Some(t) == eos || i + 1 == max_new {
+    for (i, r) in reqs.iter().enumerate() {
+        ensure!(!r.prompt.is_empty(), "prompt {i} is empty");
+        ensure!(r.prompt.len() < ctx, "prompt {i} has {} tokens and fills the context ({ctx})", r.prompt.len());
+    }
+    struct Live {
+        i: usize,
+        cache: KvCache,
+        sampler: Sampler,
+        last: u32,
+        left: usize,
+    }
+    let mut out: Vec<Vec<u32>> = vec![vec![]; reqs.len()];
+    let mut live: Vec<Live> = vec![];
+    let mut next = 0;
+    let v = model.cfg.vocab_size;
+    loop {
+        // admit waiting requests: prefill alone, sample the first token
+        while live.len() < max_batch.max(1) && next < reqs.len() {
+            let r = &reqs[next];
+            let max_new = r.max_new.min(ctx - r.prompt.len());
+            let i = next;
+            next += 1;
+            if max_new == 0 {
+                continue;
+            }
+            let mut cache = KvCache::new(model, r.prompt.len() + max_new);
+            let logits = model.next_token_logits(&r.prompt, &mut cache, RowMode::Batched)?;
+            let mut sampler = Sampler::new(r.sampling.clone());
+            let t = sampler.sample(&logits);
+            out[i].push(t);
+            on_token(i, t)?;
+            if !eos.contains(&t) && max_new > 1 {
+                live.push(Live { i, cache, sampler, last: t, left: max_new - 1 });
+            }
+        }
+        if live.is_empty() {
             break;
         }
-        logits = model.next_token_logits(&[t], &mut cache)?;
+        // one decode step of every live sequence
+        let toks: Vec<[u32; 1]> = live.iter().map(|s| [s.last]).collect();
+        let mut segs: Vec<Segment> =
+            live.iter_mut().zip(&toks).map(|(s, t)| Segment { tokens: t, cache: &mut s.cache }).collect();
+        let hidden = model.forward(&mut segs, RowMode::Independent)?;
+        let logits = model.head_logits(&hidden, RowMode::Independent);
+        for (k, s) in live.iter_mut().enumerate() {
+            let t = s.sampler.sample(&logits[k * v..(k + 1) * v]);
+            out[s.i].push(t);
+            on_token(s.i, t)?;
+            s.last = t;
+            s.left -= 1;
+            if eos.contains(&t) {
+                s.left = 0;
+            }
+        }
+        live.retain(|s| s.left > 0);
     }
     Ok(out)
 }
@@ -122,20 +190,50 @@ pub fn zephyr_prompt(system: Option<&str>, turns: &[(String, Option<String>)]) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Workspace;
+    use crate::kernels::quant::Format;
+    use crate::model::{ModelDtype, Workspace};
+
+    fn f32(llama: &crate::model::Llama) -> InferenceModel {
+        InferenceModel::from_llama(llama, ModelDtype::Uniform(Format::F32)).unwrap()
+    }
+
+    /// Batched generation gives every request the tokens it gets alone (greedy and seeded
+    /// sampling, quantized weights, sequences of different lengths finishing at different steps).
+    #[test]
+    fn batched_generation_equals_each_request_alone() {
+        let llama = crate::model::test_model(300, 64, 6, 3.0);
+        for dtype in [ModelDtype::Uniform(Format::F32), ModelDtype::Uniform(Format::Q4_0)] {
+            let model = InferenceModel::from_llama(&llama, dtype).unwrap();
+            let reqs: Vec<Request> = (0..7u32)
+                .map(|i| Request {
+                    prompt: (0..(2 + i * 3)).map(|j| (j * 31 + i * 7) % 300).collect(),
+                    max_new: 5 + 3 * i as usize,
+                    sampling: SamplingOptions { temperature: if i % 2 == 0 { 0.0 } else { 0.8 }, top_k: 40, top_p: 0.95, seed: i as u64 },
+                })
+                .collect();
+            let eos = [13u32];
+            let together = generate_batch(&model, &reqs, &eos, 4, &mut |_, _| Ok(())).unwrap();
+            for (r, got) in reqs.iter().zip(&together) {
+                let alone = generate_batch(&model, std::slice::from_ref(r), &eos, 1, &mut |_, _| Ok(())).unwrap();
+                assert_eq!(&alone[0], got, "{dtype:?}");
+            }
+            assert!(together.iter().map(|t| t.len()).collect::<std::collections::BTreeSet<_>>().len() > 2);
+        }
+    }
 
     /// Greedy generation through the cache equals recomputing the whole sequence at every step.
     #[test]
     fn cached_generation_equals_full_recompute() {
-        let model = crate::model::test_model(300, 64, 4, 4.0);
+        let llama = crate::model::test_model(300, 64, 4, 4.0);
+        let model = f32(&llama);
         let cfg = model.cfg.clone();
         let prompt = vec![1u32, 17, 200, 5, 99];
         let mut sampler = Sampler::new(SamplingOptions::default());
-        let got = generate(&model, &prompt, 20, None, &mut sampler, &mut |_| Ok(())).unwrap();
+        let got = generate(&model, &prompt, 20, &[], &mut sampler, &mut |_| Ok(())).unwrap();
         let mut seq = prompt.clone();
         for &t in &got {
             let mut ws = Workspace::new(&cfg, 1, seq.len());
-            let logits = model.forward_logits(&mut ws, &seq).unwrap();
+            let logits = llama.forward_logits(&mut ws, &seq).unwrap();
             let last = &logits[(seq.len() - 1) * cfg.vocab_size..];
             let want = crate::kernels::argmax(last) as u32;
             assert_eq!(t, want, "after {} tokens", seq.len());

@@ -11,6 +11,7 @@ pub mod data;
 pub mod dist;
 pub mod eval;
 pub mod generate;
+pub mod gguf;
 pub mod kernels;
 pub mod model;
 pub mod profile;

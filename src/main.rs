@@ -51,15 +51,19 @@ enum Cmd {
         #[arg(long, default_value_t = 1000)]
         max_mb: usize,
     },
-    /// Write a training checkpoint as a Hugging Face model directory (LlamaForCausalLM + tokenizer).
+    /// Write a training checkpoint or HF model as a Hugging Face directory, or as a llama.cpp GGUF.
     Export {
-        /// A checkpoint directory (runs/NAME/checkpoints/step-N).
+        /// A checkpoint directory (runs/NAME/checkpoints/step-N) or any HF model directory.
         #[arg(long)]
         checkpoint: PathBuf,
-        /// Output directory.
+        /// Output directory for a Hugging Face model (LlamaForCausalLM + tokenizer).
+        #[arg(long, required_unless_present = "gguf", conflicts_with = "gguf")]
+        hf: Option<PathBuf>,
+        /// Output GGUF file for llama.cpp (tokenizer with SentencePiece scores and chat template embedded).
         #[arg(long)]
-        hf: PathBuf,
-        /// Weight dtype on disk: f32, bf16 or f16.
+        gguf: Option<PathBuf>,
+        /// Weight format: f32, bf16 or f16 for --hf; f32, f16, bf16, q8_0, q4_0, q4_k_m (llama.cpp's
+        /// mix: Q4_K, with Q6_K for the head and some layers' attn_v/ffn_down), q4_k or q6_k for --gguf.
         #[arg(long, default_value = "f32")]
         dtype: String,
     },
@@ -196,9 +200,13 @@ struct PrepareArgs {
 
 #[derive(Args)]
 struct EvalArgs {
-    /// A Hugging Face model directory (or a training checkpoint) with tokenizer.json.
+    /// A Hugging Face model directory (or a training checkpoint) with tokenizer.json, or a GGUF file.
     #[arg(long)]
     model: PathBuf,
+    /// Weight format for a safetensors model: f32 (default), f16, bf16, q8_0, q4_0, q4_k_m, q4_k,
+    /// q6_k (quantized at load). GGUF files keep their own.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
     /// Comma-separated: hellaswag, openbookqa, winogrande, arc_easy, arc_challenge, boolq, piqa, mmlu.
     #[arg(long, default_value = "hellaswag,openbookqa,winogrande,arc_easy,arc_challenge,boolq,piqa")]
     tasks: String,
@@ -230,14 +238,22 @@ struct SamplingArgs {
     /// 0 = greedy (deterministic).
     #[arg(long, default_value_t = 0.0)]
     temperature: f32,
+    /// Sample among the k most likely tokens (0: all).
     #[arg(long, default_value_t = 0)]
     top_k: usize,
+    /// Sample among the most likely tokens whose probabilities sum to p (1: all).
     #[arg(long, default_value_t = 1.0)]
     top_p: f32,
+    /// Seed of the sampler.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Most tokens to generate (per prompt).
     #[arg(long, default_value_t = 256)]
     max_new_tokens: usize,
+    /// Weight format for a safetensors model: f32 (default), f16, bf16, q8_0, q4_0, q4_k_m, q4_k,
+    /// q6_k (quantized at load). GGUF files keep their own.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
 }
 
 impl SamplingArgs {
@@ -253,17 +269,26 @@ impl SamplingArgs {
 
 #[derive(Args)]
 struct GenerateArgs {
-    /// A Hugging Face model directory (or a training checkpoint) with tokenizer.json.
+    /// A Hugging Face model directory (or a training checkpoint) with tokenizer.json, or a GGUF file.
     #[arg(long)]
     model: PathBuf,
+    /// The prompt (BOS is prepended).
+    #[arg(long, required_unless_present = "prompts", conflicts_with = "prompts")]
+    prompt: Option<String>,
+    /// Many prompts, decoded together (one per line, or JSONL with a "prompt" field); prints one
+    /// JSON line per prompt with the completion.
     #[arg(long)]
-    prompt: String,
+    prompts: Option<PathBuf>,
+    /// Sequences decoding together with --prompts.
+    #[arg(long, default_value_t = 16)]
+    max_batch: usize,
     #[command(flatten)]
     sampling: SamplingArgs,
 }
 
 #[derive(Args)]
 struct ChatArgs {
+    /// A chat model: Hugging Face directory or GGUF file.
     #[arg(long)]
     model: PathBuf,
     /// System prompt.
@@ -275,16 +300,30 @@ struct ChatArgs {
 
 #[derive(Subcommand)]
 enum BenchCmd {
-    /// Prefill and decode speed (tokens/s) of one sequence with the KV cache, random weights.
+    /// Prefill, decode and batched-decode speed (tokens/s) with the KV cache, against the read
+    /// bandwidth measured in the same run; random weights of a preset/config, or a GGUF file.
     Generate {
         #[command(flatten)]
         model: ModelArg,
+        /// A GGUF file to measure instead of random weights.
+        #[arg(long = "model", conflicts_with_all = ["preset", "config"])]
+        gguf: Option<PathBuf>,
+        /// Weight format of the random model: f32, f16, bf16, q8_0, q4_0, q4_k_m, q4_k, q6_k.
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+        /// Prompt tokens of the prefill measurement.
         #[arg(long, default_value_t = 256)]
         prompt_len: usize,
+        /// Tokens decoded per measurement.
         #[arg(long, default_value_t = 32)]
         new_tokens: usize,
+        /// Sequences decoded together in the batched measurement (1: skip it).
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        /// Repetitions (medians are reported).
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// Print one JSON object.
         #[arg(long)]
         json: bool,
     },
@@ -347,12 +386,28 @@ fn run() -> Result<()> {
                 tok.eos_id
             );
         }
-        Cmd::Export { checkpoint, hf, dtype } => {
+        Cmd::Export { checkpoint, hf: None, gguf: Some(out), dtype } => {
+            let dtype = tinyllama::model::ModelDtype::parse(&dtype)?;
+            let model = tinyllama::checkpoint::hf::load_hf(&checkpoint)?;
+            let tok = Tokenizer::from_file(&checkpoint.join("tokenizer.json"))
+                .with_context(|| format!("{}: needs its tokenizer.json", checkpoint.display()))?;
+            let template = std::fs::read_to_string(checkpoint.join("tokenizer_config.json"))
+                .ok()
+                .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+                .and_then(|v| v.get("chat_template").and_then(|t| t.as_str()).map(str::to_string));
+            let name = checkpoint.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            eprintln!("writing {} as {}…", out.display(), dtype.name());
+            tinyllama::gguf::llama::export(&model.cfg, &model.params, &tok, template.as_deref(), dtype, &name, &out)?;
+            let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+            println!("wrote {} ({}, {}, {:.1} MB)", out.display(), model.cfg, dtype.name(), size as f64 / 1e6);
+        }
+        Cmd::Export { hf: None, .. } => anyhow::bail!("export needs --hf DIR or --gguf FILE"),
+        Cmd::Export { checkpoint, hf: Some(hf), gguf: _, dtype } => {
             let dtype = match dtype.as_str() {
                 "f32" => Dtype::F32,
                 "bf16" => Dtype::BF16,
                 "f16" => Dtype::F16,
-                other => anyhow::bail!("--dtype {other}: use f32, bf16 or f16"),
+                other => anyhow::bail!("--dtype {other}: use f32, bf16 or f16 with --hf (quantized formats with --gguf)"),
             };
             let model = tinyllama::checkpoint::hf::load_hf(&checkpoint)?;
             let tok = Tokenizer::from_file(&checkpoint.join("tokenizer.json"))?;
@@ -361,14 +416,20 @@ fn run() -> Result<()> {
         }
         Cmd::Eval(a) => eval(a)?,
         Cmd::Generate(a) => {
-            let (model, tok) = load_model_dir(&a.model)?;
-            let prompt: Vec<u32> = std::iter::once(tok.bos_id).chain(tok.encode(&a.prompt)?).collect();
-            print!("{}", a.prompt);
-            stream_generate(&model, &tok, &prompt, &a.sampling)?;
-            println!();
+            let (model, tok) = load_model_dir(&a.model, &a.sampling.dtype)?;
+            match (&a.prompt, &a.prompts) {
+                (Some(p), _) => {
+                    let prompt: Vec<u32> = std::iter::once(tok.bos_id).chain(tok.encode(p)?).collect();
+                    print!("{p}");
+                    stream_generate(&model, &tok, &prompt, &a.sampling)?;
+                    println!();
+                }
+                (None, Some(file)) => generate_many(&model, &tok, file, a.max_batch, &a.sampling)?,
+                (None, None) => anyhow::bail!("generate needs --prompt or --prompts"),
+            }
         }
         Cmd::Chat(a) => {
-            let (model, tok) = load_model_dir(&a.model)?;
+            let (model, tok) = load_model_dir(&a.model, &a.sampling.dtype)?;
             let mut turns: Vec<(String, Option<String>)> = vec![];
             eprintln!("chat with {} (empty line or Ctrl-D to quit)", a.model.display());
             let stdin = std::io::stdin();
@@ -392,14 +453,46 @@ fn run() -> Result<()> {
             println!("parameters: {}", cfg.num_params());
             println!("{}", serde_json::to_string_pretty(&cfg)?);
         }
-        Cmd::Bench(BenchCmd::Generate { model, prompt_len, new_tokens, runs, json }) => {
-            let (name, cfg) = model.resolve("tinyllama-1.1b")?;
-            let r = tinyllama::bench::generate_bench(&name, &cfg, prompt_len, new_tokens, runs)?;
+        Cmd::Bench(BenchCmd::Generate { model, gguf, dtype, prompt_len, new_tokens, batch, runs, json }) => {
+            let dtype = tinyllama::model::ModelDtype::parse(&dtype)?;
+            let (name, cfg, loaded) = match &gguf {
+                Some(p) => {
+                    let m = tinyllama::model::load::load_model(p, None, false)?.model;
+                    (p.display().to_string(), m.cfg.clone(), Some(m))
+                }
+                None => {
+                    let (name, cfg) = model.resolve("tinyllama-1.1b")?;
+                    (name, cfg, None)
+                }
+            };
+            let r = tinyllama::bench::generate_bench(&name, loaded, &cfg, dtype, prompt_len, new_tokens, batch, runs)?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
-                println!("{name}: prefill {:.1} tokens/s ({prompt_len}-token prompt), decode {:.2} tokens/s, peak RSS {:.0} MiB",
-                    r.prefill_tokens_per_s, r.decode_tokens_per_s, r.peak_rss_bytes as f64 / (1 << 20) as f64);
+                let mib = |b: f64| b / (1u64 << 20) as f64;
+                println!("{name} [{}], {} threads, {}", r.dtype, r.threads, r.isa);
+                println!("prefill        {:.1} tokens/s ({}-token prompt)", r.prefill_tokens_per_s, r.prompt_len);
+                println!(
+                    "decode         {:.2} tokens/s ({:.0} MB of weights a token: {:.0}% of the {:.1} GB/s read bandwidth)",
+                    r.decode_tokens_per_s,
+                    r.weight_bytes_per_token as f64 / 1e6,
+                    100.0 * r.bandwidth_fraction,
+                    r.read_bandwidth_bytes_per_s / 1e9
+                );
+                if r.batch > 1 {
+                    println!(
+                        "batched decode {:.1} tokens/s ({} sequences, {:.1}× one)",
+                        r.batched_decode_tokens_per_s,
+                        r.batch,
+                        r.batched_decode_tokens_per_s / r.decode_tokens_per_s
+                    );
+                }
+                println!(
+                    "peak RSS       {:.0} MiB (weights {:.0} MiB + KV caches {:.0} MiB)",
+                    mib(r.peak_rss_bytes as f64),
+                    mib(r.weight_bytes as f64),
+                    mib(r.kv_cache_bytes as f64)
+                );
             }
         }
         Cmd::Bench(BenchCmd::Train { model, batch, seq_len, steps, warmup, json, profile }) => {
@@ -574,17 +667,16 @@ fn prepare(a: PrepareArgs) -> Result<()> {
     Ok(())
 }
 
-fn load_model_dir(dir: &std::path::Path) -> Result<(tinyllama::model::Llama, Tokenizer)> {
-    let model = tinyllama::checkpoint::hf::load_hf(dir)?;
-    let tok = Tokenizer::from_file(&dir.join("tokenizer.json"))
-        .with_context(|| format!("{}: a model directory needs its tokenizer.json", dir.display()))?;
-    Ok((model, tok))
+fn load_model_dir(dir: &std::path::Path, dtype: &str) -> Result<(tinyllama::model::InferenceModel, Tokenizer)> {
+    let dtype = tinyllama::model::ModelDtype::parse(dtype)?;
+    let m = tinyllama::model::load::load_model(dir, Some(dtype), true)?;
+    Ok((m.model, m.tokenizer))
 }
 
 /// Generates and prints text as it comes (decoding the whole continuation each time, so that
 /// multi-token characters appear whole); returns the text.
 fn stream_generate(
-    model: &tinyllama::model::Llama,
+    model: &tinyllama::model::InferenceModel,
     tok: &Tokenizer,
     prompt: &[u32],
     s: &SamplingArgs,
@@ -594,7 +686,7 @@ fn stream_generate(
     let mut ids = vec![];
     let mut shown = String::new();
     let mut out = std::io::stdout();
-    tinyllama::generate::generate(model, prompt, s.max_new_tokens, Some(tok.eos_id), &mut sampler, &mut |t| {
+    tinyllama::generate::generate(model, prompt, s.max_new_tokens, &[tok.eos_id], &mut sampler, &mut |t| {
         if t == tok.eos_id {
             return Ok(());
         }
@@ -614,8 +706,64 @@ fn stream_generate(
     Ok(text)
 }
 
+/// `generate --prompts`: every prompt decoded in one batch; one JSON line per prompt, in order.
+fn generate_many(
+    model: &tinyllama::model::InferenceModel,
+    tok: &Tokenizer,
+    file: &std::path::Path,
+    max_batch: usize,
+    s: &SamplingArgs,
+) -> Result<()> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let mut prompts = vec![];
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let p = if line.trim_start().starts_with('{') {
+            let v: serde_json::Value =
+                serde_json::from_str(line).with_context(|| format!("{}:{}: not valid JSON", file.display(), i + 1))?;
+            v.get("prompt")
+                .and_then(|p| p.as_str())
+                .with_context(|| format!("{}:{}: no string field \"prompt\"", file.display(), i + 1))?
+                .to_string()
+        } else {
+            line.to_string()
+        };
+        prompts.push(p);
+    }
+    anyhow::ensure!(!prompts.is_empty(), "{}: no prompts", file.display());
+    let reqs: Vec<tinyllama::generate::Request> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let mut sampling = s.options();
+            sampling.seed = s.seed.wrapping_add(i as u64);
+            Ok(tinyllama::generate::Request {
+                prompt: std::iter::once(tok.bos_id).chain(tok.encode(p)?).collect(),
+                max_new: s.max_new_tokens,
+                sampling,
+            })
+        })
+        .collect::<Result<_>>()?;
+    let t0 = std::time::Instant::now();
+    let outs = tinyllama::generate::generate_batch(model, &reqs, &[tok.eos_id], max_batch, &mut |_, _| Ok(()))?;
+    let n: usize = outs.iter().map(|o| o.len()).sum();
+    for (p, o) in prompts.iter().zip(&outs) {
+        let ids: Vec<u32> = o.iter().copied().filter(|&t| t != tok.eos_id).collect();
+        let finish = if o.last() == Some(&tok.eos_id) { "stop" } else { "length" };
+        println!(
+            "{}",
+            serde_json::json!({"prompt": p, "completion": tok.decode(&ids)?, "tokens": ids.len(), "finish_reason": finish})
+        );
+    }
+    let dt = t0.elapsed().as_secs_f64();
+    eprintln!("{} prompts, {n} tokens in {dt:.1} s ({:.1} tokens/s)", prompts.len(), n as f64 / dt);
+    Ok(())
+}
+
 fn eval(a: EvalArgs) -> Result<()> {
-    let (model, tok) = load_model_dir(&a.model)?;
+    let (model, tok) = load_model_dir(&a.model, &a.dtype)?;
     if let Some(path) = &a.perplexity {
         let tokens: Vec<u32> = if path.extension().map(|e| e == "bin").unwrap_or(false) {
             tinyllama::data::shard::Shard::open(path)?.tokens()

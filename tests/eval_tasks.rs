@@ -177,7 +177,12 @@ fn scores_are_the_same_bits_on_any_thread_count() {
     let tok = tinyllama::tokenizer::Tokenizer::llama2();
     let mut cfg = tinyllama::config::LlamaConfig::preset("tiny-10m").unwrap();
     cfg.num_hidden_layers = 2;
-    let model = tinyllama::model::Llama::new_init(cfg, 3);
+    let llama = tinyllama::model::Llama::new_init(cfg, 3);
+    let model = tinyllama::model::InferenceModel::from_llama(
+        &llama,
+        tinyllama::model::ModelDtype::Uniform(tinyllama::kernels::quant::Format::F32),
+    )
+    .unwrap();
     let items: Vec<Item> = (0..20)
         .map(|i| {
             let ctx = format!("Question: what is {i} plus {}?\nAnswer:", i % 7);

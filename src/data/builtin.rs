@@ -37,7 +37,7 @@ pub fn prepared(tok: &Tokenizer, val_fraction: f64, progress: bool) -> Result<Pa
         feed(n.as_bytes());
         feed(bytes);
     }
-    feed(tok.inner().to_string(false).unwrap_or_default().as_bytes());
+    feed(tok.to_json().unwrap_or_default().as_bytes());
     feed(&val_fraction.to_le_bytes());
     feed(&CHUNK_SIZE.to_le_bytes());
     let dir = cache_root().join(format!("builtin-corpus-{h:016x}"));

@@ -7,7 +7,7 @@
 
 use super::tasks::{Item, Task};
 use crate::kernels::argmax;
-use crate::model::{KvCache, Llama};
+use crate::model::{InferenceModel, KvCache};
 use crate::tokenizer::Tokenizer;
 use anyhow::{ensure, Result};
 use rayon::prelude::*;
@@ -94,7 +94,7 @@ pub fn item_correct(item: &Item, scores: &[f64]) -> (bool, bool) {
 
 /// Scores every request of `task`; `on_item` is called after each item (progress).
 pub fn evaluate_task(
-    model: &Llama,
+    model: &InferenceModel,
     tok: &Tokenizer,
     task: &Task,
     mut log: Option<&mut dyn Write>,

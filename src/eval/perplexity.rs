@@ -4,7 +4,7 @@
 //! context per token, more compute).
 
 use crate::kernels::cross_entropy::IGNORE_INDEX;
-use crate::model::{Llama, Workspace};
+use crate::model::{InferenceModel, KvCache, RowMode};
 use anyhow::{ensure, Result};
 
 #[derive(Debug, serde::Serialize)]
@@ -14,25 +14,21 @@ pub struct Perplexity {
     pub perplexity: f64,
 }
 
-pub fn perplexity(model: &Llama, tokens: &[u32], window: usize, stride: usize) -> Result<Perplexity> {
+pub fn perplexity(model: &InferenceModel, tokens: &[u32], window: usize, stride: usize) -> Result<Perplexity> {
     ensure!(tokens.len() >= 2, "need at least 2 tokens");
     ensure!(window >= 2 && stride >= 1 && stride <= window, "need 2 <= window, 1 <= stride <= window");
     let window = window.min(model.cfg.max_position_embeddings);
     let (mut sum, mut count) = (0.0f64, 0usize);
     let mut next = 1; // the next token to score (token 0 has nothing before it)
-    let mut ws: Option<Workspace> = None;
     while next < tokens.len() {
         // score tokens next..end, reading up to `window` tokens before each
         let end = (next + stride).min(tokens.len());
         let start = (end - 1).saturating_sub(window);
         let inp = &tokens[start..end - 1];
         let tgt: Vec<u32> = (start + 1..end).map(|j| if j >= next { tokens[j] } else { IGNORE_INDEX }).collect();
-        if ws.as_ref().map(|w| w.seq_len != inp.len()).unwrap_or(true) {
-            ws = Some(Workspace::new(&model.cfg, 1, inp.len()));
-        }
-        let w = ws.as_mut().unwrap();
-        model.forward_loss(w, inp, &tgt)?;
-        for (l, &t) in w.row_loss.iter().zip(&tgt) {
+        let mut cache = KvCache::new(model, inp.len());
+        let hidden = model.forward_cached_hidden(inp, &mut cache, RowMode::Batched)?;
+        for (l, &t) in model.row_losses(&hidden, &tgt).iter().zip(&tgt) {
             if t != IGNORE_INDEX {
                 sum += *l as f64;
                 count += 1;
@@ -50,15 +46,16 @@ mod tests {
 
     #[test]
     fn sliding_window_scores_every_token_once() {
-        let model = crate::model::test_model(200, 32, 2, 1.0);
+        let llama = crate::model::test_model(200, 32, 2, 1.0);
+        let model = InferenceModel::from_llama(&llama, crate::model::ModelDtype::Uniform(crate::kernels::quant::Format::F32)).unwrap();
         let cfg = model.cfg.clone();
         let mut r = crate::rng::Rng::new(1);
         let toks: Vec<u32> = (0..70).map(|_| r.below(200) as u32).collect();
         // one window over everything: the plain mean next-token loss
         let short = &toks[..30];
         let p = perplexity(&model, short, 32, 32).unwrap();
-        let mut ws = Workspace::new(&cfg, 1, 29);
-        let want = model.forward_loss(&mut ws, &short[..29], &short[1..]).unwrap();
+        let mut ws = crate::model::Workspace::new(&cfg, 1, 29);
+        let want = llama.forward_loss(&mut ws, &short[..29], &short[1..]).unwrap();
         assert_eq!(p.tokens_scored, 29);
         assert!((p.nll - want).abs() < 1e-9, "{} vs {want}", p.nll);
         // sliding windows: each of the 69 predictable tokens once, with no less context than

@@ -10,6 +10,7 @@ pub mod attention;
 pub mod cross_entropy;
 pub mod embedding;
 pub mod matmul;
+pub mod quant;
 pub mod rms_norm;
 pub mod rope;
 pub mod swiglu;

@@ -1,16 +1,23 @@
-//! Inference with a KV cache: prefill a prompt, then one token at a time, or extend a cached
-//! prefix with several tokens (how evaluation shares a context between answer choices). The
-//! same kernels as training; attention reads the cached keys and values in place.
+//! Inference: the decoder stack over weights of any format ([`InferenceModel`]), with a KV cache per
+//! sequence. One call runs any number of sequences, each extending its own cache by any number of
+//! tokens (a prompt's prefill, one decode step, a few tokens of an eval continuation), so one read
+//! of the weights serves the whole batch.
+//!
+//! One decoder layer, [`DecoderLayer::forward`], serves every path: f32 evaluation (the same kernels
+//! and bits as the training forward), quantized generation, batched decoding.
 
 use super::llama::Llama;
+use super::weights::{Linear, RowMode, WeightMatrix};
+use crate::config::LlamaConfig;
 use crate::kernels::attention::{attention_cached, attention_forward, attention_scratch_len, AttnShape};
-use crate::kernels::cross_entropy::log_sum_exp;
-use crate::kernels::embedding::embedding_forward;
-use crate::kernels::matmul::{linear_forward, matmul};
+use crate::kernels::cross_entropy::{head_cross_entropy_forward, log_sum_exp, HEAD_CHUNK_ROWS};
+use crate::kernels::quant::dot::Activations;
+use crate::kernels::quant::Format;
 use crate::kernels::rms_norm::rms_norm_forward;
-use crate::kernels::rope::rope_forward;
+use crate::kernels::rope::{rope_forward, RopeTable};
 use crate::kernels::swiglu::swiglu_forward;
 use anyhow::{ensure, Result};
+use std::sync::Arc;
 
 /// Keys and values of every layer for positions `0..len` of one sequence.
 pub struct KvCache {
@@ -25,10 +32,18 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    pub fn new(model: &Llama, max_len: usize) -> Self {
-        let c = &model.cfg;
+    pub fn new(model: &InferenceModel, max_len: usize) -> Self {
+        Self::for_config(&model.cfg, max_len)
+    }
+
+    pub fn for_config(c: &LlamaConfig, max_len: usize) -> Self {
         let n = c.num_hidden_layers * max_len * c.kv_dim();
         KvCache { len: 0, max_len, kv_dim: c.kv_dim(), k: vec![0.0; n], v: vec![0.0; n], tokens: vec![] }
+    }
+
+    /// Bytes of one cache of `max_len` positions.
+    pub fn bytes_for(c: &LlamaConfig, max_len: usize) -> usize {
+        2 * 4 * c.num_hidden_layers * max_len * c.kv_dim()
     }
 
     /// Forgets positions from `len` on.
@@ -43,80 +58,349 @@ impl KvCache {
     }
 }
 
-impl Llama {
-    /// Runs `tokens` at positions `cache.len..` and returns the final hidden states
-    /// (`[tokens.len(), d]`, after the last norm), extending the cache.
-    pub fn forward_cached_hidden(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
-        let c = &self.cfg;
-        let (n, p0) = (tokens.len(), cache.len);
-        ensure!(
-            p0 + n <= cache.max_len && p0 + n <= c.max_position_embeddings,
-            "sequence of {} tokens exceeds the context ({})",
-            p0 + n,
-            cache.max_len.min(c.max_position_embeddings)
-        );
+/// One decoder layer's weights (pre-norm Llama block).
+pub struct DecoderLayer {
+    pub attn_norm: Vec<f32>,
+    /// `[q; k; v]` by rows.
+    pub wqkv: Linear,
+    pub wo: Linear,
+    pub mlp_norm: Vec<f32>,
+    /// `[gate; up]` by rows.
+    pub wgu: Linear,
+    pub wdown: Linear,
+}
+
+/// A sequence of one forward call: the tokens to run at positions `cache.len..`.
+pub struct Segment<'a> {
+    pub tokens: &'a [u32],
+    pub cache: &'a mut KvCache,
+}
+
+/// Buffers of one forward call, sized for its rows.
+#[derive(Default)]
+struct Scratch {
+    xn: Vec<f32>,
+    rstd: Vec<f32>,
+    qkv: Vec<f32>,
+    att: Vec<f32>,
+    gu: Vec<f32>,
+    h: Vec<f32>,
+    acts: Activations,
+}
+
+impl DecoderLayer {
+    /// `x[rows, d] += attention(norm(x)); x += mlp(norm(x))` for the rows of `segs` (concatenated
+    /// in order), extending each segment's cache at layer `l`.
+    fn forward(&self, l: usize, x: &mut [f32], segs: &mut [Segment], m: &InferenceModel, mode: RowMode, s: &mut Scratch) {
+        let c = &m.cfg;
+        let n = x.len() / c.hidden_size;
         let (d, f, eps) = (c.hidden_size, c.intermediate_size, c.rms_norm_eps);
+        let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let (qd, kvd) = (c.q_dim(), c.kv_dim());
         let qs = qd + 2 * kvd;
-        let p = &self.params;
-        let mut x = vec![0.0f32; n * d];
-        embedding_forward(&mut x, tokens, &p[self.layout.embed.clone()], d)?;
-        let (mut xn, mut rstd) = (vec![0.0f32; n * d], vec![0.0f32; n]);
-        let mut qkv = vec![0.0f32; n * qs];
-        let mut att = vec![0.0f32; n * qd];
-        let mut gu = vec![0.0f32; n * 2 * f];
-        let mut h = vec![0.0f32; n * f];
-        for (l, lp) in self.layout.layers.iter().enumerate() {
-            rms_norm_forward(&mut xn, &mut rstd, &x, &p[lp.attn_norm.clone()], d, eps);
-            linear_forward(&mut qkv, &xn, &p[lp.wqkv.clone()], n, d, qs);
-            rope_forward(&mut qkv, qs, c.num_attention_heads + c.num_key_value_heads, n, p0, self.rope());
-            let (kc, vc) = cache.layer(l);
-            for r in 0..n {
+        rms_norm_forward(&mut s.xn, &mut s.rstd, x, &self.attn_norm, d, eps);
+        self.wqkv.forward(&mut s.qkv, &s.xn, n, false, mode, &mut s.acts);
+        let mut r0 = 0;
+        let single = segs.len() == 1;
+        for seg in segs.iter_mut() {
+            let (k, p0) = (seg.tokens.len(), seg.cache.len);
+            let qkv = &mut s.qkv[r0 * qs..(r0 + k) * qs];
+            rope_forward(qkv, qs, nh + nkv, k, p0, &m.rope);
+            let (kc, vc) = seg.cache.layer(l);
+            for r in 0..k {
                 kc[(p0 + r) * kvd..][..kvd].copy_from_slice(&qkv[r * qs + qd..][..kvd]);
                 vc[(p0 + r) * kvd..][..kvd].copy_from_slice(&qkv[r * qs + qd + kvd..][..kvd]);
             }
-            if p0 == 0 {
-                // a fresh prompt: the tiled training kernel is the faster one
-                let shape = AttnShape {
-                    batch: 1,
-                    seq_len: n,
-                    n_heads: c.num_attention_heads,
-                    n_kv_heads: c.num_key_value_heads,
-                    head_dim: c.head_dim,
-                };
-                let mut lse = vec![0.0f32; c.num_attention_heads * n];
+            let att = &mut s.att[r0 * qd..(r0 + k) * qd];
+            if p0 == 0 && single && mode == RowMode::Batched {
+                // a fresh prompt alone: the tiled training kernel is the faster one
+                let shape = AttnShape { batch: 1, seq_len: k, n_heads: nh, n_kv_heads: nkv, head_dim: hd };
+                let mut lse = vec![0.0f32; nh * k];
                 let mut scratch = vec![0.0f32; attention_scratch_len(shape)];
-                attention_forward(&mut att, &mut lse, &qkv, &mut scratch, shape);
+                attention_forward(att, &mut lse, qkv, &mut scratch, shape);
             } else {
-                let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
-                attention_cached(&mut att, &qkv, qs, kc, vc, n, p0, nh, nkv, hd);
+                attention_cached(att, qkv, qs, kc, vc, k, p0, nh, nkv, hd);
             }
-            matmul(&mut x, &att, &p[lp.wo.clone()], n, d, qd, false, true, true);
-            rms_norm_forward(&mut xn, &mut rstd, &x, &p[lp.mlp_norm.clone()], d, eps);
-            linear_forward(&mut gu, &xn, &p[lp.wgu.clone()], n, d, 2 * f);
-            swiglu_forward(&mut h, &gu, f);
-            matmul(&mut x, &h, &p[lp.wdown.clone()], n, d, f, false, true, true);
+            r0 += k;
         }
-        rms_norm_forward(&mut xn, &mut rstd, &x, &p[self.layout.final_norm.clone()], d, eps);
-        cache.len = p0 + n;
-        cache.tokens.extend_from_slice(tokens);
-        Ok(xn)
+        self.wo.forward(x, &s.att, n, true, mode, &mut s.acts);
+        rms_norm_forward(&mut s.xn, &mut s.rstd, x, &self.mlp_norm, d, eps);
+        self.wgu.forward(&mut s.gu, &s.xn, n, false, mode, &mut s.acts);
+        swiglu_forward(&mut s.h, &s.gu, f);
+        self.wdown.forward(x, &s.h, n, true, mode, &mut s.acts);
+    }
+}
+
+/// A Llama model for inference, its matrices in any [`Format`].
+pub struct InferenceModel {
+    pub cfg: LlamaConfig,
+    pub embed: WeightMatrix,
+    pub layers: Vec<DecoderLayer>,
+    pub final_norm: Vec<f32>,
+    pub lm_head: Linear,
+    rope: RopeTable,
+}
+
+/// llama.cpp's rule for Q4_K_M: these layers' `attn_v` and `ffn_down` get Q6_K.
+pub fn q4_k_m_more_bits(layer: usize, n_layers: usize) -> bool {
+    layer < n_layers / 8 || layer >= 7 * n_layers / 8 || (layer as isize - (n_layers / 8) as isize) % 3 == 2
+}
+
+/// A weight format choice for a whole model: one format, or llama.cpp's Q4_K_M mix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelDtype {
+    Uniform(Format),
+    Q4KM,
+}
+
+impl ModelDtype {
+    pub const NAMES: &'static str = "f32, f16, bf16, q8_0, q4_0, q4_k, q6_k, q4_k_m";
+
+    pub fn parse(s: &str) -> Result<Self> {
+        if s.eq_ignore_ascii_case("q4_k_m") {
+            return Ok(ModelDtype::Q4KM);
+        }
+        Format::parse(s)
+            .map(ModelDtype::Uniform)
+            .ok_or_else(|| anyhow::anyhow!("unknown weight format `{s}`: use one of {}", Self::NAMES))
+    }
+
+    pub fn name(self) -> String {
+        match self {
+            ModelDtype::Uniform(f) => f.name().to_string(),
+            ModelDtype::Q4KM => "q4_K_M".into(),
+        }
+    }
+
+    /// The format of one matrix (`kind`: `embed`, `head`, `q`, `k`, `v`, `o`, `gate`, `up`,
+    /// `down`) of `cols` columns in `layer`, falling back (as llama-quantize does) where the row
+    /// is not a whole number of blocks: K-quants to Q8_0, then anything to f16.
+    pub fn format_for(self, kind: &str, layer: usize, n_layers: usize, cols: usize) -> Format {
+        let want = match self {
+            ModelDtype::Uniform(f) => f,
+            ModelDtype::Q4KM => match kind {
+                "head" => Format::Q6K,
+                "v" | "down" if q4_k_m_more_bits(layer, n_layers) => Format::Q6K,
+                _ => Format::Q4K,
+            },
+        };
+        if cols % want.block_len() == 0 {
+            want
+        } else if cols % 32 == 0 && want.is_quantized() {
+            Format::Q8_0
+        } else if want.is_quantized() {
+            Format::F16
+        } else {
+            want
+        }
+    }
+}
+
+impl InferenceModel {
+    /// Assembles a model; checks every shape against the config.
+    pub fn new(
+        cfg: LlamaConfig,
+        embed: WeightMatrix,
+        layers: Vec<DecoderLayer>,
+        final_norm: Vec<f32>,
+        lm_head: Linear,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        let (d, v, f) = (cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size);
+        let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
+        ensure!(embed.rows == v && embed.cols == d, "token embedding is {}×{}, expected {v}×{d}", embed.rows, embed.cols);
+        ensure!(lm_head.rows == v && lm_head.cols == d, "output head is {}×{}, expected {v}×{d}", lm_head.rows, lm_head.cols);
+        ensure!(final_norm.len() == d, "final norm has {} weights, expected {d}", final_norm.len());
+        ensure!(layers.len() == cfg.num_hidden_layers, "{} layers, config says {}", layers.len(), cfg.num_hidden_layers);
+        for (i, l) in layers.iter().enumerate() {
+            let shapes = [
+                ("q/k/v", &l.wqkv, qd + 2 * kvd, d),
+                ("attention output", &l.wo, d, qd),
+                ("gate/up", &l.wgu, 2 * f, d),
+                ("down", &l.wdown, d, f),
+            ];
+            for (name, lin, rows, cols) in shapes {
+                ensure!(
+                    lin.rows == rows && lin.cols == cols,
+                    "layer {i}: {name} is {}×{}, expected {rows}×{cols}",
+                    lin.rows,
+                    lin.cols
+                );
+            }
+            ensure!(l.attn_norm.len() == d && l.mlp_norm.len() == d, "layer {i}: norm weights must have {d} entries");
+        }
+        let rope = RopeTable::new(cfg.head_dim, cfg.rope_theta, cfg.max_position_embeddings.max(1));
+        Ok(InferenceModel { cfg, embed, layers, final_norm, lm_head, rope })
+    }
+
+    /// The model of a flat f32 parameter buffer ([`ParamLayout`](super::ParamLayout) order), its
+    /// matrices in `dtype` (f32 shares the buffer; others are quantized from it).
+    pub fn from_params(cfg: LlamaConfig, params: Vec<f32>, dtype: ModelDtype) -> Result<Self> {
+        let layout = super::ParamLayout::new(&cfg);
+        ensure!(params.len() == layout.total, "parameter buffer does not match the config");
+        let buf = Arc::new(params);
+        let (d, f, nl) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers);
+        let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
+        let mat = |kind: &str, layer: usize, start: usize, rows: usize, cols: usize| -> Result<WeightMatrix> {
+            let fmt = dtype.format_for(kind, layer, nl, cols);
+            let range = start..start + rows * cols;
+            if fmt == Format::F32 {
+                WeightMatrix::from_f32(buf.clone(), range, rows, cols)
+            } else {
+                WeightMatrix::quantize(&buf[range], rows, cols, fmt)
+            }
+        };
+        // parts of one format stay one matrix (one GEMM); mixed formats are stacked
+        let stacked = |parts: &[(&str, usize, usize)], layer: usize, start: usize, cols: usize| -> Result<Linear> {
+            let fmts: Vec<Format> = parts.iter().map(|p| dtype.format_for(p.0, layer, nl, cols)).collect();
+            if fmts.iter().all(|&x| x == fmts[0]) {
+                let rows = parts.iter().map(|p| p.1).sum();
+                return Ok(Linear::single(mat(parts[0].0, layer, start, rows, cols)?));
+            }
+            let mut at = start;
+            let mut out = vec![];
+            for p in parts {
+                out.push(mat(p.0, layer, at, p.1, cols)?);
+                at += p.1 * cols;
+            }
+            Linear::new(out)
+        };
+        let mut layers = vec![];
+        for (i, lp) in layout.layers.iter().enumerate() {
+            layers.push(DecoderLayer {
+                attn_norm: buf[lp.attn_norm.clone()].to_vec(),
+                wqkv: stacked(&[("q", qd, 0), ("k", kvd, 0), ("v", kvd, 0)], i, lp.wqkv.start, d)?,
+                wo: Linear::single(mat("o", i, lp.wo.start, d, qd)?),
+                mlp_norm: buf[lp.mlp_norm.clone()].to_vec(),
+                wgu: stacked(&[("gate", f, 0), ("up", f, 0)], i, lp.wgu.start, d)?,
+                wdown: Linear::single(mat("down", i, lp.wdown.start, d, f)?),
+            });
+        }
+        let embed = mat("embed", 0, layout.embed.start, cfg.vocab_size, d)?;
+        let lm_head = Linear::single(mat("head", 0, layout.lm_head.start, cfg.vocab_size, d)?);
+        let final_norm = buf[layout.final_norm.clone()].to_vec();
+        Self::new(cfg, embed, layers, final_norm, lm_head)
+    }
+
+    /// A copy of a training model, in `dtype`.
+    pub fn from_llama(model: &Llama, dtype: ModelDtype) -> Result<Self> {
+        Self::from_params(model.cfg.clone(), model.params.clone(), dtype)
+    }
+
+    /// Bytes of weights read per token (every matrix once; the embedding row is negligible).
+    pub fn matmul_bytes(&self) -> usize {
+        self.layers.iter().map(|l| l.wqkv.size_bytes() + l.wo.size_bytes() + l.wgu.size_bytes() + l.wdown.size_bytes()).sum::<usize>()
+            + self.lm_head.size_bytes()
+    }
+
+    /// Bytes of all weights held.
+    pub fn weight_bytes(&self) -> usize {
+        self.matmul_bytes() + self.embed.size_bytes() + 4 * self.cfg.hidden_size * (2 * self.cfg.num_hidden_layers + 1)
+    }
+
+    /// A short description of the formats, e.g. `q4_K ×154, q6_K ×23, f32 norms`.
+    pub fn format_summary(&self) -> String {
+        let mut counts: Vec<(Format, usize)> = vec![];
+        let mut add = |f: Format| match counts.iter_mut().find(|c| c.0 == f) {
+            Some(c) => c.1 += 1,
+            None => counts.push((f, 1)),
+        };
+        add(self.embed.format);
+        for l in &self.layers {
+            for lin in [&l.wqkv, &l.wo, &l.wgu, &l.wdown] {
+                lin.parts.iter().for_each(|p| add(p.format));
+            }
+        }
+        self.lm_head.parts.iter().for_each(|p| add(p.format));
+        counts.iter().map(|(f, n)| format!("{f} ×{n}")).collect::<Vec<_>>().join(", ")
+    }
+
+    /// Runs each segment's tokens at positions `cache.len..` of its cache and returns the final
+    /// hidden states (after the last norm) of all rows, `[Σ tokens, d]`, segments in order.
+    pub fn forward(&self, segs: &mut [Segment], mode: RowMode) -> Result<Vec<f32>> {
+        let c = &self.cfg;
+        let d = c.hidden_size;
+        let mut tokens = Vec::new();
+        for s in segs.iter() {
+            let end = s.cache.len + s.tokens.len();
+            ensure!(
+                end <= s.cache.max_len && end <= self.rope.max_pos(),
+                "sequence of {end} tokens exceeds the context ({})",
+                s.cache.max_len.min(self.rope.max_pos())
+            );
+            tokens.extend_from_slice(s.tokens);
+        }
+        let n = tokens.len();
+        let v = c.vocab_size;
+        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= v) {
+            anyhow::bail!("token id {t} is outside the vocabulary (size {v})");
+        }
+        let mut x = vec![0.0f32; n * d];
+        for (row, &t) in x.chunks_exact_mut(d).zip(&tokens) {
+            self.embed.row_f32(t as usize, row);
+        }
+        let z = |k: usize| vec![0.0f32; k];
+        let mut s = Scratch {
+            xn: z(n * d),
+            rstd: z(n),
+            qkv: z(n * (c.q_dim() + 2 * c.kv_dim())),
+            att: z(n * c.q_dim()),
+            gu: z(n * 2 * c.intermediate_size),
+            h: z(n * c.intermediate_size),
+            acts: Activations::default(),
+        };
+        for (l, layer) in self.layers.iter().enumerate() {
+            layer.forward(l, &mut x, segs, self, mode, &mut s);
+        }
+        rms_norm_forward(&mut s.xn, &mut s.rstd, &x, &self.final_norm, d, c.rms_norm_eps);
+        for seg in segs.iter_mut() {
+            seg.cache.len += seg.tokens.len();
+            seg.cache.tokens.extend_from_slice(seg.tokens);
+        }
+        Ok(s.xn)
+    }
+
+    /// [`forward`](Self::forward) of one sequence.
+    pub fn forward_cached_hidden(&self, tokens: &[u32], cache: &mut KvCache, mode: RowMode) -> Result<Vec<f32>> {
+        self.forward(&mut [Segment { tokens, cache }], mode)
     }
 
     /// Logits `[rows, vocab]` of final hidden states `[rows, d]`.
-    pub fn head_logits(&self, hidden: &[f32]) -> Vec<f32> {
+    pub fn head_logits(&self, hidden: &[f32], mode: RowMode) -> Vec<f32> {
         let (d, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
         let rows = hidden.len() / d;
         let mut logits = vec![0.0f32; rows * v];
-        linear_forward(&mut logits, hidden, &self.params[self.layout.lm_head.clone()], rows, d, v);
+        self.lm_head.forward(&mut logits, hidden, rows, false, mode, &mut Activations::default());
         logits
     }
 
-    /// Logits of the last of `tokens` after running them through the cache.
-    pub fn next_token_logits(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
-        let hidden = self.forward_cached_hidden(tokens, cache)?;
+    /// Logits of the last of `tokens` after running them through the cache (one sequence).
+    pub fn next_token_logits(&self, tokens: &[u32], cache: &mut KvCache, mode: RowMode) -> Result<Vec<f32>> {
+        let hidden = self.forward_cached_hidden(tokens, cache, mode)?;
         let d = self.cfg.hidden_size;
-        Ok(self.head_logits(&hidden[hidden.len() - d..]))
+        Ok(self.head_logits(&hidden[hidden.len() - d..], mode))
+    }
+
+    /// Per-row cross-entropy of `targets` given final hidden states (evaluation, perplexity). An
+    /// f32 head takes the training loss kernel, so f32 numbers equal the training forward's.
+    pub fn row_losses(&self, hidden: &[f32], targets: &[u32]) -> Vec<f32> {
+        let (d, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
+        let mut loss = vec![0.0f32; targets.len()];
+        if let (1, Some(w)) = (self.lm_head.parts.len(), self.lm_head.parts[0].f32s()) {
+            let mut scratch = vec![0.0f32; HEAD_CHUNK_ROWS.min(targets.len()) * v];
+            head_cross_entropy_forward(&mut loss, hidden, w, targets, d, v, &mut scratch);
+            return loss;
+        }
+        for (r0, chunk) in (0..targets.len()).step_by(HEAD_CHUNK_ROWS).zip(targets.chunks(HEAD_CHUNK_ROWS)) {
+            let logits = self.head_logits(&hidden[r0 * d..(r0 + chunk.len()) * d], RowMode::Batched);
+            for (j, &t) in chunk.iter().enumerate() {
+                if t != crate::kernels::cross_entropy::IGNORE_INDEX {
+                    let row = &logits[j * v..(j + 1) * v];
+                    loss[r0 + j] = log_sum_exp(row) - row[t as usize];
+                }
+            }
+        }
+        loss
     }
 
     /// Log-likelihood of `continuation` after `context` (lm-eval's `loglikelihood`): the sum of
@@ -130,10 +414,10 @@ impl Llama {
         let common = cache.tokens.iter().zip(input).take_while(|(a, b)| a == b).count();
         let keep = common.min(context.len() - 1);
         cache.truncate(keep);
-        let hidden = self.forward_cached_hidden(&input[keep..], cache)?;
+        let hidden = self.forward_cached_hidden(&input[keep..], cache, RowMode::Batched)?;
         let d = self.cfg.hidden_size;
         let rows = continuation.len();
-        let logits = self.head_logits(&hidden[hidden.len() - rows * d..]);
+        let logits = self.head_logits(&hidden[hidden.len() - rows * d..], RowMode::Batched);
         let v = self.cfg.vocab_size;
         let (mut sum, mut greedy) = (0.0f64, true);
         for (r, &t) in continuation.iter().enumerate() {
@@ -151,10 +435,15 @@ mod tests {
     use super::*;
     use crate::model::Workspace;
 
+    fn f32_model(m: &Llama) -> InferenceModel {
+        InferenceModel::from_llama(m, ModelDtype::Uniform(Format::F32)).unwrap()
+    }
+
     /// Log-likelihoods through the shared-prefix cache equal those read off one full forward pass.
     #[test]
     fn cached_loglikelihood_equals_full_forward() {
-        let model = crate::model::test_model(300, 64, 8, 3.0);
+        let llama = crate::model::test_model(300, 64, 8, 3.0);
+        let model = f32_model(&llama);
         let cfg = model.cfg.clone();
         let ctx = [1u32, 45, 7, 210, 33, 90];
         let mut cache = KvCache::new(&model, 64);
@@ -163,7 +452,7 @@ mod tests {
             let seq: Vec<u32> = ctx.iter().chain(&cont).copied().collect();
             let n = seq.len() - 1;
             let mut ws = Workspace::new(&cfg, 1, n);
-            let logits = model.forward_logits(&mut ws, &seq[..n]).unwrap();
+            let logits = llama.forward_logits(&mut ws, &seq[..n]).unwrap();
             let v = cfg.vocab_size;
             let (mut want, mut want_greedy) = (0.0f64, true);
             for (j, &t) in cont.iter().enumerate() {
@@ -177,5 +466,70 @@ mod tests {
             assert_eq!(greedy, want_greedy);
         }
         assert_eq!(cache.tokens[..ctx.len() - 1], ctx[..ctx.len() - 1], "the context prefix stays cached");
+    }
+
+    /// A fresh prompt in batched mode is the training forward, bit for bit (so evaluation's
+    /// numbers did not move when it moved onto the inference model).
+    #[test]
+    fn f32_prefill_is_the_training_forward_bit_for_bit() {
+        let llama = crate::model::test_model(300, 64, 3, 2.0);
+        let model = f32_model(&llama);
+        let tokens: Vec<u32> = (0..40).map(|i| (i * 37 % 300) as u32).collect();
+        let targets: Vec<u32> = tokens[1..].iter().copied().chain([7]).collect();
+        let mut ws = Workspace::new(&llama.cfg, 1, tokens.len());
+        llama.forward_loss(&mut ws, &tokens, &targets).unwrap();
+        let mut cache = KvCache::new(&model, 64);
+        let hidden = model.forward_cached_hidden(&tokens, &mut cache, RowMode::Batched).unwrap();
+        assert!(hidden.iter().zip(&ws.xf).all(|(a, b)| a.to_bits() == b.to_bits()));
+        let loss = model.row_losses(&hidden, &targets);
+        assert!(loss.iter().zip(&ws.row_loss).all(|(a, b)| a.to_bits() == b.to_bits()));
+    }
+
+    /// Sequences run together give each the bits it gets alone, in every format, for prefill
+    /// chunks and decode steps mixed in one call.
+    #[test]
+    fn batched_sequences_equal_each_alone() {
+        let mut llama = crate::model::test_model(300, 64, 5, 2.0);
+        llama.cfg.vocab_size = 300;
+        for dtype in [ModelDtype::Uniform(Format::F32), ModelDtype::Uniform(Format::Q8_0), ModelDtype::Uniform(Format::Q4_0)] {
+            let model = InferenceModel::from_llama(&llama, dtype).unwrap();
+            let prompts: [&[u32]; 3] = [&[1, 5, 9, 200], &[1, 77], &[1, 3, 3, 3, 3, 3, 8]];
+            let alone: Vec<Vec<f32>> = prompts
+                .iter()
+                .map(|p| {
+                    let mut c = KvCache::new(&model, 32);
+                    model.forward_cached_hidden(&p[..p.len() - 1], &mut c, RowMode::Independent).unwrap();
+                    model.forward_cached_hidden(&p[p.len() - 1..], &mut c, RowMode::Independent).unwrap()
+                })
+                .collect();
+            let mut caches: Vec<KvCache> = (0..3).map(|_| KvCache::new(&model, 32)).collect();
+            let mut segs: Vec<Segment> =
+                caches.iter_mut().zip(&prompts).map(|(c, p)| Segment { tokens: &p[..p.len() - 1], cache: c }).collect();
+            model.forward(&mut segs, RowMode::Independent).unwrap();
+            let mut segs: Vec<Segment> =
+                caches.iter_mut().zip(&prompts).map(|(c, p)| Segment { tokens: &p[p.len() - 1..], cache: c }).collect();
+            let together = model.forward(&mut segs, RowMode::Independent).unwrap();
+            let d = model.cfg.hidden_size;
+            for (i, a) in alone.iter().enumerate() {
+                assert!(
+                    a.iter().zip(&together[i * d..(i + 1) * d]).all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "{dtype:?}: sequence {i}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn q4_k_m_gives_more_bits_where_llama_cpp_does() {
+        // TinyLlama's 22 layers: llama.cpp gives Q6_K to layers 0-1, 19-21 and every third between
+        let more: Vec<usize> = (0..22).filter(|&i| q4_k_m_more_bits(i, 22)).collect();
+        assert_eq!(more, vec![0, 1, 4, 7, 10, 13, 16, 19, 20, 21]);
+        let dt = ModelDtype::Q4KM;
+        assert_eq!(dt.format_for("head", 0, 22, 2048), Format::Q6K);
+        assert_eq!(dt.format_for("q", 5, 22, 2048), Format::Q4K);
+        assert_eq!(dt.format_for("down", 4, 22, 5632), Format::Q6K);
+        assert_eq!(dt.format_for("down", 5, 22, 5632), Format::Q4K);
+        assert_eq!(dt.format_for("q", 5, 22, 64), Format::Q8_0);
+        assert_eq!(dt.format_for("down", 5, 22, 176), Format::F16);
     }
 }

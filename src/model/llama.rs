@@ -118,10 +118,6 @@ impl Llama {
         Llama { cfg, layout, params, rope }
     }
 
-    pub(crate) fn rope(&self) -> &RopeTable {
-        &self.rope
-    }
-
     fn attn_shape(&self, ws: &Workspace) -> AttnShape {
         AttnShape {
             batch: ws.batch,

@@ -4,10 +4,13 @@
 pub mod inference;
 pub mod llama;
 pub mod params;
+pub mod load;
+pub mod weights;
 
-pub use inference::KvCache;
+pub use inference::{DecoderLayer, InferenceModel, KvCache, ModelDtype, Segment};
 pub use llama::{Llama, Workspace};
 pub use params::{HfTensor, ParamLayout};
+pub use weights::{Linear, RowMode, WeightMatrix};
 
 /// A `tiny-10m`-shaped model with a small vocabulary and context, its weights scaled by `scale`
 /// (larger weights give peaked, varied predictions), for tests.

@@ -2,18 +2,30 @@
 //! tokenizer TinyLlama uses is built into the binary. BOS = 1, EOS = 2 for Llama; documents are
 //! encoded without special tokens (the data pipeline appends EOS itself).
 
+pub mod spm;
+
 use anyhow::{anyhow, Context, Result};
 use std::path::Path;
 
 /// The Llama-2 tokenizer (32000 pieces), shipped in `data/tokenizer/llama2/` with its NOTICE.
-pub const LLAMA2_TOKENIZER_JSON: &[u8] = include_bytes!("../data/tokenizer/llama2/tokenizer.json");
+pub const LLAMA2_TOKENIZER_JSON: &[u8] = include_bytes!("../../data/tokenizer/llama2/tokenizer.json");
+
+/// SentencePiece scores of the built-in vocabulary (what real TinyLlama GGUF files carry), for
+/// GGUF export: tokenizer.json has merges, not scores.
+pub const LLAMA2_SCORES_F32: &[u8] = include_bytes!("../../data/tokenizer/llama2/scores.f32");
 
 pub struct Tokenizer {
-    inner: tokenizers::Tokenizer,
+    backend: Backend,
     pub bos_id: u32,
     pub eos_id: u32,
-    /// For SentencePiece-style BPE (Llama-2): word-at-a-time encoding, see [`LlamaWords`].
-    words: Option<LlamaWords>,
+}
+
+enum Backend {
+    /// A Hugging Face tokenizer.json; for SentencePiece-style BPE (Llama-2) with word-at-a-time
+    /// encoding, see [`LlamaWords`].
+    Hf { inner: Box<tokenizers::Tokenizer>, words: Option<LlamaWords> },
+    /// A GGUF vocabulary, tokenized as llama.cpp does.
+    Spm(spm::SpmVocab),
 }
 
 /// Exact fast path for Llama-2-style tokenizers (normalizer: prepend "▁", spaces to "▁"; no
@@ -126,21 +138,35 @@ impl Tokenizer {
         let eos_id = id(&["</s>", "<|end_of_text|>", "<|endoftext|>"], 2);
         let json: serde_json::Value = serde_json::from_slice(bytes)?;
         let words = LlamaWords::detect(&json, &inner);
-        Ok(Tokenizer { inner, bos_id, eos_id, words })
+        Ok(Tokenizer { backend: Backend::Hf { inner: Box::new(inner), words }, bos_id, eos_id })
+    }
+
+    /// A tokenizer over a GGUF vocabulary (llama.cpp's SentencePiece algorithm).
+    pub fn from_spm(vocab: spm::SpmVocab, bos_id: u32, eos_id: u32) -> Self {
+        Tokenizer { backend: Backend::Spm(vocab), bos_id, eos_id }
     }
 
     /// Token ids of `text`, without BOS or EOS.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        if let Some(r) = self.words.as_ref().and_then(|w| w.encode(text)) {
-            return r;
+        match &self.backend {
+            Backend::Hf { words: Some(w), .. } => match w.encode(text) {
+                Some(r) => r,
+                None => self.encode_pipeline(text),
+            },
+            Backend::Hf { .. } => self.encode_pipeline(text),
+            Backend::Spm(v) => Ok(v.encode(text)),
         }
-        self.encode_pipeline(text)
     }
 
     /// Token ids through the full `tokenizers` pipeline (the reference the fast path must equal).
     pub fn encode_pipeline(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.inner.encode_fast(text, false).map_err(|e| anyhow!("tokenizer: {e}"))?;
-        Ok(enc.get_ids().to_vec())
+        match &self.backend {
+            Backend::Hf { inner, .. } => {
+                let enc = inner.encode_fast(text, false).map_err(|e| anyhow!("tokenizer: {e}"))?;
+                Ok(enc.get_ids().to_vec())
+            }
+            Backend::Spm(v) => Ok(v.encode(text)),
+        }
     }
 
     /// Many texts at once, in parallel (order kept).
@@ -151,20 +177,77 @@ impl Tokenizer {
 
     /// Text of `ids`; special tokens are dropped.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner.decode(ids, true).map_err(|e| anyhow!("tokenizer: {e}"))
+        match &self.backend {
+            Backend::Hf { inner, .. } => inner.decode(ids, true).map_err(|e| anyhow!("tokenizer: {e}")),
+            Backend::Spm(v) => Ok(v.decode(ids, false)),
+        }
     }
 
     /// The text piece of one token id (for streaming generation), special tokens kept.
     pub fn id_to_token(&self, id: u32) -> Option<String> {
-        self.inner.id_to_token(id)
+        match &self.backend {
+            Backend::Hf { inner, .. } => inner.id_to_token(id),
+            Backend::Spm(v) => v.pieces.get(id as usize).cloned(),
+        }
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        match &self.backend {
+            Backend::Hf { inner, .. } => inner.get_vocab_size(true),
+            Backend::Spm(v) => v.pieces.len(),
+        }
+    }
+
+    /// The GGUF vocabulary (pieces, scores, token types): a GGUF model's own, or for a
+    /// tokenizer.json its pieces by id with SentencePiece scores where the vocabulary is the
+    /// built-in Llama-2 one (else `convert_hf_to_gguf.py`'s -1000), types from the piece kinds.
+    pub fn gguf_vocab(&self) -> (Vec<String>, Vec<f32>, Vec<i32>) {
+        match &self.backend {
+            Backend::Spm(v) => (v.pieces.clone(), v.scores.clone(), v.types.clone()),
+            Backend::Hf { inner, .. } => {
+                let n = inner.get_vocab_size(true);
+                let pieces: Vec<String> = (0..n as u32).map(|i| inner.id_to_token(i).unwrap_or_default()).collect();
+                let added: std::collections::HashSet<u32> = inner.get_added_tokens_decoder().keys().copied().collect();
+                let types: Vec<i32> = pieces
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| {
+                        if p == "<unk>" {
+                            spm::TYPE_UNKNOWN
+                        } else if added.contains(&(i as u32)) {
+                            spm::TYPE_CONTROL
+                        } else if p.len() == 6 && p.starts_with("<0x") && p.ends_with('>') {
+                            spm::TYPE_BYTE
+                        } else {
+                            spm::TYPE_NORMAL
+                        }
+                    })
+                    .collect();
+                let builtin = Tokenizer::llama2();
+                let same = n == 32000 && (0..n as u32).all(|i| builtin.id_to_token(i).as_deref() == Some(&pieces[i as usize]));
+                let scores = if same {
+                    LLAMA2_SCORES_F32.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+                } else {
+                    types.iter().map(|&t| if t == spm::TYPE_NORMAL { -1000.0 } else { 0.0 }).collect()
+                };
+                (pieces, scores, types)
+            }
+        }
+    }
+
+    /// The tokenizer as tokenizer.json text (GGUF vocabularies have none).
+    pub fn to_json(&self) -> Result<String> {
+        match &self.backend {
+            Backend::Hf { inner, .. } => inner.to_string(false).map_err(|e| anyhow!("{e}")),
+            Backend::Spm(_) => anyhow::bail!("a GGUF vocabulary has no tokenizer.json form"),
+        }
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
-        let text = self.inner.to_string(true).map_err(|e| anyhow!("{e}"))?;
+        let Backend::Hf { inner, .. } = &self.backend else {
+            anyhow::bail!("a GGUF vocabulary cannot be saved as tokenizer.json");
+        };
+        let text = inner.to_string(true).map_err(|e| anyhow!("{e}"))?;
         crate::checkpoint::safetensors::write_atomically(path, |w| {
             use std::io::Write;
             w.write_all(text.as_bytes())?;
@@ -172,9 +255,6 @@ impl Tokenizer {
         })
     }
 
-    pub fn inner(&self) -> &tokenizers::Tokenizer {
-        &self.inner
-    }
 }
 
 /// Trains a byte-level BPE tokenizer (GPT-2 style: any text encodes, nothing is unknown) of
@@ -226,7 +306,7 @@ mod tests {
     #[test]
     fn word_path_equals_the_pipeline() {
         let t = Tokenizer::llama2();
-        assert!(t.words.is_some(), "Llama-2 tokenizer takes the word path");
+        assert!(matches!(t.backend, Backend::Hf { words: Some(_), .. }), "Llama-2 tokenizer takes the word path");
         let mut texts: Vec<String> =
             ["", " ", "   leading", "trailing  ", "a\n\n  b\t\tc", "<s> literal", "日本語 ½ 🦙\u{0}"]
                 .map(String::from)

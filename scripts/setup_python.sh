@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The Python references the tests compare against: gguf-py (GGUF format, ggml's reference
+# (de)quantizers), llama.cpp through llama-cpp-python (built from source, ~10 min on 2 cores), and
+# torch + transformers (llama.cpp's convert_hf_to_gguf.py needs torch). One virtual environment,
+# cached at $TINYLLAMA_PYENV (default ~/.cache/tinyllama/pyenv); tests find it there and skip
+# loudly without it. Re-running is cheap once it exists.
+set -euo pipefail
+ENV="${TINYLLAMA_PYENV:-$HOME/.cache/tinyllama/pyenv}"
+LLAMA_CPP_PYTHON=0.3.36
+if [ -x "$ENV/bin/python" ] && "$ENV/bin/python" -c "import gguf, numpy, torch, transformers, llama_cpp" 2>/dev/null \
+   && [ -f "$ENV/src/llama.cpp/convert_hf_to_gguf.py" ]; then
+  echo "python references ready in $ENV"; exit 0
+fi
+command -v python3 >/dev/null || { apt-get update -qq && apt-get install -y -qq python3 python3-venv python3-pip; }
+python3 -m venv "$ENV" 2>/dev/null || { apt-get update -qq && apt-get install -y -qq python3-venv && python3 -m venv "$ENV"; }
+PY="$ENV/bin/python"
+"$PY" -m pip install -q --upgrade pip
+"$PY" -m pip install -q numpy safetensors sentencepiece "transformers>=4.45" torch
+# the sdist carries llama.cpp's converter and gguf-py at the version the library is built from
+mkdir -p "$ENV/src"
+if [ ! -f "$ENV/src/llama.cpp/convert_hf_to_gguf.py" ]; then
+  tmp=$(mktemp -d)
+  "$PY" -m pip download -q --no-deps --no-binary :all: -d "$tmp" "llama-cpp-python==$LLAMA_CPP_PYTHON"
+  tar xzf "$tmp"/llama_cpp_python-*.tar.gz -C "$tmp"
+  rm -rf "$ENV/src/llama.cpp"
+  mv "$tmp"/llama_cpp_python-*/vendor/llama.cpp "$ENV/src/llama.cpp"
+  rm -rf "$tmp"
+fi
+"$PY" -m pip install -q "$ENV/src/llama.cpp/gguf-py"
+"$PY" -c "import llama_cpp" 2>/dev/null || CMAKE_BUILD_PARALLEL_LEVEL=2 "$PY" -m pip install -q --no-cache-dir "llama-cpp-python==$LLAMA_CPP_PYTHON"
+echo "python references ready in $ENV"

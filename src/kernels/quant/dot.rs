@@ -1,0 +1,595 @@
+//! Dot products of weight rows (any [`Format`]) with activations, for 1 to [`MAX_TILE`] tokens
+//! at once, so that one read of a weight row serves every token of a decode batch.
+//!
+//! Quantized weights meet activations quantized once per matmul to 8 bits in blocks of 32 (ggml's
+//! `quantize_row_q8_0`, with a per-block sum), and the products are integers. f32/f16/bf16
+//! weights meet f32 activations.
+//!
+//! Every instruction set computes the same bits. The canonical order: the 32 products of a block
+//! are summed exactly in 8 integer lanes of 4 consecutive products; each lane is scaled (an exact
+//! integer product for the K-quants' sub-block scales), converted to f32 and added into 8 f32
+//! lanes with a fused multiply-add by the block's scale; the lanes are reduced in a fixed tree at
+//! the end. AVX-512 VNNI (`vpdpbusd`) and AVX2 (`vpmaddubsw` + `vpmaddwd`) both produce those
+//! integer lanes exactly, and the scalar path emulates the lanes, so a result does not depend on
+//! the CPU, on the thread count, or on how many tokens share the tile.
+
+use super::{f16_to_f32, scale_min_k4, Format};
+use std::sync::OnceLock;
+
+/// Most tokens that share one pass over a weight row.
+pub const MAX_TILE: usize = 4;
+/// Activation block length.
+pub const QA: usize = 32;
+
+/// The instruction set the kernels run on, chosen once at run time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// AVX-512 VNNI (+VL, BW) with AVX2 and FMA.
+    Avx512Vnni,
+    /// AVX2 with FMA and F16C.
+    Avx2,
+    Scalar,
+}
+
+impl Isa {
+    /// The best this CPU supports, or `TINYLLAMA_ISA` (`avx512vnni`, `avx2`, `scalar`) if lower.
+    pub fn detect() -> Isa {
+        static ISA: OnceLock<Isa> = OnceLock::new();
+        *ISA.get_or_init(|| {
+            let best = Isa::best_supported();
+            match std::env::var("TINYLLAMA_ISA").ok().as_deref() {
+                Some("scalar") => Isa::Scalar,
+                Some("avx2") if best != Isa::Scalar => Isa::Avx2,
+                _ => best,
+            }
+        })
+    }
+
+    pub fn best_supported() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c");
+            if avx2
+                && is_x86_feature_detected!("avx512vnni")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx512bw")
+            {
+                return Isa::Avx512Vnni;
+            }
+            if avx2 {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Scalar
+    }
+
+    /// Every instruction set this CPU can run (for tests that compare them).
+    pub fn all_supported() -> Vec<Isa> {
+        match Isa::best_supported() {
+            Isa::Avx512Vnni => vec![Isa::Avx512Vnni, Isa::Avx2, Isa::Scalar],
+            Isa::Avx2 => vec![Isa::Avx2, Isa::Scalar],
+            Isa::Scalar => vec![Isa::Scalar],
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Avx512Vnni => "avx512-vnni",
+            Isa::Avx2 => "avx2",
+            Isa::Scalar => "scalar",
+        }
+    }
+}
+
+/// Activations of `n` tokens prepared for one matmul: f32 as given for f32/f16/bf16 weights, or
+/// 8-bit blocks of 32 (value `d·q`) with their sums for quantized weights.
+#[derive(Default)]
+pub struct Activations {
+    pub n: usize,
+    pub cols: usize,
+    pub quantized: bool,
+    pub f: Vec<f32>,
+    pub q: Vec<i8>,
+    pub d: Vec<f32>,
+    pub sum: Vec<i32>,
+}
+
+impl Activations {
+    /// Prepares `x` (`[n, cols]`) for weights of format `fmt`, reusing the buffers.
+    pub fn prepare(&mut self, x: &[f32], n: usize, cols: usize, fmt: Format) {
+        self.n = n;
+        self.cols = cols;
+        self.quantized = fmt.is_quantized();
+        if !self.quantized {
+            self.f.clear();
+            self.f.extend_from_slice(&x[..n * cols]);
+            return;
+        }
+        debug_assert_eq!(cols % QA, 0);
+        let nb = n * cols / QA;
+        self.q.resize(n * cols, 0);
+        self.d.resize(nb, 0.0);
+        self.sum.resize(nb, 0);
+        for (b, (xs, qs)) in x[..n * cols].chunks_exact(QA).zip(self.q.chunks_exact_mut(QA)).enumerate() {
+            // ggml's quantize_row_q8_0, the scale rounded to f16 as the block stores it
+            let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            let mut s = 0i32;
+            for (q, v) in qs.iter_mut().zip(xs) {
+                *q = (v * id).round() as i8;
+                s += *q as i32;
+            }
+            self.d[b] = f16_to_f32(super::f32_to_f16(d));
+            self.sum[b] = s;
+        }
+    }
+}
+
+/// `out[t] = w_row · act_t` for the tokens `toks` (at most [`MAX_TILE`]).
+pub fn dot_row(isa: Isa, fmt: Format, w: &[u8], acts: &Activations, toks: &[usize], out: &mut [f32]) {
+    debug_assert!(toks.len() <= MAX_TILE && out.len() >= toks.len());
+    match toks.len() {
+        1 => dot_tile::<1>(isa, fmt, w, acts, toks, out),
+        2 => dot_tile::<2>(isa, fmt, w, acts, toks, out),
+        3 => dot_tile::<3>(isa, fmt, w, acts, toks, out),
+        4 => dot_tile::<4>(isa, fmt, w, acts, toks, out),
+        _ => {}
+    }
+}
+
+fn dot_tile<const T: usize>(isa: Isa, fmt: Format, w: &[u8], acts: &Activations, toks: &[usize], out: &mut [f32]) {
+    let cols = acts.cols;
+    let mut r = [0.0f32; T];
+    if fmt.is_quantized() {
+        let nb = cols / QA;
+        let q: [&[i8]; T] = std::array::from_fn(|t| &acts.q[toks[t] * cols..][..cols]);
+        let d: [&[f32]; T] = std::array::from_fn(|t| &acts.d[toks[t] * nb..][..nb]);
+        let s: [&[i32]; T] = std::array::from_fn(|t| &acts.sum[toks[t] * nb..][..nb]);
+        let a = QActs { q, d, s };
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Isa` values other than Scalar are only produced after the CPU was checked.
+            Isa::Avx512Vnni => unsafe { x86::vnni::quant::<T>(fmt, w, &a, &mut r) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { x86::avx2::quant::<T>(fmt, w, &a, &mut r) },
+            _ => scalar::quant::<T>(fmt, w, &a, &mut r),
+        }
+    } else {
+        let x: [&[f32]; T] = std::array::from_fn(|t| &acts.f[toks[t] * cols..][..cols]);
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni | Isa::Avx2 => unsafe { x86::float::<T>(fmt, w, &x, &mut r) },
+            _ => scalar::float::<T>(fmt, w, &x, &mut r),
+        }
+    }
+    out[..T].copy_from_slice(&r);
+}
+
+/// Quantized activations of the tokens of one tile.
+struct QActs<'a, const T: usize> {
+    q: [&'a [i8]; T],
+    d: [&'a [f32]; T],
+    s: [&'a [i32]; T],
+}
+
+#[inline]
+fn f16le(b: &[u8], i: usize) -> f32 {
+    f16_to_f32(u16::from_le_bytes([b[i], b[i + 1]]))
+}
+
+/// The fixed reduction tree of 8 lanes (as the SIMD code does it: halves, then pairs).
+#[inline]
+fn hsum8(v: [f32; 8]) -> f32 {
+    let t = [v[0] + v[4], v[1] + v[5], v[2] + v[6], v[3] + v[7]];
+    let u = [t[0] + t[2], t[1] + t[3]];
+    u[0] + u[1]
+}
+
+/// Signed 32-byte blocks of a row (the weights as integers centred on zero) and their per-lane
+/// integer scales, the format-specific part shared by every instruction set: Q8_0 as stored,
+/// Q4_0 `q − 8`, Q4_K `q` with the sub-block's scale (its min handled apart), Q6_K `q − 32` with
+/// the two 16-weight sub-blocks' scales on lanes 0–3 and 4–7.
+mod scalar {
+    use super::*;
+
+    fn lanes(w: &[i8; 32], a: &[i8]) -> [i32; 8] {
+        std::array::from_fn(|l| (0..4).map(|k| w[4 * l + k] as i32 * a[4 * l + k] as i32).sum())
+    }
+
+    fn fma_lanes(acc: &mut [f32; 8], lanes: [i32; 8], scale: f32) {
+        for (a, l) in acc.iter_mut().zip(lanes) {
+            *a = (l as f32).mul_add(scale, *a);
+        }
+    }
+
+    pub(super) fn quant<const T: usize>(fmt: Format, w: &[u8], a: &QActs<T>, r: &mut [f32; T]) {
+        let mut acc = [[0.0f32; 8]; T];
+        let mut mins = [0.0f32; T];
+        let mut wb = [0i8; 32];
+        match fmt {
+            Format::Q8_0 | Format::Q4_0 => {
+                let bb = fmt.block_bytes();
+                for (b, blk) in w.chunks_exact(bb).enumerate() {
+                    let dw = f16le(blk, 0);
+                    if fmt == Format::Q8_0 {
+                        wb.iter_mut().zip(&blk[2..34]).for_each(|(o, &q)| *o = q as i8);
+                    } else {
+                        for j in 0..16 {
+                            wb[j] = (blk[2 + j] & 0xf) as i8 - 8;
+                            wb[16 + j] = (blk[2 + j] >> 4) as i8 - 8;
+                        }
+                    }
+                    for t in 0..T {
+                        fma_lanes(&mut acc[t], lanes(&wb, &a.q[t][b * QA..]), dw * a.d[t][b]);
+                    }
+                }
+            }
+            Format::Q4K => {
+                for (sb, blk) in w.chunks_exact(144).enumerate() {
+                    let (d, dmin) = (f16le(blk, 0), f16le(blk, 2));
+                    let (sc, qs) = (&blk[4..16], &blk[16..144]);
+                    let mut msum = [0.0f32; T];
+                    for j in 0..8 {
+                        let (s, m) = scale_min_k4(j, sc);
+                        let c = &qs[32 * (j / 2)..][..32];
+                        for i in 0..32 {
+                            wb[i] = if j % 2 == 0 { c[i] & 0xf } else { c[i] >> 4 } as i8;
+                        }
+                        let b = sb * 8 + j;
+                        for t in 0..T {
+                            let l = lanes(&wb, &a.q[t][b * QA..]).map(|v| v * s as i32);
+                            fma_lanes(&mut acc[t], l, d * a.d[t][b]);
+                            msum[t] = ((m as i32 * a.s[t][b]) as f32).mul_add(a.d[t][b], msum[t]);
+                        }
+                    }
+                    for t in 0..T {
+                        mins[t] = dmin.mul_add(msum[t], mins[t]);
+                    }
+                }
+            }
+            Format::Q6K => {
+                for (sb, blk) in w.chunks_exact(210).enumerate() {
+                    let d = f16le(blk, 208);
+                    for k in 0..8 {
+                        let (h, g) = (k / 4, k % 4);
+                        let ql = &blk[64 * h..];
+                        let qh = &blk[128 + 32 * h..];
+                        for l in 0..32 {
+                            let byte = ql[l + 32 * (g % 2)];
+                            let lo = if g < 2 { byte & 0xf } else { byte >> 4 };
+                            let hi = (qh[l] >> (2 * g)) & 3;
+                            wb[l] = (lo | (hi << 4)) as i8 - 32;
+                        }
+                        let (s0, s1) = (blk[192 + 2 * k] as i8 as i32, blk[193 + 2 * k] as i8 as i32);
+                        let b = sb * 8 + k;
+                        for t in 0..T {
+                            let mut l = lanes(&wb, &a.q[t][b * QA..]);
+                            l.iter_mut().enumerate().for_each(|(i, v)| *v *= if i < 4 { s0 } else { s1 });
+                            fma_lanes(&mut acc[t], l, d * a.d[t][b]);
+                        }
+                    }
+                }
+            }
+            _ => unreachable!("float formats take f32 activations"),
+        }
+        for t in 0..T {
+            r[t] = hsum8(acc[t]) - mins[t];
+        }
+    }
+
+    pub(super) fn float<const T: usize>(fmt: Format, w: &[u8], x: &[&[f32]; T], r: &mut [f32; T]) {
+        let cols = x[0].len();
+        let wv = |i: usize| -> f32 {
+            match fmt {
+                Format::F32 => f32::from_le_bytes([w[4 * i], w[4 * i + 1], w[4 * i + 2], w[4 * i + 3]]),
+                Format::F16 => f16le(w, 2 * i),
+                _ => super::super::bf16_to_f32(u16::from_le_bytes([w[2 * i], w[2 * i + 1]])),
+            }
+        };
+        for t in 0..T {
+            let mut acc = [[0.0f32; 8]; 4];
+            let main = cols / 32 * 32;
+            for c in (0..main).step_by(32) {
+                for (k, a) in acc.iter_mut().enumerate() {
+                    for (l, v) in a.iter_mut().enumerate() {
+                        let i = c + 8 * k + l;
+                        *v = wv(i).mul_add(x[t][i], *v);
+                    }
+                }
+            }
+            let mut c: [f32; 8] = std::array::from_fn(|l| (acc[0][l] + acc[1][l]) + (acc[2][l] + acc[3][l]));
+            let mut i = main;
+            while i + 8 <= cols {
+                for (l, v) in c.iter_mut().enumerate() {
+                    *v = wv(i + l).mul_add(x[t][i + l], *v);
+                }
+                i += 8;
+            }
+            let mut s = hsum8(c);
+            for j in i..cols {
+                s = wv(j).mul_add(x[t][j], s);
+            }
+            r[t] = s;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    //! The AVX2 and AVX-512 VNNI kernels: one body, two integer-lane primitives.
+    use super::*;
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    unsafe fn hsum8(v: __m256) -> f32 {
+        let t = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let u = _mm_add_ps(t, _mm_movehl_ps(t, t));
+        _mm_cvtss_f32(_mm_add_ss(u, _mm_shuffle_ps(u, u, 1)))
+    }
+
+    macro_rules! kernels {
+        ($name:ident, $features:literal, $lanes:ident) => {
+            pub mod $name {
+                use super::*;
+
+                /// Unpacks 16 bytes of Q4 nibbles into 32 values (low nibbles first).
+                #[inline]
+                #[target_feature(enable = $features)]
+                unsafe fn nibbles16(p: *const u8) -> __m256i {
+                    let v = _mm_loadu_si128(p as *const __m128i);
+                    let m = _mm_set1_epi8(0x0f);
+                    _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m), _mm_and_si128(v, m))
+                }
+
+                #[inline]
+                #[target_feature(enable = $features)]
+                unsafe fn fma_block(acc: __m256, lanes: __m256i, scale: f32) -> __m256 {
+                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), _mm256_set1_ps(scale), acc)
+                }
+
+                #[target_feature(enable = $features)]
+                pub(in super::super) unsafe fn quant<const T: usize>(
+                    fmt: Format,
+                    w: &[u8],
+                    a: &QActs<T>,
+                    r: &mut [f32; T],
+                ) {
+                    let mut acc = [_mm256_setzero_ps(); T];
+                    let mut mins = [0.0f32; T];
+                    let act = |t: usize, b: usize| _mm256_loadu_si256(a.q[t].as_ptr().add(b * QA) as *const __m256i);
+                    match fmt {
+                        Format::Q8_0 => {
+                            for (b, blk) in w.chunks_exact(34).enumerate() {
+                                let wb = _mm256_loadu_si256(blk.as_ptr().add(2) as *const __m256i);
+                                let dw = f16le(blk, 0);
+                                for t in 0..T {
+                                    acc[t] = fma_block(acc[t], $lanes(wb, act(t, b)), dw * a.d[t][b]);
+                                }
+                            }
+                        }
+                        Format::Q4_0 => {
+                            let eight = _mm256_set1_epi8(8);
+                            for (b, blk) in w.chunks_exact(18).enumerate() {
+                                let wb = _mm256_sub_epi8(nibbles16(blk.as_ptr().add(2)), eight);
+                                let dw = f16le(blk, 0);
+                                for t in 0..T {
+                                    acc[t] = fma_block(acc[t], $lanes(wb, act(t, b)), dw * a.d[t][b]);
+                                }
+                            }
+                        }
+                        Format::Q4K => {
+                            let m4 = _mm256_set1_epi8(0x0f);
+                            for (sb, blk) in w.chunks_exact(144).enumerate() {
+                                let (d, dmin) = (f16le(blk, 0), f16le(blk, 2));
+                                let sc = &blk[4..16];
+                                let mut msum = [0.0f32; T];
+                                for c in 0..4 {
+                                    let v = _mm256_loadu_si256(blk.as_ptr().add(16 + 32 * c) as *const __m256i);
+                                    let halves = [_mm256_and_si256(v, m4), _mm256_and_si256(_mm256_srli_epi16(v, 4), m4)];
+                                    for (h, wb) in halves.into_iter().enumerate() {
+                                        let j = 2 * c + h;
+                                        let (s, m) = scale_min_k4(j, sc);
+                                        let sv = _mm256_set1_epi32(s as i32);
+                                        let b = sb * 8 + j;
+                                        for t in 0..T {
+                                            let l = _mm256_mullo_epi32($lanes(wb, act(t, b)), sv);
+                                            acc[t] = fma_block(acc[t], l, d * a.d[t][b]);
+                                            msum[t] = ((m as i32 * a.s[t][b]) as f32).mul_add(a.d[t][b], msum[t]);
+                                        }
+                                    }
+                                }
+                                for t in 0..T {
+                                    mins[t] = dmin.mul_add(msum[t], mins[t]);
+                                }
+                            }
+                        }
+                        Format::Q6K => {
+                            let (m4, m30, c32) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(0x30), _mm256_set1_epi8(32));
+                            for (sb, blk) in w.chunks_exact(210).enumerate() {
+                                let d = f16le(blk, 208);
+                                for h in 0..2 {
+                                    let p = blk.as_ptr();
+                                    let ql0 = _mm256_loadu_si256(p.add(64 * h) as *const __m256i);
+                                    let ql1 = _mm256_loadu_si256(p.add(64 * h + 32) as *const __m256i);
+                                    let qh = _mm256_loadu_si256(p.add(128 + 32 * h) as *const __m256i);
+                                    let groups = [
+                                        _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30)),
+                                        _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30)),
+                                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), _mm256_and_si256(qh, m30)),
+                                        _mm256_or_si256(
+                                            _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                                            _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30),
+                                        ),
+                                    ];
+                                    for (g, q) in groups.into_iter().enumerate() {
+                                        let k = 4 * h + g;
+                                        let wb = _mm256_sub_epi8(q, c32);
+                                        let (s0, s1) = (blk[192 + 2 * k] as i8 as i32, blk[193 + 2 * k] as i8 as i32);
+                                        let sv = _mm256_setr_epi32(s0, s0, s0, s0, s1, s1, s1, s1);
+                                        let b = sb * 8 + k;
+                                        for t in 0..T {
+                                            let l = _mm256_mullo_epi32($lanes(wb, act(t, b)), sv);
+                                            acc[t] = fma_block(acc[t], l, d * a.d[t][b]);
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                        _ => unreachable!("float formats take f32 activations"),
+                    }
+                    for t in 0..T {
+                        r[t] = hsum8(acc[t]) - mins[t];
+                    }
+                }
+            }
+        };
+    }
+
+    /// Σ of 4 consecutive `w·a` products in each of 8 i32 lanes, AVX2: `|w|` times `a` signed by
+    /// `w` in u8×i8 pairs to i16 (no saturation: |a| ≤ 127), then pairs of i16 to i32.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn lanes_avx2(w: __m256i, a: __m256i) -> __m256i {
+        let p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w));
+        _mm256_madd_epi16(p, _mm256_set1_epi16(1))
+    }
+
+    /// The same lanes with one `vpdpbusd`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl,avx512bw")]
+    unsafe fn lanes_vnni(w: __m256i, a: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w))
+    }
+
+    kernels!(avx2, "avx2,fma,f16c", lanes_avx2);
+    kernels!(vnni, "avx2,fma,f16c,avx512vnni,avx512vl,avx512bw", lanes_vnni);
+
+    pub use self::float_impl::float;
+    mod float_impl {
+        use super::*;
+
+        /// 8 weights as f32.
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn load8(fmt: Format, w: *const u8, i: usize) -> __m256 {
+            match fmt {
+                Format::F32 => _mm256_loadu_ps(w.add(4 * i) as *const f32),
+                Format::F16 => _mm256_cvtph_ps(_mm_loadu_si128(w.add(2 * i) as *const __m128i)),
+                _ => _mm256_castsi256_ps(_mm256_slli_epi32(
+                    _mm256_cvtepu16_epi32(_mm_loadu_si128(w.add(2 * i) as *const __m128i)),
+                    16,
+                )),
+            }
+        }
+
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn float<const T: usize>(fmt: Format, w: &[u8], x: &[&[f32]; T], r: &mut [f32; T]) {
+            let cols = x[0].len();
+            let wp = w.as_ptr();
+            let main = cols / 32 * 32;
+            let mut acc = [[_mm256_setzero_ps(); 4]; T];
+            let mut c = 0;
+            while c < main {
+                for k in 0..4 {
+                    let wv = load8(fmt, wp, c + 8 * k);
+                    for t in 0..T {
+                        acc[t][k] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x[t].as_ptr().add(c + 8 * k)), acc[t][k]);
+                    }
+                }
+                c += 32;
+            }
+            for t in 0..T {
+                let a = &acc[t];
+                let mut s = _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]));
+                let mut i = main;
+                while i + 8 <= cols {
+                    s = _mm256_fmadd_ps(load8(fmt, wp, i), _mm256_loadu_ps(x[t].as_ptr().add(i)), s);
+                    i += 8;
+                }
+                let mut v = hsum8(s);
+                for j in i..cols {
+                    let wj = match fmt {
+                        Format::F32 => f32::from_le_bytes([w[4 * j], w[4 * j + 1], w[4 * j + 2], w[4 * j + 3]]),
+                        Format::F16 => f16le(w, 2 * j),
+                        _ => super::super::super::bf16_to_f32(u16::from_le_bytes([w[2 * j], w[2 * j + 1]])),
+                    };
+                    v = wj.mul_add(x[t][j], v);
+                }
+                r[t] = v;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    fn row(n: usize, seed: u64) -> Vec<f32> {
+        let mut r = Rng::new(seed);
+        (0..n).map(|_| r.normal() as f32).collect()
+    }
+
+    /// Every instruction set gives the same bits, for every tile size, and a token's result does
+    /// not depend on the tokens beside it in the tile.
+    #[test]
+    fn same_bits_on_every_instruction_set_and_tile() {
+        for cols in [512usize, 2 * super::super::QK_K, 96, 40] {
+            let x: Vec<f32> = (0..5).flat_map(|t| row(cols, 10 + t)).collect();
+            let w = row(cols, 3);
+            for fmt in Format::ALL {
+                if cols % fmt.block_len() != 0 {
+                    continue;
+                }
+                let mut wb = vec![0u8; fmt.row_bytes(cols).unwrap()];
+                fmt.quantize_row(&w, &mut wb);
+                let mut acts = Activations::default();
+                acts.prepare(&x, 5, cols, fmt);
+                let mut want = [0.0f32; 5];
+                for t in 0..5 {
+                    dot_row(Isa::Scalar, fmt, &wb, &acts, &[t], &mut want[t..]);
+                }
+                for isa in Isa::all_supported() {
+                    for tile in [vec![0usize, 1, 2, 3], vec![4, 2], vec![3, 0, 4]] {
+                        let mut out = [0.0f32; 4];
+                        dot_row(isa, fmt, &wb, &acts, &tile, &mut out);
+                        for (i, &t) in tile.iter().enumerate() {
+                            assert_eq!(out[i].to_bits(), want[t].to_bits(), "{fmt} {isa:?} cols {cols} token {t}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The integer products equal the dot product of the dequantized weights with the dequantized
+    /// activations, up to f32 rounding.
+    #[test]
+    fn dot_equals_dequantized_product() {
+        let cols = 2 * super::super::QK_K;
+        let x = row(cols, 1);
+        let w = row(cols, 2);
+        for fmt in Format::ALL {
+            let mut wb = vec![0u8; fmt.row_bytes(cols).unwrap()];
+            fmt.quantize_row(&w, &mut wb);
+            let mut wd = vec![0.0f32; cols];
+            fmt.dequantize_row(&wb, &mut wd);
+            let mut acts = Activations::default();
+            acts.prepare(&x, 1, cols, fmt);
+            let xd: Vec<f64> = if fmt.is_quantized() {
+                (0..cols).map(|i| acts.q[i] as f64 * acts.d[i / QA] as f64).collect()
+            } else {
+                x.iter().map(|&v| v as f64).collect()
+            };
+            let want: f64 = wd.iter().zip(&xd).map(|(a, b)| *a as f64 * b).sum();
+            let mut out = [0.0f32];
+            dot_row(Isa::detect(), fmt, &wb, &acts, &[0], &mut out);
+            let scale: f64 = wd.iter().zip(&xd).map(|(a, b)| (*a as f64 * b).abs()).sum();
+            assert!((out[0] as f64 - want).abs() <= 1e-5 * scale, "{fmt}: {} vs {want}", out[0]);
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! Loading a model for inference from what a user points at: a Hugging Face directory (or its
+//! `model.safetensors`), a training checkpoint, or a llama.cpp GGUF file.
+
+use super::{InferenceModel, ModelDtype};
+use crate::kernels::quant::Format;
+use crate::tokenizer::Tokenizer;
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+
+pub struct LoadedModel {
+    pub model: InferenceModel,
+    pub tokenizer: Tokenizer,
+    /// The Jinja chat template (`tokenizer_config.json` or GGUF `tokenizer.chat_template`).
+    pub chat_template: Option<String>,
+    /// The file or directory read.
+    pub source: PathBuf,
+}
+
+pub fn is_gguf(path: &Path) -> bool {
+    path.is_file() && path.extension().map(|e| e.eq_ignore_ascii_case("gguf")).unwrap_or(false)
+}
+
+/// Loads `path`. Safetensors weights are converted to `dtype` (default f32); GGUF files keep
+/// the formats they store. `progress`: say on stderr what is being done.
+pub fn load_model(path: &Path, dtype: Option<ModelDtype>, progress: bool) -> Result<LoadedModel> {
+    if is_gguf(path) {
+        let g = crate::gguf::llama::load(path)?;
+        if progress {
+            if let Some(d) = dtype.filter(|d| *d != ModelDtype::Uniform(Format::F32)) {
+                eprintln!("note: {} keeps its own weight formats; --dtype {} applies to safetensors models", path.display(), d.name());
+            }
+        }
+        return Ok(LoadedModel { model: g.model, tokenizer: g.tokenizer, chat_template: g.chat_template, source: path.into() });
+    }
+    let dir = if path.is_file() { path.parent().unwrap_or(Path::new(".")).to_path_buf() } else { path.to_path_buf() };
+    let llama = crate::checkpoint::hf::load_hf(&dir)?;
+    let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))
+        .with_context(|| format!("{}: a model directory needs its tokenizer.json", dir.display()))?;
+    let chat_template = std::fs::read_to_string(dir.join("tokenizer_config.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+        .and_then(|v| v.get("chat_template").and_then(|t| t.as_str()).map(str::to_string));
+    let dtype = dtype.unwrap_or(ModelDtype::Uniform(Format::F32));
+    if progress && dtype != ModelDtype::Uniform(Format::F32) {
+        eprintln!("quantizing {} parameters to {}…", llama.cfg.num_params(), dtype.name());
+    }
+    let cfg = llama.cfg.clone();
+    let model = InferenceModel::from_params(cfg, llama.params, dtype)?;
+    Ok(LoadedModel { model, tokenizer, chat_template, source: dir })
+}

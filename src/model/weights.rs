@@ -1,0 +1,240 @@
+//! Weights for inference in any [`Format`]: a [`WeightMatrix`] (`[rows, cols]`, row-major, ggml's
+//! row bytes) and a [`Linear`] — matrices stacked by rows (fused q/k/v or gate/up, whose parts may
+//! have different formats, as llama.cpp's Q4_K_M gives `attn_v` more bits than `attn_q`).
+//!
+//! `Linear::forward` has two modes. [`RowMode::Independent`] computes each output element with the
+//! fixed-order kernels of [`dot`](crate::kernels::quant::dot), so a token's result does not depend
+//! on the other tokens of the call (batched decoding, the server). [`RowMode::Batched`] lets an f32
+//! matrix take the `gemm` crate (a prompt's prefill; evaluation, whose numbers stay those of the
+//! training forward). Quantized formats run the same integer kernels in both.
+
+use crate::kernels::matmul::matmul;
+use crate::kernels::quant::dot::{dot_row, Activations, Isa, MAX_TILE};
+use crate::kernels::quant::Format;
+use anyhow::{ensure, Result};
+use rayon::prelude::*;
+use std::ops::Range;
+use std::sync::Arc;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowMode {
+    Independent,
+    Batched,
+}
+
+/// Where a matrix's bytes live.
+pub enum Storage {
+    Bytes(Vec<u8>),
+    /// f32 weights, possibly a range of a larger shared buffer (a training model's parameters).
+    F32 { buf: Arc<Vec<f32>>, range: Range<usize> },
+    /// A range of a memory-mapped file (a GGUF tensor used in place).
+    Mapped { map: Arc<memmap2::Mmap>, range: Range<usize> },
+}
+
+pub struct WeightMatrix {
+    pub format: Format,
+    pub rows: usize,
+    pub cols: usize,
+    storage: Storage,
+}
+
+impl WeightMatrix {
+    pub fn new(format: Format, rows: usize, cols: usize, storage: Storage) -> Result<Self> {
+        let want = rows * format.row_bytes(cols)?;
+        let m = WeightMatrix { format, rows, cols, storage };
+        ensure!(m.bytes().len() == want, "{rows}×{cols} {format} needs {want} bytes, got {}", m.bytes().len());
+        Ok(m)
+    }
+
+    /// Quantizes `[rows, cols]` f32 weights to `format` (in parallel over rows, the same bits).
+    pub fn quantize(x: &[f32], rows: usize, cols: usize, format: Format) -> Result<Self> {
+        let rb = format.row_bytes(cols)?;
+        let mut bytes = vec![0u8; rows * rb];
+        bytes.par_chunks_mut(rb).zip(x.par_chunks(cols)).for_each(|(b, r)| format.quantize_row(r, b));
+        Self::new(format, rows, cols, Storage::Bytes(bytes))
+    }
+
+    pub fn from_f32(buf: Arc<Vec<f32>>, range: Range<usize>, rows: usize, cols: usize) -> Result<Self> {
+        Self::new(Format::F32, rows, cols, Storage::F32 { buf, range })
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        match &self.storage {
+            Storage::Bytes(b) => b,
+            Storage::F32 { buf, range } => {
+                let s = &buf[range.clone()];
+                // SAFETY: any f32 slice is a valid byte slice of 4× the length.
+                unsafe { std::slice::from_raw_parts(s.as_ptr() as *const u8, s.len() * 4) }
+            }
+            Storage::Mapped { map, range } => &map[range.clone()],
+        }
+    }
+
+    /// The weights as f32, when stored so and aligned (for the `gemm` path).
+    pub fn f32s(&self) -> Option<&[f32]> {
+        if self.format != Format::F32 {
+            return None;
+        }
+        match &self.storage {
+            Storage::F32 { buf, range } => Some(&buf[range.clone()]),
+            _ => {
+                let b = self.bytes();
+                // SAFETY: alignment checked; f32 has no invalid bit patterns.
+                (b.as_ptr() as usize % 4 == 0).then(|| unsafe {
+                    std::slice::from_raw_parts(b.as_ptr() as *const f32, b.len() / 4)
+                })
+            }
+        }
+    }
+
+    pub fn row_bytes(&self) -> usize {
+        self.bytes().len() / self.rows.max(1)
+    }
+
+    /// Row `r` as f32 (embedding lookup).
+    pub fn row_f32(&self, r: usize, out: &mut [f32]) {
+        let rb = self.row_bytes();
+        self.format.dequantize_row(&self.bytes()[r * rb..(r + 1) * rb], out);
+    }
+
+    /// Bytes a matmul reads (the weights' size in memory).
+    pub fn size_bytes(&self) -> usize {
+        self.bytes().len()
+    }
+}
+
+/// Matrices stacked by rows: `y[:, off_p..off_p + rows_p] = x · W_pᵀ`.
+pub struct Linear {
+    pub rows: usize,
+    pub cols: usize,
+    pub parts: Vec<WeightMatrix>,
+}
+
+impl Linear {
+    pub fn new(parts: Vec<WeightMatrix>) -> Result<Self> {
+        ensure!(!parts.is_empty(), "a linear layer needs a matrix");
+        let cols = parts[0].cols;
+        ensure!(parts.iter().all(|p| p.cols == cols), "stacked matrices must have the same number of columns");
+        Ok(Linear { rows: parts.iter().map(|p| p.rows).sum(), cols, parts })
+    }
+
+    pub fn single(m: WeightMatrix) -> Self {
+        Linear { rows: m.rows, cols: m.cols, parts: vec![m] }
+    }
+
+    pub fn size_bytes(&self) -> usize {
+        self.parts.iter().map(|p| p.size_bytes()).sum()
+    }
+
+    /// `y[n, rows] (+)= x[n, cols] · Wᵀ`.
+    pub fn forward(&self, y: &mut [f32], x: &[f32], n: usize, accumulate: bool, mode: RowMode, acts: &mut Activations) {
+        assert!(x.len() >= n * self.cols && y.len() >= n * self.rows, "linear: buffers too small");
+        if n == 0 {
+            return;
+        }
+        if mode == RowMode::Batched && self.parts.len() == 1 {
+            if let Some(w) = self.parts[0].f32s() {
+                matmul(y, x, w, n, self.rows, self.cols, false, true, accumulate);
+                return;
+            }
+        }
+        let isa = Isa::detect();
+        let mut off = 0;
+        for p in &self.parts {
+            if acts.n != n || acts.cols != self.cols || acts.quantized != p.format.is_quantized() {
+                acts.prepare(x, n, self.cols, p.format);
+            }
+            matmul_rows(isa, p, acts, y, self.rows, off, accumulate);
+            off += p.rows;
+        }
+        acts.n = 0; // the next call prepares its own input
+    }
+}
+
+/// Raw pointer shared by tasks that write disjoint elements of one buffer.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+/// Tokens per block of the prefill loop: their quantized activations stay in cache while every
+/// weight row passes over them.
+const TOKEN_BLOCK: usize = 64;
+
+/// `y[t, off + r] (+)= W[r] · act_t` for every row and token. Rows are split evenly over the
+/// threads; each row is read once per block of tokens and serves them in tiles of [`MAX_TILE`].
+fn matmul_rows(isa: Isa, w: &WeightMatrix, acts: &Activations, y: &mut [f32], ld: usize, off: usize, accumulate: bool) {
+    let (rows, n) = (w.rows, acts.n);
+    let rb = w.row_bytes();
+    let bytes = w.bytes();
+    let out = SharedOut(y.as_mut_ptr());
+    let threads = rayon::current_num_threads().max(1);
+    // a few chunks per thread, whole cache lines of output
+    let chunk = rows.div_ceil(threads).max(1);
+    let toks: Vec<usize> = (0..n).collect();
+    for tb in toks.chunks(TOKEN_BLOCK) {
+        (0..rows.div_ceil(chunk)).into_par_iter().for_each(|c| {
+            let out = out;
+            let mut res = [0.0f32; MAX_TILE];
+            for r in c * chunk..((c + 1) * chunk).min(rows) {
+                let wr = &bytes[r * rb..(r + 1) * rb];
+                for tile in tb.chunks(MAX_TILE) {
+                    dot_row(isa, w.format, wr, acts, tile, &mut res);
+                    for (i, &t) in tile.iter().enumerate() {
+                        // SAFETY: (t, off + r) is written by this task only; in bounds by the assert
+                        // in `Linear::forward`.
+                        unsafe {
+                            let p = out.0.add(t * ld + off + r);
+                            *p = if accumulate { *p + res[i] } else { res[i] };
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    /// Independent rows: each token's output equals the token computed alone, bit for bit, for
+    /// every format and for stacked parts of different formats.
+    #[test]
+    fn a_tokens_result_does_not_depend_on_the_batch() {
+        let (rows, cols, n) = (70, 512, 9);
+        let mut r = Rng::new(5);
+        let w: Vec<f32> = (0..rows * cols).map(|_| r.normal() as f32 * 0.1).collect();
+        let x: Vec<f32> = (0..n * cols).map(|_| r.normal() as f32).collect();
+        let mut lins: Vec<Linear> = Format::ALL
+            .into_iter()
+            .map(|f| Linear::single(WeightMatrix::quantize(&w, rows, cols, f).unwrap()))
+            .collect();
+        lins.push(
+            Linear::new(vec![
+                WeightMatrix::quantize(&w[..30 * cols], 30, cols, Format::Q4K).unwrap(),
+                WeightMatrix::quantize(&w[30 * cols..], 40, cols, Format::Q6K).unwrap(),
+            ])
+            .unwrap(),
+        );
+        let mut acts = Activations::default();
+        for lin in &lins {
+            let mut all = vec![0.0f32; n * rows];
+            lin.forward(&mut all, &x, n, false, RowMode::Independent, &mut acts);
+            for t in 0..n {
+                let mut one = vec![0.0f32; rows];
+                lin.forward(&mut one, &x[t * cols..], 1, false, RowMode::Independent, &mut acts);
+                assert!(
+                    one.iter().zip(&all[t * rows..]).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{:?}: token {t}",
+                    lin.parts.iter().map(|p| p.format).collect::<Vec<_>>()
+                );
+            }
+            // and accumulate adds
+            let mut acc = all.clone();
+            lin.forward(&mut acc, &x, n, true, RowMode::Independent, &mut acts);
+            assert!(acc.iter().zip(&all).all(|(a, b)| *a == 2.0 * b));
+        }
+    }
+}
