@@ -20,7 +20,7 @@ PY="$ENV/bin/python"
 mkdir -p "$ENV/src"
 if [ ! -f "$ENV/src/llama.cpp/convert_hf_to_gguf.py" ]; then
   tmp=$(mktemp -d)
-  "$PY" -m pip download -q --no-deps --no-binary :all: -d "$tmp" "llama-cpp-python==$LLAMA_CPP_PYTHON"
+  "$PY" -m pip download -q --no-deps -d "$tmp" "llama-cpp-python==$LLAMA_CPP_PYTHON"
   tar xzf "$tmp"/llama_cpp_python-*.tar.gz -C "$tmp"
   rm -rf "$ENV/src/llama.cpp"
   mv "$tmp"/llama_cpp_python-*/vendor/llama.cpp "$ENV/src/llama.cpp"

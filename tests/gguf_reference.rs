@@ -1,0 +1,122 @@
+//! GGUF against its references (tests/reference/gguf_check.py in the Python environment that
+//! `scripts/setup_python.sh` makes): the bytes we quantize equal gguf-py's reference quantizers
+//! (f32/f16/bf16/Q8_0/Q4_0) and llama.cpp's `ggml_quantize_chunk` (Q4_K/Q6_K); our dequantization
+//! equals `gguf.quants.dequantize` bit for bit; llama.cpp (llama-cpp-python) loads the files we
+//! export and continues a prompt greedily with the same 32 tokens as we do.
+//! Skips loudly where the environment is missing; `TINYLLAMA_REQUIRE_FIXTURES=1` makes that fail.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use tinyllama::checkpoint::safetensors::{write_safetensors, Dtype, TensorOut};
+use tinyllama::config::LlamaConfig;
+use tinyllama::model::{KvCache, Llama, ModelDtype, RowMode};
+use tinyllama::tokenizer::Tokenizer;
+
+fn python(modules: &str) -> Option<PathBuf> {
+    let env = std::env::var("TINYLLAMA_PYENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/tinyllama/pyenv"));
+    let py = env.join("bin/python");
+    let ok = Command::new(&py).args(["-c", &format!("import {modules}")]).output().map(|o| o.status.success());
+    if ok.unwrap_or(false) {
+        return Some(py);
+    }
+    eprintln!("SKIPPED: no Python environment with {modules} at {} (run scripts/setup_python.sh)", env.display());
+    assert!(std::env::var("TINYLLAMA_REQUIRE_FIXTURES").is_err(), "TINYLLAMA_REQUIRE_FIXTURES is set");
+    None
+}
+
+fn run(py: &Path, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(py).arg("tests/reference/gguf_check.py").args(args).output().unwrap();
+    assert!(out.status.success(), "gguf_check.py {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A small model on the Llama-2 vocabulary, rows whole K-quant blocks; weights scaled up so that
+/// its predictions are peaked (greedy choices are not near-ties).
+fn model_dir(dir: &Path) -> Llama {
+    let cfg = LlamaConfig {
+        vocab_size: 32000,
+        hidden_size: 256,
+        intermediate_size: 512,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        head_dim: 64,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        max_position_embeddings: 256,
+        bos_token_id: 1,
+        eos_token_id: 2,
+    };
+    let mut m = Llama::new_init(cfg, 11);
+    m.params.iter_mut().for_each(|p| *p *= 4.0);
+    tinyllama::checkpoint::hf::save_hf(&m, dir, Dtype::F32, u64::MAX).unwrap();
+    Tokenizer::llama2().save(&dir.join("tokenizer.json")).unwrap();
+    m
+}
+
+const FORMATS: [&str; 6] = ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_k_m"];
+
+#[test]
+fn exported_gguf_matches_gguf_py_and_llama_cpp() {
+    let Some(py) = python("gguf, numpy, safetensors") else { return };
+    let dir = std::env::temp_dir().join(format!("tl-gguf-ref-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let m = model_dir(&dir);
+    let tok = Tokenizer::llama2();
+    for f in FORMATS {
+        let path = dir.join(format!("{f}.gguf"));
+        let dtype = ModelDtype::parse(f).unwrap();
+        tinyllama::gguf::llama::export(&m.cfg, &m.params, &tok, None, dtype, "ref", &path).unwrap();
+        // our dequantization of every tensor, in the file's row order
+        let g = tinyllama::gguf::GgufFile::open(&path).unwrap();
+        let deq: Vec<(String, Vec<f32>)> = g
+            .tensors
+            .iter()
+            .map(|t| {
+                let n: usize = t.dims.iter().product();
+                let mut v = vec![0.0f32; n];
+                t.format.dequantize_row(g.bytes(t), &mut v);
+                (t.name.clone(), v)
+            })
+            .collect();
+        let outs: Vec<TensorOut> = deq.iter().map(|(n, v)| TensorOut { name: n.clone(), shape: vec![v.len()], data: v }).collect();
+        write_safetensors(&dir.join(format!("{f}.deq.safetensors")), &outs, Dtype::F32, &Default::default()).unwrap();
+    }
+    let report = run(&py, &["formats", dir.to_str().unwrap(), &FORMATS.join(",")]);
+    eprintln!("{report}");
+    for f in FORMATS {
+        let r = &report[f];
+        assert_eq!(r["dequantize_equal"], r["tensors"], "{f}");
+    }
+    assert_eq!(report["q8_0"]["quantize_equal_gguf_py"], report["q8_0"]["tensors"]);
+    assert_eq!(report["q4_0"]["quantize_equal_gguf_py"], report["q4_0"]["tensors"]);
+
+    // llama.cpp runs the files we write: the same greedy continuation, close logits
+    if python("llama_cpp").is_none() {
+        return;
+    }
+    let prompt: Vec<u32> = std::iter::once(1).chain(tok.encode("It is a truth universally acknowledged").unwrap()).collect();
+    for (f, tol) in [("f32", 1e-3), ("f16", 1e-3), ("q8_0", 0.05), ("q4_0", 0.25), ("q4_k_m", 0.25)] {
+        let path = dir.join(format!("{f}.gguf"));
+        let r = run(&py, &["llama", path.to_str().unwrap(), &serde_json::to_string(&prompt).unwrap(), "32"]);
+        let theirs: Vec<u32> = r["tokens"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+        let model = tinyllama::gguf::llama::load(&path).unwrap().model;
+        let mut cache = KvCache::new(&model, 64);
+        let mut logits = model.next_token_logits(&prompt, &mut cache, RowMode::Batched).unwrap();
+        let first: Vec<f64> = r["first_logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        let scale = first.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        let diff = logits.iter().zip(&first).fold(0.0f64, |m, (a, b)| m.max((*a as f64 - b).abs()));
+        eprintln!("{f}: max |logit difference| {diff:.2e} (largest logit {scale:.1})");
+        assert!(diff <= tol * scale, "{f}: logits differ by {diff} (tolerance {})", tol * scale);
+        let mut ours = vec![];
+        for _ in 0..32 {
+            let t = tinyllama::kernels::argmax(&logits) as u32;
+            ours.push(t);
+            logits = model.next_token_logits(&[t], &mut cache, RowMode::Independent).unwrap();
+        }
+        assert_eq!(ours, theirs, "{f}: greedy continuation differs from llama.cpp's");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
