@@ -208,7 +208,12 @@ mod tests {
                 .map(|i| Request {
                     prompt: (0..(2 + i * 3)).map(|j| (j * 31 + i * 7) % 300).collect(),
                     max_new: 5 + 3 * i as usize,
-                    sampling: SamplingOptions { temperature: if i % 2 == 0 { 0.0 } else { 0.8 }, top_k: 40, top_p: 0.95, seed: i as u64 },
+                    sampling: SamplingOptions {
+                        temperature: if i % 2 == 0 { 0.0 } else { 0.8 },
+                        top_k: 40,
+                        top_p: 0.95,
+                        seed: i as u64,
+                    },
                 })
                 .collect();
             let eos = [13u32];

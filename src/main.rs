@@ -407,7 +407,9 @@ fn run() -> Result<()> {
                 "f32" => Dtype::F32,
                 "bf16" => Dtype::BF16,
                 "f16" => Dtype::F16,
-                other => anyhow::bail!("--dtype {other}: use f32, bf16 or f16 with --hf (quantized formats with --gguf)"),
+                other => {
+                    anyhow::bail!("--dtype {other}: use f32, bf16 or f16 with --hf (quantized formats with --gguf)")
+                }
             };
             let model = tinyllama::checkpoint::hf::load_hf(&checkpoint)?;
             let tok = Tokenizer::from_file(&checkpoint.join("tokenizer.json"))?;

@@ -81,7 +81,8 @@ fn exported_gguf_matches_gguf_py_and_llama_cpp() {
                 (t.name.clone(), v)
             })
             .collect();
-        let outs: Vec<TensorOut> = deq.iter().map(|(n, v)| TensorOut { name: n.clone(), shape: vec![v.len()], data: v }).collect();
+        let outs: Vec<TensorOut> =
+            deq.iter().map(|(n, v)| TensorOut { name: n.clone(), shape: vec![v.len()], data: v }).collect();
         write_safetensors(&dir.join(format!("{f}.deq.safetensors")), &outs, Dtype::F32, &Default::default()).unwrap();
     }
     let report = run(&py, &["formats", dir.to_str().unwrap(), &FORMATS.join(",")]);
@@ -97,7 +98,8 @@ fn exported_gguf_matches_gguf_py_and_llama_cpp() {
     if python("llama_cpp").is_none() {
         return;
     }
-    let prompt: Vec<u32> = std::iter::once(1).chain(tok.encode("It is a truth universally acknowledged").unwrap()).collect();
+    let prompt: Vec<u32> =
+        std::iter::once(1).chain(tok.encode("It is a truth universally acknowledged").unwrap()).collect();
     for (f, tol) in [("f32", 1e-3), ("f16", 1e-3), ("q8_0", 0.05), ("q4_0", 0.25), ("q4_k_m", 0.25)] {
         let path = dir.join(format!("{f}.gguf"));
         let r = run(&py, &["llama", path.to_str().unwrap(), &serde_json::to_string(&prompt).unwrap(), "32"]);

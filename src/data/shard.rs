@@ -165,7 +165,7 @@ impl Shard {
         let chunk = u64::from_le_bytes(map[16..24].try_into().unwrap()) as usize;
         let data = map.len() - HEADER_LEN;
         ensure!(
-            data % dtype.size() == 0,
+            data.is_multiple_of(dtype.size()),
             "{}: {data} data bytes are not a whole number of {}-byte tokens",
             path.display(),
             dtype.size()

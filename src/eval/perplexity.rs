@@ -47,7 +47,9 @@ mod tests {
     #[test]
     fn sliding_window_scores_every_token_once() {
         let llama = crate::model::test_model(200, 32, 2, 1.0);
-        let model = InferenceModel::from_llama(&llama, crate::model::ModelDtype::Uniform(crate::kernels::quant::Format::F32)).unwrap();
+        let model =
+            InferenceModel::from_llama(&llama, crate::model::ModelDtype::Uniform(crate::kernels::quant::Format::F32))
+                .unwrap();
         let cfg = model.cfg.clone();
         let mut r = crate::rng::Rng::new(1);
         let toks: Vec<u32> = (0..70).map(|_| r.below(200) as u32).collect();

@@ -126,11 +126,13 @@ pub fn tokenizer(g: &GgufFile, vocab_size: usize) -> Result<Tokenizer> {
         Some(_) => arr("tokenizer.ggml.token_type")?.iter().map(|v| v.as_i64().unwrap_or(1) as i32).collect(),
         None => vec![1; n],
     };
-    ensure!(scores.len() == n && types.len() == n, "{p}: {n} tokens but {} scores and {} types", scores.len(), types.len());
     ensure!(
-        n == vocab_size,
-        "{p}: the tokenizer has {n} tokens but the model's embedding has {vocab_size} rows"
+        scores.len() == n && types.len() == n,
+        "{p}: {n} tokens but {} scores and {} types",
+        scores.len(),
+        types.len()
     );
+    ensure!(n == vocab_size, "{p}: the tokenizer has {n} tokens but the model's embedding has {vocab_size} rows");
     let id = |k: &str, default: u32| -> Result<u32> {
         match g.get(k) {
             None => Ok(default),
@@ -141,7 +143,11 @@ pub fn tokenizer(g: &GgufFile, vocab_size: usize) -> Result<Tokenizer> {
             }
         }
     };
-    let (bos, eos, unk) = (id("tokenizer.ggml.bos_token_id", 1)?, id("tokenizer.ggml.eos_token_id", 2)?, id("tokenizer.ggml.unknown_token_id", 0)?);
+    let (bos, eos, unk) = (
+        id("tokenizer.ggml.bos_token_id", 1)?,
+        id("tokenizer.ggml.eos_token_id", 2)?,
+        id("tokenizer.ggml.unknown_token_id", 0)?,
+    );
     let add_space = g.get("tokenizer.ggml.add_space_prefix").and_then(|v| v.as_i64()).map(|v| v != 0).unwrap_or(true);
     Ok(Tokenizer::from_spm(SpmVocab::new(pieces, scores, types, unk, add_space), bos, eos))
 }
@@ -194,7 +200,8 @@ pub fn load(path: &std::path::Path) -> Result<GgufModel> {
     }
     let embed = mat("token_embd.weight", cfg.vocab_size, d, false)?;
     // tied embeddings: the head reads the embedding matrix
-    let head_name = if g.tensors.iter().any(|t| t.name == "output.weight") { "output.weight" } else { "token_embd.weight" };
+    let head_name =
+        if g.tensors.iter().any(|t| t.name == "output.weight") { "output.weight" } else { "token_embd.weight" };
     let lm_head = Linear::single(mat(head_name, cfg.vocab_size, d, false)?);
     let final_norm = vec("output_norm.weight")?;
     let names: std::collections::HashSet<String> = (0..cfg.num_hidden_layers)
@@ -281,20 +288,21 @@ pub fn export(
         w.set("tokenizer.chat_template", Value::Str(t.into()));
     }
     let nl = cfg.num_hidden_layers;
-    let mut add = |gname: &str, kind: &str, layer: usize, range: std::ops::Range<usize>, rows: usize, cols: usize, perm: bool| {
-        let fmt = if kind == "norm" { Format::F32 } else { dtype.format_for(kind, layer, nl, cols) };
-        let rb = fmt.row_bytes(cols).expect("format_for picks a format that fits the row");
-        let mut bytes = vec![0u8; rows * rb];
-        {
-            use rayon::prelude::*;
-            bytes.par_chunks_mut(rb).zip(params[range].par_chunks(cols)).for_each(|(b, r)| fmt.quantize_row(r, b));
-        }
-        if perm {
-            bytes = permute_rows(&bytes, rows, rb, cfg.head_dim);
-        }
-        let dims = if rows == 1 { vec![cols] } else { vec![cols, rows] };
-        w.add_tensor(gname, dims, fmt, bytes);
-    };
+    let mut add =
+        |gname: &str, kind: &str, layer: usize, range: std::ops::Range<usize>, rows: usize, cols: usize, perm: bool| {
+            let fmt = if kind == "norm" { Format::F32 } else { dtype.format_for(kind, layer, nl, cols) };
+            let rb = fmt.row_bytes(cols).expect("format_for picks a format that fits the row");
+            let mut bytes = vec![0u8; rows * rb];
+            {
+                use rayon::prelude::*;
+                bytes.par_chunks_mut(rb).zip(params[range].par_chunks(cols)).for_each(|(b, r)| fmt.quantize_row(r, b));
+            }
+            if perm {
+                bytes = permute_rows(&bytes, rows, rb, cfg.head_dim);
+            }
+            let dims = if rows == 1 { vec![cols] } else { vec![cols, rows] };
+            w.add_tensor(gname, dims, fmt, bytes);
+        };
     let (d, f, qd, kvd) = (cfg.hidden_size, cfg.intermediate_size, cfg.q_dim(), cfg.kv_dim());
     add("token_embd.weight", "embed", 0, layout.embed.clone(), cfg.vocab_size, d, false);
     for (i, l) in layout.layers.iter().enumerate() {
@@ -339,8 +347,19 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tl-gguf-exp-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         // a vocabulary of the model's size
-        let pieces: Vec<String> = (0..300).map(|i| if i < 3 { ["<unk>", "<s>", "</s>"][i].into() } else { format!("p{i}") }).collect();
-        let types: Vec<i32> = (0..300).map(|i| if i == 0 { 2 } else if i < 3 { 3 } else { 1 }).collect();
+        let pieces: Vec<String> =
+            (0..300).map(|i| if i < 3 { ["<unk>", "<s>", "</s>"][i].into() } else { format!("p{i}") }).collect();
+        let types: Vec<i32> = (0..300)
+            .map(|i| {
+                if i == 0 {
+                    2
+                } else if i < 3 {
+                    3
+                } else {
+                    1
+                }
+            })
+            .collect();
         let tok = Tokenizer::from_spm(SpmVocab::new(pieces, vec![0.0; 300], types, 0, true), 1, 2);
         for dtype in [ModelDtype::Uniform(Format::F32), ModelDtype::Uniform(Format::Q8_0), ModelDtype::Q4KM] {
             let p = dir.join("m.gguf");

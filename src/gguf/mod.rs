@@ -128,7 +128,12 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        ensure!(n <= self.b.len() - self.at, "truncated: needs {n} bytes at offset {}, file has {}", self.at, self.b.len());
+        ensure!(
+            n <= self.b.len() - self.at,
+            "truncated: needs {n} bytes at offset {}, file has {}",
+            self.at,
+            self.b.len()
+        );
         let s = &self.b[self.at..self.at + n];
         self.at += n;
         Ok(s)
@@ -269,8 +274,12 @@ impl GgufFile {
                 "tensor `{name}`: rows of {} are not whole {format} blocks",
                 dims[0]
             );
-            let size = (count / format.block_len()).checked_mul(format.block_bytes()).context("tensor size overflows")?;
-            ensure!(off as usize % alignment == 0, "tensor `{name}`: offset {off} is not aligned to {alignment}");
+            let size =
+                (count / format.block_len()).checked_mul(format.block_bytes()).context("tensor size overflows")?;
+            ensure!(
+                (off as usize).is_multiple_of(alignment),
+                "tensor `{name}`: offset {off} is not aligned to {alignment}"
+            );
             let start = data_start.checked_add(off as usize).context("offset overflows")?;
             ensure!(
                 start.checked_add(size).map(|e| e <= b.len()).unwrap_or(false),
@@ -288,7 +297,10 @@ impl GgufFile {
     }
 
     pub fn tensor(&self, name: &str) -> Result<&TensorInfo> {
-        self.tensors.iter().find(|t| t.name == name).with_context(|| format!("{}: no tensor `{name}`", self.path.display()))
+        self.tensors
+            .iter()
+            .find(|t| t.name == name)
+            .with_context(|| format!("{}: no tensor `{name}`", self.path.display()))
     }
 
     pub fn bytes(&self, t: &TensorInfo) -> &[u8] {
@@ -308,9 +320,9 @@ impl GgufFile {
 /// ggml's names of the types, for messages about ones we do not read.
 fn ggml_type_name(t: u32) -> &'static str {
     const NAMES: [&str; 42] = [
-        "f32", "f16", "q4_0", "q4_1", "?", "?", "q5_0", "q5_1", "q8_0", "q8_1", "q2_K", "q3_K", "q4_K", "q5_K",
-        "q6_K", "q8_K", "iq2_xxs", "iq2_xs", "iq3_xxs", "iq1_s", "iq4_nl", "iq3_s", "iq2_s", "iq4_xs", "i8", "i16",
-        "i32", "i64", "f64", "iq1_m", "bf16", "?", "?", "?", "tq1_0", "tq2_0", "?", "?", "?", "mxfp4", "?", "?",
+        "f32", "f16", "q4_0", "q4_1", "?", "?", "q5_0", "q5_1", "q8_0", "q8_1", "q2_K", "q3_K", "q4_K", "q5_K", "q6_K",
+        "q8_K", "iq2_xxs", "iq2_xs", "iq3_xxs", "iq1_s", "iq4_nl", "iq3_s", "iq2_s", "iq4_xs", "i8", "i16", "i32",
+        "i64", "f64", "iq1_m", "bf16", "?", "?", "?", "tq1_0", "tq2_0", "?", "?", "?", "mxfp4", "?", "?",
     ];
     NAMES.get(t as usize).copied().unwrap_or("unknown")
 }

@@ -91,7 +91,15 @@ struct Scratch {
 impl DecoderLayer {
     /// `x[rows, d] += attention(norm(x)); x += mlp(norm(x))` for the rows of `segs` (concatenated
     /// in order), extending each segment's cache at layer `l`.
-    fn forward(&self, l: usize, x: &mut [f32], segs: &mut [Segment], m: &InferenceModel, mode: RowMode, s: &mut Scratch) {
+    fn forward(
+        &self,
+        l: usize,
+        x: &mut [f32],
+        segs: &mut [Segment],
+        m: &InferenceModel,
+        mode: RowMode,
+        s: &mut Scratch,
+    ) {
         let c = &m.cfg;
         let n = x.len() / c.hidden_size;
         let (d, f, eps) = (c.hidden_size, c.intermediate_size, c.rms_norm_eps);
@@ -184,9 +192,9 @@ impl ModelDtype {
                 _ => Format::Q4K,
             },
         };
-        if cols % want.block_len() == 0 {
+        if cols.is_multiple_of(want.block_len()) {
             want
-        } else if cols % 32 == 0 && want.is_quantized() {
+        } else if cols.is_multiple_of(32) && want.is_quantized() {
             Format::Q8_0
         } else if want.is_quantized() {
             Format::F16
@@ -208,10 +216,25 @@ impl InferenceModel {
         cfg.validate()?;
         let (d, v, f) = (cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size);
         let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
-        ensure!(embed.rows == v && embed.cols == d, "token embedding is {}×{}, expected {v}×{d}", embed.rows, embed.cols);
-        ensure!(lm_head.rows == v && lm_head.cols == d, "output head is {}×{}, expected {v}×{d}", lm_head.rows, lm_head.cols);
+        ensure!(
+            embed.rows == v && embed.cols == d,
+            "token embedding is {}×{}, expected {v}×{d}",
+            embed.rows,
+            embed.cols
+        );
+        ensure!(
+            lm_head.rows == v && lm_head.cols == d,
+            "output head is {}×{}, expected {v}×{d}",
+            lm_head.rows,
+            lm_head.cols
+        );
         ensure!(final_norm.len() == d, "final norm has {} weights, expected {d}", final_norm.len());
-        ensure!(layers.len() == cfg.num_hidden_layers, "{} layers, config says {}", layers.len(), cfg.num_hidden_layers);
+        ensure!(
+            layers.len() == cfg.num_hidden_layers,
+            "{} layers, config says {}",
+            layers.len(),
+            cfg.num_hidden_layers
+        );
         for (i, l) in layers.iter().enumerate() {
             let shapes = [
                 ("q/k/v", &l.wqkv, qd + 2 * kvd, d),
@@ -289,7 +312,10 @@ impl InferenceModel {
 
     /// Bytes of weights read per token (every matrix once; the embedding row is negligible).
     pub fn matmul_bytes(&self) -> usize {
-        self.layers.iter().map(|l| l.wqkv.size_bytes() + l.wo.size_bytes() + l.wgu.size_bytes() + l.wdown.size_bytes()).sum::<usize>()
+        self.layers
+            .iter()
+            .map(|l| l.wqkv.size_bytes() + l.wo.size_bytes() + l.wgu.size_bytes() + l.wdown.size_bytes())
+            .sum::<usize>()
             + self.lm_head.size_bytes()
     }
 
@@ -491,7 +517,9 @@ mod tests {
     fn batched_sequences_equal_each_alone() {
         let mut llama = crate::model::test_model(300, 64, 5, 2.0);
         llama.cfg.vocab_size = 300;
-        for dtype in [ModelDtype::Uniform(Format::F32), ModelDtype::Uniform(Format::Q8_0), ModelDtype::Uniform(Format::Q4_0)] {
+        for dtype in
+            [ModelDtype::Uniform(Format::F32), ModelDtype::Uniform(Format::Q8_0), ModelDtype::Uniform(Format::Q4_0)]
+        {
             let model = InferenceModel::from_llama(&llama, dtype).unwrap();
             let prompts: [&[u32]; 3] = [&[1, 5, 9, 200], &[1, 77], &[1, 3, 3, 3, 3, 3, 8]];
             let alone: Vec<Vec<f32>> = prompts

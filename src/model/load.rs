@@ -27,10 +27,19 @@ pub fn load_model(path: &Path, dtype: Option<ModelDtype>, progress: bool) -> Res
         let g = crate::gguf::llama::load(path)?;
         if progress {
             if let Some(d) = dtype.filter(|d| *d != ModelDtype::Uniform(Format::F32)) {
-                eprintln!("note: {} keeps its own weight formats; --dtype {} applies to safetensors models", path.display(), d.name());
+                eprintln!(
+                    "note: {} keeps its own weight formats; --dtype {} applies to safetensors models",
+                    path.display(),
+                    d.name()
+                );
             }
         }
-        return Ok(LoadedModel { model: g.model, tokenizer: g.tokenizer, chat_template: g.chat_template, source: path.into() });
+        return Ok(LoadedModel {
+            model: g.model,
+            tokenizer: g.tokenizer,
+            chat_template: g.chat_template,
+            source: path.into(),
+        });
     }
     let dir = if path.is_file() { path.parent().unwrap_or(Path::new(".")).to_path_buf() } else { path.to_path_buf() };
     let llama = crate::checkpoint::hf::load_hf(&dir)?;

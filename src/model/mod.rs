@@ -3,8 +3,8 @@
 
 pub mod inference;
 pub mod llama;
-pub mod params;
 pub mod load;
+pub mod params;
 pub mod weights;
 
 pub use inference::{DecoderLayer, InferenceModel, KvCache, ModelDtype, Segment};

@@ -26,9 +26,15 @@ pub enum RowMode {
 pub enum Storage {
     Bytes(Vec<u8>),
     /// f32 weights, possibly a range of a larger shared buffer (a training model's parameters).
-    F32 { buf: Arc<Vec<f32>>, range: Range<usize> },
+    F32 {
+        buf: Arc<Vec<f32>>,
+        range: Range<usize>,
+    },
     /// A range of a memory-mapped file (a GGUF tensor used in place).
-    Mapped { map: Arc<memmap2::Mmap>, range: Range<usize> },
+    Mapped {
+        map: Arc<memmap2::Mmap>,
+        range: Range<usize>,
+    },
 }
 
 pub struct WeightMatrix {
@@ -80,9 +86,9 @@ impl WeightMatrix {
             _ => {
                 let b = self.bytes();
                 // SAFETY: alignment checked; f32 has no invalid bit patterns.
-                (b.as_ptr() as usize % 4 == 0).then(|| unsafe {
-                    std::slice::from_raw_parts(b.as_ptr() as *const f32, b.len() / 4)
-                })
+                (b.as_ptr() as usize)
+                    .is_multiple_of(4)
+                    .then(|| unsafe { std::slice::from_raw_parts(b.as_ptr() as *const f32, b.len() / 4) })
             }
         }
     }
@@ -157,6 +163,13 @@ struct SharedOut(*mut f32);
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
+impl SharedOut {
+    /// A method, so that closures capture the whole `Send` wrapper.
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// Tokens per block of the prefill loop: their quantized activations stay in cache while every
 /// weight row passes over them.
 const TOKEN_BLOCK: usize = 64;
@@ -174,7 +187,6 @@ fn matmul_rows(isa: Isa, w: &WeightMatrix, acts: &Activations, y: &mut [f32], ld
     let toks: Vec<usize> = (0..n).collect();
     for tb in toks.chunks(TOKEN_BLOCK) {
         (0..rows.div_ceil(chunk)).into_par_iter().for_each(|c| {
-            let out = out;
             let mut res = [0.0f32; MAX_TILE];
             for r in c * chunk..((c + 1) * chunk).min(rows) {
                 let wr = &bytes[r * rb..(r + 1) * rb];
@@ -184,7 +196,7 @@ fn matmul_rows(isa: Isa, w: &WeightMatrix, acts: &Activations, y: &mut [f32], ld
                         // SAFETY: (t, off + r) is written by this task only; in bounds by the assert
                         // in `Linear::forward`.
                         unsafe {
-                            let p = out.0.add(t * ld + off + r);
+                            let p = out.ptr().add(t * ld + off + r);
                             *p = if accumulate { *p + res[i] } else { res[i] };
                         }
                     }

@@ -23,9 +23,9 @@ pub struct Tokenizer {
 enum Backend {
     /// A Hugging Face tokenizer.json; for SentencePiece-style BPE (Llama-2) with word-at-a-time
     /// encoding, see [`LlamaWords`].
-    Hf { inner: Box<tokenizers::Tokenizer>, words: Option<LlamaWords> },
+    Hf { inner: Box<tokenizers::Tokenizer>, words: Option<Box<LlamaWords>> },
     /// A GGUF vocabulary, tokenized as llama.cpp does.
-    Spm(spm::SpmVocab),
+    Spm(Box<spm::SpmVocab>),
 }
 
 /// Exact fast path for Llama-2-style tokenizers (normalizer: prepend "▁", spaces to "▁"; no
@@ -137,13 +137,13 @@ impl Tokenizer {
         let bos_id = id(&["<s>", "<|begin_of_text|>", "<|endoftext|>"], 1);
         let eos_id = id(&["</s>", "<|end_of_text|>", "<|endoftext|>"], 2);
         let json: serde_json::Value = serde_json::from_slice(bytes)?;
-        let words = LlamaWords::detect(&json, &inner);
+        let words = LlamaWords::detect(&json, &inner).map(Box::new);
         Ok(Tokenizer { backend: Backend::Hf { inner: Box::new(inner), words }, bos_id, eos_id })
     }
 
     /// A tokenizer over a GGUF vocabulary (llama.cpp's SentencePiece algorithm).
     pub fn from_spm(vocab: spm::SpmVocab, bos_id: u32, eos_id: u32) -> Self {
-        Tokenizer { backend: Backend::Spm(vocab), bos_id, eos_id }
+        Tokenizer { backend: Backend::Spm(Box::new(vocab)), bos_id, eos_id }
     }
 
     /// Token ids of `text`, without BOS or EOS.
@@ -224,7 +224,8 @@ impl Tokenizer {
                     })
                     .collect();
                 let builtin = Tokenizer::llama2();
-                let same = n == 32000 && (0..n as u32).all(|i| builtin.id_to_token(i).as_deref() == Some(&pieces[i as usize]));
+                let same =
+                    n == 32000 && (0..n as u32).all(|i| builtin.id_to_token(i).as_deref() == Some(&pieces[i as usize]));
                 let scores = if same {
                     LLAMA2_SCORES_F32.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
                 } else {
@@ -254,7 +255,6 @@ impl Tokenizer {
             Ok(())
         })
     }
-
 }
 
 /// Trains a byte-level BPE tokenizer (GPT-2 style: any text encodes, nothing is unknown) of

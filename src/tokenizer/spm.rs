@@ -132,12 +132,7 @@ impl SpmVocab {
         }
         let mut syms: Vec<Symbol> = vec![];
         for (k, (start, c)) in text.char_indices().enumerate() {
-            syms.push(Symbol {
-                start,
-                n: c.len_utf8(),
-                prev: k.checked_sub(1),
-                next: Some(k + 1),
-            });
+            syms.push(Symbol { start, n: c.len_utf8(), prev: k.checked_sub(1), next: Some(k + 1) });
         }
         if let Some(l) = syms.last_mut() {
             l.next = None;

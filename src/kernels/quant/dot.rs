@@ -13,6 +13,8 @@
 //! integer lanes exactly, and the scalar path emulates the lanes, so a result does not depend on
 //! the CPU, on the thread count, or on how many tokens share the tile.
 
+#![allow(clippy::needless_range_loop)] // kernels index several per-token arrays by one token index
+
 use super::{f16_to_f32, scale_min_k4, Format};
 use std::sync::OnceLock;
 
@@ -48,9 +50,8 @@ impl Isa {
     pub fn best_supported() -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
-            let avx2 = is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
-                && is_x86_feature_detected!("f16c");
+            let avx2 =
+                is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c");
             if avx2
                 && is_x86_feature_detected!("avx512vnni")
                 && is_x86_feature_detected!("avx512vl")
@@ -388,7 +389,8 @@ mod x86 {
                                 let mut msum = [0.0f32; T];
                                 for c in 0..4 {
                                     let v = _mm256_loadu_si256(blk.as_ptr().add(16 + 32 * c) as *const __m256i);
-                                    let halves = [_mm256_and_si256(v, m4), _mm256_and_si256(_mm256_srli_epi16(v, 4), m4)];
+                                    let halves =
+                                        [_mm256_and_si256(v, m4), _mm256_and_si256(_mm256_srli_epi16(v, 4), m4)];
                                     for (h, wb) in halves.into_iter().enumerate() {
                                         let j = 2 * c + h;
                                         let (s, m) = scale_min_k4(j, sc);
@@ -416,9 +418,18 @@ mod x86 {
                                     let ql1 = _mm256_loadu_si256(p.add(64 * h + 32) as *const __m256i);
                                     let qh = _mm256_loadu_si256(p.add(128 + 32 * h) as *const __m256i);
                                     let groups = [
-                                        _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30)),
-                                        _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30)),
-                                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), _mm256_and_si256(qh, m30)),
+                                        _mm256_or_si256(
+                                            _mm256_and_si256(ql0, m4),
+                                            _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30),
+                                        ),
+                                        _mm256_or_si256(
+                                            _mm256_and_si256(ql1, m4),
+                                            _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30),
+                                        ),
+                                        _mm256_or_si256(
+                                            _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                                            _mm256_and_si256(qh, m30),
+                                        ),
                                         _mm256_or_si256(
                                             _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
                                             _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30),

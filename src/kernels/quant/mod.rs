@@ -98,8 +98,12 @@ impl Format {
 
     /// Bytes of one row of `cols` weights; `cols` must be a multiple of the block length.
     pub fn row_bytes(self, cols: usize) -> Result<usize> {
-        if cols % self.block_len() != 0 {
-            bail!("a row of {cols} weights is not a whole number of {} blocks ({} weights)", self.name(), self.block_len());
+        if !cols.is_multiple_of(self.block_len()) {
+            bail!(
+                "a row of {cols} weights is not a whole number of {} blocks ({} weights)",
+                self.name(),
+                self.block_len()
+            );
         }
         Ok(cols / self.block_len() * self.block_bytes())
     }
@@ -539,8 +543,10 @@ fn quantize_q6_k(x: &[f32], b: &mut [u8]) {
             let q4 = l[j + i + 96] & 0xf;
             ql[64 * h + i] = q1 | (q3 << 4);
             ql[64 * h + i + 32] = q2 | (q4 << 4);
-            qh[32 * h + i] =
-                (l[j + i] >> 4) | ((l[j + i + 32] >> 4) << 2) | ((l[j + i + 64] >> 4) << 4) | ((l[j + i + 96] >> 4) << 6);
+            qh[32 * h + i] = (l[j + i] >> 4)
+                | ((l[j + i + 32] >> 4) << 2)
+                | ((l[j + i + 64] >> 4) << 4)
+                | ((l[j + i + 96] >> 4) << 6);
         }
     }
 }
