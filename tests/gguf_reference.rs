@@ -100,7 +100,12 @@ fn exported_gguf_matches_gguf_py_and_llama_cpp() {
     }
     let prompt: Vec<u32> =
         std::iter::once(1).chain(tok.encode("It is a truth universally acknowledged").unwrap()).collect();
-    for (f, tol) in [("f32", 1e-3), ("f16", 1e-3), ("q8_0", 0.05), ("q4_0", 0.25), ("q4_k_m", 0.25)] {
+    // f16: llama.cpp rounds activations to f16 where we keep f32, so on this random model (whose
+    // continuations are chaotic) only the logits are compared; the other formats compute the same
+    // quantities (activations quantized as llama.cpp does) in another summation order
+    for (f, tol, greedy) in
+        [("f32", 1e-3, true), ("f16", 2e-2, false), ("q8_0", 1e-4, true), ("q4_0", 1e-4, true), ("q4_k_m", 1e-4, true)]
+    {
         let path = dir.join(format!("{f}.gguf"));
         let r = run(&py, &["llama", path.to_str().unwrap(), &serde_json::to_string(&prompt).unwrap(), "32"]);
         let theirs: Vec<u32> = r["tokens"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
@@ -118,7 +123,111 @@ fn exported_gguf_matches_gguf_py_and_llama_cpp() {
             ours.push(t);
             logits = model.next_token_logits(&[t], &mut cache, RowMode::Independent).unwrap();
         }
-        assert_eq!(ours, theirs, "{f}: greedy continuation differs from llama.cpp's");
+        let same = ours.iter().zip(&theirs).take_while(|(a, b)| a == b).count();
+        eprintln!("{f}: {same} of 32 greedy tokens as llama.cpp's");
+        if greedy {
+            assert_eq!(ours, theirs, "{f}: greedy continuation differs from llama.cpp's");
+        }
     }
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Our logits and greedy continuation on `file` against llama.cpp's; returns the largest logit
+/// difference relative to the largest logit. The continuations must be equal, except that they
+/// may part at a step where our two best logits are within `tie` (relative) of each other — a
+/// near-tie that the engines' different summation orders may break either way.
+fn compare_with_llama_cpp(py: &Path, file: &Path, text: &str, new_tokens: usize, tie: f64) -> f64 {
+    let m = tinyllama::model::load::load_model(file, None, false).unwrap();
+    let tok = &m.tokenizer;
+    // tokenization from the file's own vocabulary, as llama.cpp does it
+    let texts = dir_file(file, "texts.json");
+    std::fs::write(&texts, serde_json::to_string(&[text, " leading space", "Hello</s>world, again"]).unwrap()).unwrap();
+    let theirs = run(py, &["tokenize", file.to_str().unwrap(), texts.to_str().unwrap()]);
+    for (i, t) in [text, " leading space", "Hello</s>world, again"].iter().enumerate() {
+        let want: Vec<u32> = theirs[i].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+        assert_eq!(tok.encode(t).unwrap(), want, "{}: tokens of {t:?}", file.display());
+    }
+    let prompt: Vec<u32> = std::iter::once(tok.bos_id).chain(tok.encode(text).unwrap()).collect();
+    let r =
+        run(py, &["llama", file.to_str().unwrap(), &serde_json::to_string(&prompt).unwrap(), &new_tokens.to_string()]);
+    let theirs: Vec<u32> = r["tokens"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+    let model = &m.model;
+    let mut cache = KvCache::new(model, prompt.len() + new_tokens + 1);
+    let mut logits = model.next_token_logits(&prompt, &mut cache, RowMode::Batched).unwrap();
+    let first: Vec<f64> = r["first_logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    let scale = first.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    let diff = logits.iter().zip(&first).fold(0.0f64, |m, (a, b)| m.max((*a as f64 - b).abs()));
+    let mut ours = vec![];
+    for i in 0..new_tokens {
+        let t = tinyllama::kernels::argmax(&logits) as u32;
+        if t != theirs[i] {
+            let mut sorted = logits.clone();
+            sorted.sort_by(|a, b| b.partial_cmp(a).unwrap());
+            let gap = (sorted[0] - sorted[1]) as f64 / scale;
+            eprintln!("{}: parts from llama.cpp at step {i} of {new_tokens}, top-2 gap {gap:.1e}", file.display());
+            assert!(
+                gap <= tie,
+                "{}: greedy continuation differs at step {i} (gap {gap:.1e}):\n ours {ours:?}\n llama.cpp {theirs:?}",
+                file.display()
+            );
+            break;
+        }
+        ours.push(t);
+        logits = model.next_token_logits(&[t], &mut cache, RowMode::Independent).unwrap();
+    }
+    diff / scale
+}
+
+fn dir_file(file: &Path, name: &str) -> PathBuf {
+    file.parent().unwrap().join(name)
+}
+
+/// GGUF files made by llama.cpp itself (convert_hf_to_gguf.py; llama_model_quantize) from the
+/// shared transformers fixture and from a generated one whose rows are whole K-quant blocks: the
+/// tokenizer rebuilt from their metadata tokenizes as llama.cpp does, the logits agree within the
+/// stated tolerance, and 48 greedy tokens are the same.
+///
+/// Tolerances (largest |Δlogit| over the largest |logit|): f32 1e-4 (summation order only);
+/// q8_0, q4_0, q4_K_M: both engines quantize activations the same way (Q8_0 blocks, Q8_K for
+/// K-quants) and sum integers exactly, so what is left is summation order and RoPE's angles
+/// (measured ≤ 1e-7) — except where the converter fell back to f16 for rows that are not whole
+/// blocks (hf-tiny: d 64, FFN 176), where llama.cpp rounds activations to f16 and we keep f32
+/// (measured 8.5e-3): 2e-2 for those, 5e-2 for q4_K_M; f16 2e-2 for the same reason.
+#[test]
+fn llama_cpp_converted_files_match_llama_cpp() {
+    let Some(py) = python("gguf, numpy, safetensors, sentencepiece, torch, transformers, llama_cpp") else { return };
+    let shared = Path::new("../shared/fixtures");
+    if !shared.join("hf-tiny/model").exists() {
+        eprintln!("SKIPPED: ../shared/fixtures/hf-tiny not found");
+        assert!(std::env::var("TINYLLAMA_REQUIRE_FIXTURES").is_err(), "TINYLLAMA_REQUIRE_FIXTURES is set");
+        return;
+    }
+    let text = "../shared/corpus/austen/emma.txt";
+    let tmp = std::env::temp_dir().join(format!("tl-convert-{}", std::process::id()));
+    let big = tmp.join("gen256");
+    let out = Command::new(&py)
+        .args([shared.join("make_fixture.py").to_str().unwrap(), big.to_str().unwrap()])
+        .args(["--vocab", "1024", "--hidden", "256", "--ffn", "512", "--heads", "4", "--kv-heads", "2", "--seq", "16"])
+        .args(["--init-std", "0.1", "--steps", "0"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "make_fixture.py: {}", String::from_utf8_lossy(&out.stderr));
+    let cases = [
+        (shared.join("hf-tiny/model"), tmp.join("hf-tiny"), vec!["f32", "f16", "q8_0", "q4_0"]),
+        (big.join("model"), tmp.join("gen256-gguf"), vec!["f32", "f16", "q8_0", "q4_0", "q4_k_m"]),
+    ];
+    for (src, dst, formats) in cases {
+        run(&py, &["convert", src.to_str().unwrap(), dst.to_str().unwrap(), text]);
+        for f in formats {
+            let tol = match f {
+                "f32" => 1e-4,
+                "q4_k_m" => 5e-2,
+                _ => 2e-2,
+            };
+            let rel = compare_with_llama_cpp(&py, &dst.join(format!("{f}.gguf")), "It is a truth universally", 40, tol);
+            eprintln!("{}: {f}: relative logit difference {rel:.2e} (tolerance {tol:.0e})", dst.display());
+            assert!(rel <= tol, "{f}: relative logit difference {rel} over {tol}");
+        }
+    }
+    std::fs::remove_dir_all(&tmp).ok();
 }

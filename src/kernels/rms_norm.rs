@@ -15,6 +15,21 @@ pub fn rms_norm_forward(y: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], d
     });
 }
 
+/// [`rms_norm_forward`] as ggml computes it (llama.cpp's `rms_norm`, then the weight): the sum of
+/// squares in f64, in order. Inference on quantized or GGUF weights uses it, so that activations
+/// that sit exactly between two 8-bit levels (common after a Q4_0 embedding, whose values are small
+/// multiples of one scale) round the way llama.cpp rounds them.
+pub fn rms_norm_forward_ggml(y: &mut [f32], x: &[f32], w: &[f32], d: usize, eps: f32) {
+    y.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(y, x)| {
+        let sum: f64 = x.iter().map(|&v| (v * v) as f64).sum();
+        let mean = (sum / d as f64) as f32;
+        let s = 1.0 / (mean + eps).sqrt();
+        for ((yo, &xi), &wi) in y.iter_mut().zip(x).zip(w) {
+            *yo = (xi * s) * wi;
+        }
+    });
+}
+
 /// Backward of [`rms_norm_forward`]: `dx += ∂L/∂x` (the residual stream's gradient is accumulated
 /// in place) and `dw += ∂L/∂w`.
 pub fn rms_norm_backward(dx: &mut [f32], dw: &mut [f32], dy: &[f32], x: &[f32], rstd: &[f32], w: &[f32], d: usize) {

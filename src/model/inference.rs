@@ -13,7 +13,7 @@ use crate::kernels::attention::{attention_cached, attention_forward, attention_s
 use crate::kernels::cross_entropy::{head_cross_entropy_forward, log_sum_exp, HEAD_CHUNK_ROWS};
 use crate::kernels::quant::dot::Activations;
 use crate::kernels::quant::Format;
-use crate::kernels::rms_norm::rms_norm_forward;
+use crate::kernels::rms_norm::{rms_norm_forward, rms_norm_forward_ggml};
 use crate::kernels::rope::{rope_forward, RopeTable};
 use crate::kernels::swiglu::swiglu_forward;
 use anyhow::{ensure, Result};
@@ -102,11 +102,11 @@ impl DecoderLayer {
     ) {
         let c = &m.cfg;
         let n = x.len() / c.hidden_size;
-        let (d, f, eps) = (c.hidden_size, c.intermediate_size, c.rms_norm_eps);
+        let f = c.intermediate_size;
         let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let (qd, kvd) = (c.q_dim(), c.kv_dim());
         let qs = qd + 2 * kvd;
-        rms_norm_forward(&mut s.xn, &mut s.rstd, x, &self.attn_norm, d, eps);
+        m.norm(&mut s.xn, &mut s.rstd, x, &self.attn_norm);
         self.wqkv.forward(&mut s.qkv, &s.xn, n, false, mode, &mut s.acts);
         let mut r0 = 0;
         let single = segs.len() == 1;
@@ -132,7 +132,7 @@ impl DecoderLayer {
             r0 += k;
         }
         self.wo.forward(x, &s.att, n, true, mode, &mut s.acts);
-        rms_norm_forward(&mut s.xn, &mut s.rstd, x, &self.mlp_norm, d, eps);
+        m.norm(&mut s.xn, &mut s.rstd, x, &self.mlp_norm);
         self.wgu.forward(&mut s.gu, &s.xn, n, false, mode, &mut s.acts);
         swiglu_forward(&mut s.h, &s.gu, f);
         self.wdown.forward(x, &s.h, n, true, mode, &mut s.acts);
@@ -147,6 +147,9 @@ pub struct InferenceModel {
     pub final_norm: Vec<f32>,
     pub lm_head: Linear,
     rope: RopeTable,
+    /// The training forward's arithmetic (f32 models from safetensors: evaluation keeps the
+    /// training numbers), or ggml's (GGUF and quantized models: llama.cpp's numbers).
+    pub training_numerics: bool,
 }
 
 /// llama.cpp's rule for Q4_K_M: these layers' `attn_v` and `ffn_down` get Q6_K.
@@ -253,7 +256,17 @@ impl InferenceModel {
             ensure!(l.attn_norm.len() == d && l.mlp_norm.len() == d, "layer {i}: norm weights must have {d} entries");
         }
         let rope = RopeTable::new(cfg.head_dim, cfg.rope_theta, cfg.max_position_embeddings.max(1));
-        Ok(InferenceModel { cfg, embed, layers, final_norm, lm_head, rope })
+        Ok(InferenceModel { cfg, embed, layers, final_norm, lm_head, rope, training_numerics: false })
+    }
+
+    /// RMSNorm of every row, with the arithmetic [`training_numerics`](Self::training_numerics) says.
+    fn norm(&self, y: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32]) {
+        let (d, eps) = (self.cfg.hidden_size, self.cfg.rms_norm_eps);
+        if self.training_numerics {
+            rms_norm_forward(y, rstd, x, w, d, eps);
+        } else {
+            rms_norm_forward_ggml(y, x, w, d, eps);
+        }
     }
 
     /// The model of a flat f32 parameter buffer ([`ParamLayout`](super::ParamLayout) order), its
@@ -302,7 +315,9 @@ impl InferenceModel {
         let embed = mat("embed", 0, layout.embed.start, cfg.vocab_size, d)?;
         let lm_head = Linear::single(mat("head", 0, layout.lm_head.start, cfg.vocab_size, d)?);
         let final_norm = buf[layout.final_norm.clone()].to_vec();
-        Self::new(cfg, embed, layers, final_norm, lm_head)
+        let mut m = Self::new(cfg, embed, layers, final_norm, lm_head)?;
+        m.training_numerics = dtype == ModelDtype::Uniform(Format::F32);
+        Ok(m)
     }
 
     /// A copy of a training model, in `dtype`.
@@ -378,7 +393,7 @@ impl InferenceModel {
         for (l, layer) in self.layers.iter().enumerate() {
             layer.forward(l, &mut x, segs, self, mode, &mut s);
         }
-        rms_norm_forward(&mut s.xn, &mut s.rstd, &x, &self.final_norm, d, c.rms_norm_eps);
+        self.norm(&mut s.xn, &mut s.rstd, &x, &self.final_norm);
         for seg in segs.iter_mut() {
             seg.cache.len += seg.tokens.len();
             seg.cache.tokens.extend_from_slice(seg.tokens);

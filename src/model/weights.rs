@@ -9,7 +9,7 @@
 //! training forward). Quantized formats run the same integer kernels in both.
 
 use crate::kernels::matmul::matmul;
-use crate::kernels::quant::dot::{dot_row, Activations, Isa, MAX_TILE};
+use crate::kernels::quant::dot::{dot_row, ActKind, Activations, Isa, MAX_TILE};
 use crate::kernels::quant::Format;
 use anyhow::{ensure, Result};
 use rayon::prelude::*;
@@ -147,7 +147,7 @@ impl Linear {
         let isa = Isa::detect();
         let mut off = 0;
         for p in &self.parts {
-            if acts.n != n || acts.cols != self.cols || acts.quantized != p.format.is_quantized() {
+            if acts.n != n || acts.cols != self.cols || acts.kind != ActKind::for_format(p.format) {
                 acts.prepare(x, n, self.cols, p.format);
             }
             matmul_rows(isa, p, acts, y, self.rows, off, accumulate);

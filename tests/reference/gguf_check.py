@@ -8,6 +8,10 @@
       - gguf.quants.dequantize of every tensor equals our dequantization bit for bit.
   gguf_check.py llama FILE PROMPT_IDS N     greedy continuation by llama.cpp (llama-cpp-python): JSON ids.
   gguf_check.py tokenize FILE TEXTS.json    llama.cpp's tokenization (no BOS, special tokens parsed).
+  gguf_check.py convert SRC OUT TEXT        copies the HF model SRC to OUT, gives it a SentencePiece
+                                 tokenizer.model of its vocabulary size trained on TEXT, and writes
+                                 OUT/{f32,f16,q8_0}.gguf with llama.cpp's convert_hf_to_gguf.py and
+                                 OUT/{q4_0,q4_k_m}.gguf with llama.cpp's quantizer (llama_model_quantize).
 """
 import json, sys
 import numpy as np
@@ -73,7 +77,8 @@ def formats(d):
 
 def llama(path, ids, n):
     from llama_cpp import Llama
-    m = Llama(model_path=path, n_ctx=256, n_threads=2, n_batch=256, verbose=False, logits_all=True)
+    # f32 KV cache (llama.cpp's default is f16), so that only the matmuls' own arithmetic differs
+    m = Llama(model_path=path, n_ctx=256, n_threads=2, n_batch=256, verbose=False, logits_all=True, type_k=0, type_v=0)
     ids = json.loads(ids)
     m.eval(ids)
     first = np.array(m.scores[len(ids) - 1], dtype=np.float32)
@@ -86,10 +91,33 @@ def llama(path, ids, n):
 
 def tokenize(path, texts):
     import llama_cpp
-    m = llama_cpp.Llama(model_path=path, vocab_only=True, verbose=False)
+    m = llama_cpp.Llama(model_path=path, n_ctx=64, n_threads=2, verbose=False)
     out = [m.tokenize(t.encode(), add_bos=False, special=True) for t in json.load(open(texts))]
     print(json.dumps(out))
 
+def convert(src, out, text):
+    import os, shutil, subprocess, sentencepiece as spm, llama_cpp, ctypes
+    os.makedirs(out, exist_ok=True)
+    for f in os.listdir(src):
+        shutil.copy(os.path.join(src, f), out)
+    cfg = json.load(open(f"{out}/config.json"))
+    vocab = cfg["vocab_size"]
+    spm.SentencePieceTrainer.train(input=text, model_prefix=f"{out}/tokenizer", vocab_size=vocab, model_type="bpe",
+                                   character_coverage=1.0, byte_fallback=vocab >= 512, bos_id=1, eos_id=2, unk_id=0,
+                                   input_sentence_size=200000, shuffle_input_sentence=False, minloglevel=2)
+    conv = os.path.join(os.environ.get("TINYLLAMA_PYENV", os.path.expanduser("~/.cache/tinyllama/pyenv")),
+                        "src/llama.cpp/convert_hf_to_gguf.py")
+    for t in ["f32", "f16", "q8_0"]:
+        r = subprocess.run([sys.executable, conv, out, "--outtype", t, "--outfile", f"{out}/{t}.gguf"], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-3000:]
+    for name, ftype in [("q4_0", 2), ("q4_k_m", 15)]:
+        p = llama_cpp.llama_model_quantize_default_params()
+        p.ftype = ftype
+        p.nthread = 2
+        rc = llama_cpp.llama_model_quantize(f"{out}/f32.gguf".encode(), f"{out}/{name}.gguf".encode(), ctypes.byref(p))
+        assert rc == 0, f"llama_model_quantize {name}: {rc}"
+    print(json.dumps({"vocab": vocab}))
+
 if __name__ == "__main__":
     {"formats": lambda: formats(sys.argv[2]), "llama": lambda: llama(*sys.argv[2:5]),
-     "tokenize": lambda: tokenize(*sys.argv[2:4])}[sys.argv[1]]()
+     "tokenize": lambda: tokenize(*sys.argv[2:4]), "convert": lambda: convert(*sys.argv[2:5])}[sys.argv[1]]()

@@ -1,15 +1,17 @@
 //! Dot products of weight rows (any [`Format`]) with activations, for 1 to [`MAX_TILE`] tokens
 //! at once, so that one read of a weight row serves every token of a decode batch.
 //!
-//! Quantized weights meet activations quantized once per matmul to 8 bits in blocks of 32 (ggml's
-//! `quantize_row_q8_0`, with a per-block sum), and the products are integers. f32/f16/bf16
-//! weights meet f32 activations.
+//! Quantized weights meet activations quantized once per matmul to 8 bits, as llama.cpp does it
+//! (so that both engines compute the same quantities): ggml's `quantize_row_q8_0` (blocks of 32,
+//! f16 scale) for Q8_0 and Q4_0 weights, `quantize_row_q8_K` (blocks of 256, f32 scale, sums of
+//! 16) for the K-quants; the products are integers. f32/f16/bf16 weights meet f32 activations.
 //!
 //! Every instruction set computes the same bits. The canonical order: the 32 products of a block
-//! are summed exactly in 8 integer lanes of 4 consecutive products; each lane is scaled (an exact
-//! integer product for the K-quants' sub-block scales), converted to f32 and added into 8 f32
-//! lanes with a fused multiply-add by the block's scale; the lanes are reduced in a fixed tree at
-//! the end. AVX-512 VNNI (`vpdpbusd`) and AVX2 (`vpmaddubsw` + `vpmaddwd`) both produce those
+//! are summed exactly in 8 integer lanes of 4 consecutive products; for Q8_0/Q4_0 each block's
+//! lanes are converted to f32 and added into 8 f32 lanes with a fused multiply-add by the block's
+//! scale; for the K-quants the lanes, times the sub-block scales, are summed exactly over the
+//! 256-weight super-block first, and then added with one multiply-add. The 8 lanes are reduced in
+//! a fixed tree at the end. AVX-512 VNNI (`vpdpbusd`) and AVX2 (`vpmaddubsw` + `vpmaddwd`) both produce those
 //! integer lanes exactly, and the scalar path emulates the lanes, so a result does not depend on
 //! the CPU, on the thread count, or on how many tokens share the tile.
 
@@ -84,13 +86,51 @@ impl Isa {
     }
 }
 
+/// How activations are prepared for a weight format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ActKind {
+    #[default]
+    F32,
+    /// Blocks of 32, f16 scale, with each block's sum (Q8_0, Q4_0 weights).
+    Q8_0,
+    /// Blocks of 256, f32 scale, with sums of 16 (Q4_K, Q6_K weights).
+    Q8K,
+}
+
+impl ActKind {
+    pub fn for_format(fmt: Format) -> ActKind {
+        match fmt {
+            Format::F32 | Format::F16 | Format::BF16 => ActKind::F32,
+            Format::Q8_0 | Format::Q4_0 => ActKind::Q8_0,
+            Format::Q4K | Format::Q6K => ActKind::Q8K,
+        }
+    }
+
+    /// Activations per scale.
+    pub fn block(self) -> usize {
+        match self {
+            ActKind::F32 => 1,
+            ActKind::Q8_0 => QA,
+            ActKind::Q8K => 256,
+        }
+    }
+
+    /// Activations per stored sum.
+    fn sum_block(self) -> usize {
+        match self {
+            ActKind::Q8K => 16,
+            _ => QA,
+        }
+    }
+}
+
 /// Activations of `n` tokens prepared for one matmul: f32 as given for f32/f16/bf16 weights, or
-/// 8-bit blocks of 32 (value `d·q`) with their sums for quantized weights.
+/// 8-bit blocks (value `d·q`) with their sums for quantized weights.
 #[derive(Default)]
 pub struct Activations {
     pub n: usize,
     pub cols: usize,
-    pub quantized: bool,
+    pub kind: ActKind,
     pub f: Vec<f32>,
     pub q: Vec<i8>,
     pub d: Vec<f32>,
@@ -102,31 +142,60 @@ impl Activations {
     pub fn prepare(&mut self, x: &[f32], n: usize, cols: usize, fmt: Format) {
         self.n = n;
         self.cols = cols;
-        self.quantized = fmt.is_quantized();
-        if !self.quantized {
+        self.kind = ActKind::for_format(fmt);
+        let x = &x[..n * cols];
+        if self.kind == ActKind::F32 {
             self.f.clear();
-            self.f.extend_from_slice(&x[..n * cols]);
+            self.f.extend_from_slice(x);
             return;
         }
-        debug_assert_eq!(cols % QA, 0);
-        let nb = n * cols / QA;
+        let (bl, sl) = (self.kind.block(), self.kind.sum_block());
+        debug_assert_eq!(cols % bl, 0);
         self.q.resize(n * cols, 0);
-        self.d.resize(nb, 0.0);
-        self.sum.resize(nb, 0);
-        for (b, (xs, qs)) in x[..n * cols].chunks_exact(QA).zip(self.q.chunks_exact_mut(QA)).enumerate() {
-            // ggml's quantize_row_q8_0, the scale rounded to f16 as the block stores it
-            let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            let d = amax / 127.0;
-            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-            let mut s = 0i32;
-            for (q, v) in qs.iter_mut().zip(xs) {
-                *q = (v * id).round() as i8;
-                s += *q as i32;
-            }
-            self.d[b] = f16_to_f32(super::f32_to_f16(d));
-            self.sum[b] = s;
+        self.d.resize(n * cols / bl, 0.0);
+        self.sum.resize(n * cols / sl, 0);
+        for (b, (xs, qs)) in x.chunks_exact(bl).zip(self.q.chunks_exact_mut(bl)).enumerate() {
+            self.d[b] = match self.kind {
+                ActKind::Q8_0 => quantize_q8_0(xs, qs),
+                _ => quantize_q8_k(xs, qs),
+            };
+        }
+        for (s, qs) in self.sum.iter_mut().zip(self.q.chunks_exact(sl)) {
+            *s = qs.iter().map(|&v| v as i32).sum();
         }
     }
+}
+
+/// ggml-cpu's x86 `quantize_row_q8_0` of one block (the activations llama.cpp's matmuls see:
+/// multiplier 127/amax, ties rounded to even — unlike the weights' reference quantizer, which
+/// divides by the f32 scale and rounds ties away from zero); returns the scale as stored (f16).
+fn quantize_q8_0(xs: &[f32], qs: &mut [i8]) -> f32 {
+    let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+    for (q, v) in qs.iter_mut().zip(xs) {
+        *q = (v * id).round_ties_even() as i8;
+    }
+    f16_to_f32(super::f32_to_f16(amax / 127.0))
+}
+
+/// ggml's `quantize_row_q8_K_ref` of one block of 256; returns the scale (f32).
+fn quantize_q8_k(xs: &[f32], qs: &mut [i8]) -> f32 {
+    let (mut max, mut amax) = (0.0f32, 0.0f32);
+    for &v in xs {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    if amax == 0.0 {
+        qs.fill(0);
+        return 0.0;
+    }
+    let iscale = -127.0 / max;
+    for (q, v) in qs.iter_mut().zip(xs) {
+        *q = super::nearest_int(iscale * v).min(127) as i8;
+    }
+    1.0 / iscale
 }
 
 /// `out[t] = w_row · act_t` for the tokens `toks` (at most [`MAX_TILE`]).
@@ -145,10 +214,11 @@ fn dot_tile<const T: usize>(isa: Isa, fmt: Format, w: &[u8], acts: &Activations,
     let cols = acts.cols;
     let mut r = [0.0f32; T];
     if fmt.is_quantized() {
-        let nb = cols / QA;
+        debug_assert_eq!(acts.kind, ActKind::for_format(fmt));
+        let (nb, ns) = (cols / acts.kind.block(), cols / acts.kind.sum_block());
         let q: [&[i8]; T] = std::array::from_fn(|t| &acts.q[toks[t] * cols..][..cols]);
         let d: [&[f32]; T] = std::array::from_fn(|t| &acts.d[toks[t] * nb..][..nb]);
-        let s: [&[i32]; T] = std::array::from_fn(|t| &acts.sum[toks[t] * nb..][..nb]);
+        let s: [&[i32]; T] = std::array::from_fn(|t| &acts.sum[toks[t] * ns..][..ns]);
         let a = QActs { q, d, s };
         match isa {
             #[cfg(target_arch = "x86_64")]
@@ -232,28 +302,30 @@ mod scalar {
                 for (sb, blk) in w.chunks_exact(144).enumerate() {
                     let (d, dmin) = (f16le(blk, 0), f16le(blk, 2));
                     let (sc, qs) = (&blk[4..16], &blk[16..144]);
-                    let mut msum = [0.0f32; T];
+                    let mut isum = [[0i32; 8]; T];
+                    let mut msum = [0i32; T];
                     for j in 0..8 {
                         let (s, m) = scale_min_k4(j, sc);
                         let c = &qs[32 * (j / 2)..][..32];
                         for i in 0..32 {
                             wb[i] = if j % 2 == 0 { c[i] & 0xf } else { c[i] >> 4 } as i8;
                         }
-                        let b = sb * 8 + j;
                         for t in 0..T {
-                            let l = lanes(&wb, &a.q[t][b * QA..]).map(|v| v * s as i32);
-                            fma_lanes(&mut acc[t], l, d * a.d[t][b]);
-                            msum[t] = ((m as i32 * a.s[t][b]) as f32).mul_add(a.d[t][b], msum[t]);
+                            let l = lanes(&wb, &a.q[t][sb * 256 + 32 * j..]);
+                            isum[t].iter_mut().zip(l).for_each(|(acc, v)| *acc += v * s as i32);
+                            msum[t] += m as i32 * (a.s[t][16 * sb + 2 * j] + a.s[t][16 * sb + 2 * j + 1]);
                         }
                     }
                     for t in 0..T {
-                        mins[t] = dmin.mul_add(msum[t], mins[t]);
+                        fma_lanes(&mut acc[t], isum[t], d * a.d[t][sb]);
+                        mins[t] = (dmin * a.d[t][sb]).mul_add(msum[t] as f32, mins[t]);
                     }
                 }
             }
             Format::Q6K => {
                 for (sb, blk) in w.chunks_exact(210).enumerate() {
                     let d = f16le(blk, 208);
+                    let mut isum = [[0i32; 8]; T];
                     for k in 0..8 {
                         let (h, g) = (k / 4, k % 4);
                         let ql = &blk[64 * h..];
@@ -265,12 +337,15 @@ mod scalar {
                             wb[l] = (lo | (hi << 4)) as i8 - 32;
                         }
                         let (s0, s1) = (blk[192 + 2 * k] as i8 as i32, blk[193 + 2 * k] as i8 as i32);
-                        let b = sb * 8 + k;
                         for t in 0..T {
-                            let mut l = lanes(&wb, &a.q[t][b * QA..]);
-                            l.iter_mut().enumerate().for_each(|(i, v)| *v *= if i < 4 { s0 } else { s1 });
-                            fma_lanes(&mut acc[t], l, d * a.d[t][b]);
+                            let l = lanes(&wb, &a.q[t][sb * 256 + 32 * k..]);
+                            for (i, v) in l.into_iter().enumerate() {
+                                isum[t][i] += v * if i < 4 { s0 } else { s1 };
+                            }
                         }
+                    }
+                    for t in 0..T {
+                        fma_lanes(&mut acc[t], isum[t], d * a.d[t][sb]);
                     }
                 }
             }
@@ -386,7 +461,8 @@ mod x86 {
                             for (sb, blk) in w.chunks_exact(144).enumerate() {
                                 let (d, dmin) = (f16le(blk, 0), f16le(blk, 2));
                                 let sc = &blk[4..16];
-                                let mut msum = [0.0f32; T];
+                                let mut isum = [_mm256_setzero_si256(); T];
+                                let mut msum = [0i32; T];
                                 for c in 0..4 {
                                     let v = _mm256_loadu_si256(blk.as_ptr().add(16 + 32 * c) as *const __m256i);
                                     let halves =
@@ -395,16 +471,17 @@ mod x86 {
                                         let j = 2 * c + h;
                                         let (s, m) = scale_min_k4(j, sc);
                                         let sv = _mm256_set1_epi32(s as i32);
-                                        let b = sb * 8 + j;
                                         for t in 0..T {
-                                            let l = _mm256_mullo_epi32($lanes(wb, act(t, b)), sv);
-                                            acc[t] = fma_block(acc[t], l, d * a.d[t][b]);
-                                            msum[t] = ((m as i32 * a.s[t][b]) as f32).mul_add(a.d[t][b], msum[t]);
+                                            let l = _mm256_mullo_epi32($lanes(wb, act(t, 8 * sb + j)), sv);
+                                            isum[t] = _mm256_add_epi32(isum[t], l);
+                                            msum[t] +=
+                                                m as i32 * (a.s[t][16 * sb + 2 * j] + a.s[t][16 * sb + 2 * j + 1]);
                                         }
                                     }
                                 }
                                 for t in 0..T {
-                                    mins[t] = dmin.mul_add(msum[t], mins[t]);
+                                    acc[t] = fma_block(acc[t], isum[t], d * a.d[t][sb]);
+                                    mins[t] = (dmin * a.d[t][sb]).mul_add(msum[t] as f32, mins[t]);
                                 }
                             }
                         }
@@ -412,6 +489,7 @@ mod x86 {
                             let (m4, m30, c32) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(0x30), _mm256_set1_epi8(32));
                             for (sb, blk) in w.chunks_exact(210).enumerate() {
                                 let d = f16le(blk, 208);
+                                let mut isum = [_mm256_setzero_si256(); T];
                                 for h in 0..2 {
                                     let p = blk.as_ptr();
                                     let ql0 = _mm256_loadu_si256(p.add(64 * h) as *const __m256i);
@@ -440,12 +518,14 @@ mod x86 {
                                         let wb = _mm256_sub_epi8(q, c32);
                                         let (s0, s1) = (blk[192 + 2 * k] as i8 as i32, blk[193 + 2 * k] as i8 as i32);
                                         let sv = _mm256_setr_epi32(s0, s0, s0, s0, s1, s1, s1, s1);
-                                        let b = sb * 8 + k;
                                         for t in 0..T {
-                                            let l = _mm256_mullo_epi32($lanes(wb, act(t, b)), sv);
-                                            acc[t] = fma_block(acc[t], l, d * a.d[t][b]);
+                                            let l = _mm256_mullo_epi32($lanes(wb, act(t, 8 * sb + k)), sv);
+                                            isum[t] = _mm256_add_epi32(isum[t], l);
                                         }
                                     }
+                                }
+                                for t in 0..T {
+                                    acc[t] = fma_block(acc[t], isum[t], d * a.d[t][sb]);
                                 }
                             }
                         }
@@ -592,7 +672,7 @@ mod tests {
             let mut acts = Activations::default();
             acts.prepare(&x, 1, cols, fmt);
             let xd: Vec<f64> = if fmt.is_quantized() {
-                (0..cols).map(|i| acts.q[i] as f64 * acts.d[i / QA] as f64).collect()
+                (0..cols).map(|i| acts.q[i] as f64 * acts.d[i / acts.kind.block()] as f64).collect()
             } else {
                 x.iter().map(|&v| v as f64).collect()
             };
