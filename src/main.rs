@@ -326,6 +326,10 @@ enum BenchCmd {
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
+        /// Instead of measuring: write the random model as a GGUF file in --dtype (for measuring
+        /// llama.cpp and us on the same file: benches/compare_generate.sh).
+        #[arg(long, value_name = "FILE")]
+        write_gguf: Option<PathBuf>,
     },
     /// Time training steps (forward, backward, clip, AdamW) on random tokens and report tokens/s,
     /// MFU against the GEMM peak measured in the same run, and peak memory.
@@ -455,7 +459,16 @@ fn run() -> Result<()> {
             println!("parameters: {}", cfg.num_params());
             println!("{}", serde_json::to_string_pretty(&cfg)?);
         }
-        Cmd::Bench(BenchCmd::Generate { model, gguf, dtype, prompt_len, new_tokens, batch, runs, json }) => {
+        Cmd::Bench(BenchCmd::Generate { model, gguf: None, dtype, write_gguf: Some(out), .. }) => {
+            let dtype = tinyllama::model::ModelDtype::parse(&dtype)?;
+            let (name, cfg) = model.resolve("tinyllama-1.1b")?;
+            let m = tinyllama::model::Llama::new_init(cfg.clone(), 7);
+            let tok = Tokenizer::llama2();
+            anyhow::ensure!(cfg.vocab_size == tok.vocab_size(), "--write-gguf needs a model with the Llama-2 vocabulary (32000)");
+            tinyllama::gguf::llama::export(&cfg, &m.params, &tok, None, dtype, &name, &out)?;
+            println!("wrote {} ({name}, random weights, {})", out.display(), dtype.name());
+        }
+        Cmd::Bench(BenchCmd::Generate { model, gguf, dtype, prompt_len, new_tokens, batch, runs, json, .. }) => {
             let dtype = tinyllama::model::ModelDtype::parse(&dtype)?;
             let (name, cfg, loaded) = match &gguf {
                 Some(p) => {

@@ -9,7 +9,7 @@
 //! training forward). Quantized formats run the same integer kernels in both.
 
 use crate::kernels::matmul::matmul;
-use crate::kernels::quant::dot::{dot_row, ActKind, Activations, Isa, MAX_TILE};
+use crate::kernels::quant::dot::{dot_row, prefetch, ActKind, Activations, Isa, MAX_TILE};
 use crate::kernels::quant::Format;
 use anyhow::{ensure, Result};
 use rayon::prelude::*;
@@ -170,6 +170,9 @@ impl SharedOut {
     }
 }
 
+/// How many rows ahead to prefetch.
+const PREFETCH_ROWS: usize = 2;
+
 /// Tokens per block of the prefill loop: their quantized activations stay in cache while every
 /// weight row passes over them.
 const TOKEN_BLOCK: usize = 64;
@@ -188,8 +191,13 @@ fn matmul_rows(isa: Isa, w: &WeightMatrix, acts: &Activations, y: &mut [f32], ld
     for tb in toks.chunks(TOKEN_BLOCK) {
         (0..rows.div_ceil(chunk)).into_par_iter().for_each(|c| {
             let mut res = [0.0f32; MAX_TILE];
-            for r in c * chunk..((c + 1) * chunk).min(rows) {
+            let end = ((c + 1) * chunk).min(rows);
+            for r in c * chunk..end {
                 let wr = &bytes[r * rb..(r + 1) * rb];
+                // the rows stream from memory: ask for the row after next while this one computes
+                if r + PREFETCH_ROWS < end {
+                    prefetch(&bytes[(r + PREFETCH_ROWS) * rb..(r + PREFETCH_ROWS + 1) * rb]);
+                }
                 for tile in tb.chunks(MAX_TILE) {
                     dot_row(isa, w.format, wr, acts, tile, &mut res);
                     for (i, &t) in tile.iter().enumerate() {

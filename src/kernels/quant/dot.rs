@@ -6,14 +6,17 @@
 //! f16 scale) for Q8_0 and Q4_0 weights, `quantize_row_q8_K` (blocks of 256, f32 scale, sums of
 //! 16) for the K-quants; the products are integers. f32/f16/bf16 weights meet f32 activations.
 //!
-//! Every instruction set computes the same bits. The canonical order: the 32 products of a block
-//! are summed exactly in 8 integer lanes of 4 consecutive products; for Q8_0/Q4_0 each block's
-//! lanes are converted to f32 and added into 8 f32 lanes with a fused multiply-add by the block's
-//! scale; for the K-quants the lanes, times the sub-block scales, are summed exactly over the
-//! 256-weight super-block first, and then added with one multiply-add. The 8 lanes are reduced in
-//! a fixed tree at the end. AVX-512 VNNI (`vpdpbusd`) and AVX2 (`vpmaddubsw` + `vpmaddwd`) both produce those
-//! integer lanes exactly, and the scalar path emulates the lanes, so a result does not depend on
-//! the CPU, on the thread count, or on how many tokens share the tile.
+//! Every instruction set computes the same bits, by one canonical order:
+//! - Q8_0, Q4_0: the 32 products of block `b` are summed exactly in 8 integer lanes of 4
+//!   consecutive products; the lanes, as f32, are added with a fused multiply-add by the block's
+//!   scale `d_w·d_a` into accumulator `b mod 2` (8 f32 lanes each); at the end the two
+//!   accumulators are added lane by lane and the 8 lanes reduced in a fixed tree. (AVX-512 holds
+//!   the two accumulators in one register and runs two blocks per instruction.)
+//! - Q4_K, Q6_K: each 256-weight super-block's integer sum (sub-block scales and Q4_K's mins
+//!   included) is exact; it is added, as f32, with one fused multiply-add by `d·d_a`.
+//! AVX-512 VNNI (`vpdpbusd`), AVX2 (`vpmaddubsw` + `vpmaddwd`) and the scalar path all produce the
+//! exact integers, so a result depends neither on the CPU, nor on the thread count, nor on how
+//! many tokens share the tile.
 
 #![allow(clippy::needless_range_loop)] // kernels index several per-token arrays by one token index
 
@@ -135,6 +138,11 @@ pub struct Activations {
     pub q: Vec<i8>,
     pub d: Vec<f32>,
     pub sum: Vec<i32>,
+    /// Q8_0 kind: `q + 128` as unsigned bytes, and per 4 consecutive values their sum (8 per
+    /// block): what `vpdpbusd` (unsigned × signed) needs to multiply signed weights without a
+    /// sign trick per product.
+    pub qu: Vec<u8>,
+    pub lane_sum: Vec<i32>,
 }
 
 impl Activations {
@@ -162,6 +170,12 @@ impl Activations {
         }
         for (s, qs) in self.sum.iter_mut().zip(self.q.chunks_exact(sl)) {
             *s = qs.iter().map(|&v| v as i32).sum();
+        }
+        if self.kind == ActKind::Q8_0 {
+            self.qu.clear();
+            self.qu.extend(self.q.iter().map(|&v| (v as u8) ^ 0x80));
+            self.lane_sum.clear();
+            self.lane_sum.extend(self.q.chunks_exact(4).map(|c| c.iter().map(|&v| v as i32).sum::<i32>()));
         }
     }
 }
@@ -198,6 +212,13 @@ fn quantize_q8_k(xs: &[f32], qs: &mut [i8]) -> f32 {
     1.0 / iscale
 }
 
+/// Asks the CPU to bring `bytes` into cache (a weight row about to be read).
+#[inline]
+pub fn prefetch(bytes: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    x86::prefetch(bytes);
+}
+
 /// `out[t] = w_row · act_t` for the tokens `toks` (at most [`MAX_TILE`]).
 pub fn dot_row(isa: Isa, fmt: Format, w: &[u8], acts: &Activations, toks: &[usize], out: &mut [f32]) {
     debug_assert!(toks.len() <= MAX_TILE && out.len() >= toks.len());
@@ -219,7 +240,11 @@ fn dot_tile<const T: usize>(isa: Isa, fmt: Format, w: &[u8], acts: &Activations,
         let q: [&[i8]; T] = std::array::from_fn(|t| &acts.q[toks[t] * cols..][..cols]);
         let d: [&[f32]; T] = std::array::from_fn(|t| &acts.d[toks[t] * nb..][..nb]);
         let s: [&[i32]; T] = std::array::from_fn(|t| &acts.sum[toks[t] * ns..][..ns]);
-        let a = QActs { q, d, s };
+        let q8 = acts.kind == ActKind::Q8_0;
+        let qu: [&[u8]; T] = std::array::from_fn(|t| if q8 { &acts.qu[toks[t] * cols..][..cols] } else { &[][..] });
+        let lane_sum: [&[i32]; T] =
+            std::array::from_fn(|t| if q8 { &acts.lane_sum[toks[t] * cols / 4..][..cols / 4] } else { &[][..] });
+        let a = QActs { q, d, s, qu, lane_sum };
         match isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Isa` values other than Scalar are only produced after the CPU was checked.
@@ -244,6 +269,9 @@ struct QActs<'a, const T: usize> {
     q: [&'a [i8]; T],
     d: [&'a [f32]; T],
     s: [&'a [i32]; T],
+    /// Q8_0 kind only (else empty).
+    qu: [&'a [u8]; T],
+    lane_sum: [&'a [i32]; T],
 }
 
 #[inline]
@@ -259,31 +287,25 @@ fn hsum8(v: [f32; 8]) -> f32 {
     u[0] + u[1]
 }
 
-/// Signed 32-byte blocks of a row (the weights as integers centred on zero) and their per-lane
-/// integer scales, the format-specific part shared by every instruction set: Q8_0 as stored,
-/// Q4_0 `q − 8`, Q4_K `q` with the sub-block's scale (its min handled apart), Q6_K `q − 32` with
-/// the two 16-weight sub-blocks' scales on lanes 0–3 and 4–7.
+/// The canonical order written plainly (and the fallback for CPUs without AVX2).
 mod scalar {
     use super::*;
 
+    /// 8 lanes of 4 consecutive products.
     fn lanes(w: &[i8; 32], a: &[i8]) -> [i32; 8] {
         std::array::from_fn(|l| (0..4).map(|k| w[4 * l + k] as i32 * a[4 * l + k] as i32).sum())
     }
 
-    fn fma_lanes(acc: &mut [f32; 8], lanes: [i32; 8], scale: f32) {
-        for (a, l) in acc.iter_mut().zip(lanes) {
-            *a = (l as f32).mul_add(scale, *a);
-        }
+    fn idot(w: &[i8], a: &[i8]) -> i32 {
+        w.iter().zip(a).map(|(&x, &y)| x as i32 * y as i32).sum()
     }
 
     pub(super) fn quant<const T: usize>(fmt: Format, w: &[u8], a: &QActs<T>, r: &mut [f32; T]) {
-        let mut acc = [[0.0f32; 8]; T];
-        let mut mins = [0.0f32; T];
         let mut wb = [0i8; 32];
         match fmt {
             Format::Q8_0 | Format::Q4_0 => {
-                let bb = fmt.block_bytes();
-                for (b, blk) in w.chunks_exact(bb).enumerate() {
+                let mut acc = [[[0.0f32; 8]; 2]; T];
+                for (b, blk) in w.chunks_exact(fmt.block_bytes()).enumerate() {
                     let dw = f16le(blk, 0);
                     if fmt == Format::Q8_0 {
                         wb.iter_mut().zip(&blk[2..34]).for_each(|(o, &q)| *o = q as i8);
@@ -294,16 +316,22 @@ mod scalar {
                         }
                     }
                     for t in 0..T {
-                        fma_lanes(&mut acc[t], lanes(&wb, &a.q[t][b * QA..]), dw * a.d[t][b]);
+                        let scale = dw * a.d[t][b];
+                        for (acc, l) in acc[t][b % 2].iter_mut().zip(lanes(&wb, &a.q[t][b * QA..])) {
+                            *acc = (l as f32).mul_add(scale, *acc);
+                        }
                     }
+                }
+                for t in 0..T {
+                    r[t] = hsum8(std::array::from_fn(|l| acc[t][0][l] + acc[t][1][l]));
                 }
             }
             Format::Q4K => {
+                let (mut sum, mut mins) = ([0.0f32; T], [0.0f32; T]);
                 for (sb, blk) in w.chunks_exact(144).enumerate() {
                     let (d, dmin) = (f16le(blk, 0), f16le(blk, 2));
                     let (sc, qs) = (&blk[4..16], &blk[16..144]);
-                    let mut isum = [[0i32; 8]; T];
-                    let mut msum = [0i32; T];
+                    let (mut isum, mut msum) = ([0i32; T], [0i32; T]);
                     for j in 0..8 {
                         let (s, m) = scale_min_k4(j, sc);
                         let c = &qs[32 * (j / 2)..][..32];
@@ -311,21 +339,24 @@ mod scalar {
                             wb[i] = if j % 2 == 0 { c[i] & 0xf } else { c[i] >> 4 } as i8;
                         }
                         for t in 0..T {
-                            let l = lanes(&wb, &a.q[t][sb * 256 + 32 * j..]);
-                            isum[t].iter_mut().zip(l).for_each(|(acc, v)| *acc += v * s as i32);
+                            isum[t] += s as i32 * idot(&wb, &a.q[t][sb * 256 + 32 * j..][..32]);
                             msum[t] += m as i32 * (a.s[t][16 * sb + 2 * j] + a.s[t][16 * sb + 2 * j + 1]);
                         }
                     }
                     for t in 0..T {
-                        fma_lanes(&mut acc[t], isum[t], d * a.d[t][sb]);
-                        mins[t] = (dmin * a.d[t][sb]).mul_add(msum[t] as f32, mins[t]);
+                        sum[t] = (isum[t] as f32).mul_add(d * a.d[t][sb], sum[t]);
+                        mins[t] = (msum[t] as f32).mul_add(dmin * a.d[t][sb], mins[t]);
                     }
+                }
+                for t in 0..T {
+                    r[t] = sum[t] - mins[t];
                 }
             }
             Format::Q6K => {
+                let mut sum = [0.0f32; T];
                 for (sb, blk) in w.chunks_exact(210).enumerate() {
                     let d = f16le(blk, 208);
-                    let mut isum = [[0i32; 8]; T];
+                    let mut isum = [0i32; T];
                     for k in 0..8 {
                         let (h, g) = (k / 4, k % 4);
                         let ql = &blk[64 * h..];
@@ -336,23 +367,20 @@ mod scalar {
                             let hi = (qh[l] >> (2 * g)) & 3;
                             wb[l] = (lo | (hi << 4)) as i8 - 32;
                         }
-                        let (s0, s1) = (blk[192 + 2 * k] as i8 as i32, blk[193 + 2 * k] as i8 as i32);
-                        for t in 0..T {
-                            let l = lanes(&wb, &a.q[t][sb * 256 + 32 * k..]);
-                            for (i, v) in l.into_iter().enumerate() {
-                                isum[t][i] += v * if i < 4 { s0 } else { s1 };
+                        for (half, wq) in wb.chunks_exact(16).enumerate() {
+                            let sc = blk[192 + 2 * k + half] as i8 as i32;
+                            for t in 0..T {
+                                isum[t] += sc * idot(wq, &a.q[t][sb * 256 + 32 * k + 16 * half..][..16]);
                             }
                         }
                     }
                     for t in 0..T {
-                        fma_lanes(&mut acc[t], isum[t], d * a.d[t][sb]);
+                        sum[t] = (isum[t] as f32).mul_add(d * a.d[t][sb], sum[t]);
                     }
                 }
+                *r = sum;
             }
             _ => unreachable!("float formats take f32 activations"),
-        }
-        for t in 0..T {
-            r[t] = hsum8(acc[t]) - mins[t];
         }
     }
 
@@ -395,168 +423,329 @@ mod scalar {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    //! The AVX2 and AVX-512 VNNI kernels: one body, two integer-lane primitives.
     use super::*;
     use std::arch::x86_64::*;
 
-    #[inline(always)]
+    /// Asks for every cache line of `bytes` (a weight row a little ahead of the one being read).
+    pub fn prefetch(bytes: &[u8]) {
+        for off in (0..bytes.len()).step_by(64) {
+            // SAFETY: a prefetch of an address inside the slice; it never faults.
+            unsafe { _mm_prefetch(bytes.as_ptr().add(off) as *const i8, _MM_HINT_T0) };
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn hsum8(v: __m256) -> f32 {
         let t = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let u = _mm_add_ps(t, _mm_movehl_ps(t, t));
         _mm_cvtss_f32(_mm_add_ss(u, _mm_shuffle_ps(u, u, 1)))
     }
 
-    macro_rules! kernels {
-        ($name:ident, $features:literal, $lanes:ident) => {
-            pub mod $name {
-                use super::*;
-
-                /// Unpacks 16 bytes of Q4 nibbles into 32 values (low nibbles first).
-                #[inline]
-                #[target_feature(enable = $features)]
-                unsafe fn nibbles16(p: *const u8) -> __m256i {
-                    let v = _mm_loadu_si128(p as *const __m128i);
-                    let m = _mm_set1_epi8(0x0f);
-                    _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m), _mm_and_si128(v, m))
-                }
-
-                #[inline]
-                #[target_feature(enable = $features)]
-                unsafe fn fma_block(acc: __m256, lanes: __m256i, scale: f32) -> __m256 {
-                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), _mm256_set1_ps(scale), acc)
-                }
-
-                #[target_feature(enable = $features)]
-                pub(in super::super) unsafe fn quant<const T: usize>(
-                    fmt: Format,
-                    w: &[u8],
-                    a: &QActs<T>,
-                    r: &mut [f32; T],
-                ) {
-                    let mut acc = [_mm256_setzero_ps(); T];
-                    let mut mins = [0.0f32; T];
-                    let act = |t: usize, b: usize| _mm256_loadu_si256(a.q[t].as_ptr().add(b * QA) as *const __m256i);
-                    match fmt {
-                        Format::Q8_0 => {
-                            for (b, blk) in w.chunks_exact(34).enumerate() {
-                                let wb = _mm256_loadu_si256(blk.as_ptr().add(2) as *const __m256i);
-                                let dw = f16le(blk, 0);
-                                for t in 0..T {
-                                    acc[t] = fma_block(acc[t], $lanes(wb, act(t, b)), dw * a.d[t][b]);
-                                }
-                            }
-                        }
-                        Format::Q4_0 => {
-                            let eight = _mm256_set1_epi8(8);
-                            for (b, blk) in w.chunks_exact(18).enumerate() {
-                                let wb = _mm256_sub_epi8(nibbles16(blk.as_ptr().add(2)), eight);
-                                let dw = f16le(blk, 0);
-                                for t in 0..T {
-                                    acc[t] = fma_block(acc[t], $lanes(wb, act(t, b)), dw * a.d[t][b]);
-                                }
-                            }
-                        }
-                        Format::Q4K => {
-                            let m4 = _mm256_set1_epi8(0x0f);
-                            for (sb, blk) in w.chunks_exact(144).enumerate() {
-                                let (d, dmin) = (f16le(blk, 0), f16le(blk, 2));
-                                let sc = &blk[4..16];
-                                let mut isum = [_mm256_setzero_si256(); T];
-                                let mut msum = [0i32; T];
-                                for c in 0..4 {
-                                    let v = _mm256_loadu_si256(blk.as_ptr().add(16 + 32 * c) as *const __m256i);
-                                    let halves =
-                                        [_mm256_and_si256(v, m4), _mm256_and_si256(_mm256_srli_epi16(v, 4), m4)];
-                                    for (h, wb) in halves.into_iter().enumerate() {
-                                        let j = 2 * c + h;
-                                        let (s, m) = scale_min_k4(j, sc);
-                                        let sv = _mm256_set1_epi32(s as i32);
-                                        for t in 0..T {
-                                            let l = _mm256_mullo_epi32($lanes(wb, act(t, 8 * sb + j)), sv);
-                                            isum[t] = _mm256_add_epi32(isum[t], l);
-                                            msum[t] +=
-                                                m as i32 * (a.s[t][16 * sb + 2 * j] + a.s[t][16 * sb + 2 * j + 1]);
-                                        }
-                                    }
-                                }
-                                for t in 0..T {
-                                    acc[t] = fma_block(acc[t], isum[t], d * a.d[t][sb]);
-                                    mins[t] = (dmin * a.d[t][sb]).mul_add(msum[t] as f32, mins[t]);
-                                }
-                            }
-                        }
-                        Format::Q6K => {
-                            let (m4, m30, c32) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(0x30), _mm256_set1_epi8(32));
-                            for (sb, blk) in w.chunks_exact(210).enumerate() {
-                                let d = f16le(blk, 208);
-                                let mut isum = [_mm256_setzero_si256(); T];
-                                for h in 0..2 {
-                                    let p = blk.as_ptr();
-                                    let ql0 = _mm256_loadu_si256(p.add(64 * h) as *const __m256i);
-                                    let ql1 = _mm256_loadu_si256(p.add(64 * h + 32) as *const __m256i);
-                                    let qh = _mm256_loadu_si256(p.add(128 + 32 * h) as *const __m256i);
-                                    let groups = [
-                                        _mm256_or_si256(
-                                            _mm256_and_si256(ql0, m4),
-                                            _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30),
-                                        ),
-                                        _mm256_or_si256(
-                                            _mm256_and_si256(ql1, m4),
-                                            _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30),
-                                        ),
-                                        _mm256_or_si256(
-                                            _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
-                                            _mm256_and_si256(qh, m30),
-                                        ),
-                                        _mm256_or_si256(
-                                            _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                                            _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30),
-                                        ),
-                                    ];
-                                    for (g, q) in groups.into_iter().enumerate() {
-                                        let k = 4 * h + g;
-                                        let wb = _mm256_sub_epi8(q, c32);
-                                        let (s0, s1) = (blk[192 + 2 * k] as i8 as i32, blk[193 + 2 * k] as i8 as i32);
-                                        let sv = _mm256_setr_epi32(s0, s0, s0, s0, s1, s1, s1, s1);
-                                        for t in 0..T {
-                                            let l = _mm256_mullo_epi32($lanes(wb, act(t, 8 * sb + k)), sv);
-                                            isum[t] = _mm256_add_epi32(isum[t], l);
-                                        }
-                                    }
-                                }
-                                for t in 0..T {
-                                    acc[t] = fma_block(acc[t], isum[t], d * a.d[t][sb]);
-                                }
-                            }
-                        }
-                        _ => unreachable!("float formats take f32 activations"),
-                    }
-                    for t in 0..T {
-                        r[t] = hsum8(acc[t]) - mins[t];
-                    }
-                }
-            }
-        };
-    }
-
-    /// Σ of 4 consecutive `w·a` products in each of 8 i32 lanes, AVX2: `|w|` times `a` signed by
-    /// `w` in u8×i8 pairs to i16 (no saturation: |a| ≤ 127), then pairs of i16 to i32.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn lanes_avx2(w: __m256i, a: __m256i) -> __m256i {
-        let p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w));
-        _mm256_madd_epi16(p, _mm256_set1_epi16(1))
+    unsafe fn hsum_epi32(v: __m256i) -> i32 {
+        let t = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+        let u = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0b01_00_11_10));
+        _mm_cvtsi128_si32(_mm_add_epi32(u, _mm_shuffle_epi32(u, 0b10_11_00_01)))
     }
 
-    /// The same lanes with one `vpdpbusd`.
+    /// f16 at `p` as f32 (F16C).
     #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl,avx512bw")]
-    unsafe fn lanes_vnni(w: __m256i, a: __m256i) -> __m256i {
-        _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w))
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn f16_at(p: *const u8) -> f32 {
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128((p as *const u16).read_unaligned() as i32)))
     }
 
-    kernels!(avx2, "avx2,fma,f16c", lanes_avx2);
-    kernels!(vnni, "avx2,fma,f16c,avx512vnni,avx512vl,avx512bw", lanes_vnni);
+    /// 16 bytes of Q4 nibbles as 32 values (low nibbles first).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn nibbles16(p: *const u8) -> __m256i {
+        let v = _mm_loadu_si128(p as *const __m128i);
+        let m = _mm_set1_epi8(0x0f);
+        _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m), _mm_and_si128(v, m))
+    }
+
+    /// The 4 groups of 32 six-bit Q6_K values (0..63) of one 128-weight half of a super-block.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q6_groups(blk: *const u8, h: usize) -> [__m256i; 4] {
+        let (m4, m30) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(0x30));
+        let ql0 = _mm256_loadu_si256(blk.add(64 * h) as *const __m256i);
+        let ql1 = _mm256_loadu_si256(blk.add(64 * h + 32) as *const __m256i);
+        let qh = _mm256_loadu_si256(blk.add(128 + 32 * h) as *const __m256i);
+        [
+            _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30)),
+            _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30)),
+            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), _mm256_and_si256(qh, m30)),
+            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30)),
+        ]
+    }
+
+    /// `32·Σ_j sc_j·bsum_j` of a Q6_K super-block: the `−32` offset of its values, applied in integers.
+    #[inline]
+    fn q6_offset(blk: &[u8], bsums: &[i32]) -> i32 {
+        (0..16).map(|j| blk[192 + j] as i8 as i32 * bsums[j]).sum::<i32>() * 32
+    }
+
+    fn q4k_mins(sc: &[u8], bsums: &[i32]) -> i32 {
+        (0..8).map(|j| scale_min_k4(j, sc).1 as i32 * (bsums[2 * j] + bsums[2 * j + 1])).sum()
+    }
+
+    pub mod avx2 {
+        use super::*;
+
+        /// 8 lanes of 4 consecutive `w·a` products: `|w|` times `a` signed by `w`, u8×i8 pairs to
+        /// i16 (no saturation: |a| ≤ 127), pairs of i16 to i32.
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub(super) unsafe fn lanes(w: __m256i, a: __m256i) -> __m256i {
+            let p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w));
+            _mm256_madd_epi16(p, _mm256_set1_epi16(1))
+        }
+
+        /// The same for unsigned weights (0..63): no sign trick needed.
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn lanes_u(q: __m256i, a: __m256i) -> __m256i {
+            _mm256_madd_epi16(_mm256_maddubs_epi16(q, a), _mm256_set1_epi16(1))
+        }
+
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub(in super::super) unsafe fn quant<const T: usize>(fmt: Format, w: &[u8], a: &QActs<T>, r: &mut [f32; T]) {
+            let act = |t: usize, off: usize| _mm256_loadu_si256(a.q[t].as_ptr().add(off) as *const __m256i);
+            match fmt {
+                Format::Q8_0 | Format::Q4_0 => {
+                    let mut acc = [[_mm256_setzero_ps(); 2]; T];
+                    let eight = _mm256_set1_epi8(8);
+                    for (b, blk) in w.chunks_exact(fmt.block_bytes()).enumerate() {
+                        let p = blk.as_ptr();
+                        let wb = if fmt == Format::Q8_0 {
+                            _mm256_loadu_si256(p.add(2) as *const __m256i)
+                        } else {
+                            _mm256_sub_epi8(nibbles16(p.add(2)), eight)
+                        };
+                        let dw = f16_at(p);
+                        for t in 0..T {
+                            let l = _mm256_cvtepi32_ps(lanes(wb, act(t, b * QA)));
+                            acc[t][b % 2] = _mm256_fmadd_ps(l, _mm256_set1_ps(dw * a.d[t][b]), acc[t][b % 2]);
+                        }
+                    }
+                    for t in 0..T {
+                        r[t] = hsum8(_mm256_add_ps(acc[t][0], acc[t][1]));
+                    }
+                }
+                Format::Q4K => {
+                    let m4 = _mm256_set1_epi8(0x0f);
+                    let (mut sum, mut mins) = ([0.0f32; T], [0.0f32; T]);
+                    for (sb, blk) in w.chunks_exact(144).enumerate() {
+                        let p = blk.as_ptr();
+                        let (d, dmin) = (f16_at(p), f16_at(p.add(2)));
+                        let sc = &blk[4..16];
+                        let mut isum = [_mm256_setzero_si256(); T];
+                        for c in 0..4 {
+                            let v = _mm256_loadu_si256(p.add(16 + 32 * c) as *const __m256i);
+                            let halves = [_mm256_and_si256(v, m4), _mm256_and_si256(_mm256_srli_epi16(v, 4), m4)];
+                            for (h, q) in halves.into_iter().enumerate() {
+                                let j = 2 * c + h;
+                                let sv = _mm256_set1_epi32(scale_min_k4(j, sc).0 as i32);
+                                for t in 0..T {
+                                    let l = _mm256_mullo_epi32(lanes_u(q, act(t, sb * 256 + 32 * j)), sv);
+                                    isum[t] = _mm256_add_epi32(isum[t], l);
+                                }
+                            }
+                        }
+                        for t in 0..T {
+                            let m = q4k_mins(sc, &a.s[t][16 * sb..]);
+                            sum[t] = (hsum_epi32(isum[t]) as f32).mul_add(d * a.d[t][sb], sum[t]);
+                            mins[t] = (m as f32).mul_add(dmin * a.d[t][sb], mins[t]);
+                        }
+                    }
+                    for t in 0..T {
+                        r[t] = sum[t] - mins[t];
+                    }
+                }
+                Format::Q6K => {
+                    let mut sum = [0.0f32; T];
+                    for (sb, blk) in w.chunks_exact(210).enumerate() {
+                        let p = blk.as_ptr();
+                        let d = f16_at(p.add(208));
+                        let mut isum = [_mm256_setzero_si256(); T];
+                        for h in 0..2 {
+                            for (g, q) in q6_groups(p, h).into_iter().enumerate() {
+                                let k = 4 * h + g;
+                                let (s0, s1) = (blk[192 + 2 * k] as i8 as i32, blk[193 + 2 * k] as i8 as i32);
+                                let sv = _mm256_setr_epi32(s0, s0, s0, s0, s1, s1, s1, s1);
+                                for t in 0..T {
+                                    let l = _mm256_mullo_epi32(lanes_u(q, act(t, sb * 256 + 32 * k)), sv);
+                                    isum[t] = _mm256_add_epi32(isum[t], l);
+                                }
+                            }
+                        }
+                        for t in 0..T {
+                            let total = hsum_epi32(isum[t]) - q6_offset(blk, &a.s[t][16 * sb..]);
+                            sum[t] = (total as f32).mul_add(d * a.d[t][sb], sum[t]);
+                        }
+                    }
+                    *r = sum;
+                }
+                _ => unreachable!("float formats take f32 activations"),
+            }
+        }
+    }
+
+    pub mod vnni {
+        //! AVX-512: two 32-weight blocks (or K-quant sub-blocks) per instruction, `vpdpbusd`.
+        use super::*;
+
+        /// Two Q4_0 blocks at `p` and `p + 18` as 64 unsigned values `q` (0..15), in activation order.
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+        unsafe fn q4_0_pair(p: *const u8) -> __m512i {
+            let v = _mm256_set_m128i(_mm_loadu_si128(p.add(20) as *const __m128i), _mm_loadu_si128(p.add(2) as *const __m128i));
+            let m4 = _mm256_set1_epi8(0x0f);
+            let (lo, hi) = (_mm256_and_si256(v, m4), _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
+            // [lo0 lo1 hi0 hi1] → [lo0 hi0 lo1 hi1] (128-bit lanes)
+            let z = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+            _mm512_shuffle_i64x2(z, z, 0b11_01_10_00)
+        }
+
+        /// Two Q8_0 blocks at `p` and `p + 34`.
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+        unsafe fn q8_0_pair(p: *const u8) -> __m512i {
+            let lo = _mm256_loadu_si256(p.add(2) as *const __m256i);
+            let hi = _mm256_loadu_si256(p.add(36) as *const __m256i);
+            _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1)
+        }
+
+        /// The two f16 scales at `p` and `p + stride`, as f32 in lanes 0 and 1.
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+        unsafe fn scale_pair(p: *const u8, stride: usize) -> __m128 {
+            let h = _mm_insert_epi16(_mm_cvtsi32_si128((p as *const u16).read_unaligned() as i32), (p.add(stride) as *const u16).read_unaligned() as i32, 1);
+            _mm_cvtph_ps(h)
+        }
+
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+        pub(in super::super) unsafe fn quant<const T: usize>(fmt: Format, w: &[u8], a: &QActs<T>, r: &mut [f32; T]) {
+            let act = |t: usize, off: usize| _mm512_loadu_si512(a.q[t].as_ptr().add(off) as *const __m512i);
+            match fmt {
+                Format::Q8_0 | Format::Q4_0 => {
+                    let bb = fmt.block_bytes();
+                    let nb = w.len() / bb;
+                    // lanes 0-7: even blocks, 8-15: odd blocks (the canonical two accumulators)
+                    let mut acc = [_mm512_setzero_ps(); T];
+                    let zero = _mm512_setzero_si512();
+                    let expand = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+                    let mut b = 0;
+                    while b + 2 <= nb {
+                        let p = w.as_ptr().add(b * bb);
+                        let dw = scale_pair(p, bb);
+                        if fmt == Format::Q8_0 {
+                            // (a + 128)·w − 128·Σw per lane of 4
+                            let wv = q8_0_pair(p);
+                            let corr = _mm512_slli_epi32(_mm512_dpbusd_epi32(zero, _mm512_set1_epi8(1), wv), 7);
+                            for t in 0..T {
+                                let au = _mm512_loadu_si512(a.qu[t].as_ptr().add(b * QA) as *const __m512i);
+                                let l = _mm512_sub_epi32(_mm512_dpbusd_epi32(zero, au, wv), corr);
+                                let da = _mm_castpd_ps(_mm_load_sd(a.d[t].as_ptr().add(b) as *const f64));
+                                let s = _mm512_permutexvar_ps(expand, _mm512_castps128_ps512(_mm_mul_ps(dw, da)));
+                                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(l), s, acc[t]);
+                            }
+                        } else {
+                            // q·a − 8·Σa per lane of 4
+                            let qv = q4_0_pair(p);
+                            for t in 0..T {
+                                let ls = _mm512_loadu_si512(a.lane_sum[t].as_ptr().add(b * 8) as *const __m512i);
+                                let l = _mm512_sub_epi32(_mm512_dpbusd_epi32(zero, qv, act(t, b * QA)), _mm512_slli_epi32(ls, 3));
+                                let da = _mm_castpd_ps(_mm_load_sd(a.d[t].as_ptr().add(b) as *const f64));
+                                let s = _mm512_permutexvar_ps(expand, _mm512_castps128_ps512(_mm_mul_ps(dw, da)));
+                                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(l), s, acc[t]);
+                            }
+                        }
+                        b += 2;
+                    }
+                    for t in 0..T {
+                        let mut even = _mm512_castps512_ps256(acc[t]);
+                        let odd = _mm512_extractf32x8_ps(acc[t], 1);
+                        if b < nb {
+                            let p = w.as_ptr().add(b * bb);
+                            let wb = if fmt == Format::Q8_0 {
+                                _mm256_loadu_si256(p.add(2) as *const __m256i)
+                            } else {
+                                _mm256_sub_epi8(nibbles16(p.add(2)), _mm256_set1_epi8(8))
+                            };
+                            let av = _mm256_loadu_si256(a.q[t].as_ptr().add(b * QA) as *const __m256i);
+                            let l = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(wb, wb), _mm256_sign_epi8(av, wb));
+                            even = _mm256_fmadd_ps(_mm256_cvtepi32_ps(l), _mm256_set1_ps(f16_at(p) * a.d[t][b]), even);
+                        }
+                        r[t] = hsum8(_mm256_add_ps(even, odd));
+                    }
+                }
+                Format::Q4K => {
+                    let m4 = _mm256_set1_epi8(0x0f);
+                    let zero = _mm512_setzero_si512();
+                    let (mut sum, mut mins) = ([0.0f32; T], [0.0f32; T]);
+                    for (sb, blk) in w.chunks_exact(144).enumerate() {
+                        let p = blk.as_ptr();
+                        let (d, dmin) = (f16_at(p), f16_at(p.add(2)));
+                        let sc = &blk[4..16];
+                        let mut isum = [zero; T];
+                        for c in 0..4 {
+                            let v = _mm256_loadu_si256(p.add(16 + 32 * c) as *const __m256i);
+                            let (lo, hi) = (_mm256_and_si256(v, m4), _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
+                            let q = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+                            let (s0, s1) = (scale_min_k4(2 * c, sc).0 as i32, scale_min_k4(2 * c + 1, sc).0 as i32);
+                            let sv = _mm512_inserti64x4(_mm512_set1_epi32(s0), _mm256_set1_epi32(s1), 1);
+                            for t in 0..T {
+                                let l = _mm512_dpbusd_epi32(zero, q, act(t, sb * 256 + 64 * c));
+                                isum[t] = _mm512_add_epi32(isum[t], _mm512_mullo_epi32(l, sv));
+                            }
+                        }
+                        for t in 0..T {
+                            let m = q4k_mins(sc, &a.s[t][16 * sb..]);
+                            sum[t] = (_mm512_reduce_add_epi32(isum[t]) as f32).mul_add(d * a.d[t][sb], sum[t]);
+                            mins[t] = (m as f32).mul_add(dmin * a.d[t][sb], mins[t]);
+                        }
+                    }
+                    for t in 0..T {
+                        r[t] = sum[t] - mins[t];
+                    }
+                }
+                Format::Q6K => {
+                    let zero = _mm512_setzero_si512();
+                    // scale index of each 4-lane group, for two 32-value groups
+                    let spread = _mm_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+                    let mut sum = [0.0f32; T];
+                    for (sb, blk) in w.chunks_exact(210).enumerate() {
+                        let p = blk.as_ptr();
+                        let d = f16_at(p.add(208));
+                        let mut isum = [zero; T];
+                        for h in 0..2 {
+                            let g = q6_groups(p, h);
+                            for pair in 0..2 {
+                                let k = 4 * h + 2 * pair;
+                                let q = _mm512_inserti64x4(_mm512_castsi256_si512(g[2 * pair]), g[2 * pair + 1], 1);
+                                let sc4 = _mm_cvtsi32_si128((p.add(192 + 2 * k) as *const i32).read_unaligned());
+                                let sv = _mm512_cvtepi8_epi32(_mm_shuffle_epi8(sc4, spread));
+                                for t in 0..T {
+                                    let l = _mm512_dpbusd_epi32(zero, q, act(t, sb * 256 + 32 * k));
+                                    isum[t] = _mm512_add_epi32(isum[t], _mm512_mullo_epi32(l, sv));
+                                }
+                            }
+                        }
+                        for t in 0..T {
+                            let total = _mm512_reduce_add_epi32(isum[t]) - q6_offset(blk, &a.s[t][16 * sb..]);
+                            sum[t] = (total as f32).mul_add(d * a.d[t][sb], sum[t]);
+                        }
+                    }
+                    *r = sum;
+                }
+                _ => unreachable!("float formats take f32 activations"),
+            }
+        }
+    }
 
     pub use self::float_impl::float;
     mod float_impl {
@@ -569,10 +758,7 @@ mod x86 {
             match fmt {
                 Format::F32 => _mm256_loadu_ps(w.add(4 * i) as *const f32),
                 Format::F16 => _mm256_cvtph_ps(_mm_loadu_si128(w.add(2 * i) as *const __m128i)),
-                _ => _mm256_castsi256_ps(_mm256_slli_epi32(
-                    _mm256_cvtepu16_epi32(_mm_loadu_si128(w.add(2 * i) as *const __m128i)),
-                    16,
-                )),
+                _ => _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(w.add(2 * i) as *const __m128i)), 16)),
             }
         }
 
