@@ -7,7 +7,7 @@
 set -euo pipefail
 ENV="${TINYLLAMA_PYENV:-$HOME/.cache/tinyllama/pyenv}"
 LLAMA_CPP_PYTHON=0.3.36
-if [ -x "$ENV/bin/python" ] && "$ENV/bin/python" -c "import gguf, numpy, safetensors, llama_cpp" 2>/dev/null \
+if [ -x "$ENV/bin/python" ] && "$ENV/bin/python" -c "import gguf, numpy, safetensors, sentencepiece, llama_cpp" 2>/dev/null \
    && [ -f "$ENV/src/llama.cpp/convert_hf_to_gguf.py" ]; then
   echo "python references ready in $ENV"; exit 0
 fi
@@ -15,7 +15,7 @@ command -v python3 >/dev/null || { apt-get update -qq && apt-get install -y -qq 
 python3 -m venv "$ENV" 2>/dev/null || { apt-get update -qq && apt-get install -y -qq python3-venv && python3 -m venv "$ENV"; }
 PY="$ENV/bin/python"
 "$PY" -m pip install -q --upgrade pip
-"$PY" -m pip install -q numpy safetensors
+"$PY" -m pip install -q numpy safetensors sentencepiece
 # the sdist carries llama.cpp's converter and gguf-py at the version the library is built from
 mkdir -p "$ENV/src"
 if [ ! -f "$ENV/src/llama.cpp/convert_hf_to_gguf.py" ]; then

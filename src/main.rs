@@ -464,7 +464,10 @@ fn run() -> Result<()> {
             let (name, cfg) = model.resolve("tinyllama-1.1b")?;
             let m = tinyllama::model::Llama::new_init(cfg.clone(), 7);
             let tok = Tokenizer::llama2();
-            anyhow::ensure!(cfg.vocab_size == tok.vocab_size(), "--write-gguf needs a model with the Llama-2 vocabulary (32000)");
+            anyhow::ensure!(
+                cfg.vocab_size == tok.vocab_size(),
+                "--write-gguf needs a model with the Llama-2 vocabulary (32000)"
+            );
             tinyllama::gguf::llama::export(&cfg, &m.params, &tok, None, dtype, &name, &out)?;
             println!("wrote {} ({name}, random weights, {})", out.display(), dtype.name());
         }

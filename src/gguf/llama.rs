@@ -378,3 +378,56 @@ mod tests {
         std::fs::remove_dir_all(&dir).ok();
     }
 }
+
+#[cfg(test)]
+mod bad_input {
+    use super::*;
+
+    fn minimal(arch: &str) -> GgufWriter {
+        let mut w = GgufWriter::default();
+        w.set("general.architecture", Value::Str(arch.into()));
+        w.set("llama.embedding_length", Value::U32(32));
+        w.set("llama.block_count", Value::U32(1));
+        w.set("llama.feed_forward_length", Value::U32(64));
+        w.set("llama.attention.head_count", Value::U32(2));
+        w.set("llama.context_length", Value::U64(16)); // an integer of another width
+        w.set("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5));
+        let mut bytes = vec![0u8; 32 * 8 * 4];
+        bytes[0] = 1;
+        w.add_tensor("token_embd.weight", vec![32, 8], Format::F32, bytes);
+        w
+    }
+
+    #[test]
+    fn clear_errors_name_the_file_and_the_key_or_tensor() {
+        let dir = std::env::temp_dir().join(format!("tl-gguf-badin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("m.gguf");
+        let err = |w: &GgufWriter| {
+            w.write(&p).unwrap();
+            format!("{:#}", load(&p).err().expect("must fail"))
+        };
+        let e = err(&minimal("gpt2"));
+        assert!(e.contains("m.gguf") && e.contains("gpt2"), "{e}");
+        let e = err(&minimal("llama"));
+        assert!(e.contains("m.gguf") && e.contains("blk.0.attn_norm.weight"), "missing tensor: {e}");
+        // an unknown tensor type: patch the type id of the first tensor in the header
+        minimal("llama").write(&p).unwrap();
+        let mut b = std::fs::read(&p).unwrap();
+        let name = b"token_embd.weight";
+        let at = b.windows(name.len()).position(|w| w == name).unwrap() + name.len() + 4 + 16;
+        b[at..at + 4].copy_from_slice(&6u32.to_le_bytes()); // q5_0
+        std::fs::write(&p, &b).unwrap();
+        let e = format!("{:#}", load(&p).err().unwrap());
+        assert!(e.contains("token_embd.weight") && e.contains("q5_0"), "{e}");
+        // a tensor whose size does not match its shape: claim more rows than the file holds
+        minimal("llama").write(&p).unwrap();
+        let mut b = std::fs::read(&p).unwrap();
+        let at = b.windows(name.len()).position(|w| w == name).unwrap() + name.len() + 4 + 8;
+        b[at..at + 8].copy_from_slice(&(1u64 << 30).to_le_bytes());
+        std::fs::write(&p, &b).unwrap();
+        let e = format!("{:#}", load(&p).err().unwrap());
+        assert!(e.contains("token_embd.weight") && e.contains("past the end"), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

@@ -142,7 +142,10 @@ pub struct Activations {
     /// block): what `vpdpbusd` (unsigned × signed) needs to multiply signed weights without a
     /// sign trick per product.
     pub qu: Vec<u8>,
-    pub lane_sum: Vec<i32>,
+    /// 8 × the sum of each 4 consecutive values (Q4_0's `−8` offset per lane).
+    pub lane_sum8: Vec<i32>,
+    /// Each block pair's two scales spread over 16 lanes (`d_b` ×8, `d_b+1` ×8): one load a pair.
+    pub d_pairs: Vec<f32>,
 }
 
 impl Activations {
@@ -174,8 +177,15 @@ impl Activations {
         if self.kind == ActKind::Q8_0 {
             self.qu.clear();
             self.qu.extend(self.q.iter().map(|&v| (v as u8) ^ 0x80));
-            self.lane_sum.clear();
-            self.lane_sum.extend(self.q.chunks_exact(4).map(|c| c.iter().map(|&v| v as i32).sum::<i32>()));
+            self.lane_sum8.clear();
+            self.lane_sum8.extend(self.q.chunks_exact(4).map(|c| 8 * c.iter().map(|&v| v as i32).sum::<i32>()));
+            let nb = cols / QA;
+            self.d_pairs.clear();
+            for row in self.d.chunks_exact(nb) {
+                for pair in row.chunks_exact(2) {
+                    self.d_pairs.extend(std::iter::repeat_n(pair[0], 8).chain(std::iter::repeat_n(pair[1], 8)));
+                }
+            }
         }
     }
 }
@@ -212,13 +222,6 @@ fn quantize_q8_k(xs: &[f32], qs: &mut [i8]) -> f32 {
     1.0 / iscale
 }
 
-/// Asks the CPU to bring `bytes` into cache (a weight row about to be read).
-#[inline]
-pub fn prefetch(bytes: &[u8]) {
-    #[cfg(target_arch = "x86_64")]
-    x86::prefetch(bytes);
-}
-
 /// `out[t] = w_row · act_t` for the tokens `toks` (at most [`MAX_TILE`]).
 pub fn dot_row(isa: Isa, fmt: Format, w: &[u8], acts: &Activations, toks: &[usize], out: &mut [f32]) {
     debug_assert!(toks.len() <= MAX_TILE && out.len() >= toks.len());
@@ -242,9 +245,12 @@ fn dot_tile<const T: usize>(isa: Isa, fmt: Format, w: &[u8], acts: &Activations,
         let s: [&[i32]; T] = std::array::from_fn(|t| &acts.sum[toks[t] * ns..][..ns]);
         let q8 = acts.kind == ActKind::Q8_0;
         let qu: [&[u8]; T] = std::array::from_fn(|t| if q8 { &acts.qu[toks[t] * cols..][..cols] } else { &[][..] });
-        let lane_sum: [&[i32]; T] =
-            std::array::from_fn(|t| if q8 { &acts.lane_sum[toks[t] * cols / 4..][..cols / 4] } else { &[][..] });
-        let a = QActs { q, d, s, qu, lane_sum };
+        let lane_sum8: [&[i32]; T] =
+            std::array::from_fn(|t| if q8 { &acts.lane_sum8[toks[t] * cols / 4..][..cols / 4] } else { &[][..] });
+        let np = cols / QA / 2 * 16;
+        let d_pairs: [&[f32]; T] =
+            std::array::from_fn(|t| if q8 { &acts.d_pairs[toks[t] * np..][..np] } else { &[][..] });
+        let a = QActs { q, d, s, qu, lane_sum8, d_pairs };
         match isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Isa` values other than Scalar are only produced after the CPU was checked.
@@ -271,7 +277,8 @@ struct QActs<'a, const T: usize> {
     s: [&'a [i32]; T],
     /// Q8_0 kind only (else empty).
     qu: [&'a [u8]; T],
-    lane_sum: [&'a [i32]; T],
+    lane_sum8: [&'a [i32]; T],
+    d_pairs: [&'a [f32]; T],
 }
 
 #[inline]
@@ -426,14 +433,6 @@ mod x86 {
     use super::*;
     use std::arch::x86_64::*;
 
-    /// Asks for every cache line of `bytes` (a weight row a little ahead of the one being read).
-    pub fn prefetch(bytes: &[u8]) {
-        for off in (0..bytes.len()).step_by(64) {
-            // SAFETY: a prefetch of an address inside the slice; it never faults.
-            unsafe { _mm_prefetch(bytes.as_ptr().add(off) as *const i8, _MM_HINT_T0) };
-        }
-    }
-
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn hsum8(v: __m256) -> f32 {
@@ -478,7 +477,10 @@ mod x86 {
             _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30)),
             _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30)),
             _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), _mm256_and_si256(qh, m30)),
-            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30)),
+            _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30),
+            ),
         ]
     }
 
@@ -602,7 +604,10 @@ mod x86 {
         #[inline]
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
         unsafe fn q4_0_pair(p: *const u8) -> __m512i {
-            let v = _mm256_set_m128i(_mm_loadu_si128(p.add(20) as *const __m128i), _mm_loadu_si128(p.add(2) as *const __m128i));
+            let v = _mm256_set_m128i(
+                _mm_loadu_si128(p.add(20) as *const __m128i),
+                _mm_loadu_si128(p.add(2) as *const __m128i),
+            );
             let m4 = _mm256_set1_epi8(0x0f);
             let (lo, hi) = (_mm256_and_si256(v, m4), _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
             // [lo0 lo1 hi0 hi1] → [lo0 hi0 lo1 hi1] (128-bit lanes)
@@ -623,7 +628,11 @@ mod x86 {
         #[inline]
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
         unsafe fn scale_pair(p: *const u8, stride: usize) -> __m128 {
-            let h = _mm_insert_epi16(_mm_cvtsi32_si128((p as *const u16).read_unaligned() as i32), (p.add(stride) as *const u16).read_unaligned() as i32, 1);
+            let h = _mm_insert_epi16(
+                _mm_cvtsi32_si128((p as *const u16).read_unaligned() as i32),
+                (p.add(stride) as *const u16).read_unaligned() as i32,
+                1,
+            );
             _mm_cvtph_ps(h)
         }
 
@@ -641,7 +650,9 @@ mod x86 {
                     let mut b = 0;
                     while b + 2 <= nb {
                         let p = w.as_ptr().add(b * bb);
-                        let dw = scale_pair(p, bb);
+                        // [d_w(b) ×8, d_w(b+1) ×8]; times the tokens' spread activation scales
+                        let dw = _mm512_permutexvar_ps(expand, _mm512_castps128_ps512(scale_pair(p, bb)));
+                        let da = |t: usize| _mm512_loadu_ps(a.d_pairs[t].as_ptr().add(b * 8));
                         if fmt == Format::Q8_0 {
                             // (a + 128)·w − 128·Σw per lane of 4
                             let wv = q8_0_pair(p);
@@ -649,19 +660,15 @@ mod x86 {
                             for t in 0..T {
                                 let au = _mm512_loadu_si512(a.qu[t].as_ptr().add(b * QA) as *const __m512i);
                                 let l = _mm512_sub_epi32(_mm512_dpbusd_epi32(zero, au, wv), corr);
-                                let da = _mm_castpd_ps(_mm_load_sd(a.d[t].as_ptr().add(b) as *const f64));
-                                let s = _mm512_permutexvar_ps(expand, _mm512_castps128_ps512(_mm_mul_ps(dw, da)));
-                                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(l), s, acc[t]);
+                                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(l), _mm512_mul_ps(dw, da(t)), acc[t]);
                             }
                         } else {
                             // q·a − 8·Σa per lane of 4
                             let qv = q4_0_pair(p);
                             for t in 0..T {
-                                let ls = _mm512_loadu_si512(a.lane_sum[t].as_ptr().add(b * 8) as *const __m512i);
-                                let l = _mm512_sub_epi32(_mm512_dpbusd_epi32(zero, qv, act(t, b * QA)), _mm512_slli_epi32(ls, 3));
-                                let da = _mm_castpd_ps(_mm_load_sd(a.d[t].as_ptr().add(b) as *const f64));
-                                let s = _mm512_permutexvar_ps(expand, _mm512_castps128_ps512(_mm_mul_ps(dw, da)));
-                                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(l), s, acc[t]);
+                                let ls = _mm512_loadu_si512(a.lane_sum8[t].as_ptr().add(b * 8) as *const __m512i);
+                                let l = _mm512_sub_epi32(_mm512_dpbusd_epi32(zero, qv, act(t, b * QA)), ls);
+                                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(l), _mm512_mul_ps(dw, da(t)), acc[t]);
                             }
                         }
                         b += 2;
@@ -677,7 +684,11 @@ mod x86 {
                                 _mm256_sub_epi8(nibbles16(p.add(2)), _mm256_set1_epi8(8))
                             };
                             let av = _mm256_loadu_si256(a.q[t].as_ptr().add(b * QA) as *const __m256i);
-                            let l = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(wb, wb), _mm256_sign_epi8(av, wb));
+                            let l = _mm256_dpbusd_epi32(
+                                _mm256_setzero_si256(),
+                                _mm256_sign_epi8(wb, wb),
+                                _mm256_sign_epi8(av, wb),
+                            );
                             even = _mm256_fmadd_ps(_mm256_cvtepi32_ps(l), _mm256_set1_ps(f16_at(p) * a.d[t][b]), even);
                         }
                         r[t] = hsum8(_mm256_add_ps(even, odd));
@@ -758,7 +769,10 @@ mod x86 {
             match fmt {
                 Format::F32 => _mm256_loadu_ps(w.add(4 * i) as *const f32),
                 Format::F16 => _mm256_cvtph_ps(_mm_loadu_si128(w.add(2 * i) as *const __m128i)),
-                _ => _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(w.add(2 * i) as *const __m128i)), 16)),
+                _ => _mm256_castsi256_ps(_mm256_slli_epi32(
+                    _mm256_cvtepu16_epi32(_mm_loadu_si128(w.add(2 * i) as *const __m128i)),
+                    16,
+                )),
             }
         }
 
