@@ -217,6 +217,8 @@ impl GgufFile {
         // SAFETY: the map is read-only; a file changed underneath us is the user's to avoid, as
         // with every mmap-based model loader.
         let map = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;
+        #[cfg(target_os = "linux")]
+        let _ = map.advise(memmap2::Advice::HugePage);
         Self::parse(path, Arc::new(map)).with_context(|| format!("{}: not a readable GGUF file", path.display()))
     }
 

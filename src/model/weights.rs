@@ -9,7 +9,7 @@
 //! training forward). Quantized formats run the same integer kernels in both.
 
 use crate::kernels::matmul::matmul;
-use crate::kernels::quant::dot::{dot_row, ActKind, Activations, Isa, MAX_TILE};
+use crate::kernels::quant::dot::{dot_row, from_pairs, to_pairs, uses_pairs, ActKind, Activations, Isa, MAX_TILE};
 use crate::kernels::quant::Format;
 use anyhow::{ensure, Result};
 use rayon::prelude::*;
@@ -25,6 +25,9 @@ pub enum RowMode {
 /// Where a matrix's bytes live.
 pub enum Storage {
     Bytes(Vec<u8>),
+    /// Anonymous memory on 2 MiB pages where the kernel grants them: a decode step streams every
+    /// weight once, and on 4 KiB pages the CPU's prefetchers stop at every page boundary.
+    Pages(memmap2::MmapMut),
     /// f32 weights, possibly a range of a larger shared buffer (a training model's parameters).
     F32 {
         buf: Arc<Vec<f32>>,
@@ -42,14 +45,37 @@ pub struct WeightMatrix {
     pub rows: usize,
     pub cols: usize,
     storage: Storage,
+    /// Rows in the block-pair layout the AVX-512 kernels read (see [`to_pairs`]).
+    pairs: bool,
 }
 
 impl WeightMatrix {
     pub fn new(format: Format, rows: usize, cols: usize, storage: Storage) -> Result<Self> {
         let want = rows * format.row_bytes(cols)?;
-        let m = WeightMatrix { format, rows, cols, storage };
+        let m = WeightMatrix { format, rows, cols, storage, pairs: false };
         ensure!(m.bytes().len() == want, "{rows}×{cols} {format} needs {want} bytes, got {}", m.bytes().len());
         Ok(m)
+    }
+
+    /// Rearranges the rows into the layout this CPU's kernels read fastest, where that differs
+    /// from ggml's (the same values), on large pages.
+    pub fn for_matmul(mut self) -> Self {
+        let pairs = !self.pairs && uses_pairs(Isa::detect(), self.format);
+        if pairs || matches!(self.storage, Storage::Bytes(_)) {
+            let rb = self.row_bytes().max(1);
+            let mut buf = page_buffer(self.bytes().len());
+            let fmt = self.format;
+            buf.par_chunks_mut(rb).zip(self.bytes().par_chunks(rb)).for_each(|(dst, src)| {
+                if pairs {
+                    dst.copy_from_slice(&to_pairs(fmt, src));
+                } else {
+                    dst.copy_from_slice(src);
+                }
+            });
+            self.storage = Storage::Pages(buf);
+            self.pairs |= pairs;
+        }
+        self
     }
 
     /// Quantizes `[rows, cols]` f32 weights to `format` (in parallel over rows, the same bits).
@@ -67,6 +93,7 @@ impl WeightMatrix {
     pub fn bytes(&self) -> &[u8] {
         match &self.storage {
             Storage::Bytes(b) => b,
+            Storage::Pages(m) => m,
             Storage::F32 { buf, range } => {
                 let s = &buf[range.clone()];
                 // SAFETY: any f32 slice is a valid byte slice of 4× the length.
@@ -100,13 +127,27 @@ impl WeightMatrix {
     /// Row `r` as f32 (embedding lookup).
     pub fn row_f32(&self, r: usize, out: &mut [f32]) {
         let rb = self.row_bytes();
-        self.format.dequantize_row(&self.bytes()[r * rb..(r + 1) * rb], out);
+        let row = &self.bytes()[r * rb..(r + 1) * rb];
+        if self.pairs {
+            self.format.dequantize_row(&from_pairs(self.format, row), out);
+        } else {
+            self.format.dequantize_row(row, out);
+        }
     }
 
     /// Bytes a matmul reads (the weights' size in memory).
     pub fn size_bytes(&self) -> usize {
         self.bytes().len()
     }
+}
+
+/// A zeroed anonymous buffer of `len` bytes, asking for transparent huge pages (Linux
+/// `MADV_HUGEPAGE`; elsewhere, or where refused, ordinary pages).
+pub fn page_buffer(len: usize) -> memmap2::MmapMut {
+    let m = memmap2::MmapOptions::new().len(len.max(1)).map_anon().expect("anonymous memory");
+    #[cfg(target_os = "linux")]
+    let _ = m.advise(memmap2::Advice::HugePage);
+    m
 }
 
 /// Matrices stacked by rows: `y[:, off_p..off_p + rows_p] = x · W_pᵀ`.
@@ -119,12 +160,14 @@ pub struct Linear {
 impl Linear {
     pub fn new(parts: Vec<WeightMatrix>) -> Result<Self> {
         ensure!(!parts.is_empty(), "a linear layer needs a matrix");
+        let parts: Vec<WeightMatrix> = parts.into_iter().map(WeightMatrix::for_matmul).collect();
         let cols = parts[0].cols;
         ensure!(parts.iter().all(|p| p.cols == cols), "stacked matrices must have the same number of columns");
         Ok(Linear { rows: parts.iter().map(|p| p.rows).sum(), cols, parts })
     }
 
     pub fn single(m: WeightMatrix) -> Self {
+        let m = m.for_matmul();
         Linear { rows: m.rows, cols: m.cols, parts: vec![m] }
     }
 

@@ -222,7 +222,63 @@ fn quantize_q8_k(xs: &[f32], qs: &mut [i8]) -> f32 {
     1.0 / iscale
 }
 
-/// `out[t] = w_row · act_t` for the tokens `toks` (at most [`MAX_TILE`]).
+/// Whether `isa` reads `fmt` rows in the block-pair layout ([`to_pairs`]) rather than ggml's.
+pub fn uses_pairs(isa: Isa, fmt: Format) -> bool {
+    isa == Isa::Avx512Vnni && matches!(fmt, Format::Q8_0 | Format::Q4_0)
+}
+
+/// A Q8_0/Q4_0 row rearranged (not re-quantized: the same values and scales) for AVX-512: each pair
+/// of blocks becomes `[d_b: f16, d_b+1: f16, values]`, Q8_0's 64 values in order, Q4_0's 64 as 32
+/// bytes whose low nibbles are block `b` in order and high nibbles block `b+1`, so one load and
+/// a mask give 64 values. An odd last block stays as ggml stores it. Same size as the row.
+pub fn to_pairs(fmt: Format, row: &[u8]) -> Vec<u8> {
+    let bb = fmt.block_bytes();
+    let nb = row.len() / bb;
+    let mut out = Vec::with_capacity(row.len());
+    for p in 0..nb / 2 {
+        let (b0, b1) = (&row[2 * p * bb..(2 * p + 1) * bb], &row[(2 * p + 1) * bb..(2 * p + 2) * bb]);
+        out.extend_from_slice(&b0[..2]);
+        out.extend_from_slice(&b1[..2]);
+        if fmt == Format::Q8_0 {
+            out.extend_from_slice(&b0[2..]);
+            out.extend_from_slice(&b1[2..]);
+        } else {
+            let nib = |b: &[u8], i: usize| if i < 16 { b[2 + i] & 0xf } else { b[2 + i - 16] >> 4 };
+            out.extend((0..32).map(|i| nib(b0, i) | (nib(b1, i) << 4)));
+        }
+    }
+    out.extend_from_slice(&row[nb / 2 * 2 * bb..]);
+    out
+}
+
+/// The inverse of [`to_pairs`].
+pub fn from_pairs(fmt: Format, packed: &[u8]) -> Vec<u8> {
+    let bb = fmt.block_bytes();
+    let nb = packed.len() / bb;
+    let mut out = vec![0u8; packed.len()];
+    for p in 0..nb / 2 {
+        let src = &packed[2 * p * bb..(2 * p + 2) * bb];
+        let (o0, o1) = out[2 * p * bb..(2 * p + 2) * bb].split_at_mut(bb);
+        o0[..2].copy_from_slice(&src[..2]);
+        o1[..2].copy_from_slice(&src[2..4]);
+        if fmt == Format::Q8_0 {
+            o0[2..].copy_from_slice(&src[4..36]);
+            o1[2..].copy_from_slice(&src[36..68]);
+        } else {
+            let v = &src[4..36];
+            for j in 0..16 {
+                o0[2 + j] = (v[j] & 0xf) | ((v[16 + j] & 0xf) << 4);
+                o1[2 + j] = (v[j] >> 4) | (v[16 + j] & 0xf0);
+            }
+        }
+    }
+    let tail = nb / 2 * 2 * bb;
+    out[tail..].copy_from_slice(&packed[tail..]);
+    out
+}
+
+/// `out[t] = w_row · act_t` for the tokens `toks` (at most [`MAX_TILE`]). `w_row` is in ggml's
+/// layout, or in the pair layout where [`uses_pairs`] says so.
 pub fn dot_row(isa: Isa, fmt: Format, w: &[u8], acts: &Activations, toks: &[usize], out: &mut [f32]) {
     debug_assert!(toks.len() <= MAX_TILE && out.len() >= toks.len());
     match toks.len() {
@@ -600,40 +656,28 @@ mod x86 {
         //! AVX-512: two 32-weight blocks (or K-quant sub-blocks) per instruction, `vpdpbusd`.
         use super::*;
 
-        /// Two Q4_0 blocks at `p` and `p + 18` as 64 unsigned values `q` (0..15), in activation order.
+        /// A Q4_0 pair (pair layout) as 64 unsigned values `q` (0..15), in activation order.
         #[inline]
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
         unsafe fn q4_0_pair(p: *const u8) -> __m512i {
-            let v = _mm256_set_m128i(
-                _mm_loadu_si128(p.add(20) as *const __m128i),
-                _mm_loadu_si128(p.add(2) as *const __m128i),
-            );
+            let v = _mm256_loadu_si256(p.add(4) as *const __m256i);
             let m4 = _mm256_set1_epi8(0x0f);
-            let (lo, hi) = (_mm256_and_si256(v, m4), _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
-            // [lo0 lo1 hi0 hi1] → [lo0 hi0 lo1 hi1] (128-bit lanes)
-            let z = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-            _mm512_shuffle_i64x2(z, z, 0b11_01_10_00)
+            let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+            _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, m4)), hi, 1)
         }
 
-        /// Two Q8_0 blocks at `p` and `p + 34`.
+        /// A Q8_0 pair (pair layout): 64 values.
         #[inline]
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
         unsafe fn q8_0_pair(p: *const u8) -> __m512i {
-            let lo = _mm256_loadu_si256(p.add(2) as *const __m256i);
-            let hi = _mm256_loadu_si256(p.add(36) as *const __m256i);
-            _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1)
+            _mm512_loadu_si512(p.add(4) as *const __m512i)
         }
 
-        /// The two f16 scales at `p` and `p + stride`, as f32 in lanes 0 and 1.
+        /// The pair's two f16 scales as f32 in lanes 0 and 1.
         #[inline]
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-        unsafe fn scale_pair(p: *const u8, stride: usize) -> __m128 {
-            let h = _mm_insert_epi16(
-                _mm_cvtsi32_si128((p as *const u16).read_unaligned() as i32),
-                (p.add(stride) as *const u16).read_unaligned() as i32,
-                1,
-            );
-            _mm_cvtph_ps(h)
+        unsafe fn scale_pair(p: *const u8) -> __m128 {
+            _mm_cvtph_ps(_mm_cvtsi32_si128((p as *const i32).read_unaligned()))
         }
 
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
@@ -651,7 +695,7 @@ mod x86 {
                     while b + 2 <= nb {
                         let p = w.as_ptr().add(b * bb);
                         // [d_w(b) ×8, d_w(b+1) ×8]; times the tokens' spread activation scales
-                        let dw = _mm512_permutexvar_ps(expand, _mm512_castps128_ps512(scale_pair(p, bb)));
+                        let dw = _mm512_permutexvar_ps(expand, _mm512_castps128_ps512(scale_pair(p)));
                         let da = |t: usize| _mm512_loadu_ps(a.d_pairs[t].as_ptr().add(b * 8));
                         if fmt == Format::Q8_0 {
                             // (a + 128)·w − 128·Σw per lane of 4
@@ -845,9 +889,13 @@ mod tests {
                     dot_row(Isa::Scalar, fmt, &wb, &acts, &[t], &mut want[t..]);
                 }
                 for isa in Isa::all_supported() {
+                    let row = if uses_pairs(isa, fmt) { to_pairs(fmt, &wb) } else { wb.clone() };
+                    if uses_pairs(isa, fmt) {
+                        assert_eq!(from_pairs(fmt, &row), wb, "pair layout round trip");
+                    }
                     for tile in [vec![0usize, 1, 2, 3], vec![4, 2], vec![3, 0, 4]] {
                         let mut out = [0.0f32; 4];
-                        dot_row(isa, fmt, &wb, &acts, &tile, &mut out);
+                        dot_row(isa, fmt, &row, &acts, &tile, &mut out);
                         for (i, &t) in tile.iter().enumerate() {
                             assert_eq!(out[i].to_bits(), want[t].to_bits(), "{fmt} {isa:?} cols {cols} token {t}");
                         }
@@ -878,7 +926,9 @@ mod tests {
             };
             let want: f64 = wd.iter().zip(&xd).map(|(a, b)| *a as f64 * b).sum();
             let mut out = [0.0f32];
-            dot_row(Isa::detect(), fmt, &wb, &acts, &[0], &mut out);
+            let isa = Isa::detect();
+            let row = if uses_pairs(isa, fmt) { to_pairs(fmt, &wb) } else { wb.clone() };
+            dot_row(isa, fmt, &row, &acts, &[0], &mut out);
             let scale: f64 = wd.iter().zip(&xd).map(|(a, b)| (*a as f64 * b).abs()).sum();
             assert!((out[0] as f64 - want).abs() <= 1e-5 * scale, "{fmt}: {} vs {want}", out[0]);
         }
