@@ -168,7 +168,9 @@ pub fn load(path: &std::path::Path) -> Result<GgufModel> {
             t.dims
         );
         let storage = if unpermute {
-            Storage::Bytes(unpermute_rows(g.bytes(t), rows, t.size / rows, hd))
+            let b = unpermute_rows(g.bytes(t), rows, t.size / rows, hd);
+            crate::model::weights::release_mapped(&g.map, t.offset..t.offset + t.size);
+            Storage::Bytes(b)
         } else {
             Storage::Mapped { map: g.map.clone(), range: t.offset..t.offset + t.size }
         };

@@ -72,6 +72,9 @@ impl WeightMatrix {
                     dst.copy_from_slice(src);
                 }
             });
+            if let Storage::Mapped { map, range } = &self.storage {
+                release_mapped(map, range.clone());
+            }
             self.storage = Storage::Pages(buf);
             self.pairs |= pairs;
         }
@@ -138,6 +141,18 @@ impl WeightMatrix {
     /// Bytes a matmul reads (the weights' size in memory).
     pub fn size_bytes(&self) -> usize {
         self.bytes().len()
+    }
+}
+
+/// Drops the resident pages of a mapped file range that was copied elsewhere, so that they do not
+/// count twice in memory (they are read back from the file if ever touched again).
+pub fn release_mapped(map: &memmap2::Mmap, range: Range<usize>) {
+    const PAGE: usize = 4096;
+    let start = range.start.div_ceil(PAGE) * PAGE;
+    let end = range.end / PAGE * PAGE;
+    if end > start {
+        // SAFETY: a read-only file mapping: dropped pages are re-read from the file on access.
+        let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start) };
     }
 }
 

@@ -8,12 +8,13 @@
 //!
 //! Every instruction set computes the same bits, by one canonical order:
 //! - Q8_0, Q4_0: the 32 products of block `b` are summed exactly in 8 integer lanes of 4
-//!   consecutive products; the lanes, as f32, are added with a fused multiply-add by the block's
-//!   scale `d_w·d_a` into accumulator `b mod 2` (8 f32 lanes each); at the end the two
-//!   accumulators are added lane by lane and the 8 lanes reduced in a fixed tree. (AVX-512 holds
-//!   the two accumulators in one register and runs two blocks per instruction.)
+//!   consecutive products; the lanes, as f32, are added block after block with a fused
+//!   multiply-add by the block's scale `d_w·d_a` into 8 f32 lanes, reduced in a fixed tree at the
+//!   end — llama.cpp's own order (`ggml_vec_dot_q8_0_q8_0` on AVX2), so that on its files we
+//!   compute its bits. (AVX-512 runs the integer part of two blocks per instruction.)
 //! - Q4_K, Q6_K: each 256-weight super-block's integer sum (sub-block scales and Q4_K's mins
 //!   included) is exact; it is added, as f32, with one fused multiply-add by `d·d_a`.
+//!
 //! AVX-512 VNNI (`vpdpbusd`), AVX2 (`vpmaddubsw` + `vpmaddwd`) and the scalar path all produce the
 //! exact integers, so a result depends neither on the CPU, nor on the thread count, nor on how
 //! many tokens share the tile.
@@ -367,7 +368,7 @@ mod scalar {
         let mut wb = [0i8; 32];
         match fmt {
             Format::Q8_0 | Format::Q4_0 => {
-                let mut acc = [[[0.0f32; 8]; 2]; T];
+                let mut acc = [[0.0f32; 8]; T];
                 for (b, blk) in w.chunks_exact(fmt.block_bytes()).enumerate() {
                     let dw = f16le(blk, 0);
                     if fmt == Format::Q8_0 {
@@ -380,13 +381,13 @@ mod scalar {
                     }
                     for t in 0..T {
                         let scale = dw * a.d[t][b];
-                        for (acc, l) in acc[t][b % 2].iter_mut().zip(lanes(&wb, &a.q[t][b * QA..])) {
+                        for (acc, l) in acc[t].iter_mut().zip(lanes(&wb, &a.q[t][b * QA..])) {
                             *acc = (l as f32).mul_add(scale, *acc);
                         }
                     }
                 }
                 for t in 0..T {
-                    r[t] = hsum8(std::array::from_fn(|l| acc[t][0][l] + acc[t][1][l]));
+                    r[t] = hsum8(acc[t]);
                 }
             }
             Format::Q4K => {
@@ -574,7 +575,7 @@ mod x86 {
             let act = |t: usize, off: usize| _mm256_loadu_si256(a.q[t].as_ptr().add(off) as *const __m256i);
             match fmt {
                 Format::Q8_0 | Format::Q4_0 => {
-                    let mut acc = [[_mm256_setzero_ps(); 2]; T];
+                    let mut acc = [_mm256_setzero_ps(); T];
                     let eight = _mm256_set1_epi8(8);
                     for (b, blk) in w.chunks_exact(fmt.block_bytes()).enumerate() {
                         let p = blk.as_ptr();
@@ -586,11 +587,11 @@ mod x86 {
                         let dw = f16_at(p);
                         for t in 0..T {
                             let l = _mm256_cvtepi32_ps(lanes(wb, act(t, b * QA)));
-                            acc[t][b % 2] = _mm256_fmadd_ps(l, _mm256_set1_ps(dw * a.d[t][b]), acc[t][b % 2]);
+                            acc[t] = _mm256_fmadd_ps(l, _mm256_set1_ps(dw * a.d[t][b]), acc[t]);
                         }
                     }
                     for t in 0..T {
-                        r[t] = hsum8(_mm256_add_ps(acc[t][0], acc[t][1]));
+                        r[t] = hsum8(acc[t]);
                     }
                 }
                 Format::Q4K => {
@@ -673,6 +674,15 @@ mod x86 {
             _mm512_loadu_si512(p.add(4) as *const __m512i)
         }
 
+        /// `acc` plus block b's lanes times its scale, then block b+1's (lanes 0–7, 8–15): two fused
+        /// multiply-adds in order, as one block at a time computes them.
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+        unsafe fn fma_pair(acc: __m256, l: __m512, s: __m512) -> __m256 {
+            let acc = _mm256_fmadd_ps(_mm512_castps512_ps256(l), _mm512_castps512_ps256(s), acc);
+            _mm256_fmadd_ps(_mm512_extractf32x8_ps(l, 1), _mm512_extractf32x8_ps(s, 1), acc)
+        }
+
         /// The pair's two f16 scales as f32 in lanes 0 and 1.
         #[inline]
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
@@ -687,8 +697,7 @@ mod x86 {
                 Format::Q8_0 | Format::Q4_0 => {
                     let bb = fmt.block_bytes();
                     let nb = w.len() / bb;
-                    // lanes 0-7: even blocks, 8-15: odd blocks (the canonical two accumulators)
-                    let mut acc = [_mm512_setzero_ps(); T];
+                    let mut acc = [_mm256_setzero_ps(); T];
                     let zero = _mm512_setzero_si512();
                     let expand = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
                     let mut b = 0;
@@ -704,7 +713,7 @@ mod x86 {
                             for t in 0..T {
                                 let au = _mm512_loadu_si512(a.qu[t].as_ptr().add(b * QA) as *const __m512i);
                                 let l = _mm512_sub_epi32(_mm512_dpbusd_epi32(zero, au, wv), corr);
-                                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(l), _mm512_mul_ps(dw, da(t)), acc[t]);
+                                acc[t] = fma_pair(acc[t], _mm512_cvtepi32_ps(l), _mm512_mul_ps(dw, da(t)));
                             }
                         } else {
                             // q·a − 8·Σa per lane of 4
@@ -712,14 +721,13 @@ mod x86 {
                             for t in 0..T {
                                 let ls = _mm512_loadu_si512(a.lane_sum8[t].as_ptr().add(b * 8) as *const __m512i);
                                 let l = _mm512_sub_epi32(_mm512_dpbusd_epi32(zero, qv, act(t, b * QA)), ls);
-                                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(l), _mm512_mul_ps(dw, da(t)), acc[t]);
+                                acc[t] = fma_pair(acc[t], _mm512_cvtepi32_ps(l), _mm512_mul_ps(dw, da(t)));
                             }
                         }
                         b += 2;
                     }
                     for t in 0..T {
-                        let mut even = _mm512_castps512_ps256(acc[t]);
-                        let odd = _mm512_extractf32x8_ps(acc[t], 1);
+                        let mut acc = acc[t];
                         if b < nb {
                             let p = w.as_ptr().add(b * bb);
                             let wb = if fmt == Format::Q8_0 {
@@ -733,9 +741,9 @@ mod x86 {
                                 _mm256_sign_epi8(wb, wb),
                                 _mm256_sign_epi8(av, wb),
                             );
-                            even = _mm256_fmadd_ps(_mm256_cvtepi32_ps(l), _mm256_set1_ps(f16_at(p) * a.d[t][b]), even);
+                            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(l), _mm256_set1_ps(f16_at(p) * a.d[t][b]), acc);
                         }
-                        r[t] = hsum8(_mm256_add_ps(even, odd));
+                        r[t] = hsum8(acc);
                     }
                 }
                 Format::Q4K => {
@@ -746,20 +754,26 @@ mod x86 {
                         let p = blk.as_ptr();
                         let (d, dmin) = (f16_at(p), f16_at(p.add(2)));
                         let sc = &blk[4..16];
+                        let sm: [(u8, u8); 8] = std::array::from_fn(|j| scale_min_k4(j, sc));
                         let mut isum = [zero; T];
                         for c in 0..4 {
                             let v = _mm256_loadu_si256(p.add(16 + 32 * c) as *const __m256i);
                             let (lo, hi) = (_mm256_and_si256(v, m4), _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
                             let q = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-                            let (s0, s1) = (scale_min_k4(2 * c, sc).0 as i32, scale_min_k4(2 * c + 1, sc).0 as i32);
-                            let sv = _mm512_inserti64x4(_mm512_set1_epi32(s0), _mm256_set1_epi32(s1), 1);
+                            // u8×i8 pairs to i16, then pairs of i16 times the sub-block scale to i32
+                            let sv = _mm512_inserti64x4(
+                                _mm512_set1_epi16(sm[2 * c].0 as i16),
+                                _mm256_set1_epi16(sm[2 * c + 1].0 as i16),
+                                1,
+                            );
                             for t in 0..T {
-                                let l = _mm512_dpbusd_epi32(zero, q, act(t, sb * 256 + 64 * c));
-                                isum[t] = _mm512_add_epi32(isum[t], _mm512_mullo_epi32(l, sv));
+                                let p16 = _mm512_maddubs_epi16(q, act(t, sb * 256 + 64 * c));
+                                isum[t] = _mm512_add_epi32(isum[t], _mm512_madd_epi16(p16, sv));
                             }
                         }
                         for t in 0..T {
-                            let m = q4k_mins(sc, &a.s[t][16 * sb..]);
+                            let bs = &a.s[t][16 * sb..16 * sb + 16];
+                            let m: i32 = (0..8).map(|j| sm[j].1 as i32 * (bs[2 * j] + bs[2 * j + 1])).sum();
                             sum[t] = (_mm512_reduce_add_epi32(isum[t]) as f32).mul_add(d * a.d[t][sb], sum[t]);
                             mins[t] = (m as f32).mul_add(dmin * a.d[t][sb], mins[t]);
                         }
@@ -770,8 +784,8 @@ mod x86 {
                 }
                 Format::Q6K => {
                     let zero = _mm512_setzero_si512();
-                    // scale index of each 4-lane group, for two 32-value groups
-                    let spread = _mm_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+                    // the i16 scale of each pair of values, for two 32-value groups (4 scales)
+                    let spread = _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
                     let mut sum = [0.0f32; T];
                     for (sb, blk) in w.chunks_exact(210).enumerate() {
                         let p = blk.as_ptr();
@@ -782,11 +796,17 @@ mod x86 {
                             for pair in 0..2 {
                                 let k = 4 * h + 2 * pair;
                                 let q = _mm512_inserti64x4(_mm512_castsi256_si512(g[2 * pair]), g[2 * pair + 1], 1);
-                                let sc4 = _mm_cvtsi32_si128((p.add(192 + 2 * k) as *const i32).read_unaligned());
-                                let sv = _mm512_cvtepi8_epi32(_mm_shuffle_epi8(sc4, spread));
+                                // scales sc[2k..2k+4], each over 16 values = 8 i16 pairs
+                                let sc = |i: usize| {
+                                    let two = _mm_cvtsi32_si128(
+                                        (p.add(192 + 2 * k + 2 * i) as *const i16).read_unaligned() as i32,
+                                    );
+                                    _mm256_cvtepi8_epi16(_mm_shuffle_epi8(two, spread))
+                                };
+                                let sv = _mm512_inserti64x4(_mm512_castsi256_si512(sc(0)), sc(1), 1);
                                 for t in 0..T {
-                                    let l = _mm512_dpbusd_epi32(zero, q, act(t, sb * 256 + 32 * k));
-                                    isum[t] = _mm512_add_epi32(isum[t], _mm512_mullo_epi32(l, sv));
+                                    let p16 = _mm512_maddubs_epi16(q, act(t, sb * 256 + 32 * k));
+                                    isum[t] = _mm512_add_epi32(isum[t], _mm512_madd_epi16(p16, sv));
                                 }
                             }
                         }
