@@ -231,7 +231,9 @@ pub fn read_bandwidth() -> f64 {
 }
 
 /// Prefill, decode and batched-decode speed (random weights: speed does not depend on them), of
-/// `model`, or of a random model of `cfg` in `dtype`.
+/// `model`, or of a random model of `cfg` in `dtype`. `bandwidth`: from [`read_bandwidth`],
+/// measured by the caller before the model was loaded (so that its buffer and the model are not
+/// in memory together and peak RSS is the model's).
 #[allow(clippy::too_many_arguments)]
 pub fn generate_bench(
     name: &str,
@@ -242,9 +244,9 @@ pub fn generate_bench(
     new_tokens: usize,
     batch: usize,
     runs: usize,
+    bandwidth: f64,
 ) -> Result<GenerateBench> {
     use crate::model::{InferenceModel, KvCache, RowMode, Segment};
-    let bandwidth = read_bandwidth();
     let model = match model {
         Some(m) => m,
         None => InferenceModel::from_params(cfg.clone(), Llama::new_init(cfg.clone(), 7).params, dtype)?,

@@ -395,10 +395,7 @@ fn run() -> Result<()> {
             let model = tinyllama::checkpoint::hf::load_hf(&checkpoint)?;
             let tok = Tokenizer::from_file(&checkpoint.join("tokenizer.json"))
                 .with_context(|| format!("{}: needs its tokenizer.json", checkpoint.display()))?;
-            let template = std::fs::read_to_string(checkpoint.join("tokenizer_config.json"))
-                .ok()
-                .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-                .and_then(|v| v.get("chat_template").and_then(|t| t.as_str()).map(str::to_string));
+            let template = tinyllama::model::load::chat_template_of(&checkpoint);
             let name = checkpoint.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
             eprintln!("writing {} as {}…", out.display(), dtype.name());
             tinyllama::gguf::llama::export(&model.cfg, &model.params, &tok, template.as_deref(), dtype, &name, &out)?;
@@ -473,6 +470,7 @@ fn run() -> Result<()> {
         }
         Cmd::Bench(BenchCmd::Generate { model, gguf, dtype, prompt_len, new_tokens, batch, runs, json, .. }) => {
             let dtype = tinyllama::model::ModelDtype::parse(&dtype)?;
+            let bandwidth = tinyllama::bench::read_bandwidth();
             let (name, cfg, loaded) = match &gguf {
                 Some(p) => {
                     let m = tinyllama::model::load::load_model(p, None, false)?.model;
@@ -483,7 +481,9 @@ fn run() -> Result<()> {
                     (name, cfg, None)
                 }
             };
-            let r = tinyllama::bench::generate_bench(&name, loaded, &cfg, dtype, prompt_len, new_tokens, batch, runs)?;
+            let r = tinyllama::bench::generate_bench(
+                &name, loaded, &cfg, dtype, prompt_len, new_tokens, batch, runs, bandwidth,
+            )?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {

@@ -35,30 +35,27 @@ fn key_usize(g: &GgufFile, k: &str, lo: usize, hi: usize) -> Result<usize> {
     Ok(v as usize)
 }
 
-/// HF row order of a GGUF q/k matrix: row `h·hd + j·hd/2 + i` ← GGUF row `h·hd + 2i + j`.
-fn unpermute_rows(bytes: &[u8], rows: usize, row_bytes: usize, head_dim: usize) -> Vec<u8> {
+/// Moves q/k rows between Hugging Face order and llama.cpp's: HF row `h·hd + j·hd/2 + i` is GGUF
+/// row `h·hd + 2i + j`. `to_gguf` applies `convert_hf_to_gguf.py`'s permutation, else undoes it.
+fn permute(bytes: &[u8], rows: usize, row_bytes: usize, head_dim: usize, to_gguf: bool) -> Vec<u8> {
     let mut out = vec![0u8; bytes.len()];
     let half = head_dim / 2;
     for r in 0..rows {
         let (h, within) = (r / head_dim, r % head_dim);
         let (j, i) = (within / half, within % half);
-        let src = h * head_dim + 2 * i + j;
-        out[r * row_bytes..(r + 1) * row_bytes].copy_from_slice(&bytes[src * row_bytes..(src + 1) * row_bytes]);
+        let g = h * head_dim + 2 * i + j;
+        let (src, dst) = if to_gguf { (r, g) } else { (g, r) };
+        out[dst * row_bytes..(dst + 1) * row_bytes].copy_from_slice(&bytes[src * row_bytes..(src + 1) * row_bytes]);
     }
     out
 }
 
-/// GGUF row order of an HF q/k matrix (the inverse of [`unpermute_rows`]).
 fn permute_rows(bytes: &[u8], rows: usize, row_bytes: usize, head_dim: usize) -> Vec<u8> {
-    let mut out = vec![0u8; bytes.len()];
-    let half = head_dim / 2;
-    for r in 0..rows {
-        let (h, within) = (r / head_dim, r % head_dim);
-        let (j, i) = (within / half, within % half);
-        let dst = h * head_dim + 2 * i + j;
-        out[dst * row_bytes..(dst + 1) * row_bytes].copy_from_slice(&bytes[r * row_bytes..(r + 1) * row_bytes]);
-    }
-    out
+    permute(bytes, rows, row_bytes, head_dim, true)
+}
+
+fn unpermute_rows(bytes: &[u8], rows: usize, row_bytes: usize, head_dim: usize) -> Vec<u8> {
+    permute(bytes, rows, row_bytes, head_dim, false)
 }
 
 /// The config a GGUF file describes.

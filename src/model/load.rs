@@ -20,6 +20,13 @@ pub fn is_gguf(path: &Path) -> bool {
     path.is_file() && path.extension().map(|e| e.eq_ignore_ascii_case("gguf")).unwrap_or(false)
 }
 
+/// The `chat_template` of a model directory's `tokenizer_config.json`, if any.
+pub fn chat_template_of(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join("tokenizer_config.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v.get("chat_template")?.as_str().map(str::to_string)
+}
+
 /// Loads `path`. Safetensors weights are converted to `dtype` (default f32); GGUF files keep
 /// the formats they store. `progress`: say on stderr what is being done.
 pub fn load_model(path: &Path, dtype: Option<ModelDtype>, progress: bool) -> Result<LoadedModel> {
@@ -45,10 +52,7 @@ pub fn load_model(path: &Path, dtype: Option<ModelDtype>, progress: bool) -> Res
     let llama = crate::checkpoint::hf::load_hf(&dir)?;
     let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))
         .with_context(|| format!("{}: a model directory needs its tokenizer.json", dir.display()))?;
-    let chat_template = std::fs::read_to_string(dir.join("tokenizer_config.json"))
-        .ok()
-        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-        .and_then(|v| v.get("chat_template").and_then(|t| t.as_str()).map(str::to_string));
+    let chat_template = chat_template_of(&dir);
     let dtype = dtype.unwrap_or(ModelDtype::Uniform(Format::F32));
     if progress && dtype != ModelDtype::Uniform(Format::F32) {
         eprintln!("quantizing {} parameters to {}…", llama.cfg.num_params(), dtype.name());
