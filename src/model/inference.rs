@@ -450,6 +450,12 @@ impl InferenceModel {
     /// score the first continuation token). `context` must not be empty.
     pub fn loglikelihood(&self, context: &[u32], continuation: &[u32], cache: &mut KvCache) -> Result<(f64, bool)> {
         ensure!(!context.is_empty() && !continuation.is_empty(), "empty context or continuation");
+        let v = self.cfg.vocab_size;
+        if let Some(&t) = continuation.iter().find(|&&t| t as usize >= v) {
+            anyhow::bail!(
+                "token id {t} is outside the model's vocabulary (size {v}): does the tokenizer fit the model?"
+            );
+        }
         let seq: Vec<u32> = context.iter().chain(continuation).copied().collect();
         let input = &seq[..seq.len() - 1];
         let common = cache.tokens.iter().zip(input).take_while(|(a, b)| a == b).count();
@@ -507,6 +513,9 @@ mod tests {
             assert_eq!(greedy, want_greedy);
         }
         assert_eq!(cache.tokens[..ctx.len() - 1], ctx[..ctx.len() - 1], "the context prefix stays cached");
+        // a continuation token outside the vocabulary (a tokenizer larger than the model) is an error
+        let e = model.loglikelihood(&ctx, &[5, 300], &mut cache).unwrap_err();
+        assert!(format!("{e}").contains("outside the model's vocabulary"), "{e}");
     }
 
     /// A fresh prompt in batched mode is the training forward, bit for bit (so evaluation's

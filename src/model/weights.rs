@@ -63,20 +63,35 @@ impl WeightMatrix {
         let pairs = !self.pairs && uses_pairs(Isa::detect(), self.format);
         if pairs || matches!(self.storage, Storage::Bytes(_)) {
             let rb = self.row_bytes().max(1);
-            let mut buf = page_buffer(self.bytes().len());
             let fmt = self.format;
-            buf.par_chunks_mut(rb).zip(self.bytes().par_chunks(rb)).for_each(|(dst, src)| {
-                if pairs {
-                    dst.copy_from_slice(&to_pairs(fmt, src));
-                } else {
-                    dst.copy_from_slice(src);
+            let fill = |dst: &mut [u8], src: &[u8]| {
+                dst.par_chunks_mut(rb).zip(src.par_chunks(rb)).for_each(|(d, s)| {
+                    if pairs {
+                        d.copy_from_slice(&to_pairs(fmt, s));
+                    } else {
+                        d.copy_from_slice(s);
+                    }
+                })
+            };
+            let storage = match page_buffer(self.bytes().len()) {
+                Some(mut buf) => {
+                    fill(&mut buf, self.bytes());
+                    Some(Storage::Pages(buf))
                 }
-            });
-            if let Storage::Mapped { map, range } = &self.storage {
-                release_mapped(map, range.clone());
+                None if pairs => {
+                    let mut v = vec![0u8; self.bytes().len()];
+                    fill(&mut v, self.bytes());
+                    Some(Storage::Bytes(v))
+                }
+                None => None,
+            };
+            if let Some(storage) = storage {
+                if let Storage::Mapped { map, range } = &self.storage {
+                    release_mapped(map, range.clone());
+                }
+                self.storage = storage;
+                self.pairs |= pairs;
             }
-            self.storage = Storage::Pages(buf);
-            self.pairs |= pairs;
         }
         self
     }
@@ -158,11 +173,12 @@ pub fn release_mapped(map: &memmap2::Mmap, range: Range<usize>) {
 
 /// A zeroed anonymous buffer of `len` bytes, asking for transparent huge pages (Linux
 /// `MADV_HUGEPAGE`; elsewhere, or where refused, ordinary pages).
-pub fn page_buffer(len: usize) -> memmap2::MmapMut {
-    let m = memmap2::MmapOptions::new().len(len.max(1)).map_anon().expect("anonymous memory");
+/// `None` where the system refuses the mapping (the caller keeps ordinary heap memory).
+pub fn page_buffer(len: usize) -> Option<memmap2::MmapMut> {
+    let m = memmap2::MmapOptions::new().len(len.max(1)).map_anon().ok()?;
     #[cfg(target_os = "linux")]
     let _ = m.advise(memmap2::Advice::HugePage);
-    m
+    Some(m)
 }
 
 /// Matrices stacked by rows: `y[:, off_p..off_p + rows_p] = x · W_pᵀ`.

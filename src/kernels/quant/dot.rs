@@ -175,7 +175,8 @@ impl Activations {
         for (s, qs) in self.sum.iter_mut().zip(self.q.chunks_exact(sl)) {
             *s = qs.iter().map(|&v| v as i32).sum();
         }
-        if self.kind == ActKind::Q8_0 {
+        // the extras only the AVX-512 kernels read (they run on a CPU that has them)
+        if self.kind == ActKind::Q8_0 && Isa::best_supported() == Isa::Avx512Vnni {
             self.qu.clear();
             self.qu.extend(self.q.iter().map(|&v| (v as u8) ^ 0x80));
             self.lane_sum8.clear();
@@ -300,7 +301,8 @@ fn dot_tile<const T: usize>(isa: Isa, fmt: Format, w: &[u8], acts: &Activations,
         let q: [&[i8]; T] = std::array::from_fn(|t| &acts.q[toks[t] * cols..][..cols]);
         let d: [&[f32]; T] = std::array::from_fn(|t| &acts.d[toks[t] * nb..][..nb]);
         let s: [&[i32]; T] = std::array::from_fn(|t| &acts.sum[toks[t] * ns..][..ns]);
-        let q8 = acts.kind == ActKind::Q8_0;
+        // the AVX-512 extras, where they were prepared
+        let q8 = acts.kind == ActKind::Q8_0 && !acts.qu.is_empty();
         let qu: [&[u8]; T] = std::array::from_fn(|t| if q8 { &acts.qu[toks[t] * cols..][..cols] } else { &[][..] });
         let lane_sum8: [&[i32]; T] =
             std::array::from_fn(|t| if q8 { &acts.lane_sum8[toks[t] * cols / 4..][..cols / 4] } else { &[][..] });
