@@ -112,7 +112,21 @@ pub fn generate_batch(
     max_batch: usize,
     on_token: &mut dyn FnMut(usize, u32) -> Result<()>,
 ) -> Result<Vec<Vec<u32>>> {
-    let ctx = model.cfg.max_position_embeddings;
+    generate_batch_with_prefix(model, None, reqs, eos, max_batch, on_token)
+}
+
+/// [`generate_batch`] where the prompts share a prefix already in `prefix` (few-shot examples
+/// computed once): each request copies the cached positions its prompt agrees with (all but its
+/// last prompt token at most) and prefills only the rest.
+pub fn generate_batch_with_prefix(
+    model: &InferenceModel,
+    prefix: Option<&KvCache>,
+    reqs: &[Request],
+    eos: &[u32],
+    max_batch: usize,
+    on_token: &mut dyn FnMut(usize, u32) -> Result<()>,
+) -> Result<Vec<Vec<u32>>> {
+    let ctx = model.max_positions();
     for (i, r) in reqs.iter().enumerate() {
         ensure!(!r.prompt.is_empty(), "prompt {i} is empty");
         ensure!(r.prompt.len() < ctx, "prompt {i} has {} tokens and fills the context ({ctx})", r.prompt.len());
@@ -138,8 +152,15 @@ pub fn generate_batch(
             if max_new == 0 {
                 continue;
             }
-            let mut cache = KvCache::new(model, r.prompt.len() + max_new);
-            let logits = model.next_token_logits(&r.prompt, &mut cache, RowMode::Batched)?;
+            let max_len = r.prompt.len() + max_new;
+            let mut cache = match prefix {
+                Some(p) => {
+                    let common = p.tokens.iter().zip(&r.prompt).take_while(|(a, b)| a == b).count();
+                    KvCache::with_prefix(p, common.min(r.prompt.len() - 1), max_len)
+                }
+                None => KvCache::new(model, max_len),
+            };
+            let logits = model.next_token_logits(&r.prompt[cache.len..], &mut cache, RowMode::Batched)?;
             let mut sampler = Sampler::new(r.sampling.clone());
             let t = sampler.sample(&logits);
             out[i].push(t);
@@ -223,6 +244,32 @@ mod tests {
                 assert_eq!(&alone[0], got, "{dtype:?}");
             }
             assert!(together.iter().map(|t| t.len()).collect::<std::collections::BTreeSet<_>>().len() > 2);
+        }
+    }
+
+    /// Continuing a shared prefix from its cache gives the tokens of prefilling each prompt whole
+    /// (prompts that share all, part or none of the prefix).
+    #[test]
+    fn shared_prefix_generation_equals_whole_prompts() {
+        let llama = crate::model::test_model(300, 64, 6, 3.0);
+        for dtype in [ModelDtype::Uniform(Format::Q8_0), ModelDtype::Uniform(Format::F32)] {
+            let model = InferenceModel::from_llama(&llama, dtype).unwrap();
+            let prefix: Vec<u32> = (0..20u32).map(|j| (j * 37 + 5) % 300).collect();
+            let reqs: Vec<Request> = (0..5u32)
+                .map(|i| {
+                    let keep = [20, 20, 7, 0, 20][i as usize];
+                    let mut prompt: Vec<u32> = vec![1];
+                    prompt.extend(&prefix[..keep]);
+                    prompt.extend((0..(1 + i * 2)).map(|j| (j * 11 + i * 3 + 2) % 300));
+                    Request { prompt, max_new: 8, sampling: SamplingOptions::default() }
+                })
+                .collect();
+            let mut cache = KvCache::new(&model, 21);
+            let whole_prefix: Vec<u32> = std::iter::once(1).chain(prefix.iter().copied()).collect();
+            model.forward_cached_hidden(&whole_prefix, &mut cache, RowMode::Batched).unwrap();
+            let shared = generate_batch_with_prefix(&model, Some(&cache), &reqs, &[], 3, &mut |_, _| Ok(())).unwrap();
+            let plain = generate_batch(&model, &reqs, &[], 3, &mut |_, _| Ok(())).unwrap();
+            assert_eq!(shared, plain, "{dtype:?}");
         }
     }
 

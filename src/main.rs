@@ -1,6 +1,6 @@
 //! The `tinyllama` command line: a thin layer over the library.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -201,27 +201,55 @@ struct PrepareArgs {
 #[derive(Args)]
 struct EvalArgs {
     /// A Hugging Face model directory (or a training checkpoint) with tokenizer.json, or a GGUF file.
-    #[arg(long)]
-    model: PathBuf,
+    /// Not needed with `--completions`.
+    #[arg(long, required_unless_present = "completions")]
+    model: Option<PathBuf>,
     /// Weight format for a safetensors model: f32 (default), f16, bf16, q8_0, q4_0, q4_k_m, q4_k,
     /// q6_k (quantized at load). GGUF files keep their own.
     #[arg(long, default_value = "f32")]
     dtype: String,
-    /// Comma-separated: hellaswag, openbookqa, winogrande, arc_easy, arc_challenge, boolq, piqa, mmlu.
+    /// Comma-separated. Zero-shot (lm-evaluation-harness rules): hellaswag, openbookqa, winogrande,
+    /// arc_easy, arc_challenge, boolq, piqa, mmlu. Generative (InstructEval's rules): mmlu_instructeval
+    /// (5-shot), bbh (3-shot), drop (3-shot), humaneval (0-shot, runs the programs with python3).
     #[arg(long, default_value = "hellaswag,openbookqa,winogrande,arc_easy,arc_challenge,boolq,piqa")]
     tasks: String,
-    /// Directory of the task files.
+    /// A named set of tasks instead of --tasks: `commonsense` (the paper's seven zero-shot tasks) or
+    /// `instructeval` (mmlu_instructeval, bbh, drop, humaneval: the paper's problem-solving table).
+    #[arg(long)]
+    suite: Option<String>,
+    /// Directory of the task files (`hellaswag_validation.jsonl`, …, `mmlu_{dev,test}.jsonl`,
+    /// `bbh/*.json`, `drop_validation.jsonl` or `drop/`, `humaneval/HumanEval.jsonl`).
     #[arg(long, default_value = "eval-data")]
     data_dir: PathBuf,
-    /// Only the first N items of each task.
+    /// Only the first N items of each task (generative tasks: of each BBH task and MMLU subject,
+    /// and the first N test items of DROP and HumanEval).
     #[arg(long)]
     limit: Option<usize>,
-    /// Write the results as JSON.
+    /// Write the results as JSON (rewritten as each task finishes).
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Write one JSON line per request (task, doc_index, choice_index, loglikelihood, is_greedy).
+    /// Write one JSON line per request (zero-shot: task, doc_index, choice_index, loglikelihood,
+    /// is_greedy; generative: task, subtask, index, prompt_tokens, shots, prediction, target,
+    /// correct — HumanEval: task_id, completion, passed).
     #[arg(long)]
     log_samples: Option<PathBuf>,
+    /// Sequences generated together by the generative tasks.
+    #[arg(long, default_value_t = 16)]
+    max_batch: usize,
+    /// Sampling temperature of the generative tasks: 0 = greedy (InstructEval's default). The
+    /// paper's HumanEval run sampled once at 0.1 (`--temperature 0.1 --seed S`; top-k 50 as
+    /// transformers' `generate` samples by default).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Seed of the sampler (with --temperature > 0).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// HumanEval samples per problem: pass@k is reported for k in 1, 10, 100 up to this.
+    #[arg(long, default_value_t = 1)]
+    samples: usize,
+    /// Score human-eval `samples.jsonl` completions (task_id, completion) without a model.
+    #[arg(long)]
+    completions: Option<PathBuf>,
     /// Instead of tasks: perplexity of a text file or a prepared .bin shard.
     #[arg(long)]
     perplexity: Option<PathBuf>,
@@ -781,7 +809,72 @@ fn generate_many(
 }
 
 fn eval(a: EvalArgs) -> Result<()> {
-    let (model, tok) = load_model_dir(&a.model, &a.dtype)?;
+    use tinyllama::eval::{generative, humaneval, instruct, tasks};
+    let names: Vec<String> = match a.suite.as_deref() {
+        Some("instructeval") => instruct::GEN_TASKS.iter().map(|s| s.to_string()).collect(),
+        Some("commonsense") => ["hellaswag", "openbookqa", "winogrande", "arc_easy", "arc_challenge", "boolq", "piqa"]
+            .map(String::from)
+            .to_vec(),
+        Some(other) => bail!("unknown suite `{other}`: instructeval or commonsense"),
+        None => a.tasks.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
+    };
+    ensure!(!names.is_empty(), "no tasks given");
+    for n in &names {
+        if !instruct::GenTask::is_generative(n) && tasks::task_files(n).is_empty() {
+            let all: Vec<&str> = tasks::TASKS.iter().chain(instruct::GEN_TASKS).copied().collect();
+            let hint =
+                tinyllama::config::suggest(n, &all).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
+            bail!("unknown task `{n}`{hint}; tasks: {}", all.join(", "));
+        }
+    }
+    ensure!(a.samples >= 1, "--samples must be at least 1");
+    ensure!(a.max_batch >= 1, "--max-batch must be at least 1");
+    ensure!(
+        a.temperature.is_finite() && a.temperature >= 0.0,
+        "--temperature must be a finite number ≥ 0 (0 = greedy), not {}",
+        a.temperature
+    );
+    let opts = generative::GenOptions {
+        max_batch: a.max_batch,
+        sampling: tinyllama::generate::SamplingOptions {
+            temperature: a.temperature,
+            top_k: if a.temperature > 0.0 { 50 } else { 0 },
+            top_p: 1.0,
+            seed: a.seed,
+        },
+        samples: a.samples,
+    };
+    let mut log = match &a.log_samples {
+        Some(p) => Some(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+        )),
+        None => None,
+    };
+    if let Some(path) = &a.completions {
+        ensure!(names == ["humaneval"], "--completions scores HumanEval only: pass --tasks humaneval");
+        let task = instruct::load_gen_task("humaneval", &a.data_dir, a.limit, None)?;
+        let given = humaneval::read_completions(path)?;
+        let completions = generative::completions_for(&task, &given)?;
+        let sandbox = humaneval::Sandbox::detect()?;
+        eprintln!("running {} programs: {}", given.len(), sandbox.describe());
+        let r = generative::score_humaneval(
+            &task,
+            &completions,
+            Some(&sandbox),
+            log.as_mut().map(|w| w as &mut dyn std::io::Write),
+            &format!("given completions ({})", path.display()),
+        )?;
+        print_gen_results(std::slice::from_ref(&r));
+        if let Some(j) = &a.json {
+            tinyllama::checkpoint::hf::write_json(
+                j,
+                &serde_json::json!({"completions": path, "limit": a.limit, "results": [r]}),
+            )?;
+        }
+        return Ok(());
+    }
+    let model_path = a.model.clone().context("--model is required")?;
+    let (mut model, tok) = load_model_dir(&model_path, &a.dtype)?;
     if let Some(path) = &a.perplexity {
         let tokens: Vec<u32> = if path.extension().map(|e| e == "bin").unwrap_or(false) {
             tinyllama::data::shard::Shard::open(path)?.tokens()
@@ -804,50 +897,141 @@ fn eval(a: EvalArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let mut log = match &a.log_samples {
-        Some(p) => Some(std::io::BufWriter::new(
-            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
-        )),
-        None => None,
-    };
-    let mut results = vec![];
-    for name in a.tasks.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let task = tinyllama::eval::tasks::load_task(name, &a.data_dir, a.limit)?;
-        let bar = indicatif::ProgressBar::new(task.items.len() as u64);
+    // every task is read and checked before any scoring
+    enum Loaded {
+        ZeroShot(tasks::Task),
+        Generative(instruct::GenTask),
+    }
+    let mut loaded = vec![];
+    for name in &names {
+        loaded.push(if instruct::GenTask::is_generative(name) {
+            let t = instruct::load_gen_task(name, &a.data_dir, a.limit, Some(&tok))?;
+            model.extend_positions(t.positions_needed());
+            Loaded::Generative(t)
+        } else {
+            Loaded::ZeroShot(tasks::load_task(name, &a.data_dir, a.limit)?)
+        });
+    }
+    let sandbox = if names.iter().any(|n| n == "humaneval") { Some(humaneval::Sandbox::detect()?) } else { None };
+    let (mut results, mut gen_results) = (vec![], vec![]);
+    let ctx = model.cfg.max_position_embeddings;
+    for task in &loaded {
+        let (name, n) = match task {
+            Loaded::ZeroShot(t) => (t.name.clone(), t.items.len()),
+            Loaded::Generative(t) => (t.name.clone(), t.items.len()),
+        };
+        let bar = indicatif::ProgressBar::new(n as u64);
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{msg:14} {bar:30} {pos}/{len} items, ETA {eta}").unwrap(),
+            indicatif::ProgressStyle::with_template("{msg:18} {bar:30} {pos}/{len} items, ETA {eta}").unwrap(),
         );
-        bar.set_message(name.to_string());
+        bar.set_message(name.clone());
         if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
             bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
         }
-        let r = tinyllama::eval::harness::evaluate_task(
-            &model,
-            &tok,
-            &task,
-            log.as_mut().map(|w| w as &mut dyn std::io::Write),
-            &mut |i| bar.set_position(i as u64),
-        )?;
+        match task {
+            Loaded::ZeroShot(task) => {
+                let r = tinyllama::eval::harness::evaluate_task(
+                    &model,
+                    &tok,
+                    task,
+                    log.as_mut().map(|w| w as &mut dyn std::io::Write),
+                    &mut |i| bar.set_position(i as u64),
+                )?;
+                results.push(r);
+            }
+            Loaded::Generative(task) => {
+                let t0 = std::time::Instant::now();
+                let new = generative::generate_items(&model, &tok, task, &opts, &mut |i| bar.set_position(i as u64))?;
+                if task.name == "humaneval" {
+                    bar.set_message("humaneval: running");
+                }
+                let mut r = generative::score_task(
+                    Some(ctx),
+                    &tok,
+                    task,
+                    &new,
+                    &opts,
+                    sandbox.as_ref(),
+                    log.as_mut().map(|w| w as &mut dyn std::io::Write),
+                )?;
+                r.seconds = t0.elapsed().as_secs_f64();
+                r.items_per_s = task.items.len() as f64 / r.seconds;
+                gen_results.push(r);
+            }
+        }
         bar.finish_and_clear();
-        results.push(r);
+        if let Some(w) = log.as_mut() {
+            std::io::Write::flush(w)?;
+        }
+        if let Some(j) = &a.json {
+            let mut v =
+                serde_json::json!({"model": model_path, "limit": a.limit, "data_dir": a.data_dir, "results": results});
+            if !gen_results.is_empty() {
+                v["generative"] = serde_json::to_value(&gen_results)?;
+            }
+            tinyllama::checkpoint::hf::write_json(j, &v)?;
+        }
     }
-    println!("| task | n | acc | ± | acc_norm | ± | items/s |");
-    println!("|---|---|---|---|---|---|---|");
-    for r in &results {
-        let norm = |x: Option<f64>| x.map(|v| format!("{:.2}", 100.0 * v)).unwrap_or_else(|| "—".into());
-        println!(
-            "| {} | {} | {:.2} | {:.2} | {} | {} | {:.2} |",
-            r.task,
-            r.n,
-            100.0 * r.acc,
-            100.0 * r.acc_stderr,
-            norm(r.acc_norm),
-            norm(r.acc_norm_stderr),
-            r.items_per_s
-        );
+    if !results.is_empty() {
+        println!("| task | n | acc | ± | acc_norm | ± | items/s |");
+        println!("|---|---|---|---|---|---|---|");
+        for r in &results {
+            let norm = |x: Option<f64>| x.map(|v| format!("{:.2}", 100.0 * v)).unwrap_or_else(|| "—".into());
+            println!(
+                "| {} | {} | {:.2} | {:.2} | {} | {} | {:.2} |",
+                r.task,
+                r.n,
+                100.0 * r.acc,
+                100.0 * r.acc_stderr,
+                norm(r.acc_norm),
+                norm(r.acc_norm_stderr),
+                r.items_per_s
+            );
+        }
     }
-    if let Some(j) = &a.json {
-        tinyllama::checkpoint::hf::write_json(j, &serde_json::json!({"model": a.model, "results": results}))?;
+    if !gen_results.is_empty() {
+        if !results.is_empty() {
+            println!();
+        }
+        print_gen_results(&gen_results);
     }
     Ok(())
+}
+
+/// InstructEval-style table: one line per task, then BBH's tasks; notes on shrunk prompts and
+/// context overruns.
+fn print_gen_results(rs: &[tinyllama::eval::generative::GenResult]) {
+    println!("| task | n | metric | score | items/s | shrunk prompts | past context |");
+    println!("|---|---|---|---|---|---|---|");
+    for r in rs {
+        println!(
+            "| {} | {} | {} | {:.2} | {:.2} | {} | {} |",
+            r.task,
+            r.n,
+            r.metric,
+            100.0 * r.score,
+            r.items_per_s,
+            r.shrunk_prompts,
+            r.past_context
+        );
+    }
+    for r in rs {
+        for (k, v) in r.pass_at_k.iter().filter(|(k, _)| k.as_str() != "pass@1") {
+            println!("{}: {k} {:.2}", r.task, 100.0 * v);
+        }
+        if let Some(s) = &r.sandbox {
+            println!("{}: {}; {}", r.task, r.sampling, s);
+        }
+        if let Some(e) = &r.excluded {
+            println!("{}: excluded {e}", r.task);
+        }
+        if r.over_input_limit > 0 {
+            println!("{}: {} prompts longer than the input limit even without shots", r.task, r.over_input_limit);
+        }
+        if r.task == "bbh" {
+            for s in &r.subtasks {
+                println!("  bbh/{:42} n {:4}  {:6.2}", s.subtask, s.n, 100.0 * s.score);
+            }
+        }
+    }
 }

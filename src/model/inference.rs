@@ -46,6 +46,21 @@ impl KvCache {
         2 * 4 * c.num_hidden_layers * max_len * c.kv_dim()
     }
 
+    /// A cache of `max_len` positions holding the first `len` positions of `src` (a shared
+    /// prompt prefix computed once, continued by many sequences).
+    pub fn with_prefix(src: &KvCache, len: usize, max_len: usize) -> Self {
+        let len = len.min(src.len).min(max_len);
+        let layers = src.k.len() / (src.max_len * src.kv_dim).max(1);
+        let n = layers * max_len * src.kv_dim;
+        let (mut k, mut v) = (vec![0.0; n], vec![0.0; n]);
+        let (src_sz, dst_sz, used) = (src.max_len * src.kv_dim, max_len * src.kv_dim, len * src.kv_dim);
+        for l in 0..layers {
+            k[l * dst_sz..l * dst_sz + used].copy_from_slice(&src.k[l * src_sz..l * src_sz + used]);
+            v[l * dst_sz..l * dst_sz + used].copy_from_slice(&src.v[l * src_sz..l * src_sz + used]);
+        }
+        KvCache { len, max_len, kv_dim: src.kv_dim, k, v, tokens: src.tokens[..len].to_vec() }
+    }
+
     /// Forgets positions from `len` on.
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);
@@ -354,6 +369,20 @@ impl InferenceModel {
         }
         self.lm_head.parts.iter().for_each(|p| add(p.format));
         counts.iter().map(|(f, n)| format!("{f} ×{n}")).collect::<Vec<_>>().join(", ")
+    }
+
+    /// The number of positions the rotary table covers: the config's context unless
+    /// [`extend_positions`](Self::extend_positions) raised it.
+    pub fn max_positions(&self) -> usize {
+        self.rope.max_pos()
+    }
+
+    /// Lets sequences run to `n` positions, past the trained context, as transformers does
+    /// (rotary angles are computed for any position; nothing else has a limit).
+    pub fn extend_positions(&mut self, n: usize) {
+        if n > self.rope.max_pos() {
+            self.rope = RopeTable::new(self.cfg.head_dim, self.cfg.rope_theta, n);
+        }
     }
 
     /// Runs each segment's tokens at positions `cache.len..` of its cache and returns the final
