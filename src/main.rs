@@ -129,6 +129,10 @@ struct PretrainArgs {
     /// Continue from the latest checkpoint in --out, or from the given checkpoint directory.
     #[arg(long, num_args = 0..=1, value_name = "PATH")]
     resume: Option<Option<PathBuf>>,
+    /// Start a new run in an --out that holds one: the old run is moved aside to
+    /// `<out>.replaced-<n>` (nothing is deleted). Without it, such an --out is refused.
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
     /// Start from a Hugging Face checkpoint directory (continued pretraining).
     #[arg(long)]
     init_from: Option<PathBuf>,
@@ -223,7 +227,7 @@ struct EvalArgs {
     data_dir: PathBuf,
     /// Only the first N items of each task (generative tasks: of each BBH task and MMLU subject,
     /// and the first N test items of DROP and HumanEval).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     limit: Option<usize>,
     /// Write the results as JSON (rewritten as each task finishes).
     #[arg(long)]
@@ -285,13 +289,20 @@ struct SamplingArgs {
 }
 
 impl SamplingArgs {
-    fn options(&self) -> tinyllama::generate::SamplingOptions {
-        tinyllama::generate::SamplingOptions {
+    /// The sampler's settings, refused when out of range (rather than silently misbehaving).
+    fn options(&self) -> Result<tinyllama::generate::SamplingOptions> {
+        ensure!(
+            self.temperature.is_finite() && self.temperature >= 0.0,
+            "--temperature must be a finite number ≥ 0 (0 = greedy), not {}",
+            self.temperature
+        );
+        ensure!(self.top_p > 0.0 && self.top_p <= 1.0, "--top-p must be in (0, 1] (1 = off), not {}", self.top_p);
+        Ok(tinyllama::generate::SamplingOptions {
             temperature: self.temperature,
             top_k: self.top_k,
             top_p: self.top_p,
             seed: self.seed,
-        }
+        })
     }
 }
 
@@ -358,6 +369,10 @@ enum BenchCmd {
         /// llama.cpp and us on the same file: benches/compare_generate.sh).
         #[arg(long, value_name = "FILE")]
         write_gguf: Option<PathBuf>,
+        /// Instead of measuring: write the random model as a Hugging Face directory (config.json,
+        /// f32 model.safetensors, tokenizer.json), for `eval` and `generate` benchmarks.
+        #[arg(long, value_name = "DIR", conflicts_with = "write_gguf")]
+        write_hf: Option<PathBuf>,
     },
     /// Time training steps (forward, backward, clip, AdamW) on random tokens and report tokens/s,
     /// MFU against the GEMM peak measured in the same run, and peak memory.
@@ -452,7 +467,7 @@ fn run() -> Result<()> {
                 (Some(p), _) => {
                     let prompt: Vec<u32> = std::iter::once(tok.bos_id).chain(tok.encode(p)?).collect();
                     print!("{p}");
-                    stream_generate(&model, &tok, &prompt, &a.sampling)?;
+                    stream_generate(&model, &tok, &prompt, &a.sampling, prompt.last().copied())?;
                     println!();
                 }
                 (None, Some(file)) => generate_many(&model, &tok, file, a.max_batch, &a.sampling)?,
@@ -473,7 +488,7 @@ fn run() -> Result<()> {
                 turns.push((line.trim().to_string(), None));
                 let text = tinyllama::generate::zephyr_prompt(a.system.as_deref(), &turns);
                 let prompt: Vec<u32> = std::iter::once(tok.bos_id).chain(tok.encode(&text)?).collect();
-                let reply = stream_generate(&model, &tok, &prompt, &a.sampling)?;
+                let reply = stream_generate(&model, &tok, &prompt, &a.sampling, None)?;
                 println!();
                 turns.last_mut().unwrap().1 = Some(reply.trim().to_string());
             }
@@ -495,6 +510,19 @@ fn run() -> Result<()> {
             );
             tinyllama::gguf::llama::export(&cfg, &m.params, &tok, None, dtype, &name, &out)?;
             println!("wrote {} ({name}, random weights, {})", out.display(), dtype.name());
+        }
+        Cmd::Bench(BenchCmd::Generate { model, gguf: None, write_hf: Some(out), .. }) => {
+            let (name, cfg) = model.resolve("tinyllama-1.1b")?;
+            let m = tinyllama::model::Llama::new_init(cfg.clone(), 7);
+            let tok = Tokenizer::llama2();
+            anyhow::ensure!(
+                cfg.vocab_size == tok.vocab_size(),
+                "--write-hf needs a model with the Llama-2 vocabulary (32000)"
+            );
+            anyhow::ensure!(!out.exists(), "{} exists; choose a new directory", out.display());
+            tinyllama::checkpoint::hf::save_hf(&m, &out, Dtype::F32, u64::MAX)?;
+            tok.save(&out.join("tokenizer.json"))?;
+            println!("wrote {} ({name}, random weights, f32)", out.display());
         }
         Cmd::Bench(BenchCmd::Generate { model, gguf, dtype, prompt_len, new_tokens, batch, runs, json, .. }) => {
             let dtype = tinyllama::model::ModelDtype::parse(&dtype)?;
@@ -621,6 +649,7 @@ fn pretrain(a: PretrainArgs) -> Result<()> {
         LlamaConfig::preset(name)?; // unknown presets fail before any work
     }
     let resume = match a.resume {
+        None if a.overwrite => Resume::Overwrite,
         None => Resume::No,
         Some(None) => Resume::Latest,
         Some(Some(p)) => Resume::From(p),
@@ -647,6 +676,15 @@ fn pretrain(a: PretrainArgs) -> Result<()> {
     if comm.rank() != 0 {
         return Ok(());
     }
+    if out.losses.is_empty() && !out.interrupted {
+        println!(
+            "nothing to do: the run in {} is at step {} of {} (raise --max-steps to continue it)",
+            cfg.out.display(),
+            out.step,
+            cfg.max_steps
+        );
+        return Ok(());
+    }
     let first = out.losses.first().copied().unwrap_or(f64::NAN);
     let last = out.losses.last().copied().unwrap_or(f64::NAN);
     println!(
@@ -662,6 +700,10 @@ fn pretrain(a: PretrainArgs) -> Result<()> {
         println!("checkpoint: {}", c.display());
     }
     println!("metrics: {}, plot: {}", cfg.out.join("metrics.jsonl").display(), cfg.out.join("loss.svg").display());
+    if out.interrupted {
+        // stopped, not finished: a script must not take it as a completed run
+        std::process::exit(130);
+    }
     Ok(())
 }
 
@@ -720,15 +762,22 @@ fn load_model_dir(dir: &std::path::Path, dtype: &str) -> Result<(tinyllama::mode
 }
 
 /// Generates and prints text as it comes (decoding the whole continuation each time, so that
-/// multi-token characters appear whole); returns the text.
+/// multi-token characters appear whole); returns the text. With `after` (the prompt's last
+/// token), the continuation is decoded after it, so that its leading space is kept (a Llama
+/// decoder strips the first space of what it decodes: "I am" + "▁not" must print "I am not").
 fn stream_generate(
     model: &tinyllama::model::InferenceModel,
     tok: &Tokenizer,
     prompt: &[u32],
     s: &SamplingArgs,
+    after: Option<u32>,
 ) -> Result<String> {
+    let decode = |ids: &[u32]| match after {
+        Some(t) => tok.decode_after(t, ids),
+        None => tok.decode(ids),
+    };
     use std::io::Write;
-    let mut sampler = tinyllama::generate::Sampler::new(s.options());
+    let mut sampler = tinyllama::generate::Sampler::new(s.options()?);
     let mut ids = vec![];
     let mut shown = String::new();
     let mut out = std::io::stdout();
@@ -737,7 +786,7 @@ fn stream_generate(
             return Ok(());
         }
         ids.push(t);
-        let text = tok.decode(&ids)?;
+        let text = decode(&ids)?;
         if text.len() > shown.len() && text.starts_with(&shown) && !text.ends_with('\u{fffd}') {
             write!(out, "{}", &text[shown.len()..])?;
             out.flush()?;
@@ -745,7 +794,7 @@ fn stream_generate(
         }
         Ok(())
     })?;
-    let text = tok.decode(&ids)?;
+    let text = decode(&ids)?;
     if text.len() > shown.len() && text.starts_with(&shown) {
         print!("{}", &text[shown.len()..]);
     }
@@ -783,7 +832,7 @@ fn generate_many(
         .iter()
         .enumerate()
         .map(|(i, p)| {
-            let mut sampling = s.options();
+            let mut sampling = s.options()?;
             sampling.seed = s.seed.wrapping_add(i as u64);
             Ok(tinyllama::generate::Request {
                 prompt: std::iter::once(tok.bos_id).chain(tok.encode(p)?).collect(),
@@ -795,12 +844,13 @@ fn generate_many(
     let t0 = std::time::Instant::now();
     let outs = tinyllama::generate::generate_batch(model, &reqs, &[tok.eos_id], max_batch, &mut |_, _| Ok(()))?;
     let n: usize = outs.iter().map(|o| o.len()).sum();
-    for (p, o) in prompts.iter().zip(&outs) {
+    for ((p, r), o) in prompts.iter().zip(&reqs).zip(&outs) {
         let ids: Vec<u32> = o.iter().copied().filter(|&t| t != tok.eos_id).collect();
         let finish = if o.last() == Some(&tok.eos_id) { "stop" } else { "length" };
+        let completion = tok.decode_after(*r.prompt.last().expect("BOS at least"), &ids)?;
         println!(
             "{}",
-            serde_json::json!({"prompt": p, "completion": tok.decode(&ids)?, "tokens": ids.len(), "finish_reason": finish})
+            serde_json::json!({"prompt": p, "completion": completion, "tokens": ids.len(), "finish_reason": finish})
         );
     }
     let dt = t0.elapsed().as_secs_f64();
@@ -818,7 +868,8 @@ fn eval(a: EvalArgs) -> Result<()> {
         Some(other) => bail!("unknown suite `{other}`: instructeval or commonsense"),
         None => a.tasks.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
     };
-    ensure!(!names.is_empty(), "no tasks given");
+    ensure!(!names.is_empty(), "no tasks given (--tasks a,b,… or --suite instructeval|commonsense)");
+    ensure!(a.limit != Some(0), "--limit must be at least 1");
     for n in &names {
         if !instruct::GenTask::is_generative(n) && tasks::task_files(n).is_empty() {
             let all: Vec<&str> = tasks::TASKS.iter().chain(instruct::GEN_TASKS).copied().collect();
@@ -882,7 +933,9 @@ fn eval(a: EvalArgs) -> Result<()> {
             let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
             std::iter::once(tok.bos_id).chain(tok.encode(&text)?).collect()
         };
-        let window = a.window.unwrap_or(model.cfg.max_position_embeddings);
+        let ctx = model.cfg.max_position_embeddings;
+        let window = a.window.unwrap_or(ctx);
+        ensure!(window <= ctx, "--window {window} exceeds the model's context ({ctx}): use --window {ctx} or less");
         let stride = a.stride.unwrap_or((window / 2).max(1));
         let p = tinyllama::eval::perplexity::perplexity(&model, &tokens, window, stride)?;
         println!(
@@ -941,7 +994,8 @@ fn eval(a: EvalArgs) -> Result<()> {
             }
             Loaded::Generative(task) => {
                 let t0 = std::time::Instant::now();
-                let new = generative::generate_items(&model, &tok, task, &opts, &mut |i| bar.set_position(i as u64))?;
+                let (new, work) =
+                    generative::generate_items(&model, &tok, task, &opts, &mut |i| bar.set_position(i as u64))?;
                 if task.name == "humaneval" {
                     bar.set_message("humaneval: running");
                 }
@@ -954,6 +1008,7 @@ fn eval(a: EvalArgs) -> Result<()> {
                     sandbox.as_ref(),
                     log.as_mut().map(|w| w as &mut dyn std::io::Write),
                 )?;
+                r.work = Some(work);
                 r.seconds = t0.elapsed().as_secs_f64();
                 r.items_per_s = task.items.len() as f64 / r.seconds;
                 gen_results.push(r);

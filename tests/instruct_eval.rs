@@ -458,3 +458,54 @@ fn eval_suite_end_to_end() {
         assert_eq!(result("humaneval")["metric"], "pass@1");
     }
 }
+
+/// `--completions` scores human-eval's samples file without a model; several samples per problem
+/// give pass@k by the unbiased estimator over the programs' real outcomes.
+#[test]
+fn humaneval_completions_file_and_pass_at_k() {
+    let Some(dir) = shared() else { return };
+    if sandbox().is_none() {
+        return;
+    }
+    let d = tmpdir("completions");
+    let task = load_gen_task("humaneval", dir, Some(2), None).unwrap();
+    let canonical = |i: usize| task.items[i].problem.as_ref().unwrap().canonical_solution.clone();
+    // problem 0: 3 right of 10; problem 1: 10 right of 10; a problem outside --limit is ignored
+    let mut lines = vec![];
+    for s in 0..10 {
+        let c0 = if s % 3 == 0 && s < 9 { canonical(0) } else { "    return None\n".to_string() };
+        lines.push(serde_json::json!({"task_id": "HumanEval/0", "completion": c0}).to_string());
+        lines.push(serde_json::json!({"task_id": "HumanEval/1", "completion": canonical(1)}).to_string());
+    }
+    lines.push(serde_json::json!({"task_id": "HumanEval/7", "completion": "    pass\n"}).to_string());
+    let samples = d.join("samples.jsonl");
+    std::fs::write(&samples, lines.join("\n")).unwrap();
+    let json = d.join("r.json");
+    let o = std::process::Command::new(binary())
+        .args(["eval", "--tasks", "humaneval", "--limit", "2", "--data-dir"])
+        .arg(dir)
+        .arg("--completions")
+        .arg(&samples)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let pk = &r["results"][0]["pass_at_k"];
+    // by hand: pass@1 = (3/10 + 10/10) / 2; pass@10 = (1 + 1) / 2
+    assert!((pk["pass@1"].as_f64().unwrap() - 0.65).abs() < 1e-12, "{pk}");
+    assert_eq!(pk["pass@10"].as_f64(), Some(1.0));
+    assert!(pk.get("pass@100").is_none());
+    // a problem in scope without a completion is an error, not a silent zero
+    std::fs::write(&samples, lines[..2].join("\n").replace("HumanEval/1", "HumanEval/0")).unwrap();
+    let o = std::process::Command::new(binary())
+        .args(["eval", "--tasks", "humaneval", "--limit", "2", "--data-dir"])
+        .arg(dir)
+        .arg("--completions")
+        .arg(&samples)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no completion for `HumanEval/1`"));
+}

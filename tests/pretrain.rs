@@ -99,6 +99,30 @@ fn resume_refuses_another_run() {
     std::fs::remove_dir_all(d).unwrap();
 }
 
+/// A new run into a directory holding one is refused; `Overwrite` moves the old run aside whole
+/// (its metrics and checkpoints byte for byte) and starts afresh.
+#[test]
+fn new_run_never_destroys_an_old_one() {
+    let no_stop = AtomicBool::new(false);
+    let d = tmpdir("keep");
+    let first = pretrain(&config(&d, 3), Resume::No, &no_stop, false, &SingleProcess).unwrap();
+    let run = d.join("run");
+    let metrics = std::fs::read(run.join("metrics.jsonl")).unwrap();
+    let weights = std::fs::read(run.join("checkpoints/step-00000003/model.safetensors")).unwrap();
+    let err = format!("{:#}", pretrain(&config(&d, 2), Resume::No, &no_stop, false, &SingleProcess).unwrap_err());
+    assert!(err.contains("holds a run") && err.contains("--resume") && err.contains("--overwrite"), "{err}");
+    assert_eq!(std::fs::read(run.join("metrics.jsonl")).unwrap(), metrics, "the refusal touched the run");
+    let second = pretrain(&config(&d, 2), Resume::Overwrite, &no_stop, false, &SingleProcess).unwrap();
+    assert_eq!(second.losses, first.losses[..2], "a fresh run from the same seed");
+    let aside = d.join("run.replaced-1");
+    assert_eq!(std::fs::read(aside.join("metrics.jsonl")).unwrap(), metrics);
+    assert_eq!(std::fs::read(aside.join("checkpoints/step-00000003/model.safetensors")).unwrap(), weights);
+    // resuming a finished run does no step
+    let again = pretrain(&config(&d, 2), Resume::Latest, &no_stop, false, &SingleProcess).unwrap();
+    assert!(again.losses.is_empty() && again.step == 2 && !again.interrupted);
+    std::fs::remove_dir_all(d).unwrap();
+}
+
 #[test]
 fn nan_loss_skips_updates_then_stops() {
     let no_stop = AtomicBool::new(false);

@@ -66,6 +66,9 @@ pub struct GenResult {
     pub sampling: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<String>,
+    /// Set by the caller from [`generate_items`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub work: Option<GenWork>,
     pub seconds: f64,
     pub items_per_s: f64,
 }
@@ -106,6 +109,17 @@ fn shared_prefix(items: &[&GenItem], shots: usize) -> Vec<u32> {
     first[..n].to_vec()
 }
 
+/// Where a task's generation time went.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct GenWork {
+    /// Shared few-shot prefixes: tokens computed once per subtask, and the seconds they took.
+    pub prefix_tokens: usize,
+    pub prefix_seconds: f64,
+    /// Prompt tokens computed per item (after the shared prefix).
+    pub item_prompt_tokens: usize,
+    pub generated_tokens: usize,
+}
+
 /// New tokens for every item and sample (`[item][sample]`). `on_item` sees items finish.
 pub fn generate_items(
     model: &InferenceModel,
@@ -113,7 +127,7 @@ pub fn generate_items(
     task: &GenTask,
     opts: &GenOptions,
     on_item: &mut dyn FnMut(usize),
-) -> Result<Vec<Vec<Vec<u32>>>> {
+) -> Result<(Vec<Vec<Vec<u32>>>, GenWork)> {
     ensure!(!task.items.is_empty(), "task `{}` has no items", task.name);
     let need = task.positions_needed();
     ensure!(
@@ -126,6 +140,7 @@ pub fn generate_items(
     let eos = [tok.eos_id];
     let mut out: Vec<Vec<Vec<u32>>> = vec![vec![]; task.items.len()];
     let mut done = 0usize;
+    let mut work = GenWork::default();
     // consecutive items of one subtask share a prefix
     let mut start = 0;
     while start < task.items.len() {
@@ -134,11 +149,18 @@ pub fn generate_items(
         let group: Vec<&GenItem> = task.items[start..end].iter().collect();
         let prefix = shared_prefix(&group, task.shots);
         let cache = if prefix.len() >= 2 {
+            let t0 = std::time::Instant::now();
             let mut c = KvCache::new(model, prefix.len());
             model.forward_cached_hidden(&prefix, &mut c, RowMode::Batched)?;
+            work.prefix_tokens += prefix.len();
+            work.prefix_seconds += t0.elapsed().as_secs_f64();
             Some(c)
         } else {
             None
+        };
+        let reused = |t: &[u32]| match &cache {
+            Some(c) => c.tokens.iter().zip(t).take_while(|(a, b)| a == b).count().min(t.len() - 1),
+            None => 0,
         };
         let mut reqs = vec![];
         for (j, item) in group.iter().enumerate() {
@@ -146,6 +168,7 @@ pub fn generate_items(
                 let k = ((start + j) * samples + s) as u64;
                 let mut sampling = opts.sampling.clone();
                 sampling.seed = sampling.seed.wrapping_add(k.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                work.item_prompt_tokens += item.tokens.len() - reused(&item.tokens);
                 reqs.push(Request { prompt: item.tokens.clone(), max_new: task.max_new, sampling });
             }
         }
@@ -163,11 +186,12 @@ pub fn generate_items(
             Ok(())
         })?;
         for (r, toks) in new.into_iter().enumerate() {
+            work.generated_tokens += toks.len();
             out[start + r / samples].push(toks);
         }
         start = end;
     }
-    Ok(out)
+    Ok((out, work))
 }
 
 /// Scores `new_tokens` (from [`generate_items`]) and writes one `--log-samples` line per item
@@ -255,6 +279,7 @@ pub fn score_task(
         }),
         sampling: describe_sampling(&opts.sampling, 1),
         sandbox: None,
+        work: None,
         seconds: t0.elapsed().as_secs_f64(),
         items_per_s: n as f64 / t0.elapsed().as_secs_f64(),
     })
@@ -322,6 +347,7 @@ pub fn score_humaneval(
         excluded: None,
         sampling: sampling.into(),
         sandbox: Some(sandbox.describe()),
+        work: None,
         seconds: secs,
         items_per_s: n as f64 / secs,
     })
@@ -422,7 +448,12 @@ mod tests {
             model.extend_positions(task.positions_needed());
             let opts = GenOptions { max_batch: 4, ..Default::default() };
             let mut seen = 0;
-            let got = generate_items(&model, &tok, &task, &opts, &mut |i| seen = i).unwrap();
+            let (got, work) = generate_items(&model, &tok, &task, &opts, &mut |i| seen = i).unwrap();
+            // two subtasks' prefixes computed once; item 4 (one shot) reuses only BOS + 10 tokens
+            assert_eq!(work.prefix_tokens, 37 + 13);
+            let own: usize = task.items.iter().map(|i| i.tokens.len()).sum::<usize>() - 5 * 37 - 11 - 3 * 13;
+            assert_eq!(work.item_prompt_tokens, own);
+            assert_eq!(work.generated_tokens, got.iter().map(|g| g[0].len()).sum::<usize>());
             assert_eq!(seen, task.items.len());
             let mut past = 0;
             for (it, g) in task.items.iter().zip(&got) {

@@ -16,8 +16,10 @@ pub struct Perplexity {
 
 pub fn perplexity(model: &InferenceModel, tokens: &[u32], window: usize, stride: usize) -> Result<Perplexity> {
     ensure!(tokens.len() >= 2, "need at least 2 tokens");
-    ensure!(window >= 2 && stride >= 1 && stride <= window, "need 2 <= window, 1 <= stride <= window");
-    let window = window.min(model.cfg.max_position_embeddings);
+    ensure!(window >= 2 && stride >= 1 && stride <= window, "need 2 ≤ window, 1 ≤ stride ≤ window");
+    let ctx = model.cfg.max_position_embeddings;
+    // a wider window would score positions the model was never trained on
+    ensure!(window <= ctx, "window {window} exceeds the model's context ({ctx}): use a window of at most {ctx}");
     let (mut sum, mut count) = (0.0f64, 0usize);
     let mut next = 1; // the next token to score (token 0 has nothing before it)
     while next < tokens.len() {
@@ -66,5 +68,7 @@ mod tests {
         let disjoint = perplexity(&model, &toks, 32, 32).unwrap();
         assert_eq!((slide.tokens_scored, disjoint.tokens_scored), (69, 69));
         assert!(slide.nll.is_finite() && (slide.nll - disjoint.nll).abs() < 0.5);
+        let err = perplexity(&model, &toks, 33, 8).unwrap_err().to_string();
+        assert!(err.contains("exceeds the model's context (32)"), "{err}");
     }
 }

@@ -183,6 +183,19 @@ impl Tokenizer {
         }
     }
 
+    /// The text of `ids` as a continuation of a sequence ending with `prev`: decoded after it, so
+    /// that a leading space is kept (Llama decoders strip the first space of what they decode:
+    /// "I am" + "▁not" is "I am not", where `decode(["▁not"])` alone gives "not").
+    pub fn decode_after(&self, prev: u32, ids: &[u32]) -> Result<String> {
+        let head = self.decode(&[prev])?;
+        let all: Vec<u32> = std::iter::once(prev).chain(ids.iter().copied()).collect();
+        let text = self.decode(&all)?;
+        match text.strip_prefix(head.as_str()) {
+            Some(rest) => Ok(rest.to_string()),
+            None => self.decode(ids),
+        }
+    }
+
     /// The text piece of one token id (for streaming generation), special tokens kept.
     pub fn id_to_token(&self, id: u32) -> Option<String> {
         match &self.backend {
@@ -341,5 +354,17 @@ mod tests {
         for text in [docs[3].as_str(), "unseen ½ 🦙 Ünïcödé\t text"] {
             assert_eq!(t.decode(&t.encode(text).unwrap()).unwrap(), text);
         }
+    }
+
+    #[test]
+    fn continuation_keeps_its_leading_space() {
+        let t = Tokenizer::llama2();
+        let ids = t.encode("I am not").unwrap();
+        let (head, tail) = ids.split_at(2);
+        assert_eq!(t.decode(head).unwrap(), "I am");
+        assert_eq!(t.decode(tail).unwrap(), "not");
+        assert_eq!(t.decode_after(head[1], tail).unwrap(), " not");
+        // after BOS (an empty prompt) the first space goes, as in a whole decode
+        assert_eq!(t.decode_after(t.bos_id, &ids).unwrap(), "I am not");
     }
 }

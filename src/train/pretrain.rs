@@ -21,9 +21,39 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 pub enum Resume {
+    /// A new run; refused where `out` already holds one.
     No,
+    /// A new run where `out` may hold one: the old run's directory is first moved aside to
+    /// `<out>.replaced-<n>`, never deleted.
+    Overwrite,
     Latest,
     From(PathBuf),
+}
+
+/// What in `out` shows that a run lives there (metrics, configuration, checkpoints).
+pub fn existing_run(out: &Path) -> Option<String> {
+    let ckpts = std::fs::read_dir(out.join("checkpoints")).map(|r| r.flatten().count()).unwrap_or(0);
+    let mut found = vec![];
+    for f in ["metrics.jsonl", "train_config.json"] {
+        if out.join(f).exists() {
+            found.push(f.to_string());
+        }
+    }
+    if ckpts > 0 {
+        found.push(format!("{ckpts} checkpoint(s)"));
+    }
+    (!found.is_empty()).then(|| found.join(", "))
+}
+
+/// Moves a run directory aside to the first free `<out>.replaced-<n>`; returns where.
+fn move_run_aside(out: &Path) -> Result<PathBuf> {
+    let name = out.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "run".into());
+    let dest = (1..)
+        .map(|n| out.with_file_name(format!("{name}.replaced-{n}")))
+        .find(|p| !p.exists())
+        .expect("an unused name");
+    std::fs::rename(out, &dest).with_context(|| format!("cannot move {} to {}", out.display(), dest.display()))?;
+    Ok(dest)
 }
 
 #[derive(Debug)]
@@ -95,6 +125,22 @@ pub fn pretrain(
     cfg.validate()?;
     let (world, rank) = (comm.world(), comm.rank());
     let verbose = verbose && rank == 0;
+    if let Some(what) = existing_run(&cfg.out) {
+        match resume {
+            Resume::No => bail!(
+                "{} holds a run ({what}): continue it with --resume, or start a new one with --overwrite \
+                 (which moves the old run aside, deleting nothing) or another --out",
+                cfg.out.display()
+            ),
+            Resume::Overwrite if rank == 0 => {
+                let to = move_run_aside(&cfg.out)?;
+                if verbose {
+                    eprintln!("moved the previous run in {} to {}", cfg.out.display(), to.display());
+                }
+            }
+            _ => {}
+        }
+    }
     let (mut model, tok) = initial_model(cfg)?;
     let mc = model.cfg.clone();
     ensure!(
@@ -167,7 +213,7 @@ pub fn pretrain(
     let ckpt_root = cfg.out.join("checkpoints");
     let (mut step, mut tokens_seen, mut elapsed_before, mut bad) = (0u64, 0u64, 0.0f64, 0u32);
     let resume_dir = match resume {
-        Resume::No => None,
+        Resume::No | Resume::Overwrite => None,
         Resume::Latest => Some(
             latest_checkpoint(&ckpt_root)
                 .with_context(|| format!("--resume: no checkpoint in {}", ckpt_root.display()))?,
