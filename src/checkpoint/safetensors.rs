@@ -243,6 +243,11 @@ pub fn write_safetensors(
 
 /// Runs `fill` on a buffered temporary file beside `path`, syncs it and renames it to `path`.
 /// On any error the temporary file is removed and `path` is left as it was.
+/// Makes a rename or a new entry in `dir` durable (the directory's own metadata on disk).
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("cannot sync directory {}", dir.display()))
+}
+
 pub fn write_atomically(path: &Path, fill: impl FnOnce(&mut BufWriter<File>) -> Result<()>) -> Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let fname = path.file_name().with_context(|| format!("{} is not a file path", path.display()))?;
@@ -254,7 +259,7 @@ pub fn write_atomically(path: &Path, fill: impl FnOnce(&mut BufWriter<File>) -> 
         let f = w.into_inner().map_err(|e| e.into_error())?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
-        Ok(())
+        sync_dir(dir)
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);

@@ -88,7 +88,7 @@ pub fn save_checkpoint(
             std::fs::remove_dir_all(&final_dir)?;
         }
         std::fs::rename(&tmp, &final_dir)?;
-        Ok(())
+        crate::checkpoint::safetensors::sync_dir(final_dir.parent().unwrap_or(Path::new(".")))
     })();
     if let Err(e) = written {
         let _ = std::fs::remove_dir_all(&tmp);
