@@ -196,6 +196,10 @@ impl LlamaConfig {
         if !self.head_dim.is_multiple_of(2) {
             bail!("head_dim ({}) must be even for rotary embeddings", self.head_dim);
         }
+        let max_hd = crate::kernels::attention::MAX_HEAD_DIM;
+        if self.head_dim > max_hd {
+            bail!("head_dim ({}) is above the {max_hd} the attention kernels support", self.head_dim);
+        }
         if self.rms_norm_eps.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
             bail!("rms_norm_eps must be positive");
         }
@@ -323,6 +327,7 @@ mod tests {
             ("tie_word_embeddings", serde_json::json!(true)),
             ("hidden_act", serde_json::json!("gelu")),
             ("num_key_value_heads", serde_json::json!(3)),
+            ("head_dim", serde_json::json!(1024)),
         ] {
             let mut bad = good.clone();
             bad[k] = v;

@@ -243,7 +243,7 @@ struct EvalArgs {
     /// Sampling temperature of the generative tasks: 0 = greedy (InstructEval's default). The
     /// paper's HumanEval run sampled once at 0.1 (`--temperature 0.1 --seed S`; top-k 50 as
     /// transformers' `generate` samples by default).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     temperature: f32,
     /// Seed of the sampler (with --temperature > 0).
     #[arg(long, default_value_t = 0)]
@@ -268,13 +268,13 @@ struct EvalArgs {
 #[derive(Args)]
 struct SamplingArgs {
     /// 0 = greedy (deterministic).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     temperature: f32,
     /// Sample among the k most likely tokens (0: all).
     #[arg(long, default_value_t = 0)]
     top_k: usize,
     /// Sample among the most likely tokens whose probabilities sum to p (1: all).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     top_p: f32,
     /// Seed of the sampler.
     #[arg(long, default_value_t = 0)]
@@ -408,7 +408,11 @@ fn main() {
 }
 
 fn run() -> Result<()> {
-    let cli = Cli::parse();
+    // bad arguments exit with 1 like every other bad input (clap's own default is 2)
+    let cli = Cli::try_parse().unwrap_or_else(|e| {
+        let _ = e.print();
+        std::process::exit(if e.use_stderr() { 1 } else { 0 })
+    });
     if let Some(n) = cli.threads {
         rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("cannot set the thread count")?;
     }

@@ -39,7 +39,7 @@ impl AttnShape {
 }
 
 const KEY_TILE: usize = 64;
-const MAX_HEAD_DIM: usize = 512;
+pub const MAX_HEAD_DIM: usize = 512;
 
 /// Raw pointer shared by tasks that write disjoint parts of one buffer.
 #[derive(Clone, Copy)]

@@ -1,0 +1,70 @@
+//! The command line refuses what it cannot do right, with exit code 1 and a message naming the
+//! value and its valid range — never a silent default, a wrong number or a panic.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("tinyllama-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A random `tiny-10m` (context 256) as a Hugging Face directory, made by the CLI itself.
+fn tiny_model(d: &Path) -> PathBuf {
+    let m = d.join("model");
+    let o = Command::new(env!("CARGO_BIN_EXE_tinyllama"))
+        .args(["bench", "generate", "--preset", "tiny-10m", "--write-hf"])
+        .arg(&m)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    m
+}
+
+fn refused(args: &[&str], model: &Path, want: &str) {
+    let o = Command::new(env!("CARGO_BIN_EXE_tinyllama")).args(args).arg("--model").arg(model).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+    assert!(err.contains(want), "{args:?}: {err}");
+}
+
+#[test]
+fn out_of_range_values_are_refused() {
+    let d = tmpdir("ranges");
+    let m = tiny_model(&d);
+    // --write-hf never replaces a directory
+    let o = Command::new(env!("CARGO_BIN_EXE_tinyllama"))
+        .args(["bench", "generate", "--preset", "tiny-10m", "--write-hf"])
+        .arg(&m)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    for t in ["nan", "inf", "-1"] {
+        refused(&["generate", "--prompt", "Hi", "--temperature", t], &m, "--temperature must be a finite number ≥ 0");
+    }
+    for p in ["2", "-0.5", "0"] {
+        refused(&["generate", "--prompt", "Hi", "--top-p", p], &m, "--top-p must be in (0, 1]");
+    }
+    refused(&["eval", "--tasks", "bbh", "--limit", "0"], &m, "--limit must be at least 1");
+    refused(&["eval", "--tasks", "bbh", "--limit", "-5"], &m, "invalid value '-5'");
+    refused(&["eval", "--tasks", ""], &m, "no tasks given");
+    refused(&["eval", "--tasks", "bhh"], &m, "did you mean `bbh`");
+    refused(&["eval", "--suite", "instructeval", "--temperature", "-1"], &m, "--temperature must be");
+    let text = d.join("t.txt");
+    std::fs::write(&text, "It is a truth universally acknowledged. ".repeat(40)).unwrap();
+    let t = text.to_str().unwrap();
+    refused(&["eval", "--perplexity", t, "--window", "300"], &m, "--window 300 exceeds the model's context (256)");
+    // within the context every token after the first is scored
+    let o = Command::new(env!("CARGO_BIN_EXE_tinyllama"))
+        .args(["eval", "--perplexity", t, "--window", "256", "--model"])
+        .arg(&m)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let n = tinyllama::tokenizer::Tokenizer::llama2().encode(&std::fs::read_to_string(&text).unwrap()).unwrap().len();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains(&format!("{n} tokens scored")), "{out} (want {n}: BOS + {n} tokens)");
+    std::fs::remove_dir_all(d).unwrap();
+}
