@@ -200,6 +200,10 @@ struct PrepareArgs {
     /// Stop at the first malformed row instead of counting and skipping it.
     #[arg(long)]
     strict: bool,
+    /// Delete the shards an earlier run of this --prefix and --shard left in --output (without
+    /// it they are an error: the loader would read old and new shards together).
+    #[arg(long)]
+    replace: bool,
 }
 
 #[derive(Args)]
@@ -727,6 +731,7 @@ fn prepare(a: PrepareArgs) -> Result<()> {
         shard: (i, n),
         strict: a.strict,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        replace: a.replace,
     };
     let s = tinyllama::data::prepare::prepare(&opts, &tok)?;
     println!(

@@ -22,6 +22,7 @@ fn opts(inputs: Vec<PathBuf>, out: &Path, prefix: &str) -> PrepareOptions {
         shard: (0, 1),
         strict: false,
         progress: false,
+        replace: false,
     }
 }
 
@@ -72,6 +73,7 @@ fn jsonl_and_zst_follow_tinyllama_rules() {
         // strict mode names file and line
         let mut o = opts(vec![d.join(if prefix == "zst" { "in.jsonl.zst" } else { "in.jsonl" })], &out, prefix);
         o.strict = true;
+        o.replace = true;
         let err = format!("{:#}", prepare(&o, &tok).unwrap_err());
         assert!(err.contains(":5") && err.contains("malformed"), "{err}");
     }
@@ -95,9 +97,23 @@ fn text_files_and_directories_are_documents_and_reruns_are_identical() {
     assert_eq!(read_split(&out, "train", "code"), expected(&tok, &DOCS[..2]));
     let first: Vec<Vec<u8>> = st.shard_files.iter().map(|f| std::fs::read(out.join(f)).unwrap()).collect();
     assert!(st.shard_files.len() > 1, "several 8-token shards");
+    // a second run into the same output is refused (old and new shards would mix), touching nothing
+    let err = format!("{:#}", prepare(&o, &tok).unwrap_err());
+    assert!(err.contains("from an earlier run") && err.contains("--replace"), "{err}");
+    let kept: Vec<Vec<u8>> = st.shard_files.iter().map(|f| std::fs::read(out.join(f)).unwrap()).collect();
+    assert_eq!(first, kept);
+    // another prefix beside it is fine (SlimPajama and Starcoderdata share a directory)
+    prepare(&opts(vec![src.join("a.txt")], &out, "other"), &tok).unwrap();
+    o.replace = true;
     let st2 = prepare(&o, &tok).unwrap();
     let again: Vec<Vec<u8>> = st2.shard_files.iter().map(|f| std::fs::read(out.join(f)).unwrap()).collect();
     assert_eq!(first, again, "re-running must give byte-identical shards");
+    assert_eq!(read_split(&out, "train", "code"), expected(&tok, &DOCS[..2]), "no shard of the old run is left");
+    // nothing usable in the input: an error, not an empty success
+    let empty = d.join("empty.bin");
+    std::fs::write(&empty, [0xffu8, 0xfe]).unwrap();
+    let err = format!("{:#}", prepare(&opts(vec![empty], &d.join("out2"), "none"), &tok).unwrap_err());
+    assert!(err.contains("no document written"), "{err}");
     std::fs::remove_dir_all(d).unwrap();
 }
 
@@ -169,7 +185,7 @@ fn parquet_content_column() {
     // an unreadable parquet file is a named error
     let bad = d.join("bad.parquet");
     std::fs::write(&bad, b"PAR1 not really").unwrap();
-    let err = format!("{:#}", prepare(&opts(vec![bad], &out, "star"), &tok).unwrap_err());
+    let err = format!("{:#}", prepare(&opts(vec![bad], &d.join("out-bad"), "star"), &tok).unwrap_err());
     assert!(err.contains("bad.parquet"), "{err}");
     std::fs::remove_dir_all(d).unwrap();
 }

@@ -65,6 +65,7 @@ pub fn prepared(tok: &Tokenizer, val_fraction: f64, progress: bool) -> Result<Pa
             shard: (0, 1),
             strict: true,
             progress,
+            replace: false,
         };
         prepare(&opts, tok)?;
     }

@@ -33,6 +33,28 @@ pub struct PrepareOptions {
     /// Make a malformed row an error instead of a counted skip.
     pub strict: bool,
     pub progress: bool,
+    /// Delete the shards and summary an earlier run wrote for this prefix and shard (without it,
+    /// their presence is an error: the loader would read old and new shards together).
+    pub replace: bool,
+}
+
+/// Files an earlier `prepare` of this prefix and machine shard left in `dir`.
+pub fn earlier_output(dir: &Path, prefix: &str, shard_i: usize) -> Vec<PathBuf> {
+    let starts = [format!("train_{prefix}_{shard_i}_"), format!("validation_{prefix}_{shard_i}_")];
+    let summary = format!("prepare_{prefix}_{shard_i}.json");
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|r| {
+            r.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    let n = p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+                    n == summary || (n.ends_with(".bin") && starts.iter().any(|s| n.starts_with(s.as_str())))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -254,6 +276,25 @@ pub fn prepare(opts: &PrepareOptions, tok: &Tokenizer) -> Result<PrepareStats> {
     let all = discover_inputs(&opts.inputs)?;
     ensure!(!all.is_empty(), "no input files found in {:?}", opts.inputs);
     let files: Vec<PathBuf> = all.into_iter().skip(shard_i).step_by(shard_n).collect();
+    let stale = earlier_output(&opts.output, &opts.prefix, shard_i);
+    if !stale.is_empty() {
+        ensure!(
+            opts.replace,
+            "{} already holds {} file(s) of prefix `{}`, shard {shard_i}, from an earlier run (first: {}): the loader \
+             would read them together with the new ones. Pass --replace to delete exactly those files, or use \
+             another --output or --prefix",
+            opts.output.display(),
+            stale.len(),
+            opts.prefix,
+            stale[0].display()
+        );
+        for f in &stale {
+            std::fs::remove_file(f).with_context(|| format!("cannot remove {}", f.display()))?;
+        }
+        if opts.progress {
+            eprintln!("--replace: removed {} file(s) of the earlier run from {}", stale.len(), opts.output.display());
+        }
+    }
     let dtype = TokenDtype::for_vocab(tok.vocab_size());
     let name = |split: &str| format!("{split}_{}_{shard_i}", opts.prefix);
     let mut train = PackedShardWriter::new(&opts.output, &name("train"), opts.chunk_size, dtype)?;
@@ -333,6 +374,12 @@ pub fn prepare(opts: &PrepareOptions, tok: &Tokenizer) -> Result<PrepareStats> {
         }
     }
     reader.join().map_err(|_| anyhow::anyhow!("reader thread panicked"))?;
+    ensure!(
+        doc_index > 0,
+        "no document written: every row of the {} input file(s) was skipped{}",
+        stats.files,
+        stats.first_skip.as_ref().map(|s| format!(" (first: {s})")).unwrap_or_default()
+    );
     let (tf, tt) = train.finish()?;
     let (vf, vt) = val.finish()?;
     if let Some(b) = bar {
