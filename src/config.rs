@@ -133,7 +133,11 @@ impl LlamaConfig {
             head_dim,
             rms_norm_eps: v.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(1e-6) as f32,
             rope_theta: rope_theta as f32,
-            max_position_embeddings: get_usize("max_position_embeddings").unwrap_or(2048),
+            // absent: transformers' LlamaConfig default; present, it must be an integer
+            max_position_embeddings: match v.get("max_position_embeddings") {
+                Some(x) if !x.is_null() => get_usize("max_position_embeddings")?,
+                _ => 2048,
+            },
             bos_token_id: token("bos_token_id", 1),
             eos_token_id: token("eos_token_id", 2),
         };
@@ -328,6 +332,7 @@ mod tests {
             ("hidden_act", serde_json::json!("gelu")),
             ("num_key_value_heads", serde_json::json!(3)),
             ("head_dim", serde_json::json!(1024)),
+            ("max_position_embeddings", serde_json::json!("2048")),
         ] {
             let mut bad = good.clone();
             bad[k] = v;

@@ -955,7 +955,12 @@ fn eval(a: EvalArgs) -> Result<()> {
             p.perplexity
         );
         if let Some(j) = &a.json {
-            tinyllama::checkpoint::hf::write_json(j, &serde_json::to_value(&p)?)?;
+            let mut v = serde_json::to_value(&p)?;
+            v["model"] = serde_json::json!(model_path);
+            v["file"] = serde_json::json!(path);
+            v["window"] = serde_json::json!(window);
+            v["stride"] = serde_json::json!(stride);
+            tinyllama::checkpoint::hf::write_json(j, &v)?;
         }
         return Ok(());
     }

@@ -57,14 +57,24 @@ fn out_of_range_values_are_refused() {
     let t = text.to_str().unwrap();
     refused(&["eval", "--perplexity", t, "--window", "300"], &m, "--window 300 exceeds the model's context (256)");
     // within the context every token after the first is scored
+    let json = d.join("ppl.json");
     let o = Command::new(env!("CARGO_BIN_EXE_tinyllama"))
         .args(["eval", "--perplexity", t, "--window", "256", "--model"])
         .arg(&m)
+        .arg("--json")
+        .arg(&json)
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let n = tinyllama::tokenizer::Tokenizer::llama2().encode(&std::fs::read_to_string(&text).unwrap()).unwrap().len();
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains(&format!("{n} tokens scored")), "{out} (want {n}: BOS + {n} tokens)");
+    // the result says what it was computed from
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(
+        (v["window"].as_u64(), v["stride"].as_u64(), v["tokens_scored"].as_u64()),
+        (Some(256), Some(128), Some(n as u64))
+    );
+    assert!(v["file"].as_str().unwrap().ends_with("t.txt") && v["model"].is_string(), "{v}");
     std::fs::remove_dir_all(d).unwrap();
 }

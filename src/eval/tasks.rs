@@ -2,7 +2,7 @@
 //! local JSONL files in the Hugging Face datasets' field layout. Each item becomes one
 //! (context, continuation) request per choice.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -235,6 +235,12 @@ pub fn load_task(task: &str, data_dir: &Path, limit: Option<usize>) -> Result<Ta
             );
             let shots: Vec<&(String, Value)> =
                 dev.iter().filter(|(_, d)| d["subject"].as_str() == Some(&subject)).take(5).collect();
+            ensure!(
+                shots.len() == 5,
+                "{at}: subject `{subject}` has {} dev examples in {}, 5-shot MMLU needs 5",
+                shots.len(),
+                dev_path.display()
+            );
             for (dat, d) in shots {
                 let (t, g) = mmlu_text(d, dat)?;
                 ctx += &format!("{t} {}\n\n", ["A", "B", "C", "D"][g]);
