@@ -24,3 +24,24 @@ impl CosineSchedule {
         self.min_lr + coeff * (self.max_lr - self.min_lr)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// TinyLlama's `get_lr` at hand-computed points: 4e-4 → 4e-5, 2000 warmup, decay to 10000.
+    #[test]
+    fn get_lr_by_hand() {
+        let s = CosineSchedule { max_lr: 4e-4, min_lr: 4e-5, warmup_iters: 2000, decay_iters: 10000 };
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-15;
+        assert_eq!(s.lr(0), 0.0);
+        assert!(close(s.lr(1000), 2e-4)); // halfway through warmup
+        assert!(close(s.lr(2000), 4e-4)); // the peak
+        assert!(close(s.lr(4000), 4e-5 + 0.5 * (1.0 + (std::f64::consts::PI / 4.0).cos()) * 3.6e-4));
+        assert!(close(s.lr(4000), 3.4727922061357855e-4));
+        assert!(close(s.lr(6000), 2.2e-4)); // half the cosine: the midpoint
+        assert!(close(s.lr(10000), 4e-5));
+        assert_eq!(s.lr(10001), 4e-5);
+        assert_eq!(s.lr(1_000_000), 4e-5);
+    }
+}
