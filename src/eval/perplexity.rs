@@ -68,6 +68,27 @@ mod tests {
         let disjoint = perplexity(&model, &toks, 32, 32).unwrap();
         assert_eq!((slide.tokens_scored, disjoint.tokens_scored), (69, 69));
         assert!(slide.nll.is_finite() && (slide.nll - disjoint.nll).abs() < 0.5);
+        // each token j of chunk [next, end) is scored from the window tokens[end − 1 − 32 .. j]:
+        // recompute every such loss with the training forward, token by token
+        let v = cfg.vocab_size;
+        let (mut sum, mut n, mut next) = (0.0f64, 0usize, 1usize);
+        while next < toks.len() {
+            let end = (next + 8).min(toks.len());
+            let start = (end - 1).saturating_sub(32);
+            for j in next..end {
+                let ctx = &toks[start..j];
+                let mut ws = crate::model::Workspace::new(&cfg, 1, ctx.len());
+                let logits = llama.forward_logits(&mut ws, ctx).unwrap();
+                let row = &logits[(ctx.len() - 1) * v..ctx.len() * v];
+                let m = row.iter().fold(f32::MIN, |a, &b| a.max(b)) as f64;
+                let lse = m + row.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
+                sum += lse - row[toks[j] as usize] as f64;
+                n += 1;
+            }
+            next = end;
+        }
+        assert_eq!(n, 69);
+        assert!((slide.nll - sum / n as f64).abs() < 1e-5, "{} vs {}", slide.nll, sum / n as f64);
         let err = perplexity(&model, &toks, 33, 8).unwrap_err().to_string();
         assert!(err.contains("exceeds the model's context (32)"), "{err}");
     }
