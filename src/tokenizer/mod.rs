@@ -132,11 +132,15 @@ impl Tokenizer {
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| anyhow!("{e}"))?;
+        // JSON syntax first: the tokenizers crate panics on some malformed files (found by
+        // tests/fuzz_readers.rs); whatever else it panics on becomes an error too
+        let json: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| anyhow!("not valid JSON: {e}"))?;
+        let inner = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(bytes))
+            .map_err(|_| anyhow!("not a tokenizer the `tokenizers` library can read"))?
+            .map_err(|e| anyhow!("{e}"))?;
         let id = |names: &[&str], default: u32| names.iter().find_map(|n| inner.token_to_id(n)).unwrap_or(default);
         let bos_id = id(&["<s>", "<|begin_of_text|>", "<|endoftext|>"], 1);
         let eos_id = id(&["</s>", "<|end_of_text|>", "<|endoftext|>"], 2);
-        let json: serde_json::Value = serde_json::from_slice(bytes)?;
         let words = LlamaWords::detect(&json, &inner).map(Box::new);
         Ok(Tokenizer { backend: Backend::Hf { inner: Box::new(inner), words }, bos_id, eos_id })
     }
