@@ -21,7 +21,12 @@ pub struct LlamaConfig {
     pub rope_theta: f32,
     pub max_position_embeddings: usize,
     pub bos_token_id: u32,
+    /// The first (or only) end-of-sequence id.
     pub eos_token_id: u32,
+    /// Further end-of-sequence ids where `config.json` gives `eos_token_id` as a list (generation
+    /// stops at any of them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_eos_token_ids: Vec<u32>,
 }
 
 /// Names of the built-in presets, smallest first.
@@ -44,6 +49,7 @@ impl LlamaConfig {
             max_position_embeddings: ctx,
             bos_token_id: 1,
             eos_token_id: 2,
+            extra_eos_token_ids: vec![],
         };
         Ok(match name {
             "tiny-10m" => base(32000, 128, 4, 4, 2, 352, 256),
@@ -123,6 +129,16 @@ impl LlamaConfig {
         };
         let token =
             |k: &str, default: u32| -> u32 { v.get(k).and_then(Value::as_u64).map(|x| x as u32).unwrap_or(default) };
+        // `eos_token_id`: an integer or a list of them (Llama 3 style), kept whole
+        let eos: Vec<u32> = match v.get("eos_token_id") {
+            None | Some(Value::Null) => vec![],
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|x| x.as_u64().map(|x| x as u32))
+                .collect::<Option<Vec<u32>>>()
+                .context("`eos_token_id` list holds a non-integer")?,
+            Some(x) => vec![x.as_u64().context("`eos_token_id` is not an integer")? as u32],
+        };
         let cfg = LlamaConfig {
             vocab_size: get_usize("vocab_size")?,
             hidden_size,
@@ -139,10 +155,16 @@ impl LlamaConfig {
                 _ => 2048,
             },
             bos_token_id: token("bos_token_id", 1),
-            eos_token_id: token("eos_token_id", 2),
+            eos_token_id: eos.first().copied().unwrap_or(2),
+            extra_eos_token_ids: eos.get(1..).unwrap_or_default().to_vec(),
         };
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Every end-of-sequence id, the first one first.
+    pub fn eos_ids(&self) -> Vec<u32> {
+        std::iter::once(self.eos_token_id).chain(self.extra_eos_token_ids.iter().copied()).collect()
     }
 
     /// The `config.json` that transformers reads back as this model (`LlamaForCausalLM`).
@@ -166,7 +188,11 @@ impl LlamaConfig {
             "rope_scaling": null,
             "max_position_embeddings": self.max_position_embeddings,
             "bos_token_id": self.bos_token_id,
-            "eos_token_id": self.eos_token_id,
+            "eos_token_id": if self.extra_eos_token_ids.is_empty() {
+                serde_json::json!(self.eos_token_id)
+            } else {
+                serde_json::json!(self.eos_ids())
+            },
             "tie_word_embeddings": false,
             "pretraining_tp": 1,
             "initializer_range": 0.02,
@@ -339,6 +365,17 @@ mod tests {
             let err = LlamaConfig::from_hf_json(&bad).unwrap_err().to_string();
             assert!(err.contains(k) || err.contains("num_attention_heads"), "{k}: {err}");
         }
+    }
+
+    #[test]
+    fn eos_token_id_list_is_kept_whole() {
+        let mut j = LlamaConfig::preset("tiny-10m").unwrap().to_hf_json();
+        j["eos_token_id"] = serde_json::json!([2, 32000, 7]);
+        let c = LlamaConfig::from_hf_json(&j).unwrap();
+        assert_eq!(c.eos_ids(), [2, 32000, 7]);
+        assert_eq!(LlamaConfig::from_hf_json(&c.to_hf_json()).unwrap(), c, "written back as a list");
+        j["eos_token_id"] = serde_json::json!("2");
+        assert!(LlamaConfig::from_hf_json(&j).unwrap_err().to_string().contains("eos_token_id"));
     }
 
     #[test]

@@ -92,6 +92,18 @@ pub fn generate(
     Ok(out.pop().unwrap_or_default())
 }
 
+/// The ids that end a generation: the tokenizer's EOS and every `eos_token_id` of the model's
+/// config (which may be a list).
+pub fn stop_ids(cfg: &crate::config::LlamaConfig, tok: &crate::tokenizer::Tokenizer) -> Vec<u32> {
+    let mut ids = vec![tok.eos_id];
+    for e in cfg.eos_ids() {
+        if !ids.contains(&e) {
+            ids.push(e);
+        }
+    }
+    ids
+}
+
 /// One sequence to generate.
 #[derive(Clone, Debug)]
 pub struct Request {
@@ -309,6 +321,25 @@ mod tests {
         assert!(draw(5, 3).iter().all(|t| top3.contains(t)));
         let mut p = Sampler::new(SamplingOptions { temperature: 1.0, top_k: 0, top_p: 1e-6, seed: 1 });
         assert_eq!(p.sample(&logits), order[0] as u32, "top-p this small keeps only the argmax");
+    }
+
+    /// A config's `eos_token_id` list ends generation at any of its ids, not only the first.
+    #[test]
+    fn every_eos_id_stops_generation() {
+        let llama = crate::model::test_model(300, 64, 4, 4.0);
+        let model = f32(&llama);
+        let prompt = [1u32, 17, 200, 5];
+        let mut s = Sampler::new(SamplingOptions::default());
+        let free = generate(&model, &prompt, 6, &[], &mut s, &mut |_| Ok(())).unwrap();
+        let mut cfg = model.cfg.clone();
+        cfg.extra_eos_token_ids = vec![free[2], 2];
+        let tok = crate::tokenizer::Tokenizer::llama2();
+        let stops = stop_ids(&cfg, &tok);
+        assert_eq!(stops, [2, free[2]], "the tokenizer's EOS first, no repeats");
+        let mut s = Sampler::new(SamplingOptions::default());
+        let stopped = generate(&model, &prompt, 6, &stops, &mut s, &mut |_| Ok(())).unwrap();
+        let first = free.iter().position(|t| stops.contains(t)).unwrap();
+        assert_eq!(stopped, free[..=first]);
     }
 
     #[test]

@@ -790,8 +790,9 @@ fn stream_generate(
     let mut ids = vec![];
     let mut shown = String::new();
     let mut out = std::io::stdout();
-    tinyllama::generate::generate(model, prompt, s.max_new_tokens, &[tok.eos_id], &mut sampler, &mut |t| {
-        if t == tok.eos_id {
+    let stops = tinyllama::generate::stop_ids(&model.cfg, tok);
+    tinyllama::generate::generate(model, prompt, s.max_new_tokens, &stops, &mut sampler, &mut |t| {
+        if stops.contains(&t) {
             return Ok(());
         }
         ids.push(t);
@@ -851,11 +852,12 @@ fn generate_many(
         })
         .collect::<Result<_>>()?;
     let t0 = std::time::Instant::now();
-    let outs = tinyllama::generate::generate_batch(model, &reqs, &[tok.eos_id], max_batch, &mut |_, _| Ok(()))?;
+    let stops = tinyllama::generate::stop_ids(&model.cfg, tok);
+    let outs = tinyllama::generate::generate_batch(model, &reqs, &stops, max_batch, &mut |_, _| Ok(()))?;
     let n: usize = outs.iter().map(|o| o.len()).sum();
     for ((p, r), o) in prompts.iter().zip(&reqs).zip(&outs) {
-        let ids: Vec<u32> = o.iter().copied().filter(|&t| t != tok.eos_id).collect();
-        let finish = if o.last() == Some(&tok.eos_id) { "stop" } else { "length" };
+        let ids: Vec<u32> = o.iter().copied().filter(|t| !stops.contains(t)).collect();
+        let finish = if o.last().is_some_and(|t| stops.contains(t)) { "stop" } else { "length" };
         let completion = tok.decode_after(*r.prompt.last().expect("BOS at least"), &ids)?;
         println!(
             "{}",

@@ -48,6 +48,7 @@ fn model_dir(dir: &Path) -> Llama {
         max_position_embeddings: 256,
         bos_token_id: 1,
         eos_token_id: 2,
+        extra_eos_token_ids: vec![],
     };
     let mut m = Llama::new_init(cfg, 11);
     m.params.iter_mut().for_each(|p| *p *= 4.0);

@@ -137,7 +137,7 @@ pub fn generate_items(
         model.max_positions()
     );
     let samples = if task.name == "humaneval" { opts.samples.max(1) } else { 1 };
-    let eos = [tok.eos_id];
+    let eos = crate::generate::stop_ids(&model.cfg, tok);
     let mut out: Vec<Vec<Vec<u32>>> = vec![vec![]; task.items.len()];
     let mut done = 0usize;
     let mut work = GenWork::default();
@@ -176,7 +176,7 @@ pub fn generate_items(
         let mut left = vec![samples; group.len()];
         let new = generate_batch_with_prefix(model, cache.as_ref(), &reqs, &eos, opts.max_batch, &mut |r, t| {
             counts[r] += 1;
-            if t == tok.eos_id || counts[r] == task.max_new {
+            if eos.contains(&t) || counts[r] == task.max_new {
                 left[r / samples] -= 1;
                 if left[r / samples] == 0 {
                     done += 1;

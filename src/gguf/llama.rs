@@ -96,6 +96,7 @@ pub fn config(g: &GgufFile) -> Result<LlamaConfig> {
         max_position_embeddings: key_usize(g, "llama.context_length", 1, 1 << 24)?,
         bos_token_id: g.get("tokenizer.ggml.bos_token_id").and_then(|v| v.as_i64()).unwrap_or(1) as u32,
         eos_token_id: g.get("tokenizer.ggml.eos_token_id").and_then(|v| v.as_i64()).unwrap_or(2) as u32,
+        extra_eos_token_ids: vec![],
     };
     cfg.validate().with_context(|| format!("{p}: the model's metadata"))?;
     Ok(cfg)

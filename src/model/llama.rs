@@ -376,6 +376,7 @@ mod tests {
             max_position_embeddings: 16,
             bos_token_id: 1,
             eos_token_id: 2,
+            extra_eos_token_ids: vec![],
         }
     }
 
