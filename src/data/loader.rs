@@ -45,6 +45,9 @@ pub struct LoaderOptions {
     /// Files whose blocks are shuffled together (TinyLlama's `n_chunks`).
     pub buffer_files: usize,
     pub shuffle: bool,
+    /// The model's vocabulary: a token id at or above it is an error naming its shard (not a
+    /// panic in the embedding lookup).
+    pub vocab_size: Option<usize>,
 }
 
 struct Component {
@@ -207,7 +210,17 @@ impl Component {
             if (self.pos.index as usize) < self.order.len() {
                 let (f, b) = self.order[self.pos.index as usize];
                 self.pos.index += 1;
-                self.files[f as usize].read(b as usize * o.block_size, out);
+                let shard = &self.files[f as usize];
+                shard.read(b as usize * o.block_size, out);
+                if let Some(v) = o.vocab_size {
+                    if let Some(&t) = out.iter().find(|&&t| t as usize >= v) {
+                        bail!(
+                            "{}: token id {t} (block {b}) is outside the model's vocabulary of {v}: was the shard \
+                             prepared with another tokenizer?",
+                            shard.path.display()
+                        );
+                    }
+                }
                 return Ok(());
             }
             empty_groups += 1;
@@ -257,7 +270,20 @@ mod tests {
             world,
             buffer_files: 2,
             shuffle: true,
+            vocab_size: None,
         }
+    }
+
+    #[test]
+    fn token_outside_the_vocabulary_names_its_shard() {
+        let d = corpus("oov", &[("slim", 1, 100)]);
+        let mut o = opts(&[("slim", 1.0)], 0, 1);
+        o.vocab_size = Some(50);
+        let mut l = MixtureLoader::open(&d, o).unwrap();
+        let mut b = vec![0; 5];
+        let err = (0..20).find_map(|_| l.next_block(&mut b).err()).expect("ids ≥ 50 must be refused").to_string();
+        assert!(err.contains("train_slim_") && err.contains("outside the model's vocabulary of 50"), "{err}");
+        std::fs::remove_dir_all(d).unwrap();
     }
 
     #[test]

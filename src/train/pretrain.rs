@@ -184,6 +184,7 @@ pub fn pretrain(
         world: streams,
         buffer_files: cfg.buffer_files,
         shuffle: true,
+        vocab_size: Some(mc.vocab_size),
     };
     let mut loaders =
         (0..accum).map(|j| MixtureLoader::open(&data_dir, lopts(rank * accum + j))).collect::<Result<Vec<_>>>()?;
