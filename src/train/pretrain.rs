@@ -125,14 +125,16 @@ pub fn pretrain(
     cfg.validate()?;
     let (world, rank) = (comm.world(), comm.rank());
     let verbose = verbose && rank == 0;
-    if let Some(what) = existing_run(&cfg.out) {
+    // rank 0 alone looks (the others could see the files it is about to write); its refusal
+    // takes the whole job down
+    if let Some(what) = existing_run(&cfg.out).filter(|_| rank == 0) {
         match resume {
             Resume::No => bail!(
                 "{} holds a run ({what}): continue it with --resume, or start a new one with --overwrite \
                  (which moves the old run aside, deleting nothing) or another --out",
                 cfg.out.display()
             ),
-            Resume::Overwrite if rank == 0 => {
+            Resume::Overwrite => {
                 let to = move_run_aside(&cfg.out)?;
                 if verbose {
                     eprintln!("moved the previous run in {} to {}", cfg.out.display(), to.display());
