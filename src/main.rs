@@ -509,24 +509,12 @@ fn run() -> Result<()> {
         }
         Cmd::Bench(BenchCmd::Generate { model, gguf: None, dtype, write_gguf: Some(out), .. }) => {
             let dtype = tinyllama::model::ModelDtype::parse(&dtype)?;
-            let (name, cfg) = model.resolve("tinyllama-1.1b")?;
-            let m = tinyllama::model::Llama::new_init(cfg.clone(), 7);
-            let tok = Tokenizer::llama2();
-            anyhow::ensure!(
-                cfg.vocab_size == tok.vocab_size(),
-                "--write-gguf needs a model with the Llama-2 vocabulary (32000)"
-            );
-            tinyllama::gguf::llama::export(&cfg, &m.params, &tok, None, dtype, &name, &out)?;
+            let (name, m, tok) = random_model(&model, "--write-gguf")?;
+            tinyllama::gguf::llama::export(&m.cfg, &m.params, &tok, None, dtype, &name, &out)?;
             println!("wrote {} ({name}, random weights, {})", out.display(), dtype.name());
         }
         Cmd::Bench(BenchCmd::Generate { model, gguf: None, write_hf: Some(out), .. }) => {
-            let (name, cfg) = model.resolve("tinyllama-1.1b")?;
-            let m = tinyllama::model::Llama::new_init(cfg.clone(), 7);
-            let tok = Tokenizer::llama2();
-            anyhow::ensure!(
-                cfg.vocab_size == tok.vocab_size(),
-                "--write-hf needs a model with the Llama-2 vocabulary (32000)"
-            );
+            let (name, m, tok) = random_model(&model, "--write-hf")?;
             anyhow::ensure!(!out.exists(), "{} exists; choose a new directory", out.display());
             tinyllama::checkpoint::hf::save_hf(&m, &out, Dtype::F32, u64::MAX)?;
             tok.save(&out.join("tokenizer.json"))?;
@@ -762,6 +750,15 @@ fn prepare(a: PrepareArgs) -> Result<()> {
     }
     println!("{} shard files in {}", s.shard_files.len(), a.output.display());
     Ok(())
+}
+
+/// The random model (seed 7) of a preset/config for `bench generate --write-*`, with the built-in
+/// tokenizer, which its vocabulary must match.
+fn random_model(model: &ModelArg, flag: &str) -> Result<(String, tinyllama::model::Llama, Tokenizer)> {
+    let (name, cfg) = model.resolve("tinyllama-1.1b")?;
+    let tok = Tokenizer::llama2();
+    ensure!(cfg.vocab_size == tok.vocab_size(), "{flag} needs a model with the Llama-2 vocabulary (32000)");
+    Ok((name, tinyllama::model::Llama::new_init(cfg, 7), tok))
 }
 
 fn load_model_dir(dir: &std::path::Path, dtype: &str) -> Result<(tinyllama::model::InferenceModel, Tokenizer)> {

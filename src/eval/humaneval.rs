@@ -140,27 +140,22 @@ impl Sandbox {
     /// Finds `python3` (or `$TINYLLAMA_PYTHON`) and probes for network namespaces.
     pub fn detect() -> Result<Self> {
         let python = std::env::var_os("TINYLLAMA_PYTHON").map(PathBuf::from).unwrap_or_else(|| "python3".into());
-        let ok = Command::new(&python)
-            .args(["-c", "import resource, signal"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
+        // whether a command runs and succeeds, quietly
+        let works = |program: &std::ffi::OsStr, args: &[&str]| {
+            Command::new(program)
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
         anyhow::ensure!(
-            ok,
+            works(python.as_os_str(), &["-c", "import resource, signal"]),
             "HumanEval runs the programs with `{}`, which was not found (set TINYLLAMA_PYTHON)",
             python.display()
         );
-        let network_namespace = Command::new("unshare")
-            .args(["-rn", "true"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
+        let network_namespace = works("unshare".as_ref(), &["-rn", "true"]);
         Ok(Sandbox { python, network_namespace })
     }
 
