@@ -10,7 +10,7 @@ use super::instruct::{py_strip, GenItem, GenTask};
 use crate::generate::{generate_batch_with_prefix, Request, SamplingOptions};
 use crate::model::{InferenceModel, KvCache, RowMode};
 use crate::tokenizer::Tokenizer;
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use rayon::prelude::*;
 use serde::Serialize;
 use serde_json::json;
@@ -159,7 +159,7 @@ pub fn generate_items(
             None
         };
         let reused = |t: &[u32]| match &cache {
-            Some(c) => c.tokens.iter().zip(t).take_while(|(a, b)| a == b).count().min(t.len() - 1),
+            Some(c) => c.tokens.iter().zip(t).take_while(|(a, b)| a == b).count().min(t.len().saturating_sub(1)),
             None => 0,
         };
         let mut reqs = vec![];
@@ -297,15 +297,23 @@ pub fn score_humaneval(
         Some(s) => s.clone(),
         None => Sandbox::detect()?,
     };
+    ensure!(
+        completions.len() == task.items.len(),
+        "{} completion lists for {} problems",
+        completions.len(),
+        task.items.len()
+    );
+    let problems: Vec<&super::instruct::Problem> = task
+        .items
+        .iter()
+        .map(|i| i.problem.as_ref().with_context(|| format!("HumanEval item {} has no problem", i.index)))
+        .collect::<Result<_>>()?;
     let jobs: Vec<(usize, usize)> =
         completions.iter().enumerate().flat_map(|(i, c)| (0..c.len()).map(move |s| (i, s))).collect();
     let t0 = std::time::Instant::now();
     let outcomes: Vec<Outcome> = jobs
         .par_iter()
-        .map(|&(i, s)| {
-            let p = task.items[i].problem.as_ref().expect("HumanEval items carry their problem");
-            sandbox.run(&humaneval::program(p, &completions[i][s]))
-        })
+        .map(|&(i, s)| sandbox.run(&humaneval::program(problems[i], &completions[i][s])))
         .collect::<Result<_>>()?;
     let mut log = log;
     let mut per_problem: Vec<(usize, usize)> = vec![(0, 0); completions.len()];
