@@ -2,12 +2,13 @@
 # The Python references the tests compare against: gguf-py (GGUF format, ggml's reference
 # (de)quantizers) and llama.cpp through llama-cpp-python (built from source, ~10 min on 2 cores).
 # One virtual environment, cached at $TINYLLAMA_PYENV (default ~/.cache/tinyllama/pyenv); tests find it there and skip
-# loudly without it. Re-running is cheap once it exists. (torch and transformers, for
-# convert_hf_to_gguf.py and the HF parity checks, are optional: `pip install torch transformers`.)
+# loudly without it. Re-running is cheap once it exists. torch and transformers (PyPI's wheels, ~5 GB
+# with their CUDA libraries, ~1.5 min) are in it too: convert_hf_to_gguf.py and the transformers
+# comparisons need them.
 set -euo pipefail
 ENV="${TINYLLAMA_PYENV:-$HOME/.cache/tinyllama/pyenv}"
 LLAMA_CPP_PYTHON=0.3.36
-if [ -x "$ENV/bin/python" ] && "$ENV/bin/python" -c "import gguf, numpy, safetensors, sentencepiece, llama_cpp" 2>/dev/null \
+if [ -x "$ENV/bin/python" ] && "$ENV/bin/python" -c "import gguf, numpy, safetensors, sentencepiece, llama_cpp, torch, transformers" 2>/dev/null \
    && [ -f "$ENV/src/llama.cpp/convert_hf_to_gguf.py" ]; then
   echo "python references ready in $ENV"; exit 0
 fi
@@ -16,6 +17,7 @@ python3 -m venv "$ENV" 2>/dev/null || { apt-get update -qq && apt-get install -y
 PY="$ENV/bin/python"
 "$PY" -m pip install -q --upgrade pip
 "$PY" -m pip install -q numpy safetensors sentencepiece
+"$PY" -c "import torch, transformers" 2>/dev/null || "$PY" -m pip install -q torch transformers
 # the sdist carries llama.cpp's converter and gguf-py at the version the library is built from
 mkdir -p "$ENV/src"
 if [ ! -f "$ENV/src/llama.cpp/convert_hf_to_gguf.py" ]; then

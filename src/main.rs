@@ -11,6 +11,9 @@ use tinyllama::tokenizer::Tokenizer;
 use tinyllama::train::config::TrainConfig;
 use tinyllama::train::pretrain::Resume;
 
+/// Recorded in every result file, with what the result was computed from.
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 #[derive(Parser)]
 #[command(
     name = "tinyllama",
@@ -927,7 +930,7 @@ fn eval(a: EvalArgs) -> Result<()> {
         if let Some(j) = &a.json {
             tinyllama::checkpoint::hf::write_json(
                 j,
-                &serde_json::json!({"completions": path, "limit": a.limit, "results": [r]}),
+                &serde_json::json!({"completions": path, "limit": a.limit, "results": [r], "tinyllama_version": VERSION}),
             )?;
         }
         return Ok(());
@@ -959,6 +962,7 @@ fn eval(a: EvalArgs) -> Result<()> {
             v["file"] = serde_json::json!(path);
             v["window"] = serde_json::json!(window);
             v["stride"] = serde_json::json!(stride);
+            v["tinyllama_version"] = serde_json::json!(VERSION);
             tinyllama::checkpoint::hf::write_json(j, &v)?;
         }
         return Ok(());
@@ -1032,8 +1036,8 @@ fn eval(a: EvalArgs) -> Result<()> {
             std::io::Write::flush(w)?;
         }
         if let Some(j) = &a.json {
-            let mut v =
-                serde_json::json!({"model": model_path, "limit": a.limit, "data_dir": a.data_dir, "results": results});
+            let mut v = serde_json::json!({"model": model_path, "limit": a.limit, "data_dir": a.data_dir, "results": results,
+                    "tinyllama_version": VERSION});
             if !gen_results.is_empty() {
                 v["generative"] = serde_json::to_value(&gen_results)?;
             }

@@ -76,5 +76,22 @@ fn out_of_range_values_are_refused() {
         (Some(256), Some(128), Some(n as u64))
     );
     assert!(v["file"].as_str().unwrap().ends_with("t.txt") && v["model"].is_string(), "{v}");
+    assert_eq!(v["tinyllama_version"], env!("CARGO_PKG_VERSION"), "{v}");
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+/// A tokenizer with more tokens than the model has rows is refused when the model is loaded (not a
+/// panic in the embedding lookup at the first such token).
+#[test]
+fn tokenizer_larger_than_the_vocabulary_is_refused_at_load() {
+    let d = tmpdir("vocab");
+    let m = d.join("model");
+    std::fs::create_dir_all(&m).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(Path::new("tests/fixtures/hf-tiny/model").join(f), m.join(f)).unwrap();
+        // vocab 256
+    }
+    std::fs::copy("data/tokenizer/llama2/tokenizer.json", m.join("tokenizer.json")).unwrap(); // 32000 tokens
+    refused(&["generate", "--prompt", "Hi"], &m, "the tokenizer has 32000 tokens but the model's vocabulary is 256");
     std::fs::remove_dir_all(d).unwrap();
 }

@@ -2,6 +2,8 @@
 //! v0.4 builds from its task definitions (written out by hand here), and the scoring rules on
 //! hand-made log-likelihoods.
 
+mod common;
+
 use serde_json::Value;
 use std::path::Path;
 use tinyllama::eval::harness::{encode_pair, item_correct, mean_stderr, truncate_left};
@@ -11,10 +13,7 @@ const EVAL: &str = "../shared/eval";
 
 fn line(file: &str, n: usize) -> Option<Value> {
     let p = Path::new(EVAL).join(file);
-    if !p.exists() {
-        eprintln!("skipping: {} not found (no ../shared beside the repo)", p.display());
-        return None;
-    }
+    common::require(&format!("eval_tasks ({file})"), &p)?;
     let text = std::fs::read_to_string(p).unwrap();
     Some(serde_json::from_str(text.lines().nth(n - 1).unwrap()).unwrap())
 }

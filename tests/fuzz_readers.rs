@@ -183,6 +183,30 @@ fn readers_refuse_damaged_files_without_panicking() {
     let g = std::fs::read(&gguf).unwrap();
     fuzz("gguf", &g, &|b| tinyllama::gguf::llama::load(&via_file(&d, "f.gguf", b)).map(|_| ()));
 
+    // a training checkpoint's trainer_state.json (the rest of the checkpoint intact)
+    let ck_root = d.join("ck");
+    let state = tinyllama::train::checkpoint::TrainerState {
+        step: 3,
+        tokens_seen: 384,
+        loaders: vec![tinyllama::data::loader::LoaderState {
+            mix_rng: tinyllama::rng::Rng::new(5),
+            components: vec![tinyllama::data::loader::ComponentPosition { epoch: 0, group: 1, index: 7 }],
+        }],
+        world: 1,
+        train_config: tinyllama::train::config::TrainConfig::default(),
+        model_config: cfg.clone(),
+        elapsed_s: 1.5,
+        consecutive_bad_steps: 0,
+    };
+    let adam = tinyllama::train::AdamW::new(model.layout.total, tinyllama::train::AdamWConfig::default());
+    let ck =
+        tinyllama::train::checkpoint::save_checkpoint(&ck_root, &model, &adam, &Tokenizer::llama2(), &state).unwrap();
+    let ts = std::fs::read(ck.join("trainer_state.json")).unwrap();
+    fuzz("trainer_state.json", &ts, &|b| {
+        std::fs::write(ck.join("trainer_state.json"), b)?;
+        tinyllama::train::checkpoint::load_checkpoint(&ck).map(|_| ())
+    });
+
     // evaluation data: lm-eval JSONL and InstructEval's BBH / DROP / HumanEval files
     let eval = d.join("eval");
     std::fs::create_dir_all(eval.join("bbh")).unwrap();

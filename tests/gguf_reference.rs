@@ -5,6 +5,8 @@
 //! export and continues a prompt greedily with the same 32 tokens as we do.
 //! Skips loudly where the environment is missing; `TINYLLAMA_REQUIRE_FIXTURES=1` makes that fail.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use tinyllama::checkpoint::safetensors::{write_safetensors, Dtype, TensorOut};
@@ -13,17 +15,7 @@ use tinyllama::model::{KvCache, Llama, ModelDtype, RowMode};
 use tinyllama::tokenizer::Tokenizer;
 
 fn python(modules: &str) -> Option<PathBuf> {
-    let env = std::env::var("TINYLLAMA_PYENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/tinyllama/pyenv"));
-    let py = env.join("bin/python");
-    let ok = Command::new(&py).args(["-c", &format!("import {modules}")]).output().map(|o| o.status.success());
-    if ok.unwrap_or(false) {
-        return Some(py);
-    }
-    eprintln!("SKIPPED: no Python environment with {modules} at {} (run scripts/setup_python.sh)", env.display());
-    assert!(std::env::var("TINYLLAMA_REQUIRE_FIXTURES").is_err(), "TINYLLAMA_REQUIRE_FIXTURES is set");
-    None
+    common::python("a GGUF reference check", modules)
 }
 
 fn run(py: &Path, args: &[&str]) -> serde_json::Value {
@@ -199,8 +191,7 @@ fn llama_cpp_converted_files_match_llama_cpp() {
     let Some(py) = python("gguf, numpy, safetensors, sentencepiece, torch, transformers, llama_cpp") else { return };
     let shared = Path::new("../shared/fixtures");
     if !shared.join("hf-tiny/model").exists() {
-        eprintln!("SKIPPED: ../shared/fixtures/hf-tiny not found");
-        assert!(std::env::var("TINYLLAMA_REQUIRE_FIXTURES").is_err(), "TINYLLAMA_REQUIRE_FIXTURES is set");
+        common::skip("llama_cpp_converted_files_match_llama_cpp", "../shared/fixtures/hf-tiny not found");
         return;
     }
     let text = "../shared/corpus/austen/emma.txt";

@@ -3,6 +3,8 @@
 //! `mpirun` is absent. Run as root, `mpirun` needs `--allow-run-as-root` (added here).
 #![cfg(feature = "mpi")]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::AtomicBool;
@@ -78,7 +80,7 @@ fn rel(a: &[f32], b: &[f32]) -> f64 {
 #[test]
 fn two_ranks_match_one_rank_with_accumulation_and_resume_exactly() {
     if Command::new("mpirun").arg("--version").output().is_err() {
-        eprintln!("skipping MPI test: mpirun not found (apt-get install openmpi-bin libopenmpi-dev)");
+        common::skip("MPI", "mpirun not found (apt-get install openmpi-bin libopenmpi-dev)");
         return;
     }
     let d = tmpdir("dp");
@@ -131,7 +133,7 @@ fn two_ranks_match_one_rank_with_accumulation_and_resume_exactly() {
 #[test]
 fn a_failing_rank_brings_the_job_down() {
     if Command::new("mpirun").arg("--version").output().is_err() {
-        eprintln!("skipping MPI test: mpirun not found");
+        common::skip("MPI", "mpirun not found (apt-get install openmpi-bin libopenmpi-dev)");
         return;
     }
     let d = tmpdir("fail");

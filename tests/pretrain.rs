@@ -1,6 +1,8 @@
 //! The pretraining run: bit-exact resume, export to Hugging Face layout, the NaN guard, and
 //! refusals. A small model on the built-in corpus.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use tinyllama::checkpoint::hf::load_hf;
@@ -159,24 +161,18 @@ fn export_round_trips_and_matches_transformers_when_available() {
     let back = load_hf(&hf).unwrap();
     assert!(back.params == model.params && back.cfg == model.cfg);
 
-    // transformers' logits for the same tokens, if Python has transformers + torch
-    let has = std::process::Command::new("python3")
-        .args(["-c", "import transformers, torch"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !has {
-        eprintln!("skipping the transformers comparison: python3 with transformers and torch not found");
+    // transformers' logits for the same tokens
+    let Some(py) = common::python("export_round_trips (transformers comparison)", "transformers, torch") else {
         std::fs::remove_dir_all(d).unwrap();
         return;
-    }
+    };
     let ids: Vec<u32> = tok.encode("It is a truth universally acknowledged").unwrap();
     let script = format!(
         "import torch, json, transformers\nm = transformers.AutoModelForCausalLM.from_pretrained({:?}, torch_dtype=torch.float32, attn_implementation='eager')\nprint(json.dumps(m(torch.tensor([{:?}])).logits[0].flatten().tolist()))",
         hf.display().to_string(),
         ids
     );
-    let o = std::process::Command::new("python3").args(["-c", &script]).output().unwrap();
+    let o = std::process::Command::new(py).args(["-c", &script]).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let theirs: Vec<f32> = serde_json::from_slice(&o.stdout).unwrap();
     let mut ws = tinyllama::model::Workspace::new(&model.cfg, 1, ids.len());

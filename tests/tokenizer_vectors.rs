@@ -1,8 +1,10 @@
 //! The Llama-2 tokenizer against llama.cpp's SentencePiece test vectors (ids without BOS).
-//! The vectors file comes from `TINYLLAMA_TOKENIZER_VECTORS` (default
-//! `../shared/tokenizer/llama2/vectors.jsonl`); `TINYLLAMA_TOKENIZER_VECTORS=FILE cargo test
+//! The vectors file comes from `TINYLLAMA_TOKENIZER_VECTORS` (default: the copy vendored in
+//! `tests/fixtures/tokenizer/`, from `../shared/tokenizer/llama2/vectors.jsonl`); `TINYLLAMA_TOKENIZER_VECTORS=FILE cargo test
 //! --release tokenizer_vectors` checks any file of that layout (`{"text", "ids"}` per line), with
 //! the tokenizer from `TINYLLAMA_TOKENIZER` (default: the built-in Llama-2 one).
+
+mod common;
 
 use std::path::PathBuf;
 use tinyllama::tokenizer::Tokenizer;
@@ -11,12 +13,9 @@ use tinyllama::tokenizer::Tokenizer;
 fn tokenizer_vectors() {
     let path = PathBuf::from(
         std::env::var("TINYLLAMA_TOKENIZER_VECTORS")
-            .unwrap_or_else(|_| "../shared/tokenizer/llama2/vectors.jsonl".into()),
+            .unwrap_or_else(|_| "tests/fixtures/tokenizer/llama2-vectors.jsonl".into()),
     );
-    if !path.exists() {
-        eprintln!("skipping tokenizer vectors: {} not found (set TINYLLAMA_TOKENIZER_VECTORS)", path.display());
-        return;
-    }
+    assert!(path.exists(), "{} not found (set TINYLLAMA_TOKENIZER_VECTORS)", path.display());
     let tok = match std::env::var("TINYLLAMA_TOKENIZER") {
         Ok(p) => Tokenizer::from_file(p.as_ref()).unwrap(),
         Err(_) => Tokenizer::llama2(),
@@ -43,10 +42,8 @@ fn tokenizer_vectors() {
 #[test]
 fn gguf_vocabulary_tokenizes_like_sentencepiece() {
     let vocab = PathBuf::from("../shared/tokenizer/llama2/ggml-vocab-llama-spm.gguf");
-    let vectors = PathBuf::from("../shared/tokenizer/llama2/vectors.jsonl");
-    if !vocab.exists() || !vectors.exists() {
-        eprintln!("SKIPPED gguf_vocabulary_tokenizes_like_sentencepiece: {} not found", vocab.display());
-        assert!(std::env::var("TINYLLAMA_REQUIRE_FIXTURES").is_err(), "fixtures required");
+    let vectors = PathBuf::from("tests/fixtures/tokenizer/llama2-vectors.jsonl");
+    if common::require("gguf_vocabulary_tokenizes_like_sentencepiece", &vocab).is_none() {
         return;
     }
     let g = tinyllama::gguf::GgufFile::open(&vocab).unwrap();

@@ -209,8 +209,9 @@ impl Component {
             }
             if (self.pos.index as usize) < self.order.len() {
                 let (f, b) = self.order[self.pos.index as usize];
-                self.pos.index += 1;
                 let shard = &self.files[f as usize];
+                shard.check_unchanged()?;
+                self.pos.index += 1;
                 shard.read(b as usize * o.block_size, out);
                 if let Some(v) = o.vocab_size {
                     if let Some(&t) = out.iter().find(|&&t| t as usize >= v) {

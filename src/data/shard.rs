@@ -201,6 +201,21 @@ impl Shard {
         }
     }
 
+    /// Errs, naming the file, when the shard was removed, replaced or resized since it was opened:
+    /// a read from a truncated mapping would kill the process with SIGBUS instead.
+    pub fn check_unchanged(&self) -> Result<()> {
+        let meta = std::fs::metadata(&self.path)
+            .with_context(|| format!("shard {} was removed while it was being read", self.path.display()))?;
+        ensure!(
+            meta.len() == self.map.len() as u64,
+            "shard {} changed while it was being read: {} bytes, {} when it was opened (truncated or rewritten)",
+            self.path.display(),
+            meta.len(),
+            self.map.len()
+        );
+        Ok(())
+    }
+
     pub fn tokens(&self) -> Vec<u32> {
         let mut v = vec![0; self.len];
         self.read(0, &mut v);

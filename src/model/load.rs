@@ -27,6 +27,18 @@ pub fn chat_template_of(dir: &Path) -> Option<String> {
     v.get("chat_template")?.as_str().map(str::to_string)
 }
 
+/// A token the model has no row for would index past its embedding: refused at load, naming both.
+fn check_vocabulary(tok: &Tokenizer, cfg: &crate::config::LlamaConfig, source: &Path) -> Result<()> {
+    anyhow::ensure!(
+        tok.vocab_size() <= cfg.vocab_size,
+        "{}: the tokenizer has {} tokens but the model's vocabulary is {}: they do not belong together",
+        source.display(),
+        tok.vocab_size(),
+        cfg.vocab_size
+    );
+    Ok(())
+}
+
 /// Loads `path`. Safetensors weights are converted to `dtype` (default f32); GGUF files keep
 /// the formats they store. `progress`: say on stderr what is being done.
 pub fn load_model(path: &Path, dtype: Option<ModelDtype>, progress: bool) -> Result<LoadedModel> {
@@ -41,6 +53,7 @@ pub fn load_model(path: &Path, dtype: Option<ModelDtype>, progress: bool) -> Res
                 );
             }
         }
+        check_vocabulary(&g.tokenizer, &g.model.cfg, path)?;
         return Ok(LoadedModel {
             model: g.model,
             tokenizer: g.tokenizer,
@@ -52,6 +65,7 @@ pub fn load_model(path: &Path, dtype: Option<ModelDtype>, progress: bool) -> Res
     let llama = crate::checkpoint::hf::load_hf(&dir)?;
     let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))
         .with_context(|| format!("{}: a model directory needs its tokenizer.json", dir.display()))?;
+    check_vocabulary(&tokenizer, &llama.cfg, &dir)?;
     let chat_template = chat_template_of(&dir);
     let dtype = dtype.unwrap_or(ModelDtype::Uniform(Format::F32));
     if progress && dtype != ModelDtype::Uniform(Format::F32) {

@@ -12,7 +12,7 @@ use crate::config::LlamaConfig;
 use crate::data::loader::LoaderState;
 use crate::model::Llama;
 use crate::tokenizer::Tokenizer;
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -54,6 +54,38 @@ pub fn list_checkpoints(root: &Path) -> Vec<(u64, PathBuf)> {
 
 pub fn latest_checkpoint(root: &Path) -> Option<PathBuf> {
     list_checkpoints(root).pop().map(|(_, p)| p)
+}
+
+/// The newest checkpoint under `root` that loads whole, and why each newer one was passed over
+/// (a step directory without trainer_state.json, a truncated safetensors file, …).
+pub fn newest_loadable_checkpoint(root: &Path) -> Result<(PathBuf, LoadedCheckpoint, Vec<String>)> {
+    let mut skipped = vec![];
+    let mut dirs: Vec<(u64, PathBuf)> = std::fs::read_dir(root)
+        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).filter_map(|p| step_of(&p).map(|s| (s, p))).collect())
+        .unwrap_or_default();
+    dirs.sort();
+    for (_, dir) in dirs.into_iter().rev() {
+        match load_checkpoint(&dir) {
+            Ok(ck) => return Ok((dir, ck, skipped)),
+            Err(e) => skipped.push(format!("checkpoint {} is damaged ({e:#})", dir.display())),
+        }
+    }
+    match skipped.is_empty() {
+        true => bail!("--resume: no checkpoint in {}", root.display()),
+        false => bail!("--resume: no usable checkpoint in {}:\n  {}", root.display(), skipped.join("\n  ")),
+    }
+}
+
+/// Removes the temporary directories of checkpoint writes that never finished (a killed run);
+/// they are never complete checkpoints. Returns how many.
+pub fn remove_partial_checkpoints(root: &Path) -> usize {
+    let Ok(rd) = std::fs::read_dir(root) else { return 0 };
+    rd.filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(".step-") && n.contains(".tmp-"))
+        })
+        .filter(|p| std::fs::remove_dir_all(p).is_ok())
+        .count()
 }
 
 /// Writes a checkpoint atomically and prunes old ones (keeping `keep_last` and milestones).
@@ -116,8 +148,8 @@ pub struct LoadedCheckpoint {
 
 pub fn load_checkpoint(dir: &Path) -> Result<LoadedCheckpoint> {
     let sp = dir.join("trainer_state.json");
-    let text =
-        std::fs::read_to_string(&sp).with_context(|| format!("{} is not a training checkpoint", dir.display()))?;
+    let text = std::fs::read_to_string(&sp)
+        .with_context(|| format!("{} is not a training checkpoint: cannot read {}", dir.display(), sp.display()))?;
     let state: TrainerState = serde_json::from_str(&text).with_context(|| format!("{}: unreadable", sp.display()))?;
     let model = load_hf(dir)?;
     ensure!(

@@ -2,7 +2,10 @@
 //! accumulation → global-norm clipping → AdamW on TinyLlama's schedule; metrics, validation,
 //! plots and checkpoints along the way; bit-exact resume.
 
-use super::checkpoint::{latest_checkpoint, load_checkpoint, save_checkpoint, step_dir, TrainerState};
+use super::checkpoint::{
+    latest_checkpoint, load_checkpoint, newest_loadable_checkpoint, remove_partial_checkpoints, save_checkpoint,
+    step_dir, LoadedCheckpoint, TrainerState,
+};
 use super::config::TrainConfig;
 use super::plot::write_loss_svg;
 use super::{clip_to_norm, grad_sum_squares, AdamW, AdamWConfig, CosineSchedule};
@@ -13,7 +16,7 @@ use crate::data::loader::{component_files, LoaderOptions, LoaderState, MixtureLo
 use crate::dist::{shard_range, Collectives};
 use crate::model::{Llama, Workspace};
 use crate::tokenizer::Tokenizer;
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::json;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -215,16 +218,27 @@ pub fn pretrain(
         CosineSchedule { max_lr: cfg.max_lr, min_lr: cfg.min_lr, warmup_iters: cfg.warmup(), decay_iters: cfg.decay() };
     let ckpt_root = cfg.out.join("checkpoints");
     let (mut step, mut tokens_seen, mut elapsed_before, mut bad) = (0u64, 0u64, 0.0f64, 0u32);
-    let resume_dir = match resume {
+    if rank == 0 {
+        // directories a killed run left half-written: never a checkpoint, never listed
+        remove_partial_checkpoints(&ckpt_root);
+    }
+    let resumed: Option<(PathBuf, LoadedCheckpoint)> = match resume {
         Resume::No | Resume::Overwrite => None,
-        Resume::Latest => Some(
-            latest_checkpoint(&ckpt_root)
-                .with_context(|| format!("--resume: no checkpoint in {}", ckpt_root.display()))?,
-        ),
-        Resume::From(p) => Some(p),
+        Resume::Latest => {
+            let (dir, ck, skipped) = newest_loadable_checkpoint(&ckpt_root)?;
+            for why in skipped.iter().filter(|_| rank == 0) {
+                eprintln!("warning: {why}; resuming from the newest good one, {}", dir.display());
+            }
+            Some((dir, ck))
+        }
+        Resume::From(p) => {
+            let ck = load_checkpoint(&p)?;
+            Some((p, ck))
+        }
     };
-    if let Some(dir) = &resume_dir {
-        let ck = load_checkpoint(dir)?;
+    let resume_dir = resumed.as_ref().map(|(d, _)| d.clone());
+    if let Some((dir, ck)) = resumed {
+        let dir = &dir;
         ensure!(
             ck.model.cfg == mc,
             "checkpoint {} is for another model ({}) than this run ({mc})",
@@ -258,7 +272,8 @@ pub fn pretrain(
     }
     let resolved = json!({"train": cfg, "model": mc, "data_dir": data_dir, "accumulation": accum,
         "tokens_per_step": tokens_per_step, "warmup_steps": cfg.warmup(), "decay_steps": cfg.decay(), "world": world,
-        "threads_per_rank": rayon::current_num_threads(), "resumed_from": resume_dir});
+        "threads_per_rank": rayon::current_num_threads(), "resumed_from": resume_dir,
+        "tinyllama_version": env!("CARGO_PKG_VERSION")});
     if rank == 0 {
         write_json(&cfg.out.join("train_config.json"), &resolved)?;
     }
@@ -289,7 +304,6 @@ pub fn pretrain(
     let mut gshard = vec![0.0f32; block];
     let mut pshard = vec![0.0f32; block];
     let mut gathered = vec![0.0f32; if world > 1 { block * world } else { 0 }];
-    let (mut inputs, mut targets) = (vec![], vec![]);
     let grad_scale = 1.0 / (cfg.micro_batch * cfg.seq_len * streams) as f32;
     let bar = progress_bar(verbose, cfg.max_steps, step);
     let t_start = Instant::now();
@@ -308,9 +322,8 @@ pub fn pretrain(
     let mut last_saved = resume_dir.as_ref().map(|_| step);
     // All ranks take part (the optimiser shards and data positions are gathered); rank 0 writes.
     let save =
-        |model: &Llama, adam: &AdamW, loaders: &[MixtureLoader], step, tokens_seen, bad, elapsed| -> Result<PathBuf> {
-            let mine: Vec<LoaderState> = loaders.iter().map(|l| l.state()).collect();
-            let all = comm.all_gather_bytes(&serde_json::to_vec(&mine)?);
+        |model: &Llama, adam: &AdamW, mine: &[LoaderState], step, tokens_seen, bad, elapsed| -> Result<PathBuf> {
+            let all = comm.all_gather_bytes(&serde_json::to_vec(mine)?);
             let mut states = vec![];
             for b in &all {
                 states.extend(serde_json::from_slice::<Vec<LoaderState>>(b)?);
@@ -346,10 +359,39 @@ pub fn pretrain(
             };
             // every rank learns whether rank 0's write worked
             let ok = comm.all_gather_bytes(&[dir.is_ok() as u8]);
+            let dir = dir?; // rank 0's own error says why
             ensure!(ok[0] == [1], "rank 0 could not write checkpoint {}", step_dir(&ckpt_root, step).display());
-            dir
+            Ok(dir)
         };
 
+    // A step whose data cannot be read (a shard removed or truncated under the run) ends the run
+    // with the error, after a checkpoint of the last good step (the data positions from before it).
+    let fail_with_checkpoint = |e: anyhow::Error,
+                                model: &Llama,
+                                adam: &AdamW,
+                                at: &[LoaderState],
+                                step,
+                                tokens_seen,
+                                bad,
+                                last_saved: Option<u64>,
+                                elapsed|
+     -> anyhow::Error {
+        if bad != 0 {
+            return e; // a run of NaN steps: the last good checkpoint stays the latest
+        }
+        if last_saved == Some(step) {
+            return e.context(format!("step {} failed; step {step} is checkpointed: --resume continues", step + 1));
+        }
+        match save(model, adam, at, step, tokens_seen, bad, elapsed) {
+            Ok(dir) => e.context(format!(
+                "step {} failed; saved the last good step in {}: --resume continues from it",
+                step + 1,
+                dir.display()
+            )),
+            Err(e2) => e.context(format!("step {} failed, and so did the checkpoint of step {step}: {e2:#}", step + 1)),
+        }
+    };
+    let mut batches: Vec<(Vec<u32>, Vec<u32>)> = vec![(vec![], vec![]); accum];
     while step < cfg.max_steps {
         // a signal on any rank stops every rank after the same step
         let mut stopping = [stop.load(Ordering::Relaxed) as u8 as f64];
@@ -362,11 +404,22 @@ pub fn pretrain(
         }
         let t0 = Instant::now();
         let comm0 = comm.comm_seconds();
+        let before = states(&loaders);
+        let read =
+            loaders.iter_mut().zip(batches.iter_mut()).try_for_each(|(l, (x, y))| l.next_batch(cfg.micro_batch, x, y));
+        let mut failed = [read.is_err() as u8 as f64];
+        if world > 1 {
+            comm.all_reduce_sum_f64(&mut failed); // every rank stops, and saves, together
+        }
+        if failed[0] > 0.0 {
+            let e = read.err().unwrap_or_else(|| anyhow!("another rank could not read its data"));
+            let elapsed = elapsed_before + t_start.elapsed().as_secs_f64();
+            return Err(fail_with_checkpoint(e, &model, &adam, &before, step, tokens_seen, bad, last_saved, elapsed));
+        }
         grads.fill(0.0);
         let mut loss = 0.0;
-        for l in loaders.iter_mut() {
-            l.next_batch(cfg.micro_batch, &mut inputs, &mut targets)?;
-            loss += model.forward_backward(&mut ws, &mut grads[..n_params], &inputs, &targets, grad_scale)?;
+        for (x, y) in &batches {
+            loss += model.forward_backward(&mut ws, &mut grads[..n_params], x, y, grad_scale)?;
         }
         // ZeRO-1: sum the gradients and keep this rank's block
         comm.reduce_scatter_sum(&grads, &mut gshard);
@@ -428,7 +481,24 @@ pub fn pretrain(
         let interrupted = stop.load(Ordering::Relaxed);
         if let (Some(vo), 0) = (&val_opts, rank) {
             if step % cfg.eval_interval.max(1) == 0 || step == cfg.max_steps {
-                let vl = validate(&model, &mut ws, &data_dir, vo, cfg)?;
+                let vl = match validate(&model, &mut ws, &data_dir, vo, cfg) {
+                    Ok(vl) => vl,
+                    Err(e) if world > 1 => return Err(e), // rank 0 alone validates: no collective save
+                    Err(e) => {
+                        let (now, lastsaved) = (states(&loaders), last_saved);
+                        return Err(fail_with_checkpoint(
+                            e,
+                            &model,
+                            &adam,
+                            &now,
+                            step,
+                            tokens_seen,
+                            bad,
+                            lastsaved,
+                            elapsed,
+                        ));
+                    }
+                };
                 out.val_loss = Some(vl);
                 val_curve.push((step, vl));
                 writeln!(metrics, "{}", json!({"step": step, "val_loss": vl, "val_ppl": vl.exp()}))?;
@@ -443,7 +513,7 @@ pub fn pretrain(
         // no checkpoint during a run of NaN/inf steps: the last good one stays the latest
         if bad == 0 && (step % cfg.save_interval.max(1) == 0 || step == cfg.max_steps || interrupted) {
             metrics.flush()?;
-            let dir = save(&model, &adam, &loaders, step, tokens_seen, bad, elapsed)?;
+            let dir = save(&model, &adam, &states(&loaders), step, tokens_seen, bad, elapsed)?;
             last_saved = Some(step);
             out.checkpoint = Some(dir);
             if rank == 0 {
@@ -453,7 +523,7 @@ pub fn pretrain(
     }
     if out.interrupted && last_saved != Some(step) && bad == 0 {
         let elapsed = elapsed_before + t_start.elapsed().as_secs_f64();
-        out.checkpoint = Some(save(&model, &adam, &loaders, step, tokens_seen, bad, elapsed)?);
+        out.checkpoint = Some(save(&model, &adam, &states(&loaders), step, tokens_seen, bad, elapsed)?);
     }
     if let Some(b) = bar {
         b.finish_and_clear();
@@ -468,6 +538,10 @@ pub fn pretrain(
     out.mfu = out.tokens_per_s / world as f64 * flops_per_token / 1e9 / peak_gflops;
     out.final_params = model.params;
     Ok(out)
+}
+
+fn states(loaders: &[MixtureLoader]) -> Vec<LoaderState> {
+    loaders.iter().map(|l| l.state()).collect()
 }
 
 /// Mean loss over the same `eval_batches` validation batches every time.

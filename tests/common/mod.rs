@@ -1,0 +1,41 @@
+//! What the integration tests share: the rule for a reference that is not there.
+#![allow(dead_code)]
+
+use std::path::Path;
+
+/// True when every reference must be present (CI sets `TINYLLAMA_REQUIRE_FIXTURES=1`).
+pub fn fixtures_required() -> bool {
+    std::env::var("TINYLLAMA_REQUIRE_FIXTURES").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// A test that cannot run here says so on stderr, and fails where references are required.
+pub fn skip(test: &str, why: &str) {
+    eprintln!("SKIPPED {test}: {why}");
+    assert!(!fixtures_required(), "{test} skipped with TINYLLAMA_REQUIRE_FIXTURES set: {why}");
+}
+
+/// `path` when it exists; otherwise `None` after [`skip`].
+pub fn require<'a>(test: &str, path: &'a Path) -> Option<&'a Path> {
+    if path.exists() {
+        return Some(path);
+    }
+    skip(test, &format!("{} not found (no ../shared beside the repository)", path.display()));
+    None
+}
+
+/// A Python that imports `modules` (comma-separated): the project's environment
+/// (`TINYLLAMA_PYENV`, default ~/.cache/tinyllama/pyenv, made by scripts/setup_python.sh), else
+/// `python3` on the PATH; `None` after [`skip`] when neither has them.
+pub fn python(test: &str, modules: &str) -> Option<std::path::PathBuf> {
+    let env = std::env::var("TINYLLAMA_PYENV").map(std::path::PathBuf::from).unwrap_or_else(|_| {
+        std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/tinyllama/pyenv")
+    });
+    for py in [env.join("bin/python"), "python3".into()] {
+        let ok = std::process::Command::new(&py).args(["-c", &format!("import {modules}")]).output();
+        if ok.is_ok_and(|o| o.status.success()) {
+            return Some(py);
+        }
+    }
+    skip(test, &format!("no Python with {modules} at {} or on the PATH (run scripts/setup_python.sh)", env.display()));
+    None
+}
