@@ -1,7 +1,7 @@
 //! The model configuration: one struct, loaded from a Hugging Face `config.json` (transformers 4 or 5
 //! style) or from a named preset, and printed in every run's log.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::Path;
@@ -69,7 +69,33 @@ impl LlamaConfig {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("cannot read model config {}", path.display()))?;
         let v: Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
-        Self::from_hf_json(&v).with_context(|| format!("unsupported model config {}", path.display()))
+        let cfg = Self::from_hf_json(&v).with_context(|| format!("unsupported model config {}", path.display()))?;
+        let defaulted = Self::defaulted_keys(&v, &cfg);
+        if !defaulted.is_empty() {
+            eprintln!("note: {} does not set {}", path.display(), defaulted.join(", "));
+        }
+        Ok(cfg)
+    }
+
+    /// The keys `config.json` leaves out, with the value (transformers' default) used for each.
+    pub fn defaulted_keys(v: &Value, cfg: &LlamaConfig) -> Vec<String> {
+        let absent = |k: &str| v.get(k).is_none_or(Value::is_null);
+        let mut out = vec![];
+        let mut note = |k: &str, val: String| {
+            if absent(k) {
+                out.push(format!("{k} (using {val})"));
+            }
+        };
+        note("rms_norm_eps", format!("{:e}", cfg.rms_norm_eps));
+        note("max_position_embeddings", cfg.max_position_embeddings.to_string());
+        note("num_key_value_heads", cfg.num_key_value_heads.to_string());
+        note("head_dim", cfg.head_dim.to_string());
+        note("bos_token_id", cfg.bos_token_id.to_string());
+        note("eos_token_id", cfg.eos_token_id.to_string());
+        if absent("rope_parameters") {
+            note("rope_theta", cfg.rope_theta.to_string());
+        }
+        out
     }
 
     pub fn from_hf_json(v: &Value) -> Result<Self> {
@@ -127,6 +153,13 @@ impl LlamaConfig {
             Some(x) if !x.is_null() => get_usize("head_dim")?,
             _ => hidden_size / heads.max(1),
         };
+        // optional keys: absent (or null) takes the default; present, they must have the right type
+        for (k, integer) in [("rms_norm_eps", false), ("rope_theta", false), ("bos_token_id", true)] {
+            if let Some(x) = v.get(k).filter(|x| !x.is_null()) {
+                let ok = if integer { x.as_u64().is_some_and(|t| t <= u32::MAX as u64) } else { x.as_f64().is_some() };
+                ensure!(ok, "`{k}` is {x}: not {}", if integer { "a token id" } else { "a number" });
+            }
+        }
         let token =
             |k: &str, default: u32| -> u32 { v.get(k).and_then(Value::as_u64).map(|x| x as u32).unwrap_or(default) };
         // `eos_token_id`: an integer or a list of them (Llama 3 style), kept whole
@@ -369,6 +402,41 @@ mod tests {
         assert_eq!(LlamaConfig::from_hf_json(&c.to_hf_json()).unwrap(), c, "written back as a list");
         j["eos_token_id"] = serde_json::json!("2");
         assert!(LlamaConfig::from_hf_json(&j).unwrap_err().to_string().contains("eos_token_id"));
+    }
+
+    /// Keys transformers defaults are filled in the same way and reported; a key of the wrong type
+    /// is an error, not a silent default.
+    #[test]
+    fn defaulted_keys_are_reported_and_wrong_types_refused() {
+        let full = LlamaConfig::preset("tiny-10m").unwrap();
+        let mut j = full.to_hf_json();
+        let o = j.as_object_mut().unwrap();
+        for k in ["rms_norm_eps", "max_position_embeddings", "bos_token_id", "rope_theta"] {
+            o.remove(k);
+        }
+        let c = LlamaConfig::from_hf_json(&j).unwrap();
+        // transformers' LlamaConfig defaults
+        assert_eq!((c.rms_norm_eps, c.max_position_embeddings, c.bos_token_id, c.rope_theta), (1e-6, 2048, 1, 10000.0));
+        let d = LlamaConfig::defaulted_keys(&j, &c).join("; ");
+        for want in [
+            "rms_norm_eps (using 1e-6)",
+            "max_position_embeddings (using 2048)",
+            "bos_token_id (using 1)",
+            "rope_theta (using 10000)",
+        ] {
+            assert!(d.contains(want), "{d}");
+        }
+        assert!(LlamaConfig::defaulted_keys(&full.to_hf_json(), &full).is_empty());
+        for (k, bad) in [
+            ("rms_norm_eps", serde_json::json!("1e-5")),
+            ("rope_theta", serde_json::json!([1])),
+            ("bos_token_id", serde_json::json!(-1)),
+        ] {
+            let mut j = full.to_hf_json();
+            j[k] = bad;
+            let e = LlamaConfig::from_hf_json(&j).unwrap_err().to_string();
+            assert!(e.contains(k), "{k}: {e}");
+        }
     }
 
     #[test]
