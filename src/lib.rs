@@ -16,5 +16,7 @@ pub mod kernels;
 pub mod model;
 pub mod profile;
 pub mod rng;
+#[cfg(feature = "serve")]
+pub mod serve;
 pub mod tokenizer;
 pub mod train;

@@ -82,6 +82,14 @@ enum Cmd {
     Generate(GenerateArgs),
     /// Chat with a chat checkpoint (Zephyr template, as TinyLlama-1.1B-Chat). Reads lines from stdin.
     Chat(ChatArgs),
+    /// An OpenAI-compatible HTTP server with continuous batching: /v1/completions,
+    /// /v1/chat/completions (streaming as server-sent events), /v1/models, /health, /metrics.
+    ///
+    /// Requests join and leave the running batch between decode steps; a greedy or seeded request
+    /// returns the same tokens whatever else is running. SIGTERM or Ctrl-C: stop accepting,
+    /// finish the running requests, exit.
+    #[cfg(feature = "serve")]
+    Serve(ServeArgs),
     /// Print a model configuration and its parameter count.
     Info(ModelArg),
     /// Benchmarks: `bench train` (training step, MFU), `bench generate` (prefill and decode).
@@ -332,6 +340,43 @@ struct GenerateArgs {
     sampling: SamplingArgs,
 }
 
+#[cfg(feature = "serve")]
+#[derive(Args)]
+struct ServeArgs {
+    /// A Hugging Face model directory (or training checkpoint) with tokenizer.json, or a GGUF file.
+    #[arg(long, short = 'm')]
+    model: PathBuf,
+    /// Weight format for safetensors models: f32, bf16, f16, q8_0, q4_0, q4_k_m, q4_k, q6_k (GGUF
+    /// files keep their own).
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Address to bind (127.0.0.1: this machine only; 0.0.0.0: every interface).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port (0: any free one; the address is printed).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// The model's name in the API (`model` of requests, /v1/models); default: the file or
+    /// directory name.
+    #[arg(long)]
+    model_name: Option<String>,
+    /// Sequences decoding together.
+    #[arg(long, default_value_t = 16)]
+    max_batch: usize,
+    /// Requests that may wait for a place in the batch; more are answered 429.
+    #[arg(long, default_value_t = 64)]
+    max_queue: usize,
+    /// KV-cache memory for all running sequences, in MiB (default: --max-batch full contexts).
+    #[arg(long)]
+    kv_budget_mib: Option<usize>,
+    /// Require `Authorization: Bearer KEY` on /v1/ requests (also TINYLLAMA_API_KEY).
+    #[arg(long, env = "TINYLLAMA_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Largest request body, in KiB.
+    #[arg(long, default_value_t = 1024)]
+    max_body_kib: usize,
+}
+
 #[derive(Args)]
 struct ChatArgs {
     /// A chat model: Hugging Face directory or GGUF file.
@@ -503,6 +548,31 @@ fn run() -> Result<()> {
                 println!();
                 turns.last_mut().unwrap().1 = Some(reply.trim().to_string());
             }
+        }
+        #[cfg(feature = "serve")]
+        Cmd::Serve(a) => {
+            ensure!(a.max_batch >= 1, "--max-batch must be at least 1");
+            let dtype = tinyllama::model::ModelDtype::parse(&a.dtype)?;
+            let loaded = tinyllama::model::load::load_model(&a.model, Some(dtype), true)?;
+            let model_name = a.model_name.clone().unwrap_or_else(|| {
+                let p = if a.model.file_name().is_some_and(|n| n == "model.safetensors") {
+                    a.model.parent().unwrap_or(&a.model)
+                } else {
+                    &a.model
+                };
+                p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "tinyllama".into())
+            });
+            let opts = tinyllama::serve::ServeOptions {
+                host: a.host.clone(),
+                port: a.port,
+                model_name,
+                api_key: a.api_key.clone(),
+                max_batch: a.max_batch,
+                max_queue: a.max_queue,
+                kv_budget: a.kv_budget_mib.map(|m| m << 20),
+                max_body: a.max_body_kib << 10,
+            };
+            tinyllama::serve::serve(loaded, opts)?;
         }
         Cmd::Info(m) => {
             let (name, cfg) = m.resolve("tiny-10m")?;

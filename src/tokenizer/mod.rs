@@ -2,6 +2,7 @@
 //! tokenizer TinyLlama uses is built into the binary. BOS = 1, EOS = 2 for Llama; documents are
 //! encoded without special tokens (the data pipeline appends EOS itself).
 
+pub mod chat_template;
 pub mod spm;
 
 use anyhow::{anyhow, Context, Result};

@@ -1,0 +1,323 @@
+//! The serving engine: one thread that owns the model and runs continuous batching. Requests
+//! wait in a bounded queue; between decode steps the engine admits the next one (its prompt
+//! prefilled alone, as `generate` does) when the batch has room and the KV-cache budget allows;
+//! each step decodes one token of every running sequence in one pass over the weights, each row
+//! computed independently ([`RowMode::Independent`]) — so a request's tokens are the same bits
+//! whatever else shares the batch. A sequence whose receiver is gone (client disconnected, stop
+//! string found) is dropped at the next step.
+
+use crate::generate::{Sampler, SamplingOptions};
+use crate::model::{InferenceModel, KvCache, RowMode, Segment};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::UnboundedSender;
+
+/// What the engine tells a request's handler.
+#[derive(Debug)]
+pub enum Event {
+    /// A generated token (an end-of-sequence id included, last), with its log-probability under
+    /// the model and the `top` most likely alternatives when asked for.
+    Token {
+        id: u32,
+        logprob: Option<TokenLogprob>,
+    },
+    /// No more tokens: the sequence ended (EOS or its length).
+    Done,
+    Failed(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct TokenLogprob {
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+pub struct Job {
+    /// BOS first.
+    pub prompt: Vec<u32>,
+    pub max_new: usize,
+    pub sampling: SamplingOptions,
+    /// How many top alternatives to report with each token (`None`: no log-probabilities).
+    pub logprobs: Option<usize>,
+    pub events: UnboundedSender<Event>,
+    pub submitted: Instant,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    QueueFull(usize),
+    /// Bytes of KV cache the request needs, and the budget.
+    TooLarge(usize, usize),
+    ShuttingDown,
+}
+
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    pub max_batch: usize,
+    pub max_queue: usize,
+    /// Bytes of KV cache all running sequences may hold together.
+    pub kv_budget: usize,
+}
+
+/// Counters for `/metrics`.
+#[derive(Default)]
+pub struct Metrics {
+    pub waiting: AtomicUsize,
+    pub running: AtomicUsize,
+    pub kv_bytes: AtomicUsize,
+    pub requests_total: AtomicU64,
+    pub rejected_total: AtomicU64,
+    pub prompt_tokens_total: AtomicU64,
+    pub generated_tokens_total: AtomicU64,
+    pub ttft_micros_total: AtomicU64,
+    pub ttft_count: AtomicU64,
+    pub decode_steps_total: AtomicU64,
+    /// (when, tokens) of recent decode steps and prefills, for the tokens/s gauge.
+    pub recent: Mutex<VecDeque<(Instant, usize)>>,
+}
+
+impl Metrics {
+    fn produced(&self, n: usize) {
+        self.generated_tokens_total.fetch_add(n as u64, Ordering::Relaxed);
+        let mut r = self.recent.lock().unwrap();
+        let now = Instant::now();
+        r.push_back((now, n));
+        while r.front().is_some_and(|(t, _)| now.duration_since(*t) > Duration::from_secs(10)) {
+            r.pop_front();
+        }
+    }
+
+    /// Generated tokens per second over the last 10 s.
+    pub fn tokens_per_second(&self) -> f64 {
+        let r = self.recent.lock().unwrap();
+        let now = Instant::now();
+        let n: usize = r.iter().filter(|(t, _)| now.duration_since(*t) <= Duration::from_secs(10)).map(|x| x.1).sum();
+        n as f64 / 10.0
+    }
+}
+
+struct Queue {
+    jobs: VecDeque<Job>,
+    shutdown: bool,
+}
+
+pub struct Engine {
+    queue: Arc<(Mutex<Queue>, Condvar)>,
+    pub metrics: Arc<Metrics>,
+    opts: EngineOptions,
+    kv_per_position: usize,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+struct Running {
+    job: Job,
+    cache: KvCache,
+    sampler: Sampler,
+    last: u32,
+    left: usize,
+}
+
+impl Engine {
+    pub fn start(model: Arc<InferenceModel>, eos: Vec<u32>, opts: EngineOptions) -> Arc<Engine> {
+        let queue = Arc::new((Mutex::new(Queue { jobs: VecDeque::new(), shutdown: false }), Condvar::new()));
+        let metrics = Arc::new(Metrics::default());
+        let kv_per_position = KvCache::bytes_for(&model.cfg, 1);
+        let engine = Arc::new(Engine {
+            queue: queue.clone(),
+            metrics: metrics.clone(),
+            opts: opts.clone(),
+            kv_per_position,
+            thread: Mutex::new(None),
+        });
+        let t = std::thread::Builder::new()
+            .name("engine".into())
+            .spawn(move || run(&model, &eos, &opts, &queue, &metrics, kv_per_position))
+            .expect("spawn the engine thread");
+        *engine.thread.lock().unwrap() = Some(t);
+        engine
+    }
+
+    /// Bytes of KV cache a sequence of `positions` holds.
+    pub fn kv_bytes(&self, positions: usize) -> usize {
+        positions * self.kv_per_position
+    }
+
+    pub fn submit(&self, job: Job) -> Result<(), Refusal> {
+        let need = self.kv_bytes(job.prompt.len() + job.max_new);
+        if need > self.opts.kv_budget {
+            return Err(Refusal::TooLarge(need, self.opts.kv_budget));
+        }
+        let (lock, cv) = &*self.queue;
+        let mut q = lock.lock().unwrap();
+        if q.shutdown {
+            return Err(Refusal::ShuttingDown);
+        }
+        if q.jobs.len() >= self.opts.max_queue {
+            self.metrics.rejected_total.fetch_add(1, Ordering::Relaxed);
+            return Err(Refusal::QueueFull(self.opts.max_queue));
+        }
+        self.metrics.requests_total.fetch_add(1, Ordering::Relaxed);
+        self.metrics.prompt_tokens_total.fetch_add(job.prompt.len() as u64, Ordering::Relaxed);
+        q.jobs.push_back(job);
+        self.metrics.waiting.store(q.jobs.len(), Ordering::Relaxed);
+        cv.notify_one();
+        Ok(())
+    }
+
+    /// Finishes what is queued and running, then stops the engine thread.
+    pub fn shutdown(&self) {
+        let (lock, cv) = &*self.queue;
+        lock.lock().unwrap().shutdown = true;
+        cv.notify_all();
+        if let Some(t) = self.thread.lock().unwrap().take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Log-probability of `id` and the `top` most likely tokens, from one row of logits.
+fn logprobs(row: &[f32], id: u32, top: usize) -> TokenLogprob {
+    let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+    let lse = m + row.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
+    let lp = |i: usize| (row[i] as f64 - lse) as f32;
+    let mut best: Vec<(u32, f32)> = Vec::with_capacity(top + 1);
+    if top > 0 {
+        for (i, &x) in row.iter().enumerate() {
+            if best.len() < top || x > row[best[best.len() - 1].0 as usize] {
+                let at = best.iter().position(|&(j, _)| x > row[j as usize]).unwrap_or(best.len());
+                best.insert(at, (i as u32, 0.0));
+                best.truncate(top);
+            }
+        }
+    }
+    TokenLogprob { logprob: lp(id as usize), top: best.into_iter().map(|(i, _)| (i, lp(i as usize))).collect() }
+}
+
+fn run(
+    model: &InferenceModel,
+    eos: &[u32],
+    opts: &EngineOptions,
+    queue: &(Mutex<Queue>, Condvar),
+    metrics: &Metrics,
+    kv_per_position: usize,
+) {
+    let v = model.cfg.vocab_size;
+    let mut live: Vec<Running> = vec![];
+    let mut kv_used = 0usize;
+    let seq_bytes = |r: &Running| r.cache.max_len * kv_per_position;
+    loop {
+        // admit the next waiting request when it fits (one prefill between decode steps, so that
+        // running streams keep flowing)
+        let job = {
+            let (lock, cv) = queue;
+            let mut q = lock.lock().unwrap();
+            while live.is_empty() && q.jobs.is_empty() && !q.shutdown {
+                q = cv.wait(q).unwrap();
+            }
+            if live.is_empty() && q.jobs.is_empty() && q.shutdown {
+                return;
+            }
+            let fits = q.jobs.front().is_some_and(|j| {
+                live.len() < opts.max_batch.max(1)
+                    && kv_used + (j.prompt.len() + j.max_new) * kv_per_position <= opts.kv_budget
+            });
+            let job = if fits { q.jobs.pop_front() } else { None };
+            metrics.waiting.store(q.jobs.len(), Ordering::Relaxed);
+            job
+        };
+        if let Some(job) = job.filter(|j| !j.events.is_closed()) {
+            let mut cache = KvCache::new(model, job.prompt.len() + job.max_new);
+            match model.next_token_logits(&job.prompt, &mut cache, RowMode::Batched) {
+                Err(e) => {
+                    let _ = job.events.send(Event::Failed(format!("{e:#}")));
+                }
+                Ok(logits) => {
+                    let mut sampler = Sampler::new(job.sampling.clone());
+                    let t = sampler.sample(&logits);
+                    let lp = job.logprobs.map(|k| logprobs(&logits, t, k));
+                    let ttft = job.submitted.elapsed().as_micros() as u64;
+                    metrics.ttft_micros_total.fetch_add(ttft, Ordering::Relaxed);
+                    metrics.ttft_count.fetch_add(1, Ordering::Relaxed);
+                    metrics.produced(1);
+                    let sent = job.events.send(Event::Token { id: t, logprob: lp }).is_ok();
+                    if sent && !eos.contains(&t) && job.max_new > 1 {
+                        let r = Running { job, cache, sampler, last: t, left: 0 };
+                        let left = r.job.max_new - 1;
+                        kv_used += seq_bytes(&r);
+                        live.push(Running { left, ..r });
+                    } else {
+                        let _ = job.events.send(Event::Done);
+                    }
+                }
+            }
+        }
+        // drop the sequences nobody listens to any more
+        live.retain(|r| {
+            let keep = !r.job.events.is_closed();
+            if !keep {
+                kv_used -= seq_bytes(r);
+            }
+            keep
+        });
+        metrics.running.store(live.len(), Ordering::Relaxed);
+        metrics.kv_bytes.store(kv_used, Ordering::Relaxed);
+        if live.is_empty() {
+            continue;
+        }
+        // one decode step of every running sequence
+        let toks: Vec<[u32; 1]> = live.iter().map(|s| [s.last]).collect();
+        let mut segs: Vec<Segment> =
+            live.iter_mut().zip(&toks).map(|(s, t)| Segment { tokens: t, cache: &mut s.cache }).collect();
+        let step = model.forward(&mut segs, RowMode::Independent).map(|h| model.head_logits(&h, RowMode::Independent));
+        let logits = match step {
+            Ok(l) => l,
+            Err(e) => {
+                for r in live.drain(..) {
+                    let _ = r.job.events.send(Event::Failed(format!("{e:#}")));
+                }
+                kv_used = 0;
+                continue;
+            }
+        };
+        metrics.decode_steps_total.fetch_add(1, Ordering::Relaxed);
+        metrics.produced(live.len());
+        for (k, s) in live.iter_mut().enumerate() {
+            let row = &logits[k * v..(k + 1) * v];
+            let t = s.sampler.sample(row);
+            let lp = s.job.logprobs.map(|n| logprobs(row, t, n));
+            s.last = t;
+            s.left -= 1;
+            if s.job.events.send(Event::Token { id: t, logprob: lp }).is_err() || eos.contains(&t) {
+                s.left = 0;
+            }
+        }
+        live.retain(|r| {
+            if r.left == 0 {
+                let _ = r.job.events.send(Event::Done);
+                kv_used -= seq_bytes(r);
+            }
+            r.left > 0
+        });
+        metrics.running.store(live.len(), Ordering::Relaxed);
+        metrics.kv_bytes.store(kv_used, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logprobs_are_a_log_softmax_with_the_top_tokens_in_order() {
+        let row = [1.0f32, 3.0, 2.0, -1.0, 3.0];
+        let z: f64 = row.iter().map(|&x| (x as f64).exp()).sum();
+        let lp = logprobs(&row, 2, 3);
+        assert!((lp.logprob as f64 - (2.0 - z.ln())).abs() < 1e-6);
+        let ids: Vec<u32> = lp.top.iter().map(|x| x.0).collect();
+        assert_eq!(ids, [1, 4, 2]); // ties keep the lower id first
+        assert!((lp.top[0].1 as f64 - (3.0 - z.ln())).abs() < 1e-6);
+        assert!(logprobs(&row, 0, 0).top.is_empty());
+    }
+}

@@ -1,0 +1,621 @@
+//! `tinyllama serve`: an OpenAI-compatible HTTP server (tokio + axum) over the continuous-batching
+//! [`engine`]. Endpoints: `POST /v1/completions`, `POST /v1/chat/completions` (both with
+//! `stream: true` as server-sent events ending in `data: [DONE]`), `GET /v1/models`,
+//! `GET /health`, `GET /metrics` (Prometheus text). Bad requests get OpenAI's error object and a
+//! 4xx; the server keeps serving. SIGTERM or Ctrl-C: stop accepting, finish what runs, exit.
+
+pub mod api;
+pub mod engine;
+
+use crate::model::load::LoadedModel;
+use crate::tokenizer::chat_template::ChatTemplate;
+use crate::tokenizer::Tokenizer;
+use anyhow::{Context, Result};
+use api::{ApiError, ChatRequest, CompletionRequest, GenParams, Prompt};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use engine::{Engine, EngineOptions, Event, Job, Refusal, TokenLogprob};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    pub host: String,
+    pub port: u16,
+    pub model_name: String,
+    pub api_key: Option<String>,
+    pub max_batch: usize,
+    pub max_queue: usize,
+    /// Bytes of KV cache for all running sequences together (`None`: `max_batch` full contexts).
+    pub kv_budget: Option<usize>,
+    /// Largest request body in bytes.
+    pub max_body: usize,
+}
+
+struct AppState {
+    engine: Arc<Engine>,
+    tok: Tokenizer,
+    template: ChatTemplate,
+    opts: ServeOptions,
+    ctx: usize,
+    stop_ids: Vec<u32>,
+    started: u64,
+    next_id: AtomicU64,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_REQUEST);
+        (status, Json(self.body())).into_response()
+    }
+}
+
+fn now_s() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Runs the server until SIGTERM / Ctrl-C. `on_listening` gets the bound address (port 0 picks
+/// a free one).
+pub fn serve(loaded: LoadedModel, opts: ServeOptions) -> Result<()> {
+    let LoadedModel { model, tokenizer: tok, chat_template, .. } = loaded;
+    let name = |id: u32| tok.id_to_token(id).unwrap_or_default();
+    let (template, own) = ChatTemplate::for_model(chat_template.as_deref(), &name(tok.bos_id), &name(tok.eos_id))?;
+    if !own {
+        eprintln!("note: the model has no chat template; /v1/chat/completions uses TinyLlama-Chat's Zephyr template");
+    }
+    let ctx = model.max_positions();
+    let stop_ids = crate::generate::stop_ids(&model.cfg, &tok);
+    let kv_budget =
+        opts.kv_budget.unwrap_or_else(|| opts.max_batch.max(1) * crate::model::KvCache::bytes_for(&model.cfg, ctx));
+    let eopts = EngineOptions { max_batch: opts.max_batch.max(1), max_queue: opts.max_queue, kv_budget };
+    let engine = Engine::start(Arc::new(model), stop_ids.clone(), eopts);
+    let state = Arc::new(AppState {
+        engine: engine.clone(),
+        tok,
+        template,
+        opts: opts.clone(),
+        ctx,
+        stop_ids,
+        started: now_s(),
+        next_id: AtomicU64::new(1),
+    });
+    let app = Router::new()
+        .route("/v1/completions", post(completions))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/models", get(models))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(opts.max_body))
+        .with_state(state);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async {
+        let addr = format!("{}:{}", opts.host, opts.port);
+        let listener =
+            tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        let local = listener.local_addr()?;
+        eprintln!(
+            "listening on http://{local} (model `{}`, batch {}, queue {}, KV budget {} MiB{})",
+            opts.model_name,
+            opts.max_batch,
+            opts.max_queue,
+            kv_budget >> 20,
+            if opts.api_key.is_some() { ", API key required" } else { "" }
+        );
+        axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.context("server error")
+    })?;
+    eprintln!("stopping: finishing the running requests");
+    engine.shutdown();
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term => {},
+    }
+}
+
+fn authorize(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(key) = &st.opts.api_key else { return Ok(()) };
+    let given = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    if given == Some(key.as_str()) {
+        return Ok(());
+    }
+    let mut e = ApiError::invalid("Incorrect API key provided", None).with_code(401, "invalid_api_key");
+    if given.is_none() {
+        e.message = "You didn't provide an API key: send `Authorization: Bearer KEY`".into();
+    }
+    Err(e)
+}
+
+fn body_error(r: BytesRejection) -> ApiError {
+    let status = r.status().as_u16();
+    let mut e = ApiError::invalid(format!("cannot read the request body: {}", r.body_text()), None);
+    e.status = if status == 413 { 413 } else { 400 };
+    e
+}
+
+fn check_model(st: &AppState, model: Option<String>) -> Result<(), ApiError> {
+    match model {
+        None => Err(ApiError::invalid("you must provide a `model` parameter", Some("model"))),
+        Some(m) if m == st.opts.model_name => Ok(()),
+        Some(m) => Err(ApiError::invalid(
+            format!("The model `{m}` does not exist: this server serves `{}`", st.opts.model_name),
+            Some("model"),
+        )
+        .with_code(404, "model_not_found")),
+    }
+}
+
+/// Submits `prompt` and returns the receiver of its tokens and the token budget.
+fn submit(st: &AppState, prompt: &[u32], p: &GenParams) -> Result<(UnboundedReceiver<Event>, usize), ApiError> {
+    let v = st.tok.vocab_size().max(1) as u32;
+    if let Some(&t) = prompt.iter().find(|&&t| t >= v) {
+        return Err(ApiError::invalid(format!("token id {t} is outside the vocabulary ({v})"), Some("prompt")));
+    }
+    if prompt.len() >= st.ctx {
+        return Err(ApiError::invalid(
+            format!(
+                "This model's maximum context length is {} tokens; the prompt has {} (room for at least one new token is needed)",
+                st.ctx,
+                prompt.len()
+            ),
+            Some("messages"),
+        )
+        .with_code(400, "context_length_exceeded"));
+    }
+    let max_new = p.max_tokens.unwrap_or(usize::MAX).min(st.ctx - prompt.len());
+    let (tx, rx) = unbounded_channel();
+    let job = Job {
+        prompt: prompt.to_vec(),
+        max_new,
+        sampling: p.sampling.clone(),
+        logprobs: p.logprobs,
+        events: tx,
+        submitted: Instant::now(),
+    };
+    match st.engine.submit(job) {
+        Ok(()) => Ok((rx, max_new)),
+        Err(Refusal::QueueFull(n)) => Err(ApiError {
+            status: 429,
+            message: format!("the server is busy ({n} requests waiting): retry later"),
+            kind: "rate_limit_error",
+            param: None,
+            code: Some("queue_full"),
+        }),
+        Err(Refusal::TooLarge(need, budget)) => Err(ApiError::invalid(
+            format!(
+                "the request needs {} MiB of KV cache (prompt + max_tokens), more than the server's budget of {} MiB: lower max_tokens",
+                need >> 20,
+                budget >> 20
+            ),
+            Some("max_tokens"),
+        )),
+        Err(Refusal::ShuttingDown) => Err(ApiError {
+            status: 503,
+            message: "the server is shutting down".into(),
+            kind: "server_error",
+            param: None,
+            code: None,
+        }),
+    }
+}
+
+/// Turns generated tokens into text as OpenAI returns it: special tokens dropped, incomplete
+/// UTF-8 held back, and the text cut before the first stop string (also held back while a stop
+/// string may be starting).
+struct TextStream {
+    st: Arc<AppState>,
+    stops: Vec<String>,
+    /// The prompt's last token: a completion is decoded after it, keeping its leading space.
+    after: Option<u32>,
+    ids: Vec<u32>,
+    text: String,
+    shown: usize,
+    finish: Option<&'static str>,
+    generated: usize,
+    max_new: usize,
+    /// (token text, logprob) of tokens not yet reported.
+    logprobs: Vec<(String, TokenLogprob)>,
+}
+
+impl TextStream {
+    fn new(st: Arc<AppState>, stops: Vec<String>, after: Option<u32>, max_new: usize) -> Self {
+        TextStream {
+            st,
+            stops,
+            after,
+            ids: vec![],
+            text: String::new(),
+            shown: 0,
+            finish: None,
+            generated: 0,
+            max_new,
+            logprobs: vec![],
+        }
+    }
+
+    fn decode(&self, ids: &[u32]) -> String {
+        match self.after {
+            Some(a) => self.st.tok.decode_after(a, ids),
+            None => self.st.tok.decode(ids),
+        }
+        .unwrap_or_default()
+    }
+
+    /// Takes one engine event; returns the text that may be shown now.
+    fn push(&mut self, ev: Event) -> Result<String, String> {
+        match ev {
+            Event::Failed(e) => return Err(e),
+            Event::Done => {
+                if self.finish.is_none() {
+                    self.finish = Some(if self.generated >= self.max_new { "length" } else { "stop" });
+                }
+            }
+            Event::Token { id, logprob } => {
+                if self.finish.is_some() {
+                    return Ok(String::new());
+                }
+                self.generated += 1;
+                if self.st.stop_ids.contains(&id) {
+                    self.finish = Some("stop");
+                } else {
+                    if let Some(lp) = logprob {
+                        let prev = self.ids.last().copied().or(self.after);
+                        let piece = match prev {
+                            Some(p) => self.st.tok.decode_after(p, &[id]),
+                            None => self.st.tok.decode(&[id]),
+                        };
+                        self.logprobs.push((piece.unwrap_or_default(), lp));
+                    }
+                    self.ids.push(id);
+                    self.text = self.decode(&self.ids);
+                    if let Some(cut) = self.stops.iter().filter_map(|s| self.text.find(s.as_str())).min() {
+                        self.text.truncate(cut);
+                        self.finish = Some("stop");
+                    }
+                }
+            }
+        }
+        let end = if self.finish.is_some() { self.text.len() } else { self.safe_end() };
+        let end = end.max(self.shown);
+        let out = self.text.get(self.shown..end).unwrap_or_default().to_string();
+        self.shown = end;
+        Ok(out)
+    }
+
+    /// How much of the text can be shown while generation goes on: not a trailing replacement
+    /// character (a character still being completed), not a tail that may begin a stop string.
+    fn safe_end(&self) -> usize {
+        let t = &self.text;
+        let mut end = t.trim_end_matches('\u{fffd}').len();
+        for s in &self.stops {
+            for k in (1..s.len()).rev() {
+                if s.is_char_boundary(k) && t[..end].ends_with(&s[..k]) {
+                    end = end.min(t[..end].len() - k);
+                    break;
+                }
+            }
+        }
+        end
+    }
+
+    fn take_logprobs(&mut self, completion: bool, offset: usize) -> Value {
+        let lps = std::mem::take(&mut self.logprobs);
+        let tok = &self.st.tok;
+        let name = |id: u32, prev: Option<u32>| match prev {
+            Some(p) => tok.decode_after(p, &[id]).unwrap_or_default(),
+            None => tok.decode(&[id]).unwrap_or_default(),
+        };
+        if completion {
+            let mut off = offset;
+            let mut text_offset = vec![];
+            for (piece, _) in &lps {
+                text_offset.push(off);
+                off += piece.len();
+            }
+            json!({
+                "tokens": lps.iter().map(|x| &x.0).collect::<Vec<_>>(),
+                "token_logprobs": lps.iter().map(|x| x.1.logprob).collect::<Vec<_>>(),
+                "top_logprobs": lps.iter().map(|x| x.1.top.iter().map(|&(id, lp)| (name(id, self.after), json!(lp))).collect::<serde_json::Map<_, _>>()).collect::<Vec<_>>(),
+                "text_offset": text_offset,
+            })
+        } else {
+            json!({"content": lps.iter().map(|(piece, lp)| json!({
+                "token": piece, "logprob": lp.logprob, "bytes": piece.as_bytes(),
+                "top_logprobs": lp.top.iter().map(|&(id, l)| { let t = name(id, None); json!({"token": t, "logprob": l, "bytes": t.as_bytes()}) }).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>()})
+        }
+    }
+}
+
+fn usage(prompt: usize, completion: usize) -> Value {
+    json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
+}
+
+enum Kind {
+    Completion,
+    Chat,
+}
+
+async fn completions(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&st, &headers)?;
+    let body = body.map_err(body_error)?;
+    let req: CompletionRequest = serde_json::from_slice(&body).map_err(api::parse_error)?;
+    let (model, prompt, p) = req.check(fresh_seed(&st))?;
+    check_model(&st, model)?;
+    let prompt = match prompt {
+        Prompt::Tokens(t) => t,
+        Prompt::Text(s) => {
+            let ids = st.tok.encode(&s).map_err(|e| ApiError::invalid(format!("{e:#}"), Some("prompt")))?;
+            std::iter::once(st.tok.bos_id).chain(ids).collect()
+        }
+    };
+    let after = prompt.last().copied();
+    respond(st, prompt, p, after, Kind::Completion).await
+}
+
+async fn chat_completions(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&st, &headers)?;
+    let body = body.map_err(body_error)?;
+    let req: ChatRequest = serde_json::from_slice(&body).map_err(api::parse_error)?;
+    let (model, messages, p) = req.check(fresh_seed(&st))?;
+    check_model(&st, model)?;
+    let text =
+        st.template.render(&messages, true).map_err(|e| ApiError::invalid(format!("{e:#}"), Some("messages")))?;
+    let ids = st.tok.encode(&text).map_err(|e| ApiError::invalid(format!("{e:#}"), Some("messages")))?;
+    // BOS unless the template wrote it (as llama.cpp's server does)
+    let prompt: Vec<u32> =
+        if ids.first() == Some(&st.tok.bos_id) { ids } else { std::iter::once(st.tok.bos_id).chain(ids).collect() };
+    respond(st, prompt, p, None, Kind::Chat).await
+}
+
+fn fresh_seed(st: &AppState) -> u64 {
+    let n = st.next_id.load(Ordering::Relaxed);
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0) ^ n.rotate_left(32)
+}
+
+async fn respond(
+    st: Arc<AppState>,
+    prompt: Vec<u32>,
+    p: GenParams,
+    after: Option<u32>,
+    kind: Kind,
+) -> Result<Response, ApiError> {
+    let (rx, max_new) = submit(&st, &prompt, &p)?;
+    let n = st.next_id.fetch_add(1, Ordering::Relaxed);
+    let (id, object) = match kind {
+        Kind::Completion => (format!("cmpl-{n}"), "text_completion"),
+        Kind::Chat => (format!("chatcmpl-{n}"), "chat.completion"),
+    };
+    if p.stream {
+        return Ok(stream_response(st, rx, p, prompt.len(), after, max_new, id, kind).into_response());
+    }
+    let mut rx = rx;
+    let mut ts = TextStream::new(st.clone(), p.stop.clone(), after, max_new);
+    let mut text = String::new();
+    while ts.finish.is_none() {
+        let Some(ev) = rx.recv().await else { break };
+        text += &ts.push(ev).map_err(|e| ApiError {
+            status: 500,
+            message: e,
+            kind: "server_error",
+            param: None,
+            code: None,
+        })?;
+    }
+    drop(rx); // a stop string ended it early: the engine frees the sequence
+    let want_lp = p.logprobs.is_some();
+    let (choice, completion) = match kind {
+        Kind::Completion => (
+            json!({"index": 0, "text": text, "logprobs": if want_lp { ts.take_logprobs(true, 0) } else { Value::Null },
+                   "finish_reason": ts.finish.unwrap_or("stop")}),
+            ts.generated,
+        ),
+        Kind::Chat => (
+            json!({"index": 0, "message": {"role": "assistant", "content": text},
+                   "logprobs": if want_lp { ts.take_logprobs(false, 0) } else { Value::Null },
+                   "finish_reason": ts.finish.unwrap_or("stop")}),
+            ts.generated,
+        ),
+    };
+    Ok(Json(json!({
+        "id": id, "object": object, "created": now_s(), "model": st.opts.model_name,
+        "choices": [choice], "usage": usage(prompt.len(), completion),
+    }))
+    .into_response())
+}
+
+struct StreamState {
+    ts: TextStream,
+    rx: UnboundedReceiver<Event>,
+    /// 0: the role chunk (chat); 1: tokens; 2: the usage chunk; 3: `[DONE]`; 4: the end.
+    phase: u8,
+    /// Bytes of completion text sent so far (logprobs' `text_offset`).
+    offset: usize,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn stream_response(
+    st: Arc<AppState>,
+    rx: UnboundedReceiver<Event>,
+    p: GenParams,
+    prompt_len: usize,
+    after: Option<u32>,
+    max_new: usize,
+    id: String,
+    kind: Kind,
+) -> Sse<impl futures_util::Stream<Item = Result<SseEvent, std::convert::Infallible>>> {
+    let created = now_s();
+    let chat = matches!(kind, Kind::Chat);
+    let object = if chat { "chat.completion.chunk" } else { "text_completion" };
+    let name = st.opts.model_name.clone();
+    let (include_usage, want_lp) = (p.include_usage, p.logprobs.is_some());
+    // one chunk: `delta` is the text (completions) or the delta object (chat); `choices` empty
+    // for the usage chunk
+    let chunk = move |delta: Option<Value>, finish: Option<&str>, logprobs: Value, usage_v: Option<Value>| {
+        let choices = match delta {
+            None => json!([]),
+            Some(d) if chat => json!([{"index": 0, "delta": d, "logprobs": logprobs, "finish_reason": finish}]),
+            Some(d) => json!([{"index": 0, "text": d, "logprobs": logprobs, "finish_reason": finish}]),
+        };
+        let mut v = json!({"id": id, "object": object, "created": created, "model": name, "choices": choices});
+        if let Some(u) = usage_v {
+            v["usage"] = u;
+        }
+        Ok(SseEvent::default().data(v.to_string()))
+    };
+    let text_delta = move |t: String| {
+        if chat {
+            if t.is_empty() {
+                json!({})
+            } else {
+                json!({"content": t})
+            }
+        } else {
+            json!(t)
+        }
+    };
+    let init =
+        StreamState { ts: TextStream::new(st, p.stop, after, max_new), rx, phase: if chat { 0 } else { 1 }, offset: 0 };
+    let stream = futures_util::stream::unfold(init, move |mut s| {
+        let chunk = chunk.clone();
+        async move {
+            match s.phase {
+                0 => {
+                    s.phase = 1;
+                    Some((chunk(Some(json!({"role": "assistant", "content": ""})), None, Value::Null, None), s))
+                }
+                1 => loop {
+                    let ev = s.rx.recv().await.unwrap_or(Event::Failed("the engine stopped".into()));
+                    match s.ts.push(ev) {
+                        Err(e) => {
+                            s.phase = 3;
+                            let err =
+                                ApiError { status: 500, message: e, kind: "server_error", param: None, code: None };
+                            return Some((Ok(SseEvent::default().data(err.body().to_string())), s));
+                        }
+                        Ok(delta) => {
+                            let done = s.ts.finish.is_some();
+                            if !done && delta.is_empty() {
+                                continue; // held back (a character or a stop string being completed)
+                            }
+                            let lp = if want_lp { s.ts.take_logprobs(!chat, s.offset) } else { Value::Null };
+                            s.offset += delta.len();
+                            if !done {
+                                return Some((chunk(Some(text_delta(delta)), None, lp, None), s));
+                            }
+                            s.rx.close(); // the engine drops the sequence at its next step
+                            s.phase = if include_usage { 2 } else { 3 };
+                            let u = usage(prompt_len, s.ts.generated);
+                            return Some((chunk(Some(text_delta(delta)), s.ts.finish, lp, Some(u)), s));
+                        }
+                    }
+                },
+                2 => {
+                    s.phase = 3;
+                    let u = usage(prompt_len, s.ts.generated);
+                    Some((chunk(None, None, Value::Null, Some(u)), s))
+                }
+                3 => {
+                    s.phase = 4;
+                    Some((Ok(SseEvent::default().data("[DONE]")), s))
+                }
+                _ => None,
+            }
+        }
+    });
+    Sse::new(stream)
+}
+
+async fn models(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authorize(&st, &headers)?;
+    Ok(Json(json!({"object": "list", "data": [{"id": st.opts.model_name, "object": "model", "created": st.started, "owned_by": "tinyllama"}]}))
+        .into_response())
+}
+
+async fn health(State(st): State<Arc<AppState>>) -> Response {
+    let m = &st.engine.metrics;
+    Json(json!({"status": "ok", "running": m.running.load(Ordering::Relaxed), "waiting": m.waiting.load(Ordering::Relaxed)}))
+        .into_response()
+}
+
+async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+    let m = &st.engine.metrics;
+    let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let ttft_n = r(&m.ttft_count);
+    let mut out = String::new();
+    let mut put = |name: &str, kind: &str, help: &str, v: String| {
+        out += &format!("# HELP tinyllama_{name} {help}\n# TYPE tinyllama_{name} {kind}\ntinyllama_{name} {v}\n");
+    };
+    put("requests_waiting", "gauge", "Requests in the queue.", m.waiting.load(Ordering::Relaxed).to_string());
+    put("requests_running", "gauge", "Sequences in the running batch.", m.running.load(Ordering::Relaxed).to_string());
+    put(
+        "kv_cache_bytes",
+        "gauge",
+        "KV-cache bytes held by running sequences.",
+        m.kv_bytes.load(Ordering::Relaxed).to_string(),
+    );
+    put("requests_total", "counter", "Requests admitted to the queue.", r(&m.requests_total).to_string());
+    put(
+        "requests_rejected_total",
+        "counter",
+        "Requests refused because the queue was full.",
+        r(&m.rejected_total).to_string(),
+    );
+    put("prompt_tokens_total", "counter", "Prompt tokens of admitted requests.", r(&m.prompt_tokens_total).to_string());
+    put("generation_tokens_total", "counter", "Tokens generated.", r(&m.generated_tokens_total).to_string());
+    put("decode_steps_total", "counter", "Batched decode steps.", r(&m.decode_steps_total).to_string());
+    put(
+        "generation_tokens_per_second",
+        "gauge",
+        "Tokens generated per second over the last 10 s.",
+        format!("{:.3}", m.tokens_per_second()),
+    );
+    put(
+        "time_to_first_token_seconds_mean",
+        "gauge",
+        "Mean time from submission to the first token.",
+        format!("{:.6}", if ttft_n > 0 { r(&m.ttft_micros_total) as f64 / ttft_n as f64 / 1e6 } else { 0.0 }),
+    );
+    put("time_to_first_token_seconds_count", "counter", "First tokens timed.", ttft_n.to_string());
+    ([("content-type", "text/plain; version=0.0.4")], out).into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::invalid(
+        "no such endpoint: see /v1/completions, /v1/chat/completions, /v1/models, /health, /metrics",
+        None,
+    )
+    .with_code(404, "not_found")
+}

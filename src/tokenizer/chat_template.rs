@@ -1,0 +1,108 @@
+//! Chat templates: a model's Jinja `chat_template` (from `tokenizer_config.json` or GGUF
+//! metadata) rendered as transformers' `apply_chat_template` renders it — Jinja with
+//! `trim_blocks` and `lstrip_blocks`, `messages`, `bos_token`, `eos_token`,
+//! `add_generation_prompt`, `raise_exception`, and Python's string methods (`.strip()`, …).
+//! TinyLlama-1.1B-Chat's Zephyr template is used when a model has none.
+
+use anyhow::{anyhow, Result};
+use serde::{Deserialize, Serialize};
+
+/// The `chat_template` of TinyLlama/TinyLlama-1.1B-Chat-v1.0 (Zephyr style).
+pub const ZEPHYR: &str = "{% for message in messages %}\n{% if message['role'] == 'user' %}\n{{ '<|user|>\n' + message['content'] + eos_token }}\n{% elif message['role'] == 'system' %}\n{{ '<|system|>\n' + message['content'] + eos_token }}\n{% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n{% endif %}\n{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}";
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+/// A compiled chat template with the special tokens it is rendered with.
+pub struct ChatTemplate {
+    env: minijinja::Environment<'static>,
+    pub source: String,
+    bos: String,
+    eos: String,
+}
+
+impl ChatTemplate {
+    pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
+        let mut env = minijinja::Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+        });
+        env.add_template_owned("chat", source.to_string()).map_err(|e| anyhow!("chat template does not parse: {e}"))?;
+        Ok(ChatTemplate { env, source: source.into(), bos: bos_token.into(), eos: eos_token.into() })
+    }
+
+    /// The model's own template, or Zephyr's (TinyLlama-Chat) when it has none; says which.
+    pub fn for_model(template: Option<&str>, bos_token: &str, eos_token: &str) -> Result<(Self, bool)> {
+        match template {
+            Some(t) => Ok((Self::new(t, bos_token, eos_token)?, true)),
+            None => Ok((Self::new(ZEPHYR, bos_token, eos_token)?, false)),
+        }
+    }
+
+    /// The prompt text for `messages`, ending with the assistant's header when
+    /// `add_generation_prompt`.
+    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        let t = self.env.get_template("chat").map_err(|e| anyhow!("{e}"))?;
+        t.render(minijinja::context! {
+            messages => messages,
+            bos_token => &self.bos,
+            eos_token => &self.eos,
+            add_generation_prompt => add_generation_prompt,
+        })
+        .map_err(|e| anyhow!("chat template: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msgs(v: &[(&str, &str)]) -> Vec<Message> {
+        v.iter().map(|(r, c)| Message { role: r.to_string(), content: c.to_string() }).collect()
+    }
+
+    /// The string transformers' `apply_chat_template(add_generation_prompt=True, tokenize=False)`
+    /// gives with TinyLlama-Chat's tokenizer (written out here), and the same as `zephyr_prompt`.
+    #[test]
+    fn zephyr_renders_as_transformers_does() {
+        let (t, own) = ChatTemplate::for_model(None, "<s>", "</s>").unwrap();
+        assert!(!own);
+        let m = msgs(&[
+            ("system", "You are a friendly chatbot."),
+            ("user", "Hi!"),
+            ("assistant", "Hello."),
+            ("user", "How are you?"),
+        ]);
+        let want = "<|system|>\nYou are a friendly chatbot.</s>\n<|user|>\nHi!</s>\n<|assistant|>\nHello.</s>\n<|user|>\nHow are you?</s>\n<|assistant|>\n";
+        assert_eq!(t.render(&m, true).unwrap(), want);
+        let turns = vec![("Hi!".to_string(), Some("Hello.".to_string())), ("How are you?".to_string(), None)];
+        assert_eq!(crate::generate::zephyr_prompt(Some("You are a friendly chatbot."), &turns), want);
+        assert_eq!(
+            t.render(&m[..3], false).unwrap(),
+            "<|system|>\nYou are a friendly chatbot.</s>\n<|user|>\nHi!</s>\n<|assistant|>\nHello.</s>\n"
+        );
+    }
+
+    /// Llama-2-chat's template: `bos_token`, Python string methods, `raise_exception`.
+    #[test]
+    fn llama2_template_with_python_methods_and_exceptions() {
+        let src = "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}{% set system_message = false %}{% endif %}{% for message in loop_messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if loop.index0 == 0 and system_message != false %}{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}{% else %}{% set content = message['content'] %}{% endif %}{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}";
+        let t = ChatTemplate::new(src, "<s>", "</s>").unwrap();
+        let out = t
+            .render(
+                &msgs(&[("system", "Be brief."), ("user", "  Hi  "), ("assistant", "Hello"), ("user", "Bye")]),
+                true,
+            )
+            .unwrap();
+        assert_eq!(out, "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST] Hello </s><s>[INST] Bye [/INST]");
+        let err = t.render(&msgs(&[("user", "a"), ("user", "b")]), true).unwrap_err().to_string();
+        assert!(err.contains("Conversation roles must alternate"), "{err}");
+        assert!(ChatTemplate::new("{% for %}", "<s>", "</s>").is_err());
+    }
+}
