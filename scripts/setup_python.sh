@@ -4,11 +4,11 @@
 # One virtual environment, cached at $TINYLLAMA_PYENV (default ~/.cache/tinyllama/pyenv); tests find it there and skip
 # loudly without it. Re-running is cheap once it exists. torch and transformers (PyPI's wheels, ~5 GB
 # with their CUDA libraries, ~1.5 min) are in it too: convert_hf_to_gguf.py and the transformers
-# comparisons need them.
+# comparisons need them. And the `openai` client, which the tests of `tinyllama serve` drive.
 set -euo pipefail
 ENV="${TINYLLAMA_PYENV:-$HOME/.cache/tinyllama/pyenv}"
 LLAMA_CPP_PYTHON=0.3.36
-if [ -x "$ENV/bin/python" ] && "$ENV/bin/python" -c "import gguf, numpy, safetensors, sentencepiece, llama_cpp, torch, transformers" 2>/dev/null \
+if [ -x "$ENV/bin/python" ] && "$ENV/bin/python" -c "import gguf, numpy, safetensors, sentencepiece, llama_cpp, torch, transformers, openai" 2>/dev/null \
    && [ -f "$ENV/src/llama.cpp/convert_hf_to_gguf.py" ]; then
   echo "python references ready in $ENV"; exit 0
 fi
@@ -18,6 +18,8 @@ PY="$ENV/bin/python"
 "$PY" -m pip install -q --upgrade pip
 "$PY" -m pip install -q numpy safetensors sentencepiece
 "$PY" -c "import torch, transformers" 2>/dev/null || "$PY" -m pip install -q torch transformers
+# the official OpenAI client, for the server's tests
+"$PY" -c "import openai" 2>/dev/null || "$PY" -m pip install -q openai
 # the sdist carries llama.cpp's converter and gguf-py at the version the library is built from
 mkdir -p "$ENV/src"
 if [ ! -f "$ENV/src/llama.cpp/convert_hf_to_gguf.py" ]; then

@@ -1,0 +1,478 @@
+//! `tinyllama serve` from outside, over real HTTP on localhost: answers equal to `tinyllama
+//! generate`, batch-invariant results under 32 concurrent clients, streaming, stop strings,
+//! logprobs, every bad input answered with the right 4xx and OpenAI's error object, disconnects,
+//! SIGTERM; and the official `openai` Python client against it (skipped loudly without it).
+#![cfg(feature = "serve")]
+
+mod common;
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tinyllama");
+
+fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("tinyllama-serve-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A random `tiny-10m` (context 256) with the Llama-2 tokenizer, written by the CLI.
+fn model(d: &Path) -> PathBuf {
+    let m = d.join("tiny");
+    let o =
+        Command::new(BIN).args(["bench", "generate", "--preset", "tiny-10m", "--write-hf"]).arg(&m).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    m
+}
+
+struct Server {
+    child: Child,
+    addr: String,
+    log: std::sync::mpsc::Receiver<String>,
+}
+
+impl Server {
+    fn start(model: &Path, args: &[&str]) -> Server {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--port", "0", "--model"])
+            .arg(model)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let t = Instant::now();
+        let mut srv = Server { child, addr: String::new(), log: rx };
+        while t.elapsed() < Duration::from_secs(60) {
+            let Ok(line) = srv.log.recv_timeout(Duration::from_secs(60)) else { break };
+            if let Some(rest) = line.strip_prefix("listening on http://") {
+                srv.addr = rest.split_whitespace().next().unwrap().to_string();
+                return srv;
+            }
+        }
+        panic!("the server did not start"); // Drop kills and waits for it
+    }
+
+    fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+        http(&self.addr, method, path, headers, body)
+    }
+
+    fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let (status, text) = self.request("POST", path, &[], body.to_string().as_bytes());
+        (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text:?}")))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP/1.1 request with `Connection: close`; the status and the (de-chunked) body.
+fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    if !headers.iter().any(|h| h.0.eq_ignore_ascii_case("content-type")) {
+        req += "Content-Type: application/json\r\n";
+    }
+    for (k, v) in headers {
+        req += &format!("{k}: {v}\r\n");
+    }
+    req += "\r\n";
+    s.write_all(req.as_bytes()).unwrap();
+    let _ = s.write_all(body); // the server may answer (413) before reading it all
+    let mut raw = vec![];
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no HTTP response: {text:?}"));
+    let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let chunked = head.lines().any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding: chunked"));
+    (status, if chunked { dechunk(rest) } else { rest.to_string() })
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out += &rest[..n];
+        s = &rest[n + 2..];
+    }
+    out
+}
+
+/// The `data:` payloads of a server-sent event stream.
+fn sse(body: &str) -> Vec<String> {
+    body.lines().filter_map(|l| l.strip_prefix("data: ")).map(str::to_string).collect()
+}
+
+/// Text of a stream: completions' `text` or chat's `delta.content`, concatenated; and the last
+/// chunk with a finish reason.
+fn stream_text(events: &[String]) -> (String, Value) {
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{events:?}");
+    let mut text = String::new();
+    let mut last = Value::Null;
+    for e in &events[..events.len() - 1] {
+        let v: Value = serde_json::from_str(e).unwrap();
+        if let Some(c) = v["choices"].get(0) {
+            text += c["text"].as_str().or(c["delta"]["content"].as_str()).unwrap_or("");
+            if !c["finish_reason"].is_null() {
+                last = v.clone();
+            }
+        }
+    }
+    (text, last)
+}
+
+/// `tinyllama generate` of `prompt`: the continuation as printed (the prompt echoed first).
+fn generate(model: &Path, prompt: &str, n: usize) -> String {
+    let o = Command::new(BIN)
+        .args(["generate", "--prompt", prompt, "--max-new-tokens", &n.to_string(), "--model"])
+        .arg(model)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8(o.stdout).unwrap();
+    out.strip_prefix(prompt).unwrap().strip_suffix('\n').unwrap().to_string()
+}
+
+const PROMPTS: [&str; 8] = [
+    "It is a truth universally acknowledged",
+    "def fibonacci(n):",
+    "The capital of France is",
+    "Emma Woodhouse, handsome, clever, and rich,",
+    "import numpy as np\n",
+    "Once upon a time",
+    "1, 2, 3, 4,",
+    "She said that",
+];
+
+#[test]
+fn greedy_answers_equal_generate_streamed_or_not() {
+    let d = tmpdir("equal");
+    let m = model(&d);
+    let srv = Server::start(&m, &[]);
+    for prompt in &PROMPTS[..3] {
+        let want = generate(&m, prompt, 12);
+        let body = json!({"model": "tiny", "prompt": prompt, "max_tokens": 12, "temperature": 0});
+        let (status, v) = srv.post("/v1/completions", &body);
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["choices"][0]["text"], want, "{prompt:?}");
+        assert_eq!(v["object"], "text_completion");
+        assert_eq!(v["choices"][0]["finish_reason"], "length");
+        let u = &v["usage"];
+        assert_eq!(u["completion_tokens"], 12);
+        assert_eq!(u["total_tokens"].as_u64(), Some(u["prompt_tokens"].as_u64().unwrap() + 12));
+        // streamed: the same text, ending in [DONE], usage in the last chunk
+        let mut sb = body.clone();
+        sb["stream"] = json!(true);
+        let (status, text) = srv.request("POST", "/v1/completions", &[], sb.to_string().as_bytes());
+        assert_eq!(status, 200);
+        let (streamed, last) = stream_text(&sse(&text));
+        assert_eq!(streamed, want);
+        assert_eq!(
+            (last["choices"][0]["finish_reason"].as_str(), last["usage"]["completion_tokens"].as_u64()),
+            (Some("length"), Some(12))
+        );
+    }
+    // chat: the Zephyr prompt (no template in the model) generated by `generate` gives the same
+    // tokens; streamed and not
+    let zephyr = "<|system|>\nBe brief.</s>\n<|user|>\nHello!</s>\n<|assistant|>\n";
+    let want = generate(&m, zephyr, 10);
+    let body = json!({"model": "tiny", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello!"}], "max_tokens": 10, "temperature": 0});
+    let (status, v) = srv.post("/v1/chat/completions", &body);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    let content = v["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    assert_eq!(content.trim_start(), want.trim_start());
+    let mut sb = body.clone();
+    sb["stream"] = json!(true);
+    sb["stream_options"] = json!({"include_usage": true});
+    let (_, text) = srv.request("POST", "/v1/chat/completions", &[], sb.to_string().as_bytes());
+    let events = sse(&text);
+    let first: Value = serde_json::from_str(&events[0]).unwrap();
+    assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
+    assert_eq!(stream_text(&events).0, content);
+    // with include_usage, a last chunk with no choices and the usage
+    let usage_chunk: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    assert_eq!(
+        (usage_chunk["choices"].as_array().map(Vec::len), usage_chunk["usage"]["completion_tokens"].as_u64()),
+        (Some(0), Some(10))
+    );
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+/// 32 clients at once, greedy and seeded sampling mixed: every answer equals the same request
+/// sent alone, and the engine did batch them (fewer decode steps than tokens).
+#[test]
+fn concurrent_clients_get_the_answers_they_get_alone() {
+    let d = tmpdir("batch");
+    let m = model(&d);
+    let srv = Server::start(&m, &["--max-batch", "8", "--max-queue", "64"]);
+    let bodies: Vec<Value> = (0..32)
+        .map(|i| {
+            let mut b = json!({"model": "tiny", "prompt": PROMPTS[i % 8], "max_tokens": 8 + i % 5});
+            if i % 3 == 0 {
+                b["temperature"] = json!(0);
+            } else {
+                b["temperature"] = json!(0.9);
+                b["top_p"] = json!(0.95);
+                b["seed"] = json!(1000 + i);
+            }
+            b
+        })
+        .collect();
+    let alone: Vec<String> = bodies
+        .iter()
+        .map(|b| {
+            let (status, v) = srv.post("/v1/completions", b);
+            assert_eq!(status, 200, "{v}");
+            v["choices"][0]["text"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let metrics = |srv: &Server| -> (u64, u64) {
+        let (_, text) = srv.request("GET", "/metrics", &[], b"");
+        let get = |k: &str| {
+            text.lines().find_map(|l| l.strip_prefix(&format!("tinyllama_{k} "))).unwrap().parse::<u64>().unwrap()
+        };
+        (get("decode_steps_total"), get("generation_tokens_total"))
+    };
+    let (steps0, toks0) = metrics(&srv);
+    let addr = srv.addr.clone();
+    let together: Vec<String> = std::thread::scope(|s| {
+        let hs: Vec<_> = bodies
+            .iter()
+            .map(|b| {
+                let addr = addr.clone();
+                s.spawn(move || {
+                    let (status, text) = http(&addr, "POST", "/v1/completions", &[], b.to_string().as_bytes());
+                    assert_eq!(status, 200, "{text}");
+                    let v: Value = serde_json::from_str(&text).unwrap();
+                    v["choices"][0]["text"].as_str().unwrap().to_string()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, (a, b)) in alone.iter().zip(&together).enumerate() {
+        assert_eq!(a, b, "request {i} differs when batched");
+    }
+    let (steps1, toks1) = metrics(&srv);
+    assert!(
+        steps1 - steps0 < toks1 - toks0 - 32,
+        "no batching: {} decode steps for {} tokens",
+        steps1 - steps0,
+        toks1 - toks0
+    );
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+#[test]
+fn stop_strings_and_logprobs() {
+    let d = tmpdir("stop");
+    let m = model(&d);
+    let srv = Server::start(&m, &[]);
+    let prompt = PROMPTS[3];
+    let full = generate(&m, prompt, 16);
+    // a stop string in the middle of the greedy text: cut before it, finish_reason stop
+    let cut = full.char_indices().nth(full.chars().count() / 2).unwrap().0;
+    let stop: String = full[cut..].chars().take(3).collect();
+    let at = full.find(&stop).unwrap();
+    let body =
+        json!({"model": "tiny", "prompt": prompt, "max_tokens": 16, "temperature": 0, "stop": [stop, "never-there"]});
+    let (_, v) = srv.post("/v1/completions", &body);
+    assert_eq!(v["choices"][0]["text"], full[..at], "stop {stop:?} in {full:?}");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    let mut sb = body.clone();
+    sb["stream"] = json!(true);
+    let (_, text) = srv.request("POST", "/v1/completions", &[], sb.to_string().as_bytes());
+    let (streamed, last) = stream_text(&sse(&text));
+    assert_eq!((streamed.as_str(), last["choices"][0]["finish_reason"].as_str()), (&full[..at], Some("stop")));
+    // logprobs: the greedy token is the most likely one; the pieces spell the text
+    let body = json!({"model": "tiny", "prompt": prompt, "max_tokens": 6, "temperature": 0, "logprobs": 3});
+    let (_, v) = srv.post("/v1/completions", &body);
+    let lp = &v["choices"][0]["logprobs"];
+    let tokens: Vec<&str> = lp["tokens"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    assert_eq!(tokens.concat(), v["choices"][0]["text"].as_str().unwrap());
+    for (i, top) in lp["top_logprobs"].as_array().unwrap().iter().enumerate() {
+        let top = top.as_object().unwrap();
+        assert_eq!(top.len(), 3);
+        let best = top.values().map(|x| x.as_f64().unwrap()).fold(f64::MIN, f64::max);
+        let chosen = lp["token_logprobs"][i].as_f64().unwrap();
+        assert!((best - chosen).abs() < 1e-6 && chosen < 0.0, "token {i}: {chosen} vs best {best}");
+    }
+    let offsets: Vec<u64> = lp["text_offset"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+    assert_eq!(offsets[0], 0);
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+fn error_of(status_want: u16, (status, text): (u16, String)) -> Value {
+    assert_eq!(status, status_want, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()) && v["error"]["type"].is_string(), "{v}");
+    v
+}
+
+#[test]
+fn bad_input_gets_the_right_4xx_and_the_server_keeps_serving() {
+    let d = tmpdir("bad");
+    let m = model(&d);
+    let srv = Server::start(&m, &["--api-key", "sekret", "--max-body-kib", "64"]);
+    let auth = [("Authorization", "Bearer sekret")];
+    let post = |path: &str, body: &str| srv.request("POST", path, &auth, body.as_bytes());
+    let v = error_of(401, srv.request("POST", "/v1/completions", &[], br#"{"model": "tiny", "prompt": "x"}"#));
+    assert_eq!(v["error"]["code"], "invalid_api_key");
+    error_of(
+        401,
+        srv.request(
+            "POST",
+            "/v1/completions",
+            &[("Authorization", "Bearer nope")],
+            br#"{"model": "tiny", "prompt": "x"}"#,
+        ),
+    );
+    error_of(401, srv.request("GET", "/v1/models", &[], b""));
+    assert!(error_of(400, post("/v1/completions", r#"{"model": "tiny", "prompt": "#))["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("not valid JSON"));
+    error_of(400, post("/v1/completions", r#"{"model": "tiny", "prompt": "x", "max_tokens": "many"}"#));
+    let v = error_of(400, post("/v1/completions", r#"{"model": "tiny", "prompt": "x", "colour": "blue"}"#));
+    assert_eq!(v["error"]["param"], "colour");
+    for mt in ["0", "-1"] {
+        let v = error_of(
+            400,
+            post("/v1/completions", &format!(r#"{{"model": "tiny", "prompt": "x", "max_tokens": {mt}}}"#)),
+        );
+        assert_eq!(v["error"]["param"], "max_tokens");
+    }
+    let v = error_of(404, post("/v1/completions", r#"{"model": "gpt-4", "prompt": "x"}"#));
+    assert_eq!(v["error"]["code"], "model_not_found");
+    let long = "word ".repeat(400); // > 256 tokens of context
+    let v = error_of(400, post("/v1/completions", &json!({"model": "tiny", "prompt": long}).to_string()));
+    assert_eq!(v["error"]["code"], "context_length_exceeded");
+    let v = error_of(
+        400,
+        post(
+            "/v1/chat/completions",
+            &json!({"model": "tiny", "messages": [{"role": "user", "content": long}]}).to_string(),
+        ),
+    );
+    assert_eq!(v["error"]["code"], "context_length_exceeded");
+    error_of(
+        400,
+        post("/v1/chat/completions", r#"{"model": "tiny", "messages": [{"role": "wizard", "content": "x"}]}"#),
+    );
+    error_of(400, post("/v1/completions", r#"{"model": "tiny", "prompt": [1, 99999999]}"#));
+    error_of(413, post("/v1/completions", &json!({"model": "tiny", "prompt": "x".repeat(100_000)}).to_string()));
+    error_of(404, srv.request("GET", "/v2/anything", &auth, b""));
+    // still serving
+    let (status, text) = post("/v1/completions", r#"{"model": "tiny", "prompt": "Hi", "max_tokens": 3}"#);
+    assert_eq!(status, 200, "{text}");
+    let (status, text) = srv.request("GET", "/health", &[], b"");
+    assert!(status == 200 && text.contains("ok"), "{text}");
+    let (status, text) = srv.request("GET", "/v1/models", &auth, b"");
+    assert!(status == 200 && text.contains("\"tiny\""), "{text}");
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+/// A full queue answers 429; a client that goes away mid-stream frees its place; SIGTERM lets the
+/// running stream finish, then the server exits 0.
+#[test]
+fn queue_limit_disconnects_and_sigterm() {
+    let d = tmpdir("queue");
+    let m = model(&d);
+    let mut srv = Server::start(&m, &["--max-batch", "1", "--max-queue", "1"]);
+    let addr = srv.addr.clone();
+    let long =
+        json!({"model": "tiny", "prompt": "Once", "max_tokens": 240, "temperature": 0, "stream": true}).to_string();
+    let metric = |srv: &Server, k: &str| -> u64 {
+        let (_, text) = srv.request("GET", "/metrics", &[], b"");
+        text.lines().find_map(|l| l.strip_prefix(&format!("tinyllama_{k} "))).unwrap().parse().unwrap()
+    };
+    // a stream read to its first chunk, then dropped: its sequence is freed long before its 240 tokens
+    let mut s = TcpStream::connect(&addr).unwrap();
+    write!(s, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{long}", long.len()).unwrap();
+    let mut buf = [0u8; 512];
+    let _ = s.read(&mut buf).unwrap();
+    drop(s);
+    let t = Instant::now();
+    while metric(&srv, "requests_running") > 0 {
+        assert!(t.elapsed() < Duration::from_secs(30), "the dropped stream was never freed");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let generated = metric(&srv, "generation_tokens_total");
+    assert!(generated < 240, "the dropped stream ran to its end ({generated} tokens)");
+    // while one request runs (batch of 1), one may wait; the others are refused
+    let statuses: Vec<u16> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                let (addr, long) = (addr.clone(), long.clone());
+                sc.spawn(move || http(&addr, "POST", "/v1/completions", &[], long.as_bytes()).0)
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(statuses.contains(&429) && statuses.contains(&200), "{statuses:?}");
+    assert!(metric(&srv, "requests_rejected_total") >= 1);
+    assert_eq!(metric(&srv, "requests_running"), 0);
+    // SIGTERM during a stream: it ends with [DONE], then the process exits 0
+    let h = std::thread::spawn(move || http(&addr, "POST", "/v1/completions", &[], long.as_bytes()));
+    std::thread::sleep(Duration::from_millis(200));
+    unsafe { libc::kill(srv.child.id() as i32, libc::SIGTERM) };
+    let (status, text) = h.join().unwrap();
+    assert_eq!(status, 200);
+    let (_, last) = stream_text(&sse(&text));
+    assert_eq!(last["choices"][0]["finish_reason"], "length");
+    let code = srv.child.wait().unwrap();
+    assert!(code.success(), "{code:?}");
+    let log: Vec<String> = srv.log.try_iter().collect();
+    assert!(log.iter().any(|l| l.contains("finishing the running requests")), "{log:?}");
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+/// The official OpenAI Python client (`pip install openai`) against the server.
+#[test]
+fn openai_python_client() {
+    let Some(py) = common::python("openai_python_client", "openai") else { return };
+    let d = tmpdir("openai");
+    let m = model(&d);
+    let srv = Server::start(&m, &["--api-key", "k"]);
+    let want = generate(&m, PROMPTS[0], 10);
+    let o = Command::new(py)
+        .arg("tests/reference/openai_client.py")
+        .arg(format!("http://{}/v1", srv.addr))
+        .arg(PROMPTS[0])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["models"], json!(["tiny"]));
+    assert_eq!(v["completion"], want);
+    assert_eq!(v["completion_stream"], want);
+    assert_eq!(v["completion_usage"][1], 10, "{v}");
+    assert_eq!(v["chat"], v["chat_stream"]);
+    assert!(v["chat"].as_str().is_some_and(|s| !s.is_empty()));
+    assert_eq!(v["errors"], json!({"max_tokens_0": 400, "unknown_model": 404, "wrong_key": 401}));
+    std::fs::remove_dir_all(d).unwrap();
+}
