@@ -100,7 +100,7 @@ mod tests {
                 true,
             )
             .unwrap();
-        assert_eq!(out, "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST] Hello </s><s>[INST] Bye [/INST]");
+        assert_eq!(out, "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\n  Hi [/INST] Hello </s><s>[INST] Bye [/INST]");
         let err = t.render(&msgs(&[("user", "a"), ("user", "b")]), true).unwrap_err().to_string();
         assert!(err.contains("Conversation roles must alternate"), "{err}");
         assert!(ChatTemplate::new("{% for %}", "<s>", "</s>").is_err());
