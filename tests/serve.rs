@@ -451,6 +451,53 @@ fn queue_limit_disconnects_and_sigterm() {
     std::fs::remove_dir_all(d).unwrap();
 }
 
+/// With a draft model (this model quantized to Q4_0: it agrees often, not always), greedy
+/// answers are the same tokens as without one, alone or batched with sampled requests; the
+/// acceptance counters move.
+#[test]
+fn speculative_decoding_gives_the_same_tokens() {
+    let d = tmpdir("spec");
+    let m = model(&d);
+    let srv = Server::start(&m, &["--draft", m.to_str().unwrap(), "--draft-dtype", "q4_0", "--draft-tokens", "3"]);
+    let wants: Vec<String> = PROMPTS.iter().map(|p| generate(&m, p, 24)).collect();
+    for (p, want) in PROMPTS.iter().zip(&wants) {
+        let (_, v) =
+            srv.post("/v1/completions", &json!({"model": "tiny", "prompt": p, "max_tokens": 24, "temperature": 0}));
+        assert_eq!(&v["choices"][0]["text"], want, "{p:?} alone");
+    }
+    let addr = srv.addr.clone();
+    std::thread::scope(|s| {
+        for (i, (p, want)) in PROMPTS.iter().zip(&wants).enumerate() {
+            let a1 = addr.clone();
+            s.spawn(move || {
+                let body =
+                    json!({"model": "tiny", "prompt": p, "max_tokens": 24, "temperature": 0, "stream": i % 2 == 0});
+                let (_, text) = http(&a1, "POST", "/v1/completions", &[], body.to_string().as_bytes());
+                let got = if i % 2 == 0 {
+                    stream_text(&sse(&text)).0
+                } else {
+                    serde_json::from_str::<Value>(&text).unwrap()["choices"][0]["text"].as_str().unwrap().to_string()
+                };
+                assert_eq!(&got, want, "{p:?} batched");
+            });
+            let addr = addr.clone();
+            s.spawn(move || {
+                let body = json!({"model": "tiny", "prompt": p, "max_tokens": 20, "temperature": 0.8, "seed": i});
+                let (status, _) = http(&addr, "POST", "/v1/completions", &[], body.to_string().as_bytes());
+                assert_eq!(status, 200);
+            });
+        }
+    });
+    let (_, text) = srv.request("GET", "/metrics", &[], b"");
+    let get = |k: &str| {
+        text.lines().find_map(|l| l.strip_prefix(&format!("tinyllama_{k} "))).unwrap().parse::<f64>().unwrap()
+    };
+    let (proposed, accepted) = (get("draft_tokens_proposed_total"), get("draft_tokens_accepted_total"));
+    assert!(proposed > 0.0 && accepted <= proposed, "{proposed} / {accepted}");
+    eprintln!("draft acceptance {accepted}/{proposed}");
+    std::fs::remove_dir_all(d).unwrap();
+}
+
 /// The official OpenAI Python client (`pip install openai`) against the server.
 #[test]
 fn openai_python_client() {

@@ -5,6 +5,13 @@
 //! computed independently ([`RowMode::Independent`]) — so a request's tokens are the same bits
 //! whatever else shares the batch. A sequence whose receiver is gone (client disconnected, stop
 //! string found) is dropped at the next step.
+//!
+//! Speculative decoding (a draft model with the same tokenizer): for a greedy request the draft
+//! proposes k tokens, and the target runs them as one segment of k + 1 rows in the same pass as the
+//! other sequences' single tokens. Every row is computed as it would be alone, so the target's
+//! argmax at each row is exactly what plain decoding would have produced: the accepted prefix plus
+//! the target's own next token are emitted, and the output is identical to decoding without a
+//! draft — only faster when the draft agrees.
 
 use crate::generate::{Sampler, SamplingOptions};
 use crate::model::{InferenceModel, KvCache, RowMode, Segment};
@@ -56,6 +63,8 @@ pub enum Refusal {
 #[derive(Clone, Debug)]
 pub struct EngineOptions {
     pub max_batch: usize,
+    /// Tokens the draft model proposes per step (with a draft).
+    pub draft_tokens: usize,
     pub max_queue: usize,
     /// Bytes of KV cache all running sequences may hold together.
     pub kv_budget: usize,
@@ -74,6 +83,8 @@ pub struct Metrics {
     pub ttft_micros_total: AtomicU64,
     pub ttft_count: AtomicU64,
     pub decode_steps_total: AtomicU64,
+    pub draft_proposed_total: AtomicU64,
+    pub draft_accepted_total: AtomicU64,
     /// (when, tokens) of recent decode steps and prefills, for the tokens/s gauge.
     pub recent: Mutex<VecDeque<(Instant, usize)>>,
 }
@@ -115,12 +126,21 @@ struct Running {
     job: Job,
     cache: KvCache,
     sampler: Sampler,
+    /// The newest token: emitted, not yet in the cache.
     last: u32,
     left: usize,
+    /// Greedy requests with a draft model: the draft's cache, and tokens the target has cached
+    /// but the draft has not (`draft.len + pending.len() == cache.len`).
+    draft: Option<(KvCache, Vec<u32>)>,
 }
 
 impl Engine {
-    pub fn start(model: Arc<InferenceModel>, eos: Vec<u32>, opts: EngineOptions) -> Arc<Engine> {
+    pub fn start(
+        model: Arc<InferenceModel>,
+        draft: Option<Arc<InferenceModel>>,
+        eos: Vec<u32>,
+        opts: EngineOptions,
+    ) -> Arc<Engine> {
         let queue = Arc::new((Mutex::new(Queue { jobs: VecDeque::new(), shutdown: false }), Condvar::new()));
         let metrics = Arc::new(Metrics::default());
         let kv_per_position = KvCache::bytes_for(&model.cfg, 1);
@@ -133,7 +153,7 @@ impl Engine {
         });
         let t = std::thread::Builder::new()
             .name("engine".into())
-            .spawn(move || run(&model, &eos, &opts, &queue, &metrics, kv_per_position))
+            .spawn(move || run(&model, draft.as_deref(), &eos, &opts, &queue, &metrics, kv_per_position))
             .expect("spawn the engine thread");
         *engine.thread.lock().unwrap() = Some(t);
         engine
@@ -195,8 +215,10 @@ fn logprobs(row: &[f32], id: u32, top: usize) -> TokenLogprob {
     TokenLogprob { logprob: lp(id as usize), top: best.into_iter().map(|(i, _)| (i, lp(i as usize))).collect() }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run(
     model: &InferenceModel,
+    draft: Option<&InferenceModel>,
     eos: &[u32],
     opts: &EngineOptions,
     queue: &(Mutex<Queue>, Condvar),
@@ -206,7 +228,10 @@ fn run(
     let v = model.cfg.vocab_size;
     let mut live: Vec<Running> = vec![];
     let mut kv_used = 0usize;
-    let seq_bytes = |r: &Running| r.cache.max_len * kv_per_position;
+    let draft_per_position = draft.map(|d| KvCache::bytes_for(&d.cfg, 1)).unwrap_or(0);
+    let seq_bytes = |r: &Running| {
+        r.cache.max_len * kv_per_position + r.draft.as_ref().map(|_| r.cache.max_len * draft_per_position).unwrap_or(0)
+    };
     loop {
         // admit the next waiting request when it fits (one prefill between decode steps, so that
         // running streams keep flowing)
@@ -234,6 +259,14 @@ fn run(
                     let _ = job.events.send(Event::Failed(format!("{e:#}")));
                 }
                 Ok(logits) => {
+                    // the draft follows greedy requests only (sampled ones decode normally)
+                    let draft_cache = match draft.filter(|_| job.sampling.temperature <= 0.0) {
+                        Some(d) => {
+                            let mut c = KvCache::new(d, job.prompt.len() + job.max_new);
+                            d.forward_cached_hidden(&job.prompt, &mut c, RowMode::Batched).ok().map(|_| (c, vec![]))
+                        }
+                        None => None,
+                    };
                     let mut sampler = Sampler::new(job.sampling.clone());
                     let t = sampler.sample(&logits);
                     let lp = job.logprobs.map(|k| logprobs(&logits, t, k));
@@ -243,7 +276,7 @@ fn run(
                     metrics.produced(1);
                     let sent = job.events.send(Event::Token { id: t, logprob: lp }).is_ok();
                     if sent && !eos.contains(&t) && job.max_new > 1 {
-                        let r = Running { job, cache, sampler, last: t, left: 0 };
+                        let r = Running { job, cache, sampler, last: t, left: 0, draft: draft_cache };
                         let left = r.job.max_new - 1;
                         kv_used += seq_bytes(&r);
                         live.push(Running { left, ..r });
@@ -266,10 +299,19 @@ fn run(
         if live.is_empty() {
             continue;
         }
-        // one decode step of every running sequence
-        let toks: Vec<[u32; 1]> = live.iter().map(|s| [s.last]).collect();
+        // the draft's proposals for the speculative sequences
+        let proposals = match draft {
+            Some(d) => propose(d, &mut live, opts.draft_tokens),
+            None => vec![vec![]; live.len()],
+        };
+        // one pass of the target: each sequence's last token, and its proposals after it
+        let segs_tokens: Vec<Vec<u32>> = live
+            .iter()
+            .zip(&proposals)
+            .map(|(s, p)| std::iter::once(s.last).chain(p.iter().copied()).collect())
+            .collect();
         let mut segs: Vec<Segment> =
-            live.iter_mut().zip(&toks).map(|(s, t)| Segment { tokens: t, cache: &mut s.cache }).collect();
+            live.iter_mut().zip(&segs_tokens).map(|(s, t)| Segment { tokens: t, cache: &mut s.cache }).collect();
         let step = model.forward(&mut segs, RowMode::Independent).map(|h| model.head_logits(&h, RowMode::Independent));
         let logits = match step {
             Ok(l) => l,
@@ -282,17 +324,46 @@ fn run(
             }
         };
         metrics.decode_steps_total.fetch_add(1, Ordering::Relaxed);
-        metrics.produced(live.len());
-        for (k, s) in live.iter_mut().enumerate() {
-            let row = &logits[k * v..(k + 1) * v];
-            let t = s.sampler.sample(row);
-            let lp = s.job.logprobs.map(|n| logprobs(row, t, n));
-            s.last = t;
-            s.left -= 1;
-            if s.job.events.send(Event::Token { id: t, logprob: lp }).is_err() || eos.contains(&t) {
-                s.left = 0;
+        let mut row0 = 0;
+        let mut produced = 0;
+        for (s, prop) in live.iter_mut().zip(&proposals) {
+            let rows = prop.len() + 1;
+            let base = s.cache.len - rows; // positions of this step's segment
+            let mut accepted = 0;
+            for r in 0..rows {
+                let row = &logits[(row0 + r) * v..(row0 + r + 1) * v];
+                let t = s.sampler.sample(row);
+                let lp = s.job.logprobs.map(|n| logprobs(row, t, n));
+                produced += 1;
+                s.last = t;
+                s.left -= 1;
+                if s.job.events.send(Event::Token { id: t, logprob: lp }).is_err() || eos.contains(&t) {
+                    s.left = 0;
+                }
+                // go on while the target agrees with the draft
+                if s.left == 0 || r == prop.len() || prop[r] != t {
+                    break;
+                }
+                accepted += 1;
+            }
+            row0 += rows;
+            if !prop.is_empty() {
+                metrics.draft_proposed_total.fetch_add(prop.len() as u64, Ordering::Relaxed);
+                metrics.draft_accepted_total.fetch_add(accepted as u64, Ordering::Relaxed);
+                // keep the cached positions up to the last accepted proposal
+                let keep = base + 1 + accepted;
+                s.cache.truncate(keep);
+                if let Some((dc, pending)) = &mut s.draft {
+                    // the draft cached everything but the last proposal
+                    if dc.len >= keep {
+                        dc.truncate(keep);
+                    } else {
+                        pending.push(prop[prop.len() - 1]);
+                    }
+                }
             }
         }
+        metrics.produced(produced);
         live.retain(|r| {
             if r.left == 0 {
                 let _ = r.job.events.send(Event::Done);
@@ -303,6 +374,65 @@ fn run(
         metrics.running.store(live.len(), Ordering::Relaxed);
         metrics.kv_bytes.store(kv_used, Ordering::Relaxed);
     }
+}
+
+/// Greedy proposals of the draft model for every sequence that has a draft cache: up to `k`
+/// tokens each (fewer near its token budget), computed together one position at a time.
+fn propose(d: &InferenceModel, live: &mut [Running], k: usize) -> Vec<Vec<u32>> {
+    let v = d.cfg.vocab_size;
+    // within the token budget, and within the draft's own context
+    let ctx = d.max_positions();
+    let want: Vec<usize> = live
+        .iter()
+        .map(|s| match s.draft.is_some() {
+            true => k.min(s.left.saturating_sub(1)).min(ctx.saturating_sub(s.cache.len + 2)),
+            false => 0,
+        })
+        .collect();
+    let mut props: Vec<Vec<u32>> = vec![vec![]; live.len()];
+    for j in 0..want.iter().copied().max().unwrap_or(0) {
+        // the first round feeds what the draft has not seen (pending + the last token)
+        let feeds: Vec<(usize, Vec<u32>)> = live
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| want[*i] > j)
+            .map(|(i, s)| {
+                let (_, pending) = s.draft.as_mut().expect("a draft");
+                let toks = if j == 0 {
+                    std::mem::take(pending).into_iter().chain(std::iter::once(s.last)).collect()
+                } else {
+                    vec![props[i][j - 1]]
+                };
+                (i, toks)
+            })
+            .collect();
+        let idx: Vec<usize> = feeds.iter().map(|f| f.0).collect();
+        let mut segs: Vec<Segment> = live
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| want[*i] > j)
+            .zip(&feeds)
+            .map(|((_, s), (_, t))| Segment { tokens: t, cache: &mut s.draft.as_mut().expect("a draft").0 })
+            .collect();
+        let Ok(h) = d.forward(&mut segs, RowMode::Independent) else {
+            // cannot happen within the checks above; if it does, these sequences go on without a draft
+            live.iter_mut().for_each(|s| s.draft = None);
+            return vec![vec![]; live.len()];
+        };
+        // the last row of each segment predicts its next token
+        let dm = d.cfg.hidden_size;
+        let mut lasts = Vec::with_capacity(idx.len() * dm);
+        let mut r = 0;
+        for (_, t) in &feeds {
+            r += t.len();
+            lasts.extend_from_slice(&h[(r - 1) * dm..r * dm]);
+        }
+        let logits = d.head_logits(&lasts, RowMode::Independent);
+        for (n, &i) in idx.iter().enumerate() {
+            props[i].push(crate::kernels::argmax(&logits[n * v..(n + 1) * v]) as u32);
+        }
+    }
+    props
 }
 
 #[cfg(test)]

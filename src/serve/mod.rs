@@ -39,6 +39,8 @@ pub struct ServeOptions {
     pub kv_budget: Option<usize>,
     /// Largest request body in bytes.
     pub max_body: usize,
+    /// Tokens the draft model proposes per step.
+    pub draft_tokens: usize,
 }
 
 struct AppState {
@@ -65,8 +67,20 @@ fn now_s() -> u64 {
 
 /// Runs the server until SIGTERM / Ctrl-C. `on_listening` gets the bound address (port 0 picks
 /// a free one).
-pub fn serve(loaded: LoadedModel, opts: ServeOptions) -> Result<()> {
+pub fn serve(loaded: LoadedModel, draft: Option<LoadedModel>, opts: ServeOptions) -> Result<()> {
     let LoadedModel { model, tokenizer: tok, chat_template, .. } = loaded;
+    let draft = match draft {
+        Some(d) => {
+            anyhow::ensure!(
+                d.model.cfg.vocab_size == model.cfg.vocab_size
+                    && (0..tok.vocab_size() as u32).all(|i| d.tokenizer.id_to_token(i) == tok.id_to_token(i)),
+                "the draft model {} does not share the model's tokenizer: speculative decoding needs the same vocabulary",
+                d.source.display()
+            );
+            Some(Arc::new(d.model))
+        }
+        None => None,
+    };
     let name = |id: u32| tok.id_to_token(id).unwrap_or_default();
     let (template, own) = ChatTemplate::for_model(chat_template.as_deref(), &name(tok.bos_id), &name(tok.eos_id))?;
     if !own {
@@ -76,8 +90,14 @@ pub fn serve(loaded: LoadedModel, opts: ServeOptions) -> Result<()> {
     let stop_ids = crate::generate::stop_ids(&model.cfg, &tok);
     let kv_budget =
         opts.kv_budget.unwrap_or_else(|| opts.max_batch.max(1) * crate::model::KvCache::bytes_for(&model.cfg, ctx));
-    let eopts = EngineOptions { max_batch: opts.max_batch.max(1), max_queue: opts.max_queue, kv_budget };
-    let engine = Engine::start(Arc::new(model), stop_ids.clone(), eopts);
+    let eopts = EngineOptions {
+        max_batch: opts.max_batch.max(1),
+        draft_tokens: opts.draft_tokens.max(1),
+        max_queue: opts.max_queue,
+        kv_budget,
+    };
+    let drafting = draft.is_some();
+    let engine = Engine::start(Arc::new(model), draft, stop_ids.clone(), eopts);
     let state = Arc::new(AppState {
         engine: engine.clone(),
         tok,
@@ -108,11 +128,16 @@ pub fn serve(loaded: LoadedModel, opts: ServeOptions) -> Result<()> {
             tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         let local = listener.local_addr()?;
         eprintln!(
-            "listening on http://{local} (model `{}`, batch {}, queue {}, KV budget {} MiB{})",
+            "listening on http://{local} (model `{}`, batch {}, queue {}, KV budget {} MiB{}{})",
             opts.model_name,
             opts.max_batch,
             opts.max_queue,
             kv_budget >> 20,
+            if drafting {
+                format!(", speculative decoding with {} draft tokens", opts.draft_tokens)
+            } else {
+                String::new()
+            },
             if opts.api_key.is_some() { ", API key required" } else { "" }
         );
         axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.context("server error")
@@ -609,6 +634,15 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         format!("{:.6}", if ttft_n > 0 { r(&m.ttft_micros_total) as f64 / ttft_n as f64 / 1e6 } else { 0.0 }),
     );
     put("time_to_first_token_seconds_count", "counter", "First tokens timed.", ttft_n.to_string());
+    let (proposed, accepted) = (r(&m.draft_proposed_total), r(&m.draft_accepted_total));
+    put("draft_tokens_proposed_total", "counter", "Tokens the draft model proposed.", proposed.to_string());
+    put("draft_tokens_accepted_total", "counter", "Proposed tokens the model accepted.", accepted.to_string());
+    put(
+        "draft_acceptance_rate",
+        "gauge",
+        "Accepted / proposed draft tokens.",
+        format!("{:.4}", if proposed > 0 { accepted as f64 / proposed as f64 } else { 0.0 }),
+    );
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()
 }
 
