@@ -17,26 +17,63 @@ pub struct SamplingOptions {
     /// Keep the smallest set of tokens whose probability reaches p (1: all).
     pub top_p: f32,
     pub seed: u64,
+    /// llama.cpp's repetition penalty over the last `repeat_last_n` tokens (prompt included): a
+    /// positive logit divided by it, a negative one multiplied (1: off).
+    pub repeat_penalty: f32,
+    pub repeat_last_n: usize,
 }
 
 impl Default for SamplingOptions {
     fn default() -> Self {
-        SamplingOptions { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 }
+        SamplingOptions { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0, repeat_penalty: 1.0, repeat_last_n: 64 }
     }
 }
 
 pub struct Sampler {
     pub opts: SamplingOptions,
     rng: Rng,
+    /// Recent tokens, for the repetition penalty.
+    history: Vec<u32>,
+    scratch: Vec<f32>,
 }
 
 impl Sampler {
     pub fn new(opts: SamplingOptions) -> Self {
         let rng = Rng::new(opts.seed);
-        Sampler { opts, rng }
+        Sampler { opts, rng, history: vec![], scratch: vec![] }
+    }
+
+    /// Tokens already in the context (the prompt), which the repetition penalty counts.
+    pub fn remember(&mut self, tokens: &[u32]) {
+        if self.opts.repeat_penalty != 1.0 {
+            self.history.extend_from_slice(tokens);
+        }
     }
 
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        if self.opts.repeat_penalty == 1.0 {
+            return self.sample_from(logits);
+        }
+        let mut l = std::mem::take(&mut self.scratch);
+        l.clear();
+        l.extend_from_slice(logits);
+        let p = self.opts.repeat_penalty;
+        let recent = &self.history[self.history.len().saturating_sub(self.opts.repeat_last_n)..];
+        let mut seen = std::collections::HashSet::new();
+        let v = l.len();
+        for &t in recent.iter().filter(|&&t| (t as usize) < v) {
+            if seen.insert(t) {
+                let x = &mut l[t as usize];
+                *x = if *x <= 0.0 { *x * p } else { *x / p };
+            }
+        }
+        let t = self.sample_from(&l);
+        self.scratch = l;
+        self.history.push(t);
+        t
+    }
+
+    fn sample_from(&mut self, logits: &[f32]) -> u32 {
         let argmax = || crate::kernels::argmax(logits) as u32;
         if self.opts.temperature <= 0.0 {
             return argmax();
@@ -174,6 +211,7 @@ pub fn generate_batch_with_prefix(
             };
             let logits = model.next_token_logits(&r.prompt[cache.len..], &mut cache, RowMode::Batched)?;
             let mut sampler = Sampler::new(r.sampling.clone());
+            sampler.remember(&r.prompt);
             let t = sampler.sample(&logits);
             out[i].push(t);
             on_token(i, t)?;
@@ -203,6 +241,75 @@ pub fn generate_batch_with_prefix(
         live.retain(|s| s.left > 0);
     }
     Ok(out)
+}
+
+/// Generated tokens turned into text as it may be shown: decoded whole each time (so characters
+/// split across tokens appear whole), held back while it ends in an incomplete character or in
+/// what may be the start of a stop string, and cut before the first stop string.
+pub struct TextStream {
+    /// The token before the first generated one: decoding after it keeps a leading space.
+    after: Option<u32>,
+    stops: Vec<String>,
+    ids: Vec<u32>,
+    text: String,
+    shown: usize,
+    /// A stop string was found (the text ends before it).
+    pub stopped: bool,
+}
+
+impl TextStream {
+    pub fn new(stops: Vec<String>, after: Option<u32>) -> Self {
+        TextStream { after, stops, ids: vec![], text: String::new(), shown: 0, stopped: false }
+    }
+
+    pub fn ids(&self) -> &[u32] {
+        &self.ids
+    }
+
+    /// All the text so far (up to a stop string).
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// Adds a generated (non-special) token; returns the text that can be shown now.
+    pub fn push(&mut self, tok: &crate::tokenizer::Tokenizer, id: u32) -> Result<String> {
+        if self.stopped {
+            return Ok(String::new());
+        }
+        self.ids.push(id);
+        self.text = match self.after {
+            Some(a) => tok.decode_after(a, &self.ids)?,
+            None => tok.decode(&self.ids)?,
+        };
+        if let Some(cut) = self.stops.iter().filter_map(|s| self.text.find(s.as_str())).min() {
+            self.text.truncate(cut);
+            self.stopped = true;
+            return Ok(self.finish());
+        }
+        let mut end = self.text.trim_end_matches('\u{fffd}').len();
+        for s in &self.stops {
+            // the longest tail of the text that begins a stop string waits
+            if let Some(k) = (1..s.len()).rev().find(|&k| s.is_char_boundary(k) && self.text[..end].ends_with(&s[..k]))
+            {
+                end -= k;
+            }
+        }
+        Ok(self.take_until(end))
+    }
+
+    /// What is left to show when generation ends.
+    pub fn finish(&mut self) -> String {
+        self.take_until(self.text.len())
+    }
+
+    fn take_until(&mut self, end: usize) -> String {
+        if end <= self.shown || !self.text.is_char_boundary(end) || !self.text.is_char_boundary(self.shown) {
+            return String::new();
+        }
+        let out = self.text[self.shown..end].to_string();
+        self.shown = end;
+        out
+    }
 }
 
 /// The Zephyr template of TinyLlama-1.1B-Chat: `<|system|>\n…</s>\n<|user|>\n…</s>\n<|assistant|>\n`.
@@ -246,6 +353,8 @@ mod tests {
                         top_k: 40,
                         top_p: 0.95,
                         seed: i as u64,
+                        repeat_penalty: if i % 3 == 0 { 1.3 } else { 1.0 },
+                        repeat_last_n: 64,
                     },
                 })
                 .collect();
@@ -310,7 +419,7 @@ mod tests {
     fn sampling_is_seeded_and_respects_top_k() {
         let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
         let draw = |seed, k| {
-            let mut s = Sampler::new(SamplingOptions { temperature: 1.0, top_k: k, top_p: 1.0, seed });
+            let mut s = Sampler::new(SamplingOptions { temperature: 1.0, top_k: k, seed, ..Default::default() });
             (0..200).map(|_| s.sample(&logits)).collect::<Vec<_>>()
         };
         assert_eq!(draw(3, 0), draw(3, 0));
@@ -319,7 +428,7 @@ mod tests {
         order.sort_by(|&a, &b| logits[b].partial_cmp(&logits[a]).unwrap());
         let top3: Vec<u32> = order[..3].iter().map(|&i| i as u32).collect();
         assert!(draw(5, 3).iter().all(|t| top3.contains(t)));
-        let mut p = Sampler::new(SamplingOptions { temperature: 1.0, top_k: 0, top_p: 1e-6, seed: 1 });
+        let mut p = Sampler::new(SamplingOptions { temperature: 1.0, top_p: 1e-6, seed: 1, ..Default::default() });
         assert_eq!(p.sample(&logits), order[0] as u32, "top-p this small keeps only the argmax");
     }
 
@@ -346,5 +455,50 @@ mod tests {
     fn zephyr_template() {
         let p = zephyr_prompt(Some("You are a pirate."), &[("Hi".into(), Some("Arr.".into())), ("Why?".into(), None)]);
         assert_eq!(p, "<|system|>\nYou are a pirate.</s>\n<|user|>\nHi</s>\n<|assistant|>\nArr.</s>\n<|user|>\nWhy?</s>\n<|assistant|>\n");
+    }
+
+    /// Stop strings cut the text and are never shown, also when they arrive split over tokens;
+    /// the streamed pieces add up to the text.
+    #[test]
+    fn text_stream_holds_back_possible_stop_strings() {
+        let tok = crate::tokenizer::Tokenizer::llama2();
+        let ids = tok.encode("Hello world. Bye now").unwrap();
+        let mut ts = TextStream::new(vec![". B".into()], None);
+        let mut shown = String::new();
+        for &id in &ids {
+            shown += &ts.push(&tok, id).unwrap();
+            assert!(!shown.contains('.') || ts.stopped, "{shown:?} shown before the stop string was decided");
+        }
+        shown += &ts.finish();
+        assert!(ts.stopped);
+        assert_eq!((shown.as_str(), ts.text()), ("Hello world", "Hello world"));
+        // no stop: everything, in pieces that add up (a leading space kept after the prompt)
+        let mut ts = TextStream::new(vec![], Some(ids[0]));
+        let mut shown = String::new();
+        for &id in &ids[1..] {
+            shown += &ts.push(&tok, id).unwrap();
+        }
+        shown += &ts.finish();
+        assert_eq!(shown, " world. Bye now");
+    }
+
+    /// llama.cpp's rule: a repeated token's positive logit divided by the penalty, a negative one
+    /// multiplied; only the last `repeat_last_n` tokens (prompt included) count.
+    #[test]
+    fn repetition_penalty_as_llama_cpp_applies_it() {
+        let greedy = |penalty: f32, last_n: usize| {
+            let mut s =
+                Sampler::new(SamplingOptions { repeat_penalty: penalty, repeat_last_n: last_n, ..Default::default() });
+            s.remember(&[1, 0]);
+            s.sample(&[2.0, -1.0, 1.5, 0.9])
+        };
+        assert_eq!(greedy(1.0, 64), 0); // off
+        assert_eq!(greedy(2.0, 64), 2); // 2.0 / 2 = 1.0 < 1.5
+        assert_eq!(greedy(2.0, 1), 2); // token 0 is the last one: still penalized
+        let mut s = Sampler::new(SamplingOptions { repeat_penalty: 2.0, repeat_last_n: 1, ..Default::default() });
+        s.remember(&[0, 1]); // only token 1 (logit -1 → -2) in the window
+        assert_eq!(s.sample(&[2.0, -1.0, 1.5, 0.9]), 0);
+        // and the chosen token joins the window: 2.0 → 1.0 the next time
+        assert_eq!(s.sample(&[2.0, -1.0, 1.5, 0.9]), 2);
     }
 }

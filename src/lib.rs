@@ -5,6 +5,7 @@
 //! optimiser and schedule; [`bench`] measures.
 
 pub mod bench;
+pub mod chat;
 pub mod checkpoint;
 pub mod config;
 pub mod data;

@@ -291,12 +291,19 @@ struct SamplingArgs {
     /// Sample among the most likely tokens whose probabilities sum to p (1: all).
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     top_p: f32,
-    /// Seed of the sampler.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// Seed of the sampler (default when sampling: a random one, printed so the run can be repeated).
+    #[arg(long)]
+    seed: Option<u64>,
     /// Most tokens to generate (per prompt).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, short = 'n', default_value_t = 256)]
     max_new_tokens: usize,
+    /// Penalize repeating the last --repeat-last-n tokens, as llama.cpp does (1: off; 1.1 is
+    /// llama.cpp's usual setting).
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    /// How many recent tokens (prompt included) --repeat-penalty looks at.
+    #[arg(long, default_value_t = 64)]
+    repeat_last_n: usize,
     /// Weight format for a safetensors model: f32 (default), f16, bf16, q8_0, q4_0, q4_k_m, q4_k,
     /// q6_k (quantized at load). GGUF files keep their own.
     #[arg(long, default_value = "f32")]
@@ -312,23 +319,51 @@ impl SamplingArgs {
             self.temperature
         );
         ensure!(self.top_p > 0.0 && self.top_p <= 1.0, "--top-p must be in (0, 1] (1 = off), not {}", self.top_p);
+        ensure!(
+            self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0,
+            "--repeat-penalty must be a positive number (1 = off), not {}",
+            self.repeat_penalty
+        );
         Ok(tinyllama::generate::SamplingOptions {
             temperature: self.temperature,
             top_k: self.top_k,
             top_p: self.top_p,
-            seed: self.seed,
+            seed: self.seed.unwrap_or(0),
+            repeat_penalty: self.repeat_penalty,
+            repeat_last_n: self.repeat_last_n,
         })
+    }
+
+    /// [`options`](Self::options) with a random seed when sampling without `--seed` (said on
+    /// stderr, so that the run can be repeated).
+    fn options_announced(&self) -> Result<tinyllama::generate::SamplingOptions> {
+        let mut o = self.options()?;
+        if self.seed.is_none() && self.temperature > 0.0 {
+            o.seed = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64 ^ (std::process::id() as u64) << 40)
+                .unwrap_or(1);
+            eprintln!("seed: {} (repeat with --seed {})", o.seed, o.seed);
+        }
+        Ok(o)
     }
 }
 
 #[derive(Args)]
 struct GenerateArgs {
     /// A Hugging Face model directory (or a training checkpoint) with tokenizer.json, or a GGUF file.
-    #[arg(long)]
+    #[arg(long, short = 'm')]
     model: PathBuf,
-    /// The prompt (BOS is prepended).
-    #[arg(long, required_unless_present = "prompts", conflicts_with = "prompts")]
+    /// The prompt (BOS is prepended); `-` reads it from stdin, as does no prompt flag with text
+    /// piped in.
+    #[arg(long, short = 'p', conflicts_with_all = ["prompts", "prompt_file"])]
     prompt: Option<String>,
+    /// A file holding the prompt.
+    #[arg(long, conflicts_with = "prompts")]
+    prompt_file: Option<PathBuf>,
+    /// Stop when the text contains this string (not printed); may be given several times.
+    #[arg(long)]
+    stop: Vec<String>,
     /// Many prompts, decoded together (one per line, or JSONL with a "prompt" field); prints one
     /// JSON line per prompt with the completion.
     #[arg(long)]
@@ -389,8 +424,9 @@ struct ServeArgs {
 
 #[derive(Args)]
 struct ChatArgs {
-    /// A chat model: Hugging Face directory or GGUF file.
-    #[arg(long)]
+    /// A chat model: Hugging Face directory or GGUF file. Its chat template (tokenizer_config.json
+    /// or GGUF metadata) renders the conversation; TinyLlama-Chat's Zephyr template when it has none.
+    #[arg(long, short = 'm')]
     model: PathBuf,
     /// System prompt.
     #[arg(long)]
@@ -528,37 +564,45 @@ fn run() -> Result<()> {
         }
         Cmd::Eval(a) => eval(a)?,
         Cmd::Generate(a) => {
+            use std::io::{IsTerminal, Read};
+            let from_stdin = |what: &str| -> Result<String> {
+                let mut t = String::new();
+                std::io::stdin().read_to_string(&mut t).with_context(|| format!("cannot read {what} from stdin"))?;
+                Ok(t)
+            };
+            let text = match (&a.prompt, &a.prompt_file, &a.prompts) {
+                (Some(p), _, _) if p == "-" => Some(from_stdin("the prompt")?),
+                (Some(p), _, _) => Some(p.clone()),
+                (None, Some(f), _) => Some(
+                    std::fs::read_to_string(f)
+                        .with_context(|| format!("cannot read the prompt file {}", f.display()))?,
+                ),
+                (None, None, None) if !std::io::stdin().is_terminal() => Some(from_stdin("the prompt")?),
+                (None, None, None) => anyhow::bail!(
+                    "generate needs --prompt TEXT, --prompt-file FILE, --prompts FILE or a prompt on stdin"
+                ),
+                _ => None,
+            };
             let (model, tok) = load_model_dir(&a.model, &a.sampling.dtype)?;
-            match (&a.prompt, &a.prompts) {
+            match (text, &a.prompts) {
                 (Some(p), _) => {
-                    let prompt: Vec<u32> = std::iter::once(tok.bos_id).chain(tok.encode(p)?).collect();
+                    let prompt: Vec<u32> = std::iter::once(tok.bos_id).chain(tok.encode(&p)?).collect();
                     print!("{p}");
-                    stream_generate(&model, &tok, &prompt, &a.sampling, prompt.last().copied())?;
+                    let t0 = std::time::Instant::now();
+                    let (_, n) = stream_generate(&model, &tok, &prompt, &a.sampling, &a.stop)?;
                     println!();
+                    let dt = t0.elapsed().as_secs_f64();
+                    eprintln!(
+                        "{} prompt + {n} generated tokens in {dt:.2} s ({:.1} tokens/s)",
+                        prompt.len(),
+                        n as f64 / dt.max(1e-9)
+                    );
                 }
                 (None, Some(file)) => generate_many(&model, &tok, file, a.max_batch, &a.sampling)?,
-                (None, None) => anyhow::bail!("generate needs --prompt or --prompts"),
+                (None, None) => unreachable!("checked above"),
             }
         }
-        Cmd::Chat(a) => {
-            let (model, tok) = load_model_dir(&a.model, &a.sampling.dtype)?;
-            let mut turns: Vec<(String, Option<String>)> = vec![];
-            eprintln!("chat with {} (empty line or Ctrl-D to quit)", a.model.display());
-            let stdin = std::io::stdin();
-            loop {
-                eprint!("> ");
-                let mut line = String::new();
-                if stdin.read_line(&mut line)? == 0 || line.trim().is_empty() {
-                    break;
-                }
-                turns.push((line.trim().to_string(), None));
-                let text = tinyllama::generate::zephyr_prompt(a.system.as_deref(), &turns);
-                let prompt: Vec<u32> = std::iter::once(tok.bos_id).chain(tok.encode(&text)?).collect();
-                let reply = stream_generate(&model, &tok, &prompt, &a.sampling, None)?;
-                println!();
-                turns.last_mut().unwrap().1 = Some(reply.trim().to_string());
-            }
-        }
+        Cmd::Chat(a) => chat(a)?,
         #[cfg(feature = "serve")]
         Cmd::Serve(a) => {
             ensure!(a.max_batch >= 1, "--max-batch must be at least 1");
@@ -859,45 +903,139 @@ fn load_model_dir(dir: &std::path::Path, dtype: &str) -> Result<(tinyllama::mode
     Ok((m.model, m.tokenizer))
 }
 
-/// Generates and prints text as it comes (decoding the whole continuation each time, so that
-/// multi-token characters appear whole); returns the text. With `after` (the prompt's last
-/// token), the continuation is decoded after it, so that its leading space is kept (a Llama
-/// decoder strips the first space of what it decodes: "I am" + "▁not" must print "I am not").
+/// Generates and prints text as it comes (decoded after the prompt's last token, so that a leading
+/// space is kept; characters split across tokens appear whole; text from a `--stop` string on is
+/// neither printed nor kept). Returns the text and the number of tokens generated. The tokens
+/// are those of `generate::generate` (prefill, then one independent row per step).
 fn stream_generate(
     model: &tinyllama::model::InferenceModel,
     tok: &Tokenizer,
     prompt: &[u32],
     s: &SamplingArgs,
-    after: Option<u32>,
-) -> Result<String> {
-    let decode = |ids: &[u32]| match after {
-        Some(t) => tok.decode_after(t, ids),
-        None => tok.decode(ids),
-    };
+    stop: &[String],
+) -> Result<(String, usize)> {
     use std::io::Write;
-    let mut sampler = tinyllama::generate::Sampler::new(s.options()?);
-    let mut ids = vec![];
-    let mut shown = String::new();
-    let mut out = std::io::stdout();
+    use tinyllama::model::{KvCache, RowMode};
+    let mut sampler = tinyllama::generate::Sampler::new(s.options_announced()?);
+    sampler.remember(prompt);
+    let ctx = model.max_positions();
+    ensure!(prompt.len() < ctx, "the prompt has {} tokens and fills the model's context ({ctx})", prompt.len());
+    let max_new = s.max_new_tokens.min(ctx - prompt.len());
     let stops = tinyllama::generate::stop_ids(&model.cfg, tok);
-    tinyllama::generate::generate(model, prompt, s.max_new_tokens, &stops, &mut sampler, &mut |t| {
+    let mut text = tinyllama::generate::TextStream::new(stop.to_vec(), prompt.last().copied());
+    let mut out = std::io::stdout();
+    let mut cache = KvCache::new(model, prompt.len() + max_new);
+    let mut logits = model.next_token_logits(prompt, &mut cache, RowMode::Batched)?;
+    let mut n = 0;
+    while n < max_new {
+        let t = sampler.sample(&logits);
+        n += 1;
         if stops.contains(&t) {
-            return Ok(());
+            break;
         }
-        ids.push(t);
-        let text = decode(&ids)?;
-        if text.len() > shown.len() && text.starts_with(&shown) && !text.ends_with('\u{fffd}') {
-            write!(out, "{}", &text[shown.len()..])?;
-            out.flush()?;
-            shown = text;
+        write!(out, "{}", text.push(tok, t)?)?;
+        out.flush()?;
+        if text.stopped {
+            break;
         }
-        Ok(())
-    })?;
-    let text = decode(&ids)?;
-    if text.len() > shown.len() && text.starts_with(&shown) {
-        print!("{}", &text[shown.len()..]);
+        if n < max_new {
+            logits = model.next_token_logits(&[t], &mut cache, RowMode::Independent)?;
+        }
     }
-    Ok(text)
+    write!(out, "{}", text.finish())?;
+    Ok((text.text().to_string(), n))
+}
+
+/// `tinyllama chat`: line editing and history on a terminal, `/help`, `/reset`, `/system TEXT`,
+/// `/exit`; Ctrl-C stops a reply (not the session); the KV cache is kept across turns and the
+/// oldest turns make room when the context fills.
+fn chat(a: ChatArgs) -> Result<()> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let dtype = tinyllama::model::ModelDtype::parse(&a.sampling.dtype)?;
+    let loaded = tinyllama::model::load::load_model(&a.model, Some(dtype), true)?;
+    let tok = &loaded.tokenizer;
+    let name = |id: u32| tok.id_to_token(id).unwrap_or_default();
+    let (template, own) = tinyllama::tokenizer::chat_template::ChatTemplate::for_model(
+        loaded.chat_template.as_deref(),
+        &name(tok.bos_id),
+        &name(tok.eos_id),
+    )?;
+    if !own {
+        eprintln!("note: {} has no chat template: using TinyLlama-Chat's Zephyr template", a.model.display());
+    }
+    let sampling = a.sampling.options_announced()?;
+    let mut session = tinyllama::chat::ChatSession::new(&loaded.model, tok, template, a.system.clone());
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("cannot install the Ctrl-C handler")?;
+    let interactive = std::io::stdin().is_terminal();
+    eprintln!("chat with {} — /help for commands; Ctrl-C stops a reply; Ctrl-D or /exit quits", a.model.display());
+    let mut editor = if interactive { rustyline::DefaultEditor::new().ok() } else { None };
+    let mut lines = std::io::stdin().lock().lines();
+    loop {
+        stop.store(false, Ordering::SeqCst);
+        let line = match editor.as_mut() {
+            Some(ed) => match ed.readline("> ") {
+                Ok(l) => {
+                    let _ = ed.add_history_entry(l.as_str());
+                    l
+                }
+                Err(rustyline::error::ReadlineError::Interrupted) => continue,
+                Err(rustyline::error::ReadlineError::Eof) => break,
+                Err(e) => return Err(e.into()),
+            },
+            None => match lines.next() {
+                Some(l) => l?,
+                None => break,
+            },
+        };
+        let line = line.trim();
+        match line.split_once(' ').map(|(c, r)| (c, r.trim())).unwrap_or((line, "")) {
+            ("", _) => continue,
+            ("/exit" | "/quit", _) => break,
+            ("/help", _) => {
+                eprintln!(
+                    "/reset: forget the conversation · /system TEXT: a new system prompt (and conversation) · /exit"
+                );
+                continue;
+            }
+            ("/reset", _) => {
+                session.reset();
+                eprintln!("(conversation cleared)");
+                continue;
+            }
+            ("/system", text) => {
+                session.set_system((!text.is_empty()).then(|| text.to_string()));
+                eprintln!("(new conversation{})", if text.is_empty() { " without a system prompt" } else { "" });
+                continue;
+            }
+            // a slash word is a command ("/usr/bin" and the like are text)
+            (cmd, _) if cmd.len() > 1 && cmd.starts_with('/') && !cmd[1..].contains('/') => {
+                eprintln!("unknown command {cmd}: /help lists them");
+                continue;
+            }
+            _ => {}
+        }
+        let mut out = std::io::stdout();
+        let r = session.reply(line, &sampling, a.sampling.max_new_tokens, &stop, &mut |t| {
+            write!(out, "{t}")?;
+            out.flush()?;
+            Ok(())
+        });
+        println!();
+        match r {
+            Ok(r) => {
+                if r.dropped_turns > 0 {
+                    eprintln!("(the context was full: the {} oldest turn(s) were dropped)", r.dropped_turns);
+                }
+                if r.interrupted {
+                    eprintln!("(stopped)");
+                }
+            }
+            Err(e) => eprintln!("error: {e:#}"),
+        }
+    }
+    Ok(())
 }
 
 /// `generate --prompts`: every prompt decoded in one batch; one JSON line per prompt, in order.
@@ -927,12 +1065,13 @@ fn generate_many(
         prompts.push(p);
     }
     anyhow::ensure!(!prompts.is_empty(), "{}: no prompts", file.display());
+    let base = s.options_announced()?;
     let reqs: Vec<tinyllama::generate::Request> = prompts
         .iter()
         .enumerate()
         .map(|(i, p)| {
-            let mut sampling = s.options()?;
-            sampling.seed = s.seed.wrapping_add(i as u64);
+            let mut sampling = base.clone();
+            sampling.seed = base.seed.wrapping_add(i as u64);
             Ok(tinyllama::generate::Request {
                 prompt: std::iter::once(tok.bos_id).chain(tok.encode(p)?).collect(),
                 max_new: s.max_new_tokens,
@@ -990,8 +1129,8 @@ fn eval(a: EvalArgs) -> Result<()> {
         sampling: tinyllama::generate::SamplingOptions {
             temperature: a.temperature,
             top_k: if a.temperature > 0.0 { 50 } else { 0 },
-            top_p: 1.0,
             seed: a.seed,
+            ..Default::default()
         },
         samples: a.samples,
     };

@@ -206,7 +206,13 @@ fn common(
     }
     Ok(GenParams {
         max_tokens,
-        sampling: SamplingOptions { temperature: temperature as f32, top_k, top_p: top_p as f32, seed },
+        sampling: SamplingOptions {
+            temperature: temperature as f32,
+            top_k,
+            top_p: top_p as f32,
+            seed,
+            ..Default::default()
+        },
         stop,
         logprobs: None,
         stream,

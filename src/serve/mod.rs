@@ -250,15 +250,12 @@ fn submit(st: &AppState, prompt: &[u32], p: &GenParams) -> Result<(UnboundedRece
 
 /// Turns generated tokens into text as OpenAI returns it: special tokens dropped, incomplete
 /// UTF-8 held back, and the text cut before the first stop string (also held back while a stop
-/// string may be starting).
+/// string may be starting); with the finish reason and the log-probabilities not yet sent.
 struct TextStream {
     st: Arc<AppState>,
-    stops: Vec<String>,
     /// The prompt's last token: a completion is decoded after it, keeping its leading space.
     after: Option<u32>,
-    ids: Vec<u32>,
-    text: String,
-    shown: usize,
+    text: crate::generate::TextStream,
     finish: Option<&'static str>,
     generated: usize,
     max_new: usize,
@@ -268,83 +265,42 @@ struct TextStream {
 
 impl TextStream {
     fn new(st: Arc<AppState>, stops: Vec<String>, after: Option<u32>, max_new: usize) -> Self {
-        TextStream {
-            st,
-            stops,
-            after,
-            ids: vec![],
-            text: String::new(),
-            shown: 0,
-            finish: None,
-            generated: 0,
-            max_new,
-            logprobs: vec![],
-        }
-    }
-
-    fn decode(&self, ids: &[u32]) -> String {
-        match self.after {
-            Some(a) => self.st.tok.decode_after(a, ids),
-            None => self.st.tok.decode(ids),
-        }
-        .unwrap_or_default()
+        let text = crate::generate::TextStream::new(stops, after);
+        TextStream { st, after, text, finish: None, generated: 0, max_new, logprobs: vec![] }
     }
 
     /// Takes one engine event; returns the text that may be shown now.
     fn push(&mut self, ev: Event) -> Result<String, String> {
         match ev {
-            Event::Failed(e) => return Err(e),
+            Event::Failed(e) => Err(e),
             Event::Done => {
                 if self.finish.is_none() {
                     self.finish = Some(if self.generated >= self.max_new { "length" } else { "stop" });
                 }
+                Ok(self.text.finish())
+            }
+            Event::Token { .. } if self.finish.is_some() => Ok(String::new()),
+            Event::Token { id, .. } if self.st.stop_ids.contains(&id) => {
+                self.generated += 1;
+                self.finish = Some("stop");
+                Ok(self.text.finish())
             }
             Event::Token { id, logprob } => {
-                if self.finish.is_some() {
-                    return Ok(String::new());
-                }
                 self.generated += 1;
-                if self.st.stop_ids.contains(&id) {
+                if let Some(lp) = logprob {
+                    let piece = match self.text.ids().last().copied().or(self.after) {
+                        Some(p) => self.st.tok.decode_after(p, &[id]),
+                        None => self.st.tok.decode(&[id]),
+                    };
+                    self.logprobs.push((piece.unwrap_or_default(), lp));
+                }
+                let out = self.text.push(&self.st.tok, id).map_err(|e| format!("{e:#}"))?;
+                if self.text.stopped {
                     self.finish = Some("stop");
-                } else {
-                    if let Some(lp) = logprob {
-                        let prev = self.ids.last().copied().or(self.after);
-                        let piece = match prev {
-                            Some(p) => self.st.tok.decode_after(p, &[id]),
-                            None => self.st.tok.decode(&[id]),
-                        };
-                        self.logprobs.push((piece.unwrap_or_default(), lp));
-                    }
-                    self.ids.push(id);
-                    self.text = self.decode(&self.ids);
-                    if let Some(cut) = self.stops.iter().filter_map(|s| self.text.find(s.as_str())).min() {
-                        self.text.truncate(cut);
-                        self.finish = Some("stop");
-                    }
                 }
+                Ok(out)
             }
         }
-        let end = if self.finish.is_some() { self.text.len() } else { self.safe_end() };
-        let end = end.max(self.shown);
-        let out = self.text.get(self.shown..end).unwrap_or_default().to_string();
-        self.shown = end;
-        Ok(out)
-    }
-
-    /// How much of the text can be shown while generation goes on: not a trailing replacement
-    /// character (a character still being completed), not a tail that may begin a stop string.
-    fn safe_end(&self) -> usize {
-        let t = &self.text;
-        let mut end = t.trim_end_matches('\u{fffd}').len();
-        for s in &self.stops {
-            for k in (1..s.len()).rev() {
-                if s.is_char_boundary(k) && t[..end].ends_with(&s[..k]) {
-                    end = end.min(t[..end].len() - k);
-                    break;
-                }
-            }
-        }
-        end
     }
 
     fn take_logprobs(&mut self, completion: bool, offset: usize) -> Value {

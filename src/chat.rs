@@ -1,0 +1,214 @@
+//! A chat session (`tinyllama chat`): the conversation rendered with the model's chat template at
+//! every turn, the KV cache kept across turns (only what the cache does not already hold is
+//! prefilled), the oldest turns dropped when the context would overflow, and a reply that can be
+//! stopped mid-way.
+
+use crate::generate::{Sampler, SamplingOptions};
+use crate::model::{InferenceModel, KvCache, RowMode};
+use crate::tokenizer::chat_template::{ChatTemplate, Message};
+use crate::tokenizer::Tokenizer;
+use anyhow::{bail, Result};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub struct ChatSession<'m> {
+    model: &'m InferenceModel,
+    tok: &'m Tokenizer,
+    template: ChatTemplate,
+    system: Option<String>,
+    /// Finished turns: user, then assistant.
+    turns: Vec<(String, String)>,
+    cache: KvCache,
+    stops: Vec<u32>,
+}
+
+/// What one reply did.
+#[derive(Debug, Default)]
+pub struct Reply {
+    pub text: String,
+    /// Tokens generated (an end-of-sequence token included).
+    pub tokens: usize,
+    /// Prompt tokens taken from the cache, and prompt tokens computed.
+    pub reused: usize,
+    pub prefilled: usize,
+    /// Oldest turns dropped to make room.
+    pub dropped_turns: usize,
+    /// Stopped by the caller's flag.
+    pub interrupted: bool,
+}
+
+impl<'m> ChatSession<'m> {
+    pub fn new(model: &'m InferenceModel, tok: &'m Tokenizer, template: ChatTemplate, system: Option<String>) -> Self {
+        let ctx = model.max_positions();
+        ChatSession {
+            model,
+            tok,
+            template,
+            system,
+            turns: vec![],
+            cache: KvCache::new(model, ctx),
+            stops: crate::generate::stop_ids(&model.cfg, tok),
+        }
+    }
+
+    /// Forgets the conversation (the system prompt stays).
+    pub fn reset(&mut self) {
+        self.turns.clear();
+        self.cache.truncate(0);
+    }
+
+    /// A new system prompt starts a new conversation.
+    pub fn set_system(&mut self, system: Option<String>) {
+        self.system = system;
+        self.reset();
+    }
+
+    pub fn turns(&self) -> usize {
+        self.turns.len()
+    }
+
+    /// The prompt tokens of the conversation so far plus `user`, the assistant's header last;
+    /// BOS first unless the template writes it.
+    fn prompt(&self, user: &str) -> Result<Vec<u32>> {
+        let mut msgs = vec![];
+        if let Some(s) = &self.system {
+            msgs.push(Message { role: "system".into(), content: s.clone() });
+        }
+        for (u, a) in &self.turns {
+            msgs.push(Message { role: "user".into(), content: u.clone() });
+            msgs.push(Message { role: "assistant".into(), content: a.clone() });
+        }
+        msgs.push(Message { role: "user".into(), content: user.into() });
+        let ids = self.tok.encode(&self.template.render(&msgs, true)?)?;
+        Ok(if ids.first() == Some(&self.tok.bos_id) {
+            ids
+        } else {
+            std::iter::once(self.tok.bos_id).chain(ids).collect()
+        })
+    }
+
+    /// The assistant's reply to `user`, its text streamed to `on_text` as it comes. `stop` set
+    /// (Ctrl-C) ends the reply early; the turn is kept with what was said.
+    pub fn reply(
+        &mut self,
+        user: &str,
+        sampling: &SamplingOptions,
+        max_new: usize,
+        stop: &AtomicBool,
+        on_text: &mut dyn FnMut(&str) -> Result<()>,
+    ) -> Result<Reply> {
+        let ctx = self.model.max_positions();
+        let mut r = Reply::default();
+        // room for the reply: drop the oldest turns while the prompt leaves less than max_new
+        let mut prompt = self.prompt(user)?;
+        while prompt.len() + max_new.max(1) > ctx && !self.turns.is_empty() {
+            self.turns.remove(0);
+            r.dropped_turns += 1;
+            prompt = self.prompt(user)?;
+        }
+        if prompt.len() >= ctx {
+            bail!("the message needs {} tokens, the model's context is {ctx}: shorten it", prompt.len());
+        }
+        let max_new = max_new.min(ctx - prompt.len());
+        // keep what the cache shares with this prompt (all but its last token at most)
+        let common = self.cache.tokens.iter().zip(&prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
+        self.cache.truncate(common);
+        r.reused = common;
+        r.prefilled = prompt.len() - common;
+        let mut logits = self.model.next_token_logits(&prompt[common..], &mut self.cache, RowMode::Batched)?;
+        let mut sampler = Sampler::new(sampling.clone());
+        sampler.remember(&prompt);
+        let mut ids = vec![];
+        let mut shown = 0;
+        while r.tokens < max_new {
+            if stop.load(Ordering::Relaxed) {
+                r.interrupted = true;
+                break;
+            }
+            let t = sampler.sample(&logits);
+            r.tokens += 1;
+            if self.stops.contains(&t) {
+                break;
+            }
+            ids.push(t);
+            let text = self.tok.decode(&ids)?;
+            let ready = text.trim_end_matches('\u{fffd}');
+            if ready.len() > shown && ready.is_char_boundary(shown) {
+                on_text(&ready[shown..])?;
+                shown = ready.len();
+            }
+            if r.tokens < max_new {
+                logits = self.model.next_token_logits(&[t], &mut self.cache, RowMode::Independent)?;
+            }
+        }
+        r.text = self.tok.decode(&ids)?;
+        if r.text.len() > shown && r.text.is_char_boundary(shown) {
+            on_text(&r.text[shown..])?;
+        }
+        self.turns.push((user.to_string(), r.text.trim().to_string()));
+        Ok(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::quant::Format;
+    use crate::model::ModelDtype;
+
+    fn session_parts() -> (InferenceModel, Tokenizer) {
+        let mut cfg = crate::config::LlamaConfig::preset("tiny-10m").unwrap();
+        (cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.max_position_embeddings) = (64, 128, 2, 96);
+        (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim) = (4, 2, 16);
+        let llama = crate::model::Llama::new_init(cfg, 3);
+        (InferenceModel::from_llama(&llama, ModelDtype::Uniform(Format::F32)).unwrap(), Tokenizer::llama2())
+    }
+
+    /// The second turn reuses the first turn's cache (prompt and reply); the reply equals the one
+    /// a fresh session computes for the same conversation; a full context drops the oldest turns.
+    #[test]
+    fn turns_reuse_the_cache_and_drop_the_oldest_when_full() {
+        let (model, tok) = session_parts();
+        let t = || ChatTemplate::for_model(None, "<s>", "</s>").unwrap().0;
+        let no = AtomicBool::new(false);
+        let greedy = SamplingOptions::default();
+        let mut s = ChatSession::new(&model, &tok, t(), Some("Be brief.".into()));
+        let first = s.reply("Hello!", &greedy, 6, &no, &mut |_| Ok(())).unwrap();
+        assert_eq!((first.reused, first.tokens), (0, 6));
+        let mut streamed = String::new();
+        let second = s
+            .reply("And then?", &greedy, 6, &no, &mut |x| {
+                streamed.push_str(x);
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(streamed, second.text);
+        assert!(
+            second.reused > first.prefilled,
+            "reused {} of a {}-token first prompt",
+            second.reused,
+            first.prefilled
+        );
+        // the same conversation from scratch: the same second reply
+        let mut fresh = ChatSession::new(&model, &tok, t(), Some("Be brief.".into()));
+        fresh.turns.push(("Hello!".into(), first.text.trim().into()));
+        let again = fresh.reply("And then?", &greedy, 6, &no, &mut |_| Ok(())).unwrap();
+        assert_eq!(again.text, second.text);
+        assert_eq!(again.reused, 0);
+        // a context of 96: long messages push the oldest turns out, with a count
+        let long = "word ".repeat(25);
+        let mut dropped = 0;
+        for _ in 0..4 {
+            dropped += s.reply(&long, &greedy, 8, &no, &mut |_| Ok(())).unwrap().dropped_turns;
+        }
+        assert!(dropped >= 2 && s.turns() <= 2, "dropped {dropped}, {} turns left", s.turns());
+        // a message longer than the context is refused; /reset empties the conversation
+        let err = s.reply(&"word ".repeat(200), &greedy, 8, &no, &mut |_| Ok(())).unwrap_err().to_string();
+        assert!(err.contains("context is 96"), "{err}");
+        s.reset();
+        assert_eq!(s.turns(), 0);
+        // the stop flag ends a reply at once, keeping the turn
+        let stop = AtomicBool::new(true);
+        let r = s.reply("Hi", &greedy, 6, &stop, &mut |_| Ok(())).unwrap();
+        assert!(r.interrupted && r.tokens == 0 && s.turns() == 1);
+    }
+}

@@ -1,0 +1,103 @@
+//! `generate` and `chat` as llama.cpp users expect them: short flags, the prompt from stdin or a
+//! file, `--stop`, a printed random seed that repeats the run, a tokens/s line; chat commands,
+//! empty lines, and a piped conversation.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tinyllama");
+
+fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("tinyllama-ux-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn model(d: &Path) -> PathBuf {
+    let m = d.join("tiny");
+    let o =
+        Command::new(BIN).args(["bench", "generate", "--preset", "tiny-10m", "--write-hf"]).arg(&m).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    m
+}
+
+fn run(args: &[&str], stdin: &str) -> Output {
+    let mut c = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let o = c.wait_with_output().unwrap();
+    assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    o
+}
+
+fn out(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn err(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn generate_takes_the_prompt_every_way_and_stops_where_asked() {
+    let d = tmpdir("gen");
+    let m = model(&d);
+    let ms = m.to_str().unwrap();
+    let prompt = "It is a truth universally acknowledged";
+    let long = run(&["generate", "--model", ms, "--prompt", prompt, "--max-new-tokens", "12"], "");
+    let text = out(&long);
+    assert!(text.starts_with(prompt));
+    assert!(err(&long).contains("12 generated tokens") && err(&long).contains("tokens/s"), "{}", err(&long));
+    // short flags, stdin (`-p -` and piped with no prompt flag), a prompt file: the same output
+    assert_eq!(out(&run(&["generate", "-m", ms, "-p", prompt, "-n", "12"], "")), text);
+    assert_eq!(out(&run(&["generate", "-m", ms, "-p", "-", "-n", "12"], prompt)), text);
+    assert_eq!(out(&run(&["generate", "-m", ms, "-n", "12"], prompt)), text);
+    let f = d.join("prompt.txt");
+    std::fs::write(&f, prompt).unwrap();
+    assert_eq!(out(&run(&["generate", "-m", ms, "--prompt-file", f.to_str().unwrap(), "-n", "12"], "")), text);
+    // --stop: the text up to the stop string, which is not printed
+    let cont = text[prompt.len()..].trim_end_matches('\n').to_string();
+    let cut = cont.char_indices().nth(cont.chars().count() / 2).unwrap().0;
+    let stop: String = cont[cut..].chars().take(2).collect();
+    let at = cont.find(&stop).unwrap();
+    let o = run(&["generate", "-m", ms, "-p", prompt, "-n", "12", "--stop", &stop], "");
+    assert_eq!(out(&o), format!("{prompt}{}\n", &cont[..at]), "stop {stop:?}");
+    // sampling without --seed: a random seed, printed; the same seed repeats the run
+    let a = run(&["generate", "-m", ms, "-p", prompt, "-n", "12", "--temperature", "0.9"], "");
+    let seed =
+        err(&a).lines().find_map(|l| l.strip_prefix("seed: ")).unwrap().split_whitespace().next().unwrap().to_string();
+    let b = run(&["generate", "-m", ms, "-p", prompt, "-n", "12", "--temperature", "0.9", "--seed", &seed], "");
+    assert_eq!(out(&a), out(&b));
+    assert!(!err(&b).contains("seed: "), "a given seed is not announced");
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+#[test]
+fn chat_commands_over_a_pipe() {
+    let d = tmpdir("chat");
+    let m = model(&d);
+    let ms = m.to_str().unwrap();
+    let o = run(
+        &["chat", "-m", ms, "-n", "4"],
+        "/help\nHello!\n\n/bogus\n/system Be brief.\nAnd you?\n/reset\nBye\n/exit\nnot read\n",
+    );
+    let e = err(&o);
+    for want in
+        ["no chat template", "/reset: forget", "unknown command /bogus", "(new conversation)", "(conversation cleared)"]
+    {
+        assert!(e.contains(want), "{want:?} not in {e}");
+    }
+    // the first reply is what generate gives for the Zephyr prompt
+    let zephyr = "<|user|>\nHello!</s>\n<|assistant|>\n";
+    let g = run(&["generate", "-m", ms, "-p", zephyr, "-n", "4"], "");
+    let want = out(&g)[zephyr.len()..].trim().to_string();
+    assert!(out(&o).trim_start().starts_with(&want), "{:?} does not start with {want:?}", out(&o));
+    std::fs::remove_dir_all(d).unwrap();
+}
