@@ -84,6 +84,9 @@ pub struct Metrics {
     pub ttft_count: AtomicU64,
     pub decode_steps_total: AtomicU64,
     pub draft_proposed_total: AtomicU64,
+    /// Time in the draft model's proposals and in the model's decode passes.
+    pub draft_micros_total: AtomicU64,
+    pub decode_micros_total: AtomicU64,
     pub draft_accepted_total: AtomicU64,
     /// (when, tokens) of recent decode steps and prefills, for the tokens/s gauge.
     pub recent: Mutex<VecDeque<(Instant, usize)>>,
@@ -300,10 +303,13 @@ fn run(
             continue;
         }
         // the draft's proposals for the speculative sequences
+        let tp = Instant::now();
         let proposals = match draft {
             Some(d) => propose(d, &mut live, opts.draft_tokens),
             None => vec![vec![]; live.len()],
         };
+        let tp = tp.elapsed();
+        let tv = Instant::now();
         // one pass of the target: each sequence's last token, and its proposals after it
         let segs_tokens: Vec<Vec<u32>> = live
             .iter()
@@ -324,6 +330,8 @@ fn run(
             }
         };
         metrics.decode_steps_total.fetch_add(1, Ordering::Relaxed);
+        metrics.draft_micros_total.fetch_add(tp.as_micros() as u64, Ordering::Relaxed);
+        metrics.decode_micros_total.fetch_add(tv.elapsed().as_micros() as u64, Ordering::Relaxed);
         let mut row0 = 0;
         let mut produced = 0;
         for (s, prop) in live.iter_mut().zip(&proposals) {

@@ -590,6 +590,9 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         format!("{:.6}", if ttft_n > 0 { r(&m.ttft_micros_total) as f64 / ttft_n as f64 / 1e6 } else { 0.0 }),
     );
     put("time_to_first_token_seconds_count", "counter", "First tokens timed.", ttft_n.to_string());
+    let secs = |a: &AtomicU64| format!("{:.6}", r(a) as f64 / 1e6);
+    put("decode_seconds_total", "counter", "Time in the model's batched decode passes.", secs(&m.decode_micros_total));
+    put("draft_seconds_total", "counter", "Time in the draft model's proposals.", secs(&m.draft_micros_total));
     let (proposed, accepted) = (r(&m.draft_proposed_total), r(&m.draft_accepted_total));
     put("draft_tokens_proposed_total", "counter", "Tokens the draft model proposed.", proposed.to_string());
     put("draft_tokens_accepted_total", "counter", "Proposed tokens the model accepted.", accepted.to_string());
