@@ -17,7 +17,9 @@ pub struct LlamaConfig {
     pub num_attention_heads: usize,
     pub num_key_value_heads: usize,
     pub head_dim: usize,
+    #[serde(serialize_with = "shortest_f32")]
     pub rms_norm_eps: f32,
+    #[serde(serialize_with = "shortest_f32")]
     pub rope_theta: f32,
     pub max_position_embeddings: usize,
     pub bos_token_id: u32,
@@ -216,8 +218,8 @@ impl LlamaConfig {
             "num_attention_heads": self.num_attention_heads,
             "num_key_value_heads": self.num_key_value_heads,
             "head_dim": self.head_dim,
-            "rms_norm_eps": self.rms_norm_eps as f64,
-            "rope_theta": self.rope_theta as f64,
+            "rms_norm_eps": shortest(self.rms_norm_eps),
+            "rope_theta": shortest(self.rope_theta),
             "rope_scaling": null,
             "max_position_embeddings": self.max_position_embeddings,
             "bos_token_id": self.bos_token_id,
@@ -340,6 +342,15 @@ pub fn suggest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
         prev[b.len()]
     };
     candidates.iter().map(|c| (dist(word, c), *c)).min().filter(|(d, c)| *d <= (c.len() / 2).max(2)).map(|(_, c)| c)
+}
+
+/// The shortest decimal that reads back as `x` (1e-5, not 9.999999747378752e-6), as f64 for JSON.
+pub fn shortest(x: f32) -> f64 {
+    format!("{x}").parse().unwrap_or(x as f64)
+}
+
+fn shortest_f32<S: serde::Serializer>(x: &f32, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_f64(shortest(*x))
 }
 
 #[cfg(test)]

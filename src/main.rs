@@ -90,11 +90,21 @@ enum Cmd {
     /// finish the running requests, exit.
     #[cfg(feature = "serve")]
     Serve(ServeArgs),
-    /// Print a model configuration and its parameter count.
-    Info(ModelArg),
+    /// Print a model configuration and its parameter count (a preset, a config.json, or a model:
+    /// HF directory, its model.safetensors, a checkpoint or a GGUF file).
+    Info(InfoArgs),
     /// Benchmarks: `bench train` (training step, MFU), `bench generate` (prefill and decode).
     #[command(subcommand)]
     Bench(BenchCmd),
+}
+
+#[derive(Args)]
+struct InfoArgs {
+    /// A model: Hugging Face directory (or its model.safetensors), training checkpoint, or GGUF file.
+    #[arg(long, short = 'm', conflicts_with_all = ["preset", "config"])]
+    model: Option<PathBuf>,
+    #[command(flatten)]
+    spec: ModelArg,
 }
 
 #[derive(Args)]
@@ -638,7 +648,18 @@ fn run() -> Result<()> {
             tinyllama::serve::serve(loaded, draft, opts)?;
         }
         Cmd::Info(m) => {
-            let (name, cfg) = m.resolve("tiny-10m")?;
+            let (name, cfg) = match &m.model {
+                Some(p) if tinyllama::model::load::is_gguf(p) => {
+                    let g = tinyllama::gguf::GgufFile::open(p)?;
+                    (p.display().to_string(), tinyllama::gguf::llama::config(&g)?)
+                }
+                Some(p) => {
+                    let dir = if p.is_file() { p.parent().unwrap_or(std::path::Path::new(".")) } else { p.as_path() };
+                    let file = dir.join("config.json");
+                    (file.display().to_string(), LlamaConfig::from_hf_file(&file)?)
+                }
+                None => m.spec.resolve("tiny-10m")?,
+            };
             println!("{name}: {cfg}");
             println!("parameters: {}", cfg.num_params());
             println!("{}", serde_json::to_string_pretty(&cfg)?);
@@ -1140,6 +1161,13 @@ fn eval(a: EvalArgs) -> Result<()> {
         )),
         None => None,
     };
+    if a.perplexity.is_none() && !a.data_dir.is_dir() {
+        bail!(
+            "the task files' directory {} does not exist: pass --data-dir DIR (hellaswag_validation.jsonl, \
+             mmlu_test.jsonl, bbh/, humaneval/, …: see `tinyllama eval --help`)",
+            a.data_dir.display()
+        );
+    }
     if let Some(path) = &a.completions {
         ensure!(names == ["humaneval"], "--completions scores HumanEval only: pass --tasks humaneval");
         let task = instruct::load_gen_task("humaneval", &a.data_dir, a.limit, None)?;

@@ -51,6 +51,12 @@ fn out_of_range_values_are_refused() {
     refused(&["eval", "--tasks", "bbh", "--limit", "-5"], &m, "invalid value '-5'");
     refused(&["eval", "--tasks", ""], &m, "no tasks given");
     refused(&["eval", "--tasks", "bhh"], &m, "did you mean `bbh`");
+    refused(&["eval", "--tasks", "piqa", "--data-dir", "/no/such/dir"], &m, "pass --data-dir DIR");
+    // `info` takes the model as every command does; config.json says 1e-5, not 9.999999747378752e-6
+    let o = Command::new(env!("CARGO_BIN_EXE_tinyllama")).args(["info", "--model"]).arg(&m).output().unwrap();
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("parameters: 8930432"), "{o:?}");
+    let cj = std::fs::read_to_string(m.join("config.json")).unwrap();
+    assert!(cj.contains("\"rms_norm_eps\": 0.00001") || cj.contains("\"rms_norm_eps\": 1e-5"), "{cj}");
     refused(&["eval", "--suite", "instructeval", "--temperature", "-1"], &m, "--temperature must be");
     let text = d.join("t.txt");
     std::fs::write(&text, "It is a truth universally acknowledged. ".repeat(40)).unwrap();

@@ -126,6 +126,9 @@ fn mmlu_five_shot_prompt() {
     ));
     assert_eq!(ctx.matches("\nAnswer: ").count(), 5, "five shots");
     assert_eq!(t.items[0].requests.iter().map(|r| r.1.as_str()).collect::<Vec<_>>(), [" A", " B", " C", " D"]);
+    // --limit counts per subject, as lm-eval's does for each of the 57 subtasks
+    assert_eq!(t.items.len(), 57);
+    assert_eq!(load_task("mmlu", Path::new(EVAL), Some(3)).unwrap().items.len(), 57 * 3);
 }
 
 #[test]

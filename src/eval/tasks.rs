@@ -208,7 +208,8 @@ fn read_lines(path: &Path) -> Result<Vec<(String, Value)>> {
         .collect()
 }
 
-/// Loads a task's items from `data_dir` (all of them; `limit` keeps the first N).
+/// Loads a task's items from `data_dir` (all of them; `limit` keeps the first N — of each
+/// subject for MMLU).
 pub fn load_task(task: &str, data_dir: &Path, limit: Option<usize>) -> Result<Task> {
     let files = task_files(task);
     if files.is_empty() {
@@ -227,8 +228,15 @@ pub fn load_task(task: &str, data_dir: &Path, limit: Option<usize>) -> Result<Ta
         let dev_path = data_dir.join("mmlu_dev.jsonl");
         let dev = read_lines(&dev_path)?;
         let mut items = vec![];
-        for (at, v) in lines.iter().take(take) {
+        // `limit` counts per subject, as lm-eval's does for each of MMLU's 57 subtasks
+        let mut per_subject: std::collections::HashMap<String, usize> = Default::default();
+        for (at, v) in &lines {
             let subject = string(v, "subject", at)?;
+            let n = per_subject.entry(subject.clone()).or_default();
+            if *n >= take {
+                continue;
+            }
+            *n += 1;
             let mut ctx = format!(
                 "The following are multiple choice questions (with answers) about {}.\n\n",
                 subject.replace('_', " ")

@@ -7,7 +7,7 @@ use super::checkpoint::{
     step_dir, LoadedCheckpoint, TrainerState,
 };
 use super::config::TrainConfig;
-use super::plot::write_loss_svg;
+use super::plot::{write_loss_svg, Curves};
 use super::{clip_to_norm, grad_sum_squares, AdamW, AdamWConfig, CosineSchedule};
 use crate::checkpoint::hf::{load_hf, write_json};
 use crate::config::LlamaConfig;
@@ -279,11 +279,10 @@ pub fn pretrain(
     }
     if verbose {
         eprintln!("model: {mc}");
-        eprintln!("config: {}", serde_json::to_string(&resolved)?);
+        eprintln!("config:\n{}", config_block(&resolved, ""));
     }
     let metrics_path = cfg.out.join("metrics.jsonl");
-    let (mut train_curve, mut val_curve) =
-        if rank == 0 { restore_metrics(&metrics_path, step)? } else { (vec![], vec![]) };
+    let mut curves = if rank == 0 { restore_metrics(&metrics_path, step)? } else { Curves::default() };
     let mut metrics: Box<dyn Write> = if rank == 0 {
         Box::new(
             std::fs::OpenOptions::new()
@@ -461,7 +460,8 @@ pub fn pretrain(
         let tps = tokens_per_step as f64 / dt;
         let mfu = tps / world as f64 * flops_per_token / 1e9 / peak_gflops;
         out.losses.push(loss);
-        train_curve.push((step, loss));
+        curves.train.push((step, loss));
+        curves.lr.push((step, lr));
         let elapsed = elapsed_before + t_start.elapsed().as_secs_f64();
         writeln!(
             metrics,
@@ -500,7 +500,7 @@ pub fn pretrain(
                     }
                 };
                 out.val_loss = Some(vl);
-                val_curve.push((step, vl));
+                curves.val.push((step, vl));
                 writeln!(metrics, "{}", json!({"step": step, "val_loss": vl, "val_ppl": vl.exp()}))?;
                 let msg = format!("step {step}: val loss {vl:.4}, perplexity {:.2}", vl.exp());
                 match &bar {
@@ -517,7 +517,7 @@ pub fn pretrain(
             last_saved = Some(step);
             out.checkpoint = Some(dir);
             if rank == 0 {
-                write_loss_svg(&cfg.out.join("loss.svg"), &train_curve, &val_curve)?;
+                write_loss_svg(&cfg.out.join("loss.svg"), &curves)?;
             }
         }
     }
@@ -529,7 +529,7 @@ pub fn pretrain(
         b.finish_and_clear();
     }
     if rank == 0 {
-        write_loss_svg(&cfg.out.join("loss.svg"), &train_curve, &val_curve)?;
+        write_loss_svg(&cfg.out.join("loss.svg"), &curves)?;
     }
     out.step = step;
     out.wall_s = t_start.elapsed().as_secs_f64();
@@ -538,6 +538,20 @@ pub fn pretrain(
     out.mfu = out.tokens_per_s / world as f64 * flops_per_token / 1e9 / peak_gflops;
     out.final_params = model.params;
     Ok(out)
+}
+
+/// A configuration as `key = value` lines, nested keys dotted (`train.max_lr = 0.0004`).
+fn config_block(v: &serde_json::Value, prefix: &str) -> String {
+    match v {
+        serde_json::Value::Object(m) => m
+            .iter()
+            .map(|(k, v)| config_block(v, &if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") }))
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        serde_json::Value::Null => String::new(),
+        other => format!("  {prefix} = {other}"),
+    }
 }
 
 fn states(loaders: &[MixtureLoader]) -> Vec<LoaderState> {
@@ -558,12 +572,11 @@ fn validate(model: &Llama, ws: &mut Workspace, dir: &Path, vo: &LoaderOptions, c
 
 /// On resume: keep the metrics rows up to the checkpoint's step (later ones belong to the
 /// abandoned continuation) and return the curves so far.
-type Curve = Vec<(u64, f64)>;
-fn restore_metrics(path: &Path, step: u64) -> Result<(Curve, Curve)> {
-    let (mut train, mut val) = (vec![], vec![]);
+fn restore_metrics(path: &Path, step: u64) -> Result<Curves> {
+    let mut c = Curves::default();
     if step == 0 {
         let _ = std::fs::remove_file(path);
-        return Ok((train, val));
+        return Ok(c);
     }
     let mut kept = String::new();
     if let Ok(f) = std::fs::File::open(path) {
@@ -575,10 +588,13 @@ fn restore_metrics(path: &Path, step: u64) -> Result<(Curve, Curve)> {
                 continue;
             }
             if let Some(l) = v["loss"].as_f64() {
-                train.push((s, l));
+                c.train.push((s, l));
+            }
+            if let Some(l) = v["lr"].as_f64() {
+                c.lr.push((s, l));
             }
             if let Some(l) = v["val_loss"].as_f64() {
-                val.push((s, l));
+                c.val.push((s, l));
             }
             kept += &line;
             kept.push('\n');
@@ -588,7 +604,7 @@ fn restore_metrics(path: &Path, step: u64) -> Result<(Curve, Curve)> {
         w.write_all(kept.as_bytes())?;
         Ok(())
     })?;
-    Ok((train, val))
+    Ok(c)
 }
 
 fn progress_bar(verbose: bool, max: u64, at: u64) -> Option<indicatif::ProgressBar> {
