@@ -1,27 +1,10 @@
 //! The command line refuses what it cannot do right, with exit code 1 and a message naming the
 //! value and its valid range — never a silent default, a wrong number or a panic.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
-
-fn tmpdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("tinyllama-cli-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// A random `tiny-10m` (context 256) as a Hugging Face directory, made by the CLI itself.
-fn tiny_model(d: &Path) -> PathBuf {
-    let m = d.join("model");
-    let o = Command::new(env!("CARGO_BIN_EXE_tinyllama"))
-        .args(["bench", "generate", "--preset", "tiny-10m", "--write-hf"])
-        .arg(&m)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    m
-}
 
 fn refused(args: &[&str], model: &Path, want: &str) {
     let o = Command::new(env!("CARGO_BIN_EXE_tinyllama")).args(args).arg("--model").arg(model).output().unwrap();
@@ -32,8 +15,8 @@ fn refused(args: &[&str], model: &Path, want: &str) {
 
 #[test]
 fn out_of_range_values_are_refused() {
-    let d = tmpdir("ranges");
-    let m = tiny_model(&d);
+    let d = common::tmpdir("cli-ranges");
+    let m = common::tiny_model(&d);
     // --write-hf never replaces a directory
     let o = Command::new(env!("CARGO_BIN_EXE_tinyllama"))
         .args(["bench", "generate", "--preset", "tiny-10m", "--write-hf"])
@@ -90,7 +73,7 @@ fn out_of_range_values_are_refused() {
 /// panic in the embedding lookup at the first such token).
 #[test]
 fn tokenizer_larger_than_the_vocabulary_is_refused_at_load() {
-    let d = tmpdir("vocab");
+    let d = common::tmpdir("cli-vocab");
     let m = d.join("model");
     std::fs::create_dir_all(&m).unwrap();
     for f in ["config.json", "model.safetensors"] {

@@ -2,26 +2,12 @@
 //! file, `--stop`, a printed random seed that repeats the run, a tokens/s line; chat commands,
 //! empty lines, and a piped conversation.
 
+mod common;
+
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tinyllama");
-
-fn tmpdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("tinyllama-ux-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn model(d: &Path) -> PathBuf {
-    let m = d.join("tiny");
-    let o =
-        Command::new(BIN).args(["bench", "generate", "--preset", "tiny-10m", "--write-hf"]).arg(&m).output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    m
-}
 
 fn run(args: &[&str], stdin: &str) -> Output {
     let mut c = Command::new(BIN)
@@ -47,8 +33,8 @@ fn err(o: &Output) -> String {
 
 #[test]
 fn generate_takes_the_prompt_every_way_and_stops_where_asked() {
-    let d = tmpdir("gen");
-    let m = model(&d);
+    let d = common::tmpdir("ux-gen");
+    let m = common::tiny_model(&d);
     let ms = m.to_str().unwrap();
     let prompt = "It is a truth universally acknowledged";
     let long = run(&["generate", "--model", ms, "--prompt", prompt, "--max-new-tokens", "12"], "");
@@ -81,8 +67,8 @@ fn generate_takes_the_prompt_every_way_and_stops_where_asked() {
 
 #[test]
 fn chat_commands_over_a_pipe() {
-    let d = tmpdir("chat");
-    let m = model(&d);
+    let d = common::tmpdir("ux-chat");
+    let m = common::tiny_model(&d);
     let ms = m.to_str().unwrap();
     let o = run(
         &["chat", "-m", ms, "-n", "4"],

@@ -9,27 +9,11 @@ mod common;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tinyllama");
-
-fn tmpdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("tinyllama-serve-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// A random `tiny-10m` (context 256) with the Llama-2 tokenizer, written by the CLI.
-fn model(d: &Path) -> PathBuf {
-    let m = d.join("tiny");
-    let o =
-        Command::new(BIN).args(["bench", "generate", "--preset", "tiny-10m", "--write-hf"]).arg(&m).output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    m
-}
 
 struct Server {
     child: Child,
@@ -168,8 +152,8 @@ const PROMPTS: [&str; 8] = [
 
 #[test]
 fn greedy_answers_equal_generate_streamed_or_not() {
-    let d = tmpdir("equal");
-    let m = model(&d);
+    let d = common::tmpdir("serve-equal");
+    let m = common::tiny_model(&d);
     let srv = Server::start(&m, &[]);
     for prompt in &PROMPTS[..3] {
         let want = generate(&m, prompt, 12);
@@ -226,8 +210,8 @@ fn greedy_answers_equal_generate_streamed_or_not() {
 /// sent alone, and the engine did batch them (fewer decode steps than tokens).
 #[test]
 fn concurrent_clients_get_the_answers_they_get_alone() {
-    let d = tmpdir("batch");
-    let m = model(&d);
+    let d = common::tmpdir("serve-batch");
+    let m = common::tiny_model(&d);
     let srv = Server::start(&m, &["--max-batch", "8", "--max-queue", "64"]);
     let bodies: Vec<Value> = (0..32)
         .map(|i| {
@@ -289,8 +273,8 @@ fn concurrent_clients_get_the_answers_they_get_alone() {
 
 #[test]
 fn stop_strings_and_logprobs() {
-    let d = tmpdir("stop");
-    let m = model(&d);
+    let d = common::tmpdir("serve-stop");
+    let m = common::tiny_model(&d);
     let srv = Server::start(&m, &[]);
     let prompt = PROMPTS[3];
     let full = generate(&m, prompt, 16);
@@ -335,8 +319,8 @@ fn error_of(status_want: u16, (status, text): (u16, String)) -> Value {
 
 #[test]
 fn bad_input_gets_the_right_4xx_and_the_server_keeps_serving() {
-    let d = tmpdir("bad");
-    let m = model(&d);
+    let d = common::tmpdir("serve-bad");
+    let m = common::tiny_model(&d);
     let srv = Server::start(&m, &["--api-key", "sekret", "--max-body-kib", "64"]);
     let auth = [("Authorization", "Bearer sekret")];
     let post = |path: &str, body: &str| srv.request("POST", path, &auth, body.as_bytes());
@@ -400,8 +384,8 @@ fn bad_input_gets_the_right_4xx_and_the_server_keeps_serving() {
 /// running stream finish, then the server exits 0.
 #[test]
 fn queue_limit_disconnects_and_sigterm() {
-    let d = tmpdir("queue");
-    let m = model(&d);
+    let d = common::tmpdir("serve-queue");
+    let m = common::tiny_model(&d);
     let mut srv = Server::start(&m, &["--max-batch", "1", "--max-queue", "1"]);
     let addr = srv.addr.clone();
     let long =
@@ -456,8 +440,8 @@ fn queue_limit_disconnects_and_sigterm() {
 /// acceptance counters move.
 #[test]
 fn speculative_decoding_gives_the_same_tokens() {
-    let d = tmpdir("spec");
-    let m = model(&d);
+    let d = common::tmpdir("serve-spec");
+    let m = common::tiny_model(&d);
     let srv = Server::start(&m, &["--draft", m.to_str().unwrap(), "--draft-dtype", "q4_0", "--draft-tokens", "3"]);
     let wants: Vec<String> = PROMPTS.iter().map(|p| generate(&m, p, 24)).collect();
     for (p, want) in PROMPTS.iter().zip(&wants) {
@@ -502,8 +486,8 @@ fn speculative_decoding_gives_the_same_tokens() {
 #[test]
 fn openai_python_client() {
     let Some(py) = common::python("openai_python_client", "openai") else { return };
-    let d = tmpdir("openai");
-    let m = model(&d);
+    let d = common::tmpdir("serve-openai");
+    let m = common::tiny_model(&d);
     let srv = Server::start(&m, &["--api-key", "k"]);
     let want = generate(&m, PROMPTS[0], 10);
     let o = Command::new(py)

@@ -341,14 +341,23 @@ enum Kind {
     Chat,
 }
 
+/// The API key checked, the body read whole (within the size limit) and parsed.
+fn read_request<T: serde::de::DeserializeOwned>(
+    st: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    authorize(st, headers)?;
+    let body = body.map_err(body_error)?;
+    serde_json::from_slice(&body).map_err(api::parse_error)
+}
+
 async fn completions(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&st, &headers)?;
-    let body = body.map_err(body_error)?;
-    let req: CompletionRequest = serde_json::from_slice(&body).map_err(api::parse_error)?;
+    let req: CompletionRequest = read_request(&st, &headers, body)?;
     let (model, prompt, p) = req.check(fresh_seed(&st))?;
     check_model(&st, model)?;
     let prompt = match prompt {
@@ -367,9 +376,7 @@ async fn chat_completions(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&st, &headers)?;
-    let body = body.map_err(body_error)?;
-    let req: ChatRequest = serde_json::from_slice(&body).map_err(api::parse_error)?;
+    let req: ChatRequest = read_request(&st, &headers, body)?;
     let (model, messages, p) = req.check(fresh_seed(&st))?;
     check_model(&st, model)?;
     let text =

@@ -1,7 +1,7 @@
 //! What the integration tests share: the rule for a reference that is not there.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// True when every reference must be present (CI sets `TINYLLAMA_REQUIRE_FIXTURES=1`).
 pub fn fixtures_required() -> bool {
@@ -26,10 +26,10 @@ pub fn require<'a>(test: &str, path: &'a Path) -> Option<&'a Path> {
 /// A Python that imports `modules` (comma-separated): the project's environment
 /// (`TINYLLAMA_PYENV`, default ~/.cache/tinyllama/pyenv, made by scripts/setup_python.sh), else
 /// `python3` on the PATH; `None` after [`skip`] when neither has them.
-pub fn python(test: &str, modules: &str) -> Option<std::path::PathBuf> {
-    let env = std::env::var("TINYLLAMA_PYENV").map(std::path::PathBuf::from).unwrap_or_else(|_| {
-        std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/tinyllama/pyenv")
-    });
+pub fn python(test: &str, modules: &str) -> Option<PathBuf> {
+    let env = std::env::var("TINYLLAMA_PYENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/tinyllama/pyenv"));
     for py in [env.join("bin/python"), "python3".into()] {
         let ok = std::process::Command::new(&py).args(["-c", &format!("import {modules}")]).output();
         if ok.is_ok_and(|o| o.status.success()) {
@@ -38,4 +38,25 @@ pub fn python(test: &str, modules: &str) -> Option<std::path::PathBuf> {
     }
     skip(test, &format!("no Python with {modules} at {} or on the PATH (run scripts/setup_python.sh)", env.display()));
     None
+}
+
+/// A fresh temporary directory for one test.
+pub fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("tinyllama-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A random `tiny-10m` (context 256, the Llama-2 tokenizer) as a Hugging Face directory `d/tiny`,
+/// written by the CLI itself.
+pub fn tiny_model(d: &Path) -> PathBuf {
+    let m = d.join("tiny");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_tinyllama"))
+        .args(["bench", "generate", "--preset", "tiny-10m", "--write-hf"])
+        .arg(&m)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    m
 }
