@@ -1,57 +1,15 @@
 //! Benchmarks (commands, never timed tests): the training step, with the GEMM peak it is measured
-//! against.
+//! against (measured afresh in the same run: [`crate::perf::gemm_peak`]).
 
 use crate::config::LlamaConfig;
-use crate::kernels::matmul::matmul;
 use crate::model::{Llama, Workspace};
+use crate::perf::gemm_peak;
 use crate::profile::timed;
 use crate::rng::Rng;
 use crate::train::{clip_grad_norm, AdamW, AdamWConfig};
 use anyhow::Result;
 use serde::Serialize;
 use std::time::Instant;
-
-#[derive(Debug, Serialize)]
-pub struct GemmPeak {
-    pub gflops: f64,
-    /// `m×k×n` of the shape that reached it.
-    pub shape: String,
-    pub all: Vec<(String, f64)>,
-}
-
-/// The f32 GEMM peak of this machine as our GEMM reaches it: the best of several timed runs of
-/// each of the model's own forward GEMM shapes (`[B*T, d]·[d, out]` for QKV, output projection,
-/// gate/up, down and head), on all threads; GFLOP/s = 2mkn / time.
-pub fn gemm_peak(cfg: &LlamaConfig, rows: usize) -> GemmPeak {
-    let d = cfg.hidden_size;
-    let shapes = [
-        (rows, d, cfg.q_dim() + 2 * cfg.kv_dim()),
-        (rows, cfg.q_dim(), d),
-        (rows, d, 2 * cfg.intermediate_size),
-        (rows, cfg.intermediate_size, d),
-        (rows.min(256), d, cfg.vocab_size),
-    ];
-    let mut r = Rng::new(0);
-    let mut all = vec![];
-    for (m, k, n) in shapes {
-        let a: Vec<f32> = (0..m * k).map(|_| r.normal() as f32).collect();
-        let b: Vec<f32> = (0..n * k).map(|_| r.normal() as f32).collect();
-        let mut c = vec![0.0f32; m * n];
-        let flop = 2.0 * (m * n * k) as f64;
-        let reps = ((2e10 / flop) as usize).clamp(2, 50);
-        let mut best = f64::INFINITY;
-        for _ in 0..3 {
-            let t = Instant::now();
-            for _ in 0..reps {
-                matmul(&mut c, &a, &b, m, n, k, false, true, false);
-            }
-            best = best.min(t.elapsed().as_secs_f64() / reps as f64);
-        }
-        all.push((format!("{m}x{k}x{n}"), flop / best / 1e9));
-    }
-    let (shape, gflops) = all.iter().cloned().fold((String::new(), 0.0), |a, b| if b.1 > a.1 { b } else { a });
-    GemmPeak { gflops, shape, all }
-}
 
 #[derive(Debug, Serialize)]
 pub struct TrainBench {

@@ -11,10 +11,12 @@ pub mod config;
 pub mod data;
 pub mod dist;
 pub mod eval;
+pub mod files;
 pub mod generate;
 pub mod gguf;
 pub mod kernels;
 pub mod model;
+pub mod perf;
 pub mod profile;
 pub mod rng;
 #[cfg(feature = "serve")]

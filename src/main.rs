@@ -1184,7 +1184,7 @@ fn eval(a: EvalArgs) -> Result<()> {
         )?;
         print_gen_results(std::slice::from_ref(&r));
         if let Some(j) = &a.json {
-            tinyllama::checkpoint::hf::write_json(
+            tinyllama::files::write_json(
                 j,
                 &serde_json::json!({"completions": path, "limit": a.limit, "results": [r], "tinyllama_version": VERSION}),
             )?;
@@ -1219,7 +1219,7 @@ fn eval(a: EvalArgs) -> Result<()> {
             v["window"] = serde_json::json!(window);
             v["stride"] = serde_json::json!(stride);
             v["tinyllama_version"] = serde_json::json!(VERSION);
-            tinyllama::checkpoint::hf::write_json(j, &v)?;
+            tinyllama::files::write_json(j, &v)?;
         }
         return Ok(());
     }
@@ -1297,7 +1297,7 @@ fn eval(a: EvalArgs) -> Result<()> {
             if !gen_results.is_empty() {
                 v["generative"] = serde_json::to_value(&gen_results)?;
             }
-            tinyllama::checkpoint::hf::write_json(j, &v)?;
+            tinyllama::files::write_json(j, &v)?;
         }
     }
     if !results.is_empty() {

@@ -2,13 +2,13 @@
 //! `model-0000i-of-0000n.safetensors` with `model.safetensors.index.json`. Tensor names are the
 //! transformers `LlamaForCausalLM` names; f32, bf16 and f16 are read (and computed in f32).
 
-use super::safetensors::{write_atomically, write_safetensors, Dtype, SafeTensorsFile, TensorOut};
+use super::safetensors::{write_safetensors, Dtype, SafeTensorsFile, TensorOut};
 use crate::config::LlamaConfig;
+use crate::files::write_json;
 use crate::model::Llama;
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::path::Path;
 
 const INDEX: &str = "model.safetensors.index.json";
@@ -124,15 +124,6 @@ pub fn save_hf(model: &Llama, dir: &Path, dtype: Dtype, max_shard_bytes: u64) ->
     write_json(&dir.join(INDEX), &serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map}))?;
     let _ = std::fs::remove_file(dir.join(SINGLE));
     Ok(())
-}
-
-pub fn write_json(path: &Path, v: &Value) -> Result<()> {
-    let text = serde_json::to_string_pretty(v)?;
-    write_atomically(path, |w| {
-        w.write_all(text.as_bytes())?;
-        w.write_all(b"\n")?;
-        Ok(())
-    })
 }
 
 #[cfg(test)]

@@ -394,7 +394,7 @@ pub fn prepare(opts: &PrepareOptions, tok: &Tokenizer) -> Result<PrepareStats> {
         "val_fraction": opts.val_fraction, "vocab_size": tok.vocab_size(), "eos_id": tok.eos_id,
         "stats": stats,
     });
-    crate::checkpoint::hf::write_json(&opts.output.join(format!("prepare_{}_{shard_i}.json", opts.prefix)), &summary)?;
+    crate::files::write_json(&opts.output.join(format!("prepare_{}_{shard_i}.json", opts.prefix)), &summary)?;
     Ok(stats)
 }
 

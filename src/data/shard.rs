@@ -4,7 +4,7 @@
 //! fits (code 8), else int32 (code 4). Unlike TinyLlama, the last shard of a run is not padded
 //! with BOS to the chunk size: its header records the tokens it holds.
 
-use crate::checkpoint::safetensors::write_atomically;
+use crate::files::write_atomically;
 use anyhow::{bail, ensure, Context, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -398,7 +398,7 @@ impl GgufWriter {
             off = (off + bytes.len()).div_ceil(align) * align;
         }
         head.resize(head.len().div_ceil(align) * align, 0);
-        crate::checkpoint::safetensors::write_atomically(path, |w| {
+        crate::files::write_atomically(path, |w| {
             w.write_all(&head)?;
             for (_, _, _, bytes) in &self.tensors {
                 w.write_all(bytes)?;

@@ -267,7 +267,7 @@ impl Tokenizer {
             anyhow::bail!("a GGUF vocabulary cannot be saved as tokenizer.json");
         };
         let text = inner.to_string(true).map_err(|e| anyhow!("{e}"))?;
-        crate::checkpoint::safetensors::write_atomically(path, |w| {
+        crate::files::write_atomically(path, |w| {
             use std::io::Write;
             w.write_all(text.as_bytes())?;
             Ok(())

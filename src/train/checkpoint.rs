@@ -6,10 +6,11 @@
 
 use super::adamw::AdamW;
 use super::config::TrainConfig;
-use crate::checkpoint::hf::{load_hf, save_hf, write_json};
+use crate::checkpoint::hf::{load_hf, save_hf};
 use crate::checkpoint::safetensors::{write_safetensors, Dtype, SafeTensorsFile, TensorOut};
 use crate::config::LlamaConfig;
 use crate::data::loader::LoaderState;
+use crate::files::write_json;
 use crate::model::Llama;
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, ensure, Context, Result};
@@ -120,7 +121,7 @@ pub fn save_checkpoint(
             std::fs::remove_dir_all(&final_dir)?;
         }
         std::fs::rename(&tmp, &final_dir)?;
-        crate::checkpoint::safetensors::sync_dir(final_dir.parent().unwrap_or(Path::new(".")))
+        crate::files::sync_dir(final_dir.parent().unwrap_or(Path::new(".")))
     })();
     if let Err(e) = written {
         let _ = std::fs::remove_dir_all(&tmp);

@@ -95,38 +95,13 @@ impl Default for TrainConfig {
     }
 }
 
-const KEYS: &[&str] = &[
-    "preset",
-    "model_config",
-    "init_from",
-    "data",
-    "out",
-    "tokenizer",
-    "mix",
-    "seq_len",
-    "micro_batch",
-    "global_batch_tokens",
-    "max_steps",
-    "max_lr",
-    "min_lr",
-    "warmup_steps",
-    "decay_steps",
-    "weight_decay",
-    "beta1",
-    "beta2",
-    "eps",
-    "grad_clip",
-    "log_interval",
-    "eval_interval",
-    "eval_batches",
-    "save_interval",
-    "keep_last",
-    "milestone_interval",
-    "seed",
-    "val_fraction",
-    "buffer_files",
-    "nan_patience",
-];
+/// The settings' names, from the struct itself (every field serializes, `None` as null).
+fn keys() -> Vec<String> {
+    match serde_json::to_value(TrainConfig::default()) {
+        Ok(serde_json::Value::Object(m)) => m.keys().cloned().collect(),
+        _ => vec![],
+    }
+}
 
 impl TrainConfig {
     /// Defaults overlaid with a TOML file. An unknown key is an error that names the nearest
@@ -135,9 +110,11 @@ impl TrainConfig {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
         let table: toml::Table =
             toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
+        let known = keys();
+        let known: Vec<&str> = known.iter().map(String::as_str).collect();
         for k in table.keys() {
-            if !KEYS.contains(&k.as_str()) {
-                let hint = suggest(k, KEYS).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
+            if !known.contains(&k.as_str()) {
+                let hint = suggest(k, &known).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
                 bail!("{}: unknown config key `{k}`{hint}", path.display());
             }
         }
@@ -199,6 +176,7 @@ mod tests {
         let c = TrainConfig::from_toml_file(&p).unwrap();
         assert_eq!((c.preset.as_str(), c.max_steps, c.mix.len()), ("bench-50m", 10, 1));
         assert_eq!(c.max_lr, 4e-4);
+        assert_eq!(keys().len(), 30, "{:?}", keys());
         std::fs::write(&p, "max_stpes = 10\n").unwrap();
         let err = TrainConfig::from_toml_file(&p).unwrap_err().to_string();
         assert!(err.contains("`max_stpes`") && err.contains("did you mean `max_steps`"), "{err}");

@@ -96,7 +96,7 @@ pub fn write_loss_svg(path: &Path, c: &Curves) -> Result<()> {
         }
     }
     writeln!(svg, "</svg>")?;
-    crate::checkpoint::safetensors::write_atomically(path, |f| {
+    crate::files::write_atomically(path, |f| {
         std::io::Write::write_all(f, svg.as_bytes())?;
         Ok(())
     })

@@ -9,11 +9,12 @@ use super::checkpoint::{
 use super::config::TrainConfig;
 use super::plot::{write_loss_svg, Curves};
 use super::{clip_to_norm, grad_sum_squares, AdamW, AdamWConfig, CosineSchedule};
-use crate::checkpoint::hf::{load_hf, write_json};
+use crate::checkpoint::hf::load_hf;
 use crate::config::LlamaConfig;
 use crate::data::builtin;
 use crate::data::loader::{component_files, LoaderOptions, LoaderState, MixtureLoader};
 use crate::dist::{shard_range, Collectives};
+use crate::files::write_json;
 use crate::model::{Llama, Workspace};
 use crate::tokenizer::Tokenizer;
 use anyhow::{anyhow, bail, ensure, Context, Result};
@@ -295,7 +296,7 @@ pub fn pretrain(
         Box::new(std::io::sink())
     };
 
-    let peak_gflops = crate::bench::gemm_peak(&mc, cfg.micro_batch * cfg.seq_len).gflops;
+    let peak_gflops = crate::perf::gemm_peak_cached(&mc, cfg.micro_batch * cfg.seq_len).gflops;
     let flops_per_token = mc.train_flops_per_token(cfg.seq_len);
     let mut ws = Workspace::new(&mc, cfg.micro_batch, cfg.seq_len);
     // flat buffers padded to world × block for reduce-scatter / all-gather
@@ -600,7 +601,7 @@ fn restore_metrics(path: &Path, step: u64) -> Result<Curves> {
             kept.push('\n');
         }
     }
-    crate::checkpoint::safetensors::write_atomically(path, |w| {
+    crate::files::write_atomically(path, |w| {
         w.write_all(kept.as_bytes())?;
         Ok(())
     })?;
