@@ -7,7 +7,7 @@ use super::checkpoint::{
     step_dir, LoadedCheckpoint, TrainerState,
 };
 use super::config::TrainConfig;
-use super::plot::{write_loss_svg, Curves};
+use super::metrics::MetricsSink;
 use super::{clip_to_norm, grad_sum_squares, AdamW, AdamWConfig, CosineSchedule};
 use crate::checkpoint::hf::load_hf;
 use crate::config::LlamaConfig;
@@ -19,7 +19,6 @@ use crate::model::{Llama, Workspace};
 use crate::tokenizer::Tokenizer;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::json;
-use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -282,19 +281,7 @@ pub fn pretrain(
         eprintln!("model: {mc}");
         eprintln!("config:\n{}", config_block(&resolved, ""));
     }
-    let metrics_path = cfg.out.join("metrics.jsonl");
-    let mut curves = if rank == 0 { restore_metrics(&metrics_path, step)? } else { Curves::default() };
-    let mut metrics: Box<dyn Write> = if rank == 0 {
-        Box::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&metrics_path)
-                .with_context(|| format!("cannot open {}", metrics_path.display()))?,
-        )
-    } else {
-        Box::new(std::io::sink())
-    };
+    let mut metrics = MetricsSink::open(&cfg.out, step, rank == 0)?;
 
     let peak_gflops = crate::perf::gemm_peak_cached(&mc, cfg.micro_batch * cfg.seq_len).gflops;
     let flops_per_token = mc.train_flops_per_token(cfg.seq_len);
@@ -461,15 +448,9 @@ pub fn pretrain(
         let tps = tokens_per_step as f64 / dt;
         let mfu = tps / world as f64 * flops_per_token / 1e9 / peak_gflops;
         out.losses.push(loss);
-        curves.train.push((step, loss));
-        curves.lr.push((step, lr));
         let elapsed = elapsed_before + t_start.elapsed().as_secs_f64();
-        writeln!(
-            metrics,
-            "{}",
-            json!({"step": step, "loss": loss, "lr": lr, "grad_norm": norm, "tokens": tokens_seen,
-                "tokens_per_s": tps, "mfu": mfu, "comm_s": comm_s, "elapsed_s": elapsed, "skipped": skipped})
-        )?;
+        metrics.step(json!({"step": step, "loss": loss, "lr": lr, "grad_norm": norm, "tokens": tokens_seen,
+                "tokens_per_s": tps, "mfu": mfu, "comm_s": comm_s, "elapsed_s": elapsed, "skipped": skipped}))?;
         if let Some(b) = &bar {
             b.set_position(step);
             b.set_message(format!(
@@ -501,8 +482,7 @@ pub fn pretrain(
                     }
                 };
                 out.val_loss = Some(vl);
-                curves.val.push((step, vl));
-                writeln!(metrics, "{}", json!({"step": step, "val_loss": vl, "val_ppl": vl.exp()}))?;
+                metrics.validation(step, vl)?;
                 let msg = format!("step {step}: val loss {vl:.4}, perplexity {:.2}", vl.exp());
                 match &bar {
                     Some(b) => b.println(&msg),
@@ -517,9 +497,7 @@ pub fn pretrain(
             let dir = save(&model, &adam, &states(&loaders), step, tokens_seen, bad, elapsed)?;
             last_saved = Some(step);
             out.checkpoint = Some(dir);
-            if rank == 0 {
-                write_loss_svg(&cfg.out.join("loss.svg"), &curves)?;
-            }
+            metrics.plot()?;
         }
     }
     if out.interrupted && last_saved != Some(step) && bad == 0 {
@@ -529,9 +507,7 @@ pub fn pretrain(
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    if rank == 0 {
-        write_loss_svg(&cfg.out.join("loss.svg"), &curves)?;
-    }
+    metrics.plot()?;
     out.step = step;
     out.wall_s = t_start.elapsed().as_secs_f64();
     let done = step - start_step;
@@ -569,43 +545,6 @@ fn validate(model: &Llama, ws: &mut Workspace, dir: &Path, vo: &LoaderOptions, c
         sum += model.forward_loss(ws, &x, &y)?;
     }
     Ok(sum / cfg.eval_batches.max(1) as f64)
-}
-
-/// On resume: keep the metrics rows up to the checkpoint's step (later ones belong to the
-/// abandoned continuation) and return the curves so far.
-fn restore_metrics(path: &Path, step: u64) -> Result<Curves> {
-    let mut c = Curves::default();
-    if step == 0 {
-        let _ = std::fs::remove_file(path);
-        return Ok(c);
-    }
-    let mut kept = String::new();
-    if let Ok(f) = std::fs::File::open(path) {
-        for line in std::io::BufReader::new(f).lines() {
-            let line = line?;
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
-            let s = v["step"].as_u64().unwrap_or(u64::MAX);
-            if s > step {
-                continue;
-            }
-            if let Some(l) = v["loss"].as_f64() {
-                c.train.push((s, l));
-            }
-            if let Some(l) = v["lr"].as_f64() {
-                c.lr.push((s, l));
-            }
-            if let Some(l) = v["val_loss"].as_f64() {
-                c.val.push((s, l));
-            }
-            kept += &line;
-            kept.push('\n');
-        }
-    }
-    crate::files::write_atomically(path, |w| {
-        w.write_all(kept.as_bytes())?;
-        Ok(())
-    })?;
-    Ok(c)
 }
 
 fn progress_bar(verbose: bool, max: u64, at: u64) -> Option<indicatif::ProgressBar> {
