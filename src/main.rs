@@ -609,13 +609,14 @@ fn run() -> Result<()> {
                     );
                 }
                 (None, Some(file)) => generate_many(&model, &tok, file, a.max_batch, &a.sampling)?,
-                (None, None) => unreachable!("checked above"),
+                (None, None) => bail!("generate needs a prompt"), // refused above; kept an error, not a panic
             }
         }
         Cmd::Chat(a) => chat(a)?,
         #[cfg(feature = "serve")]
         Cmd::Serve(a) => {
             ensure!(a.max_batch >= 1, "--max-batch must be at least 1");
+            ensure!(a.max_queue >= 1, "--max-queue must be at least 1 (requests wait there for a place in the batch)");
             let dtype = tinyllama::model::ModelDtype::parse(&a.dtype)?;
             let loaded = tinyllama::model::load::load_model(&a.model, Some(dtype), true)?;
             let draft = match &a.draft {

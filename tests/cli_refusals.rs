@@ -35,6 +35,8 @@ fn out_of_range_values_are_refused() {
     refused(&["eval", "--tasks", ""], &m, "no tasks given");
     refused(&["eval", "--tasks", "bhh"], &m, "did you mean `bbh`");
     refused(&["eval", "--tasks", "piqa", "--data-dir", "/no/such/dir"], &m, "pass --data-dir DIR");
+    #[cfg(feature = "serve")]
+    refused(&["serve", "--max-queue", "0"], &m, "--max-queue must be at least 1");
     // `info` takes the model as every command does; config.json says 1e-5, not 9.999999747378752e-6
     let o = Command::new(env!("CARGO_BIN_EXE_tinyllama")).args(["info", "--model"]).arg(&m).output().unwrap();
     assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("parameters: 8930432"), "{o:?}");

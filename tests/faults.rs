@@ -275,13 +275,15 @@ fn shard_removed_or_truncated_mid_run_stops_with_a_checkpoint() {
     write_corpus(&data);
     let toml = setup(&d, Some(&data), 1000, 2);
     let reference = d.join("reference");
-    let o = run(pretrain(&toml, &reference, 40, &[]));
+    // long enough that the run is still going when the shards go (a step takes milliseconds)
+    let steps = 150;
+    let o = run(pretrain(&toml, &reference, steps, &[]));
     assert!(o.status.success(), "{}", stderr(&o));
     for (case, want) in
         [("removed", "was removed while it was being read"), ("truncated", "changed while it was being read")]
     {
         let out = d.join(case);
-        let mut child = pretrain(&toml, &out, 40, &[]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut child = pretrain(&toml, &out, steps, &[]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
         assert!(wait_until(&mut child, Duration::from_secs(60), || last_step(&out) >= 3), "the run ended early");
         let star: Vec<PathBuf> = std::fs::read_dir(&data)
             .unwrap()
@@ -301,15 +303,15 @@ fn shard_removed_or_truncated_mid_run_stops_with_a_checkpoint() {
         assert_eq!(o.status.code(), Some(1), "{case}: {err}");
         assert!(err.contains(want) && err.contains("train_star_"), "{case}: {err}");
         let stopped = last_step(&out);
-        assert!(stopped < 40, "{case}: the run finished");
+        assert!(stopped < steps, "{case}: the run finished");
         assert_eq!(checkpoint_steps(&out), vec![stopped], "{case}: the last good step is not checkpointed: {err}");
         assert!(err.contains(&format!("saved the last good step in {}", checkpoint(&out, stopped).display())), "{err}");
         for (p, b) in star.iter().zip(&saved) {
             std::fs::write(p, b).unwrap();
         }
-        let o = run(pretrain(&toml, &out, 40, &["--resume"]));
+        let o = run(pretrain(&toml, &out, steps, &["--resume"]));
         assert!(o.status.success(), "{case}: {}", stderr(&o));
-        assert_same_run(&out, &reference, 40);
+        assert_same_run(&out, &reference, steps);
     }
     std::fs::remove_dir_all(d).unwrap();
 }

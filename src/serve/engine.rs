@@ -143,7 +143,7 @@ impl Engine {
         draft: Option<Arc<InferenceModel>>,
         eos: Vec<u32>,
         opts: EngineOptions,
-    ) -> Arc<Engine> {
+    ) -> anyhow::Result<Arc<Engine>> {
         let queue = Arc::new((Mutex::new(Queue { jobs: VecDeque::new(), shutdown: false }), Condvar::new()));
         let metrics = Arc::new(Metrics::default());
         let kv_per_position = KvCache::bytes_for(&model.cfg, 1);
@@ -157,9 +157,9 @@ impl Engine {
         let t = std::thread::Builder::new()
             .name("engine".into())
             .spawn(move || run(&model, draft.as_deref(), &eos, &opts, &queue, &metrics, kv_per_position))
-            .expect("spawn the engine thread");
+            .map_err(|e| anyhow::anyhow!("cannot start the engine thread: {e}"))?;
         *engine.thread.lock().unwrap() = Some(t);
-        engine
+        Ok(engine)
     }
 
     /// Bytes of KV cache a sequence of `positions` holds.

@@ -97,7 +97,7 @@ pub fn serve(loaded: LoadedModel, draft: Option<LoadedModel>, opts: ServeOptions
         kv_budget,
     };
     let drafting = draft.is_some();
-    let engine = Engine::start(Arc::new(model), draft, stop_ids.clone(), eopts);
+    let engine = Engine::start(Arc::new(model), draft, stop_ids.clone(), eopts)?;
     let state = Arc::new(AppState {
         engine: engine.clone(),
         tok,
