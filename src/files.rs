@@ -43,3 +43,8 @@ pub fn write_json(path: &Path, v: &Value) -> Result<()> {
         Ok(())
     })
 }
+
+/// A 64-bit FNV-1a digest: tells whether a file a run depends on changed (not a security hash).
+pub fn digest(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+}

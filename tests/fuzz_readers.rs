@@ -197,6 +197,7 @@ fn readers_refuse_damaged_files_without_panicking() {
         model_config: cfg.clone(),
         elapsed_s: 1.5,
         consecutive_bad_steps: 0,
+        examples: None,
     };
     let adam = tinyllama::train::AdamW::new(model.layout.total, tinyllama::train::AdamWConfig::default());
     let ck =

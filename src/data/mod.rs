@@ -2,6 +2,7 @@
 //! resumable mixture reader that feeds training ([`loader`]).
 
 pub mod builtin;
+pub mod finetune;
 pub mod loader;
 pub mod prepare;
 pub mod shard;

@@ -14,17 +14,43 @@ pub const IGNORE_INDEX: u32 = u32::MAX;
 /// Rows of logits alive at once.
 pub const HEAD_CHUNK_ROWS: usize = 1024;
 
+/// The factor on each row's loss in the objective whose gradient backward computes: one for all
+/// rows (a mean), or one per row (DPO weighs each sequence's tokens by its pair's coefficient).
+#[derive(Clone, Copy)]
+pub enum RowScale<'a> {
+    Uniform(f32),
+    PerRow(&'a [f32]),
+}
+
+impl RowScale<'_> {
+    fn at(&self, row: usize) -> f32 {
+        match self {
+            RowScale::Uniform(s) => *s,
+            RowScale::PerRow(v) => v[row],
+        }
+    }
+
+    fn from(&self, row: usize) -> Self {
+        match self {
+            RowScale::Uniform(s) => RowScale::Uniform(*s),
+            RowScale::PerRow(v) => RowScale::PerRow(&v[row..]),
+        }
+    }
+}
+
 /// Per row: `loss = logsumexp(logits) − logits[target]`; the logits become
-/// `grad_scale · (softmax − onehot)` in place (one exponential per logit). Ignored rows get zero
-/// loss and zero gradient.
+/// `scale · (softmax − onehot)` in place (one exponential per logit), `scale` the row's factor.
+/// Ignored rows get zero loss and zero gradient.
 pub fn cross_entropy_forward_backward(
     logits: &mut [f32],
     row_loss: &mut [f32],
     targets: &[u32],
     vocab: usize,
-    grad_scale: f32,
+    scale: RowScale,
 ) {
-    logits.par_chunks_mut(vocab).zip(row_loss.par_iter_mut()).zip(targets.par_iter()).for_each(|((l, loss), &t)| {
+    let rows = logits.par_chunks_mut(vocab).zip(row_loss.par_iter_mut()).zip(targets.par_iter()).enumerate();
+    rows.for_each(|(r, ((l, loss), &t))| {
+        let grad_scale = scale.at(r);
         if t == IGNORE_INDEX {
             *loss = 0.0;
             l.fill(0.0);
@@ -89,7 +115,7 @@ pub fn log_sum_exp(l: &[f32]) -> f32 {
 }
 
 /// Output head + cross-entropy, forward and backward together, for training: fills `row_loss`,
-/// writes `dxf = ∂L/∂xf` and accumulates `dw += ∂L/∂w`, where `L = grad_scale · Σ row_loss`.
+/// writes `dxf = ∂L/∂xf` and accumulates `dw += ∂L/∂w`, where `L = Σ scale_r · row_loss_r`.
 /// `scratch` needs `HEAD_CHUNK_ROWS * vocab` floats.
 #[allow(clippy::too_many_arguments)]
 pub fn head_cross_entropy_backward(
@@ -101,7 +127,7 @@ pub fn head_cross_entropy_backward(
     targets: &[u32],
     d: usize,
     vocab: usize,
-    grad_scale: f32,
+    scale: RowScale,
     scratch: &mut [f32],
 ) {
     let rows = targets.len();
@@ -111,7 +137,13 @@ pub fn head_cross_entropy_backward(
         let x = &xf[r0 * d..(r0 + n) * d];
         timed("head_linear_forward", || linear_forward(logits, x, w, n, d, vocab));
         timed("cross_entropy_forward_backward", || {
-            cross_entropy_forward_backward(logits, &mut row_loss[r0..r0 + n], &targets[r0..r0 + n], vocab, grad_scale)
+            cross_entropy_forward_backward(
+                logits,
+                &mut row_loss[r0..r0 + n],
+                &targets[r0..r0 + n],
+                vocab,
+                scale.from(r0),
+            )
         });
         timed("head_linear_backward_input", || {
             linear_backward_input(&mut dxf[r0 * d..(r0 + n) * d], logits, w, n, d, vocab, false)
@@ -146,28 +178,32 @@ mod tests {
 
     #[test]
     fn head_cross_entropy_gradients_match_finite_differences() {
-        // more rows than one chunk, so that chunk boundaries are crossed
+        // more rows than one chunk, so that chunk boundaries are crossed; a uniform scale (a mean)
+        // and one factor per row, of either sign (DPO's weights)
         let (rows, d, vocab) = (HEAD_CHUNK_ROWS + 3, 6, 13);
         let xf = randn(rows * d, 1, 1.0);
         let w = randn(vocab * d, 2, 1.0);
         let mut targets: Vec<u32> = (0..rows).map(|i| ((i * 7 + 3) % vocab) as u32).collect();
         targets[5] = IGNORE_INDEX;
-        let scale = 1.0 / (rows - 1) as f32;
-        let loss = |xf: &[f32], w: &[f32]| {
+        let per_row: Vec<f32> = (0..rows).map(|r| ((r % 5) as f32 - 2.0) / rows as f32).collect();
+        for scale in [RowScale::Uniform(1.0 / (rows - 1) as f32), RowScale::PerRow(&per_row)] {
+            let objective =
+                |rl: &[f32]| rl.iter().enumerate().map(|(r, &v)| v as f64 * scale.at(r) as f64).sum::<f64>();
+            let loss = |xf: &[f32], w: &[f32]| {
+                let mut rl = vec![0.0; rows];
+                let mut s = vec![0.0; HEAD_CHUNK_ROWS * vocab];
+                head_cross_entropy_forward(&mut rl, xf, w, &targets, d, vocab, &mut s);
+                objective(&rl)
+            };
             let mut rl = vec![0.0; rows];
+            let mut dxf = vec![f32::NAN; rows * d];
+            let mut dw = vec![0.0; vocab * d];
             let mut s = vec![0.0; HEAD_CHUNK_ROWS * vocab];
-            head_cross_entropy_forward(&mut rl, xf, w, &targets, d, vocab, &mut s);
-            rl.iter().map(|&v| v as f64).sum::<f64>() * scale as f64
-        };
-        let mut rl = vec![0.0; rows];
-        let mut dxf = vec![f32::NAN; rows * d];
-        let mut dw = vec![0.0; vocab * d];
-        let mut s = vec![0.0; HEAD_CHUNK_ROWS * vocab];
-        head_cross_entropy_backward(&mut rl, &mut dxf, &mut dw, &xf, &w, &targets, d, vocab, scale, &mut s);
-        let fused: f64 = rl.iter().map(|&v| v as f64).sum::<f64>() * scale as f64;
-        assert!((fused - loss(&xf, &w)).abs() < 1e-6);
-        check("head+ce dxf", &xf, &dxf, &mut |x| loss(x, &w));
-        check("head+ce dw", &w, &dw, &mut |wp| loss(&xf, wp));
+            head_cross_entropy_backward(&mut rl, &mut dxf, &mut dw, &xf, &w, &targets, d, vocab, scale, &mut s);
+            assert!((objective(&rl) - loss(&xf, &w)).abs() < 1e-6);
+            check("head+ce dxf", &xf, &dxf, &mut |x| loss(x, &w));
+            check("head+ce dw", &w, &dw, &mut |wp| loss(&xf, wp));
+        }
     }
 
     #[test]

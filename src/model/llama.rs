@@ -7,7 +7,9 @@
 use super::params::{init_params, ParamLayout};
 use crate::config::LlamaConfig;
 use crate::kernels::attention::{attention_backward, attention_forward, attention_scratch_len, AttnShape};
-use crate::kernels::cross_entropy::{head_cross_entropy_backward, head_cross_entropy_forward, HEAD_CHUNK_ROWS};
+use crate::kernels::cross_entropy::{
+    head_cross_entropy_backward, head_cross_entropy_forward, RowScale, HEAD_CHUNK_ROWS,
+};
 use crate::kernels::embedding::{embedding_backward, embedding_forward};
 use crate::kernels::matmul::{linear_backward_input, linear_backward_weight, linear_forward, matmul};
 use crate::kernels::rms_norm::{rms_norm_backward, rms_norm_forward};
@@ -230,6 +232,45 @@ impl Llama {
         ensure!(grads.len() == self.layout.total, "gradient buffer does not match the model");
         self.check_targets(targets, ws.tokens())?;
         self.forward_hidden(ws, tokens)?;
+        self.backward_from_hidden(ws, grads, tokens, targets, RowScale::Uniform(grad_scale));
+        Ok(mean_loss(&ws.row_loss, targets))
+    }
+
+    /// Training with a weight on each token's loss that depends on the losses themselves (DPO: a
+    /// pair's coefficient comes from its sequences' log-probabilities under the current weights).
+    /// One forward; the per-token losses (`ws.row_loss`) are handed to `weights`, which returns
+    /// each row's factor; the gradient of `Σ weight_r · loss_r` is accumulated into `grads`.
+    pub fn forward_backward_weighted(
+        &self,
+        ws: &mut Workspace,
+        grads: &mut [f32],
+        tokens: &[u32],
+        targets: &[u32],
+        weights: impl FnOnce(&[f32]) -> Vec<f32>,
+    ) -> Result<()> {
+        ensure!(grads.len() == self.layout.total, "gradient buffer does not match the model");
+        self.check_targets(targets, ws.tokens())?;
+        self.forward_hidden(ws, tokens)?;
+        let (d, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
+        let head = &self.params[self.layout.lm_head.clone()];
+        profile::timed("head_cross_entropy_forward", || {
+            head_cross_entropy_forward(&mut ws.row_loss, &ws.xf, head, targets, d, v, &mut ws.head_scratch)
+        });
+        let w = weights(&ws.row_loss);
+        ensure!(w.len() == targets.len(), "expected {} row weights, got {}", targets.len(), w.len());
+        self.backward_from_hidden(ws, grads, tokens, targets, RowScale::PerRow(&w));
+        Ok(())
+    }
+
+    /// Head + cross-entropy and the backward pass through the stack, after `forward_hidden`.
+    fn backward_from_hidden(
+        &self,
+        ws: &mut Workspace,
+        grads: &mut [f32],
+        tokens: &[u32],
+        targets: &[u32],
+        scale: RowScale,
+    ) {
         let cfg = &self.cfg;
         let n = ws.tokens();
         let (d, f) = (cfg.hidden_size, cfg.intermediate_size);
@@ -249,7 +290,7 @@ impl Llama {
             targets,
             d,
             cfg.vocab_size,
-            grad_scale,
+            scale,
             &mut ws.head_scratch,
         );
         let last = &ws.resid[cfg.num_hidden_layers * n * d..][..n * d];
@@ -335,7 +376,6 @@ impl Llama {
             });
         }
         profile::timed("embedding_backward", || embedding_backward(&mut grads[lay.embed.clone()], &ws.dres, tokens, d));
-        Ok(mean_loss(&ws.row_loss, targets))
     }
 }
 

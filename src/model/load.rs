@@ -20,8 +20,12 @@ pub fn is_gguf(path: &Path) -> bool {
     path.is_file() && path.extension().map(|e| e.eq_ignore_ascii_case("gguf")).unwrap_or(false)
 }
 
-/// The `chat_template` of a model directory's `tokenizer_config.json`, if any.
+/// The chat template of a model directory, if any: `chat_template.jinja` (where transformers 5
+/// saves it) or the `chat_template` of `tokenizer_config.json`.
 pub fn chat_template_of(dir: &Path) -> Option<String> {
+    if let Ok(t) = std::fs::read_to_string(dir.join("chat_template.jinja")) {
+        return Some(t);
+    }
     let text = std::fs::read_to_string(dir.join("tokenizer_config.json")).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     v.get("chat_template")?.as_str().map(str::to_string)

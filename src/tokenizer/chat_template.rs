@@ -22,6 +22,48 @@ pub struct ChatTemplate {
     pub source: String,
     bos: String,
     eos: String,
+    /// The template marks what the assistant says with `{% generation %}…{% endgeneration %}`
+    /// (transformers' `return_assistant_tokens_mask`).
+    pub has_generation_marks: bool,
+}
+
+/// Private-use characters standing for the `generation` tags while rendering.
+const GEN_START: char = '\u{E000}';
+const GEN_END: char = '\u{E001}';
+
+/// Rewrites `{% generation %}` / `{% endgeneration %}` (a transformers extension Jinja lacks) into
+/// an `if` block that prints a marker character, so that whitespace control (`trim_blocks`, `-`)
+/// acts as on the original block tags. Returns the new source and whether any tag was found.
+fn rewrite_generation_tags(src: &str) -> (String, bool) {
+    let mut out = String::with_capacity(src.len());
+    let mut rest = src;
+    let mut found = false;
+    while let Some(i) = rest.find("{%") {
+        out.push_str(&rest[..i]);
+        let tag = &rest[i..];
+        let Some(end) = tag.find("%}") else {
+            out.push_str(tag);
+            return (out, found);
+        };
+        let inner = &tag[2..end];
+        let left = if inner.starts_with('-') || inner.starts_with('+') { &inner[..1] } else { "" };
+        let right = if inner.ends_with('-') || inner.ends_with('+') { &inner[inner.len() - 1..] } else { "" };
+        let word = inner[left.len()..inner.len() - right.len()].trim();
+        match word {
+            "generation" => {
+                found = true;
+                out.push_str(&format!("{{{{{left} '{GEN_START}' }}}}{{% if true {right}%}}"));
+            }
+            "endgeneration" => {
+                found = true;
+                out.push_str(&format!("{{{{ '{GEN_END}' }}}}{{%{left} endif {right}%}}"));
+            }
+            _ => out.push_str(&tag[..end + 2]),
+        }
+        rest = &tag[end + 2..];
+    }
+    out.push_str(rest);
+    (out, found)
 }
 
 impl ChatTemplate {
@@ -33,8 +75,15 @@ impl ChatTemplate {
         env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
             Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
         });
-        env.add_template_owned("chat", source.to_string()).map_err(|e| anyhow!("chat template does not parse: {e}"))?;
-        Ok(ChatTemplate { env, source: source.into(), bos: bos_token.into(), eos: eos_token.into() })
+        let (rewritten, has_generation_marks) = rewrite_generation_tags(source);
+        env.add_template_owned("chat", rewritten).map_err(|e| anyhow!("chat template does not parse: {e}"))?;
+        Ok(ChatTemplate {
+            env,
+            source: source.into(),
+            bos: bos_token.into(),
+            eos: eos_token.into(),
+            has_generation_marks,
+        })
     }
 
     /// The model's own template, or Zephyr's (TinyLlama-Chat) when it has none; says which.
@@ -48,6 +97,35 @@ impl ChatTemplate {
     /// The prompt text for `messages`, ending with the assistant's header when
     /// `add_generation_prompt`.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        Ok(self.render_marked(messages, add_generation_prompt)?.0)
+    }
+
+    /// The text and the byte ranges of it inside `{% generation %}` blocks.
+    pub fn render_marked(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<(String, Vec<std::ops::Range<usize>>)> {
+        let raw = self.render_raw(messages, add_generation_prompt)?;
+        if !self.has_generation_marks {
+            return Ok((raw, vec![]));
+        }
+        let (mut text, mut spans, mut open) = (String::with_capacity(raw.len()), vec![], None);
+        for c in raw.chars() {
+            match c {
+                GEN_START => open = Some(text.len()),
+                GEN_END => {
+                    if let Some(s) = open.take() {
+                        spans.push(s..text.len());
+                    }
+                }
+                c => text.push(c),
+            }
+        }
+        Ok((text, spans))
+    }
+
+    fn render_raw(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
         let t = self.env.get_template("chat").map_err(|e| anyhow!("{e}"))?;
         t.render(minijinja::context! {
             messages => messages,

@@ -174,6 +174,18 @@ impl Tokenizer {
         }
     }
 
+    /// Token ids of `text` with the byte range of `text` each covers (as transformers'
+    /// `offset_mapping`); a Hugging Face tokenizer only.
+    pub fn encode_with_offsets(&self, text: &str) -> Result<Vec<(u32, (usize, usize))>> {
+        match &self.backend {
+            Backend::Hf { inner, .. } => {
+                let enc = inner.encode(text, false).map_err(|e| anyhow!("tokenizer: {e}"))?;
+                Ok(enc.get_ids().iter().copied().zip(enc.get_offsets().iter().copied()).collect())
+            }
+            Backend::Spm(_) => Err(anyhow!("token offsets need a tokenizer.json (a Hugging Face model directory)")),
+        }
+    }
+
     /// Many texts at once, in parallel (order kept).
     pub fn encode_batch(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
         use rayon::prelude::*;

@@ -29,6 +29,9 @@ pub struct TrainerState {
     pub model_config: LlamaConfig,
     pub elapsed_s: f64,
     pub consecutive_bad_steps: u32,
+    /// Fine-tuning: where the example reader stands (pretraining keeps `loaders`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub examples: Option<serde_json::Value>,
 }
 
 pub fn step_dir(root: &Path, step: u64) -> PathBuf {

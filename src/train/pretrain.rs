@@ -2,62 +2,21 @@
 //! accumulation → global-norm clipping → AdamW on TinyLlama's schedule; metrics, validation,
 //! plots and checkpoints along the way; bit-exact resume.
 
-use super::checkpoint::{
-    latest_checkpoint, load_checkpoint, newest_loadable_checkpoint, remove_partial_checkpoints, save_checkpoint,
-    step_dir, LoadedCheckpoint, TrainerState,
-};
 use super::config::TrainConfig;
-use super::metrics::MetricsSink;
-use super::{clip_to_norm, grad_sum_squares, AdamW, AdamWConfig, CosineSchedule};
+use super::trainer::{claim_run_dir, resolved_config, DataPosition, Trainer};
+pub use super::trainer::{existing_run, Resume};
 use crate::checkpoint::hf::load_hf;
 use crate::config::LlamaConfig;
 use crate::data::builtin;
 use crate::data::loader::{component_files, LoaderOptions, LoaderState, MixtureLoader};
-use crate::dist::{shard_range, Collectives};
-use crate::files::write_json;
+use crate::dist::Collectives;
 use crate::model::{Llama, Workspace};
 use crate::tokenizer::Tokenizer;
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{anyhow, ensure, Context, Result};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
-
-pub enum Resume {
-    /// A new run; refused where `out` already holds one.
-    No,
-    /// A new run where `out` may hold one: the old run's directory is first moved aside to
-    /// `<out>.replaced-<n>`, never deleted.
-    Overwrite,
-    Latest,
-    From(PathBuf),
-}
-
-/// What in `out` shows that a run lives there (metrics, configuration, checkpoints).
-pub fn existing_run(out: &Path) -> Option<String> {
-    let ckpts = std::fs::read_dir(out.join("checkpoints")).map(|r| r.flatten().count()).unwrap_or(0);
-    let mut found = vec![];
-    for f in ["metrics.jsonl", "train_config.json"] {
-        if out.join(f).exists() {
-            found.push(f.to_string());
-        }
-    }
-    if ckpts > 0 {
-        found.push(format!("{ckpts} checkpoint(s)"));
-    }
-    (!found.is_empty()).then(|| found.join(", "))
-}
-
-/// Moves a run directory aside to the first free `<out>.replaced-<n>`; returns where.
-fn move_run_aside(out: &Path) -> Result<PathBuf> {
-    let name = out.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "run".into());
-    let dest = (1..)
-        .map(|n| out.with_file_name(format!("{name}.replaced-{n}")))
-        .find(|p| !p.exists())
-        .expect("an unused name");
-    std::fs::rename(out, &dest).with_context(|| format!("cannot move {} to {}", out.display(), dest.display()))?;
-    Ok(dest)
-}
 
 #[derive(Debug)]
 pub struct Outcome {
@@ -127,26 +86,8 @@ pub fn pretrain(
 ) -> Result<Outcome> {
     cfg.validate()?;
     let (world, rank) = (comm.world(), comm.rank());
-    let verbose = verbose && rank == 0;
-    // rank 0 alone looks (the others could see the files it is about to write); its refusal
-    // takes the whole job down
-    if let Some(what) = existing_run(&cfg.out).filter(|_| rank == 0) {
-        match resume {
-            Resume::No => bail!(
-                "{} holds a run ({what}): continue it with --resume, or start a new one with --overwrite \
-                 (which moves the old run aside, deleting nothing) or another --out",
-                cfg.out.display()
-            ),
-            Resume::Overwrite => {
-                let to = move_run_aside(&cfg.out)?;
-                if verbose {
-                    eprintln!("moved the previous run in {} to {}", cfg.out.display(), to.display());
-                }
-            }
-            _ => {}
-        }
-    }
-    let (mut model, tok) = initial_model(cfg)?;
+    claim_run_dir(&cfg.out, &resume, rank, verbose && rank == 0)?;
+    let (model, tok) = initial_model(cfg)?;
     let mc = model.cfg.clone();
     ensure!(
         tok.vocab_size() <= mc.vocab_size,
@@ -166,13 +107,15 @@ pub fn pretrain(
     let digests = comm.all_gather_bytes(&digest);
     let differ: Vec<usize> = (0..world).filter(|&r| digests[r] != digests[0]).collect();
     ensure!(differ.is_empty(), "ranks {differ:?} were started with another configuration than rank 0");
+    let mut t = Trainer::new(cfg, model, tok, comm, verbose);
+    let verbose = t.verbose;
 
     let data_dir = match &cfg.data {
         Some(d) => d.clone(),
-        None if rank == 0 => builtin::prepared(&tok, cfg.val_fraction, verbose)?,
+        None if rank == 0 => builtin::prepared(&t.tok, cfg.val_fraction, verbose)?,
         None => {
             comm.barrier(); // rank 0 tokenizes the built-in corpus (once) first
-            builtin::prepared(&tok, cfg.val_fraction, false)?
+            builtin::prepared(&t.tok, cfg.val_fraction, false)?
         }
     };
     if cfg.data.is_none() && rank == 0 {
@@ -209,94 +152,34 @@ pub fn pretrain(
         ..lopts(0)
     });
     let tokens_per_step = (streams * cfg.micro_batch * cfg.seq_len) as u64;
-    let n_params = model.layout.total;
-    let shard = shard_range(n_params, rank, world);
-    let block = n_params.div_ceil(world);
-    let adam_cfg = AdamWConfig { beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weight_decay: cfg.weight_decay };
-    let mut adam = AdamW::new(shard.len(), adam_cfg);
-    let sched =
-        CosineSchedule { max_lr: cfg.max_lr, min_lr: cfg.min_lr, warmup_iters: cfg.warmup(), decay_iters: cfg.decay() };
-    let ckpt_root = cfg.out.join("checkpoints");
-    let (mut step, mut tokens_seen, mut elapsed_before, mut bad) = (0u64, 0u64, 0.0f64, 0u32);
-    if rank == 0 {
-        // directories a killed run left half-written: never a checkpoint, never listed
-        remove_partial_checkpoints(&ckpt_root);
-    }
-    let resumed: Option<(PathBuf, LoadedCheckpoint)> = match resume {
-        Resume::No | Resume::Overwrite => None,
-        Resume::Latest => {
-            let (dir, ck, skipped) = newest_loadable_checkpoint(&ckpt_root)?;
-            for why in skipped.iter().filter(|_| rank == 0) {
-                eprintln!("warning: {why}; resuming from the newest good one, {}", dir.display());
-            }
-            Some((dir, ck))
-        }
-        Resume::From(p) => {
-            let ck = load_checkpoint(&p)?;
-            Some((p, ck))
-        }
-    };
-    let resume_dir = resumed.as_ref().map(|(d, _)| d.clone());
-    if let Some((dir, ck)) = resumed {
-        let dir = &dir;
+
+    if let Some(state) = t.resume(&resume)? {
+        let dir = t.resumed_from.clone().unwrap_or_default();
+        check_resumable(&state.train_config, cfg, &dir)?;
         ensure!(
-            ck.model.cfg == mc,
-            "checkpoint {} is for another model ({}) than this run ({mc})",
-            dir.display(),
-            ck.model.cfg
-        );
-        check_resumable(&ck.state.train_config, cfg, dir)?;
-        model.params = ck.model.params;
-        // the optimiser state is stored whole: any world size takes its own shard of it
-        adam.m = ck.adam_m[shard.clone()].to_vec();
-        adam.v = ck.adam_v[shard.clone()].to_vec();
-        adam.step = ck.adam_step;
-        step = ck.state.step;
-        tokens_seen = ck.state.tokens_seen;
-        elapsed_before = ck.state.elapsed_s;
-        bad = ck.state.consecutive_bad_steps;
-        ensure!(
-            ck.state.loaders.len() == streams,
+            state.loaders.len() == streams,
             "checkpoint {} holds {} data streams (ranks × accumulation) but this run reads {streams}: keep \
              global_batch_tokens / (micro_batch × seq_len) the same when changing the number of ranks",
             dir.display(),
-            ck.state.loaders.len()
+            state.loaders.len()
         );
         for (j, l) in loaders.iter_mut().enumerate() {
-            l.restore(&ck.state.loaders[rank * accum + j])?;
+            l.restore(&state.loaders[rank * accum + j])?;
         }
     }
-
-    if rank == 0 {
-        std::fs::create_dir_all(&cfg.out).with_context(|| format!("cannot create {}", cfg.out.display()))?;
-    }
-    let resolved = json!({"train": cfg, "model": mc, "data_dir": data_dir, "accumulation": accum,
-        "tokens_per_step": tokens_per_step, "warmup_steps": cfg.warmup(), "decay_steps": cfg.decay(), "world": world,
-        "threads_per_rank": rayon::current_num_threads(), "resumed_from": resume_dir,
-        "tinyllama_version": env!("CARGO_PKG_VERSION")});
-    if rank == 0 {
-        write_json(&cfg.out.join("train_config.json"), &resolved)?;
-    }
-    if verbose {
-        eprintln!("model: {mc}");
-        eprintln!("config:\n{}", config_block(&resolved, ""));
-    }
-    let mut metrics = MetricsSink::open(&cfg.out, step, rank == 0)?;
+    let resolved = resolved_config(
+        &t,
+        json!({"data_dir": data_dir, "accumulation": accum, "tokens_per_step": tokens_per_step,
+            "warmup_steps": cfg.warmup(), "decay_steps": cfg.decay()}),
+    );
+    t.begin(&resolved)?;
 
     let peak_gflops = crate::perf::gemm_peak_cached(&mc, cfg.micro_batch * cfg.seq_len).gflops;
     let flops_per_token = mc.train_flops_per_token(cfg.seq_len);
     let mut ws = Workspace::new(&mc, cfg.micro_batch, cfg.seq_len);
-    // flat buffers padded to world × block for reduce-scatter / all-gather
-    let mut grads = vec![0.0f32; block * world];
-    let mut gshard = vec![0.0f32; block];
-    let mut pshard = vec![0.0f32; block];
-    let mut gathered = vec![0.0f32; if world > 1 { block * world } else { 0 }];
     let grad_scale = 1.0 / (cfg.micro_batch * cfg.seq_len * streams) as f32;
-    let bar = progress_bar(verbose, cfg.max_steps, step);
-    let t_start = Instant::now();
-    let start_step = step;
     let mut out = Outcome {
-        step,
+        step: t.step,
         losses: vec![],
         val_loss: None,
         checkpoint: None,
@@ -306,229 +189,69 @@ pub fn pretrain(
         interrupted: false,
         final_params: vec![],
     };
-    let mut last_saved = resume_dir.as_ref().map(|_| step);
-    // All ranks take part (the optimiser shards and data positions are gathered); rank 0 writes.
-    let save =
-        |model: &Llama, adam: &AdamW, mine: &[LoaderState], step, tokens_seen, bad, elapsed| -> Result<PathBuf> {
-            let all = comm.all_gather_bytes(&serde_json::to_vec(mine)?);
-            let mut states = vec![];
-            for b in &all {
-                states.extend(serde_json::from_slice::<Vec<LoaderState>>(b)?);
-            }
-            let full = if world > 1 {
-                // only rank 0 holds the whole optimizer state, and only while it writes it
-                let gather = |x: &[f32]| {
-                    let mut send = vec![0.0f32; block];
-                    send[..x.len()].copy_from_slice(x);
-                    let mut all = vec![0.0f32; if rank == 0 { block * world } else { 0 }];
-                    comm.gather_to_root(&send, &mut all);
-                    all.truncate(n_params);
-                    all
-                };
-                AdamW { cfg: adam.cfg.clone(), m: gather(&adam.m), v: gather(&adam.v), step: adam.step }
-            } else {
-                AdamW { cfg: adam.cfg.clone(), m: adam.m.clone(), v: adam.v.clone(), step: adam.step }
-            };
-            let state = TrainerState {
-                step,
-                tokens_seen,
-                loaders: states,
-                world,
-                train_config: cfg.clone(),
-                model_config: mc.clone(),
-                elapsed_s: elapsed,
-                consecutive_bad_steps: bad,
-            };
-            let dir = if rank == 0 {
-                save_checkpoint(&ckpt_root, model, &full, &tok, &state)
-            } else {
-                Ok(step_dir(&ckpt_root, step))
-            };
-            // every rank learns whether rank 0's write worked
-            let ok = comm.all_gather_bytes(&[dir.is_ok() as u8]);
-            let dir = dir?; // rank 0's own error says why
-            ensure!(ok[0] == [1], "rank 0 could not write checkpoint {}", step_dir(&ckpt_root, step).display());
-            Ok(dir)
-        };
-
-    // A step whose data cannot be read (a shard removed or truncated under the run) ends the run
-    // with the error, after a checkpoint of the last good step (the data positions from before it).
-    let fail_with_checkpoint = |e: anyhow::Error,
-                                model: &Llama,
-                                adam: &AdamW,
-                                at: &[LoaderState],
-                                step,
-                                tokens_seen,
-                                bad,
-                                last_saved: Option<u64>,
-                                elapsed|
-     -> anyhow::Error {
-        if bad != 0 {
-            return e; // a run of NaN steps: the last good checkpoint stays the latest
-        }
-        if last_saved == Some(step) {
-            return e.context(format!("step {} failed; step {step} is checkpointed: --resume continues", step + 1));
-        }
-        match save(model, adam, at, step, tokens_seen, bad, elapsed) {
-            Ok(dir) => e.context(format!(
-                "step {} failed; saved the last good step in {}: --resume continues from it",
-                step + 1,
-                dir.display()
-            )),
-            Err(e2) => e.context(format!("step {} failed, and so did the checkpoint of step {step}: {e2:#}", step + 1)),
-        }
-    };
     let mut batches: Vec<(Vec<u32>, Vec<u32>)> = vec![(vec![], vec![]); accum];
-    while step < cfg.max_steps {
+    while t.step < cfg.max_steps {
         // a signal on any rank stops every rank after the same step
-        let mut stopping = [stop.load(Ordering::Relaxed) as u8 as f64];
-        if world > 1 {
-            comm.all_reduce_sum_f64(&mut stopping);
-        }
-        if stopping[0] > 0.0 {
+        if t.any_rank(stop.load(Ordering::Relaxed)) {
             out.interrupted = true;
             break;
         }
         let t0 = Instant::now();
-        let comm0 = comm.comm_seconds();
+        let comm0 = t.comm_seconds();
         let before = states(&loaders);
         let read =
             loaders.iter_mut().zip(batches.iter_mut()).try_for_each(|(l, (x, y))| l.next_batch(cfg.micro_batch, x, y));
-        let mut failed = [read.is_err() as u8 as f64];
-        if world > 1 {
-            comm.all_reduce_sum_f64(&mut failed); // every rank stops, and saves, together
-        }
-        if failed[0] > 0.0 {
+        // every rank stops, and saves, together
+        if t.any_rank(read.is_err()) {
             let e = read.err().unwrap_or_else(|| anyhow!("another rank could not read its data"));
-            let elapsed = elapsed_before + t_start.elapsed().as_secs_f64();
-            return Err(fail_with_checkpoint(e, &model, &adam, &before, step, tokens_seen, bad, last_saved, elapsed));
+            return Err(t.fail_with_checkpoint(e, DataPosition::Streams(&before)));
         }
-        grads.fill(0.0);
+        t.zero_grads();
+        let (model, grads) = t.model_and_grads();
         let mut loss = 0.0;
         for (x, y) in &batches {
-            loss += model.forward_backward(&mut ws, &mut grads[..n_params], x, y, grad_scale)?;
+            loss += model.forward_backward(&mut ws, grads, x, y, grad_scale)?;
         }
-        // ZeRO-1: sum the gradients and keep this rank's block
-        comm.reduce_scatter_sum(&grads, &mut gshard);
-        let g = &mut gshard[..shard.len()];
-        let mut sums = [grad_sum_squares(g), loss];
-        comm.all_reduce_sum_f64(&mut sums);
-        let norm = sums[0].sqrt();
-        let loss = sums[1] / streams as f64;
-        clip_to_norm(g, cfg.grad_clip, norm);
-        let lr = sched.lr(step + 1);
-        let skipped = !loss.is_finite() || !norm.is_finite();
-        if skipped {
-            bad += 1;
-            let msg = format!("step {}: loss {loss}, grad norm {norm}: update skipped ({bad} in a row)", step + 1);
-            match &bar {
-                Some(b) => b.println(&msg),
-                None if rank == 0 => eprintln!("{msg}"),
-                None => {}
-            }
-            if bad >= cfg.nan_patience {
-                bail!(
-                    "{bad} steps in a row had a NaN/inf loss or gradient norm; stopping. The last good checkpoint is {}",
-                    latest_checkpoint(&ckpt_root).map(|p| p.display().to_string()).unwrap_or_else(|| "none".into())
-                );
-            }
-        } else {
-            adam.update(&mut model.params[shard.clone()], g, lr);
-            bad = 0;
-            if world > 1 {
-                pshard[..shard.len()].copy_from_slice(&model.params[shard.clone()]);
-                comm.all_gather(&pshard, &mut gathered);
-                model.params.copy_from_slice(&gathered[..n_params]);
-            }
-        }
-        step += 1;
-        tokens_seen += tokens_per_step;
+        let s = t.update(loss, streams as f64, tokens_per_step)?;
+        let step = t.step;
         let dt = t0.elapsed().as_secs_f64();
-        let comm_s = comm.comm_seconds() - comm0;
+        let comm_s = t.comm_seconds() - comm0;
         let tps = tokens_per_step as f64 / dt;
         let mfu = tps / world as f64 * flops_per_token / 1e9 / peak_gflops;
-        out.losses.push(loss);
-        let elapsed = elapsed_before + t_start.elapsed().as_secs_f64();
-        metrics.step(json!({"step": step, "loss": loss, "lr": lr, "grad_norm": norm, "tokens": tokens_seen,
-                "tokens_per_s": tps, "mfu": mfu, "comm_s": comm_s, "elapsed_s": elapsed, "skipped": skipped}))?;
-        if let Some(b) = &bar {
-            b.set_position(step);
-            b.set_message(format!(
-                "loss {loss:.4} | lr {lr:.2e} | gnorm {norm:.3} | {tps:.0} tok/s | MFU {:.0}%",
-                100.0 * mfu
-            ));
-        } else if verbose && step % cfg.log_interval.max(1) == 0 {
-            eprintln!("step {step}: loss {loss:.4} lr {lr:.2e} gnorm {norm:.3} {tps:.0} tok/s");
-        }
+        out.losses.push(s.loss);
+        let elapsed = t.elapsed();
+        let (loss, lr, norm) = (s.loss, s.lr, s.grad_norm);
+        t.record(
+            json!({"step": step, "loss": loss, "lr": lr, "grad_norm": norm, "tokens": t.tokens_seen,
+                "tokens_per_s": tps, "mfu": mfu, "comm_s": comm_s, "elapsed_s": elapsed, "skipped": s.skipped}),
+            format!("loss {loss:.4} | lr {lr:.2e} | gnorm {norm:.3} | {tps:.0} tok/s | MFU {:.0}%", 100.0 * mfu),
+        )?;
         let interrupted = stop.load(Ordering::Relaxed);
         if let (Some(vo), 0) = (&val_opts, rank) {
             if step % cfg.eval_interval.max(1) == 0 || step == cfg.max_steps {
-                let vl = match validate(&model, &mut ws, &data_dir, vo, cfg) {
+                let vl = match validate(&t.model, &mut ws, &data_dir, vo, cfg) {
                     Ok(vl) => vl,
                     Err(e) if world > 1 => return Err(e), // rank 0 alone validates: no collective save
-                    Err(e) => {
-                        let (now, lastsaved) = (states(&loaders), last_saved);
-                        return Err(fail_with_checkpoint(
-                            e,
-                            &model,
-                            &adam,
-                            &now,
-                            step,
-                            tokens_seen,
-                            bad,
-                            lastsaved,
-                            elapsed,
-                        ));
-                    }
+                    Err(e) => return Err(t.fail_with_checkpoint(e, DataPosition::Streams(&states(&loaders)))),
                 };
                 out.val_loss = Some(vl);
-                metrics.validation(step, vl)?;
-                let msg = format!("step {step}: val loss {vl:.4}, perplexity {:.2}", vl.exp());
-                match &bar {
-                    Some(b) => b.println(&msg),
-                    None if verbose => eprintln!("{msg}"),
-                    None => {}
-                }
+                t.record_validation(vl)?;
             }
         }
-        // no checkpoint during a run of NaN/inf steps: the last good one stays the latest
-        if bad == 0 && (step % cfg.save_interval.max(1) == 0 || step == cfg.max_steps || interrupted) {
-            metrics.flush()?;
-            let dir = save(&model, &adam, &states(&loaders), step, tokens_seen, bad, elapsed)?;
-            last_saved = Some(step);
-            out.checkpoint = Some(dir);
-            metrics.plot()?;
+        if t.checkpoint_due(interrupted) {
+            out.checkpoint = Some(t.save(DataPosition::Streams(&states(&loaders)))?);
         }
     }
-    if out.interrupted && last_saved != Some(step) && bad == 0 {
-        let elapsed = elapsed_before + t_start.elapsed().as_secs_f64();
-        out.checkpoint = Some(save(&model, &adam, &states(&loaders), step, tokens_seen, bad, elapsed)?);
+    if out.interrupted && t.last_saved != Some(t.step) && t.bad == 0 {
+        out.checkpoint = Some(t.save(DataPosition::Streams(&states(&loaders)))?);
     }
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
-    metrics.plot()?;
-    out.step = step;
-    out.wall_s = t_start.elapsed().as_secs_f64();
-    let done = step - start_step;
+    out.wall_s = t.finish()?;
+    out.step = t.step;
+    let done = t.step - t.start_step;
     out.tokens_per_s = if out.wall_s > 0.0 { (done * tokens_per_step) as f64 / out.wall_s } else { 0.0 };
     out.mfu = out.tokens_per_s / world as f64 * flops_per_token / 1e9 / peak_gflops;
-    out.final_params = model.params;
+    out.final_params = t.model.params;
     Ok(out)
-}
-
-/// A configuration as `key = value` lines, nested keys dotted (`train.max_lr = 0.0004`).
-fn config_block(v: &serde_json::Value, prefix: &str) -> String {
-    match v {
-        serde_json::Value::Object(m) => m
-            .iter()
-            .map(|(k, v)| config_block(v, &if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") }))
-            .filter(|s| !s.is_empty())
-            .collect::<Vec<_>>()
-            .join("\n"),
-        serde_json::Value::Null => String::new(),
-        other => format!("  {prefix} = {other}"),
-    }
 }
 
 fn states(loaders: &[MixtureLoader]) -> Vec<LoaderState> {
@@ -545,18 +268,4 @@ fn validate(model: &Llama, ws: &mut Workspace, dir: &Path, vo: &LoaderOptions, c
         sum += model.forward_loss(ws, &x, &y)?;
     }
     Ok(sum / cfg.eval_batches.max(1) as f64)
-}
-
-fn progress_bar(verbose: bool, max: u64, at: u64) -> Option<indicatif::ProgressBar> {
-    if !verbose || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        return None;
-    }
-    let b = indicatif::ProgressBar::new(max);
-    b.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} | {msg} | ETA {eta}")
-            .unwrap()
-            .progress_chars("=> "),
-    );
-    b.set_position(at);
-    Some(b)
 }

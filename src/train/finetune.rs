@@ -1,0 +1,615 @@
+//! Chat fine-tuning (`tinyllama sft`, `tinyllama dpo`) on the parts pretraining uses
+//! ([`Trainer`]): supervised fine-tuning with the loss on completions, and Direct Preference
+//! Optimization against a frozen reference — both as TRL's `SFTTrainer` / `DPOTrainer` compute
+//! them. Defaults follow the alignment-handbook Zephyr recipe TinyLlama-1.1B-Chat was made with.
+//!
+//! Batches: each epoch visits the examples in a seeded order; a step takes `micro_batch ×
+//! accumulation × ranks` of them (the epoch's last step what is left), so step `s` reads the same
+//! examples on any number of ranks and after any resume. SFT's loss is the mean over every
+//! completion token of the step (transformers' `num_items_in_batch`); DPO's the mean over pairs.
+
+use super::checkpoint::TrainerState;
+use super::config::TrainConfig;
+use super::trainer::{claim_run_dir, resolved_config, DataPosition, Resume, Trainer};
+use crate::checkpoint::hf::load_hf;
+use crate::config::suggest;
+use crate::data::finetune::{preference_examples, sft_examples, LossOn, PreferenceExample, Renderer, SftExample};
+use crate::dist::Collectives;
+use crate::files::write_json;
+use crate::kernels::cross_entropy::IGNORE_INDEX;
+use crate::model::{Llama, Workspace};
+use crate::rng::Rng;
+use crate::tokenizer::chat_template::{ChatTemplate, ZEPHYR};
+use crate::tokenizer::Tokenizer;
+use anyhow::{bail, ensure, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Sft,
+    Dpo,
+}
+
+/// DPO's loss on a pair (TRL's `loss_type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DpoLoss {
+    /// `−log σ(β·δ)`, δ the chosen minus the rejected log-ratio (the DPO paper).
+    Sigmoid,
+    /// `(δ' − 1/(2β))²` with log-ratios averaged over each completion's tokens (IPO).
+    Ipo,
+    /// `max(0, 1 − β·δ)` (SLiC).
+    Hinge,
+}
+
+/// A fine-tuning run's settings: defaults per mode, a TOML file, flags.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinetuneConfig {
+    /// The Hugging Face model directory training starts from.
+    pub model: Option<PathBuf>,
+    /// The data: JSONL in one of TRL's formats.
+    pub data: Option<PathBuf>,
+    pub out: PathBuf,
+    /// `zephyr`, or a file holding a Jinja chat template; none: the model's own (Zephyr if it
+    /// has none).
+    pub chat_template: Option<String>,
+    pub max_lr: f64,
+    pub min_lr: f64,
+    /// None: 10% of the steps (the recipe's `warmup_ratio` 0.1).
+    pub warmup_steps: Option<u64>,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    pub grad_clip: f64,
+    /// Examples (SFT) or pairs (DPO) per forward pass.
+    pub micro_batch: usize,
+    /// Micro-batches per optimiser step on each rank.
+    pub accumulation: usize,
+    /// None: `epochs` passes over the data.
+    pub max_steps: Option<u64>,
+    pub epochs: u64,
+    pub seed: u64,
+    /// Tokens per sequence; longer ones are cut, the start kept (TRL's `max_length`).
+    pub max_length: usize,
+    /// SFT: `completion` (what the assistant says / the completion) or `all` tokens.
+    pub loss_on: LossOn,
+    /// DPO: the strength of the KL penalty.
+    pub beta: f64,
+    pub loss_type: DpoLoss,
+    /// DPO: the frozen reference (default: the starting weights).
+    pub ref_model: Option<PathBuf>,
+    pub log_interval: u64,
+    pub save_interval: u64,
+    pub keep_last: usize,
+    pub nan_patience: u32,
+}
+
+impl FinetuneConfig {
+    /// The alignment-handbook Zephyr recipe (TinyLlama-1.1B-Chat-v1.0): SFT lr 2e-5, DPO lr 5e-7
+    /// and β 0.01, cosine to 0 after 10% warmup, one epoch, AdamW β (0.9, 0.999), no weight
+    /// decay, clip 1.0; SFT sequences of 2048 tokens, DPO 1024.
+    pub fn defaults(mode: Mode) -> Self {
+        let sft = mode == Mode::Sft;
+        FinetuneConfig {
+            model: None,
+            data: None,
+            out: PathBuf::from(if sft { "runs/sft" } else { "runs/dpo" }),
+            chat_template: None,
+            max_lr: if sft { 2e-5 } else { 5e-7 },
+            min_lr: 0.0,
+            warmup_steps: None,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            grad_clip: 1.0,
+            micro_batch: if sft { 4 } else { 2 },
+            accumulation: 1,
+            max_steps: None,
+            epochs: 1,
+            seed: 42,
+            max_length: if sft { 2048 } else { 1024 },
+            loss_on: LossOn::Completion,
+            beta: 0.01,
+            loss_type: DpoLoss::Sigmoid,
+            ref_model: None,
+            log_interval: 1,
+            save_interval: 500,
+            keep_last: 2,
+            nan_patience: 10,
+        }
+    }
+
+    /// The mode's defaults overlaid with a TOML file; an unknown key names the nearest known one.
+    pub fn from_toml_file(mode: Mode, path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+        let table: toml::Table =
+            toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
+        let defaults = serde_json::to_value(Self::defaults(mode))?;
+        let known: Vec<&str> = defaults.as_object().map(|m| m.keys().map(String::as_str).collect()).unwrap_or_default();
+        let mut merged = defaults.clone();
+        for (k, v) in table {
+            if !known.contains(&k.as_str()) {
+                let hint = suggest(&k, &known).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
+                bail!("{}: unknown config key `{k}`{hint}", path.display());
+            }
+            merged[&k] = serde_json::to_value(v)?;
+        }
+        serde_json::from_value(merged).with_context(|| format!("{}: bad value", path.display()))
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        ensure!(self.model.is_some(), "no model: pass --model DIR (a Hugging Face model directory)");
+        ensure!(self.data.is_some(), "no data: pass --data FILE.jsonl");
+        ensure!(self.micro_batch >= 1 && self.accumulation >= 1, "micro_batch and accumulation must be at least 1");
+        ensure!(self.max_length >= 2, "max_length must be at least 2");
+        ensure!(self.epochs >= 1 || self.max_steps.is_some(), "epochs must be at least 1");
+        ensure!(self.max_steps != Some(0), "max_steps must be at least 1");
+        ensure!(
+            self.max_lr > 0.0 && self.min_lr >= 0.0 && self.min_lr <= self.max_lr,
+            "need 0 <= min_lr <= max_lr, max_lr > 0"
+        );
+        ensure!(self.grad_clip > 0.0, "grad_clip must be positive");
+        ensure!(self.beta.is_finite() && self.beta > 0.0, "beta must be positive");
+        ensure!(self.keep_last >= 1, "keep_last must be at least 1");
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+pub struct FinetuneOutcome {
+    pub step: u64,
+    pub max_steps: u64,
+    /// Every metrics row this run wrote, in order.
+    pub rows: Vec<Value>,
+    pub checkpoint: Option<PathBuf>,
+    pub wall_s: f64,
+    pub tokens_per_s: f64,
+    pub interrupted: bool,
+    pub final_params: Vec<f32>,
+}
+
+/// The chat template a run renders with: `--chat-template`, the model's, or Zephyr's.
+pub fn template_for(choice: Option<&str>, model_dir: &Path, tok: &Tokenizer) -> Result<(ChatTemplate, String)> {
+    let name = |id| tok.id_to_token(id).unwrap_or_default();
+    let (bos, eos) = (name(tok.bos_id), name(tok.eos_id));
+    let (source, what) = match choice {
+        Some("zephyr") => (ZEPHYR.to_string(), "zephyr (--chat-template)".to_string()),
+        Some(file) => (
+            std::fs::read_to_string(file).with_context(|| format!("--chat-template: cannot read {file}"))?,
+            file.to_string(),
+        ),
+        None => match crate::model::load::chat_template_of(model_dir) {
+            Some(t) => (t, format!("{}/tokenizer_config.json", model_dir.display())),
+            None => (ZEPHYR.to_string(), "zephyr (the model has none)".to_string()),
+        },
+    };
+    Ok((ChatTemplate::new(&source, &bos, &eos)?, what))
+}
+
+/// The examples step `step` (0-based) reads: epoch `step / steps_per_epoch` in its seeded order.
+fn step_examples(n: usize, global: usize, seed: u64, step: u64) -> Vec<usize> {
+    let per_epoch = n.div_ceil(global) as u64;
+    let (epoch, within) = (step / per_epoch, (step % per_epoch) as usize);
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut rng = Rng::fork(seed, epoch);
+    for i in (1..n).rev() {
+        order.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    order[within * global..((within + 1) * global).min(n)].to_vec()
+}
+
+/// Rows of `[batch, len]` padded with `pad` (ids) and [`IGNORE_INDEX`] (targets).
+struct Padded {
+    x: Vec<u32>,
+    y: Vec<u32>,
+    batch: usize,
+    len: usize,
+}
+
+/// Sequences as (inputs, targets) of one length: each `(ids, mask)` → `x = ids[..n-1]`,
+/// `y[t] = ids[t+1]` where `mask[t+1]`; the length rounded up to a multiple of 16 so that
+/// workspaces are reused (padding after a sequence cannot change it: attention is causal).
+fn pad(seqs: &[(Vec<u32>, Vec<bool>)], pad_id: u32, max_len: usize) -> Padded {
+    let longest = seqs.iter().map(|(ids, _)| ids.len() - 1).max().unwrap_or(1);
+    let len = longest.next_multiple_of(16).min(max_len.max(longest));
+    let (mut x, mut y) = (vec![pad_id; seqs.len() * len], vec![IGNORE_INDEX; seqs.len() * len]);
+    for (r, (ids, mask)) in seqs.iter().enumerate() {
+        for t in 0..ids.len() - 1 {
+            x[r * len + t] = ids[t];
+            if mask[t + 1] {
+                y[r * len + t] = ids[t + 1];
+            }
+        }
+    }
+    Padded { x, y, batch: seqs.len(), len }
+}
+
+/// One workspace kept for the last shape (a new one only when the shape changes).
+struct Workspaces(Option<Workspace>);
+
+impl Workspaces {
+    fn get(&mut self, model: &Llama, batch: usize, len: usize) -> &mut Workspace {
+        if !matches!(&self.0, Some(w) if w.batch == batch && w.seq_len == len) {
+            self.0 = None; // free the old one first
+            self.0 = Some(Workspace::new(&model.cfg, batch, len));
+        }
+        self.0.as_mut().expect("just set")
+    }
+}
+
+/// Sum of the log-probabilities of each row's targets: `−Σ row_loss` per sequence of `len` rows.
+fn sequence_logps(row_loss: &[f32], y: &[u32], len: usize) -> Vec<f64> {
+    row_loss
+        .chunks(len)
+        .zip(y.chunks(len))
+        .map(|(l, t)| -l.iter().zip(t).filter(|(_, &t)| t != IGNORE_INDEX).map(|(&v, _)| v as f64).sum::<f64>())
+        .collect()
+}
+
+/// Log-probabilities of each pair's chosen and rejected completions under `model`, forward only.
+fn reference_logps(
+    model: &Llama,
+    pairs: &[PreferenceExample],
+    fc: &FinetuneConfig,
+    pad_id: u32,
+) -> Result<Vec<[f64; 2]>> {
+    let mut ws = Workspaces(None);
+    let mut out = vec![];
+    for chunk in pairs.chunks(fc.micro_batch) {
+        let seqs: Vec<_> =
+            [true, false].iter().flat_map(|&c| chunk.iter().map(move |p| p.sequence(c, fc.max_length))).collect();
+        let b = pad(&seqs, pad_id, fc.max_length);
+        let w = ws.get(model, b.batch, b.len);
+        model.forward_loss(w, &b.x, &b.y)?;
+        let lp = sequence_logps(&w.row_loss, &b.y, b.len);
+        let k = chunk.len();
+        out.extend((0..k).map(|i| [lp[i], lp[k + i]]));
+    }
+    Ok(out)
+}
+
+/// A pair's DPO loss and its derivatives with respect to the chosen and rejected log-ratios.
+fn dpo_pair(loss: DpoLoss, beta: f64, dc: f64, dr: f64, nc: usize, nr: usize) -> (f64, f64, f64) {
+    match loss {
+        DpoLoss::Sigmoid => {
+            let z = beta * (dc - dr);
+            // −log σ(z) = softplus(−z), written to stay finite for large |z|
+            let l = (-z).max(0.0) + (-z.abs()).exp().ln_1p();
+            let s = 1.0 / (1.0 + z.exp()); // σ(−z)
+            (l, -beta * s, beta * s)
+        }
+        DpoLoss::Hinge => {
+            let m = 1.0 - beta * (dc - dr);
+            if m > 0.0 {
+                (m, -beta, beta)
+            } else {
+                (0.0, 0.0, 0.0)
+            }
+        }
+        DpoLoss::Ipo => {
+            let (nc, nr) = (nc.max(1) as f64, nr.max(1) as f64);
+            let d = dc / nc - dr / nr - 1.0 / (2.0 * beta);
+            (d * d, 2.0 * d / nc, -2.0 * d / nr)
+        }
+    }
+}
+
+/// Runs (or resumes) SFT or DPO; one process or one rank of a data-parallel job.
+pub fn finetune(
+    mode: Mode,
+    fc: &FinetuneConfig,
+    resume: Resume,
+    stop: &AtomicBool,
+    verbose: bool,
+    comm: &dyn Collectives,
+) -> Result<FinetuneOutcome> {
+    fc.validate()?;
+    let (world, rank) = (comm.world(), comm.rank());
+    let model_dir = fc.model.clone().unwrap_or_default();
+    let data = fc.data.clone().unwrap_or_default();
+    claim_run_dir(&fc.out, &resume, rank, verbose && rank == 0)?;
+    let model = load_hf(&model_dir)?;
+    let tok = Tokenizer::from_file(&model_dir.join("tokenizer.json"))
+        .with_context(|| format!("{}: no tokenizer.json", model_dir.display()))?;
+    ensure!(
+        tok.vocab_size() <= model.cfg.vocab_size,
+        "the tokenizer has {} tokens but the model's vocabulary is {}",
+        tok.vocab_size(),
+        model.cfg.vocab_size
+    );
+    ensure!(
+        fc.max_length <= model.cfg.max_position_embeddings,
+        "max_length {} exceeds the model's context ({})",
+        fc.max_length,
+        model.cfg.max_position_embeddings
+    );
+    let (template, template_from) = template_for(fc.chat_template.as_deref(), &model_dir, &tok)?;
+    let renderer = Renderer::new(&tok, &template);
+    let say = |m: &str| {
+        if verbose && rank == 0 {
+            eprintln!("{m}");
+        }
+    };
+    let (sft, pairs, truncated, dropped) = match mode {
+        Mode::Sft => {
+            let p = sft_examples(&data, &renderer, fc.loss_on, fc.max_length)?;
+            (p.examples, vec![], p.truncated, p.dropped)
+        }
+        Mode::Dpo => {
+            let p = preference_examples(&data, &renderer, fc.max_length)?;
+            (vec![], p.examples, p.truncated, p.dropped)
+        }
+    };
+    let n = sft.len() + pairs.len();
+    say(&format!(
+        "data: {} {} from {} ({truncated} cut to max_length {}, {dropped} left out with nothing to learn); chat template: {template_from}",
+        n,
+        if mode == Mode::Sft { "examples" } else { "pairs" },
+        data.display(),
+        fc.max_length
+    ));
+    let global = fc.micro_batch * fc.accumulation * world;
+    let per_epoch = n.div_ceil(global) as u64;
+    let max_steps = fc.max_steps.unwrap_or(fc.epochs * per_epoch);
+    let tc = TrainConfig {
+        preset: String::new(),
+        init_from: Some(model_dir.clone()),
+        out: fc.out.clone(),
+        seq_len: fc.max_length,
+        micro_batch: fc.micro_batch,
+        max_steps,
+        max_lr: fc.max_lr,
+        min_lr: fc.min_lr,
+        warmup_steps: Some(fc.warmup_steps.unwrap_or((max_steps as f64 * 0.1).ceil() as u64)),
+        decay_steps: None,
+        weight_decay: fc.weight_decay,
+        beta1: fc.beta1,
+        beta2: fc.beta2,
+        eps: fc.eps,
+        grad_clip: fc.grad_clip,
+        log_interval: fc.log_interval,
+        save_interval: fc.save_interval,
+        keep_last: fc.keep_last,
+        seed: fc.seed,
+        nan_patience: fc.nan_patience,
+        ..TrainConfig::default()
+    };
+    let data_digest = format!("{:016x}", crate::files::digest(&std::fs::read(&data)?));
+    let pad_id = tok.eos_id;
+    let mut t = Trainer::new(&tc, model, tok, comm, verbose);
+
+    // DPO's reference: log-probabilities computed once (from the starting weights or
+    // --ref-model), kept in the run directory for resumes
+    let ref_path = fc.out.join("ref_logps.json");
+    let refs: Vec<[f64; 2]> = match mode {
+        Mode::Sft => vec![],
+        Mode::Dpo => match std::fs::read(&ref_path).ok().and_then(|b| serde_json::from_slice::<Value>(&b).ok()) {
+            Some(v)
+                if !matches!(resume, Resume::No | Resume::Overwrite) && v["data_digest"] == data_digest.as_str() =>
+            {
+                serde_json::from_value(v["logps"].clone()).context("ref_logps.json")?
+            }
+            _ => {
+                say("computing the reference model's log-probabilities (once)");
+                match &fc.ref_model {
+                    Some(dir) => {
+                        let r = load_hf(dir)?;
+                        ensure!(r.cfg.vocab_size == t.model.cfg.vocab_size, "--ref-model has another vocabulary");
+                        reference_logps(&r, &pairs, fc, pad_id)?
+                    }
+                    None => reference_logps(&t.model, &pairs, fc, pad_id)?,
+                }
+            }
+        },
+    };
+
+    if let Some(state) = t.resume(&resume)? {
+        check_resumable(&state, &data_digest, fc, world, t.resumed_from.as_deref().unwrap_or(Path::new("")))?;
+    }
+    let resolved = resolved_config(
+        &t,
+        json!({"mode": if mode == Mode::Sft { "sft" } else { "dpo" }, "finetune": fc, "examples": n,
+            "truncated": truncated, "dropped": dropped, "steps_per_epoch": per_epoch, "chat_template": template_from,
+            "data_digest": data_digest}),
+    );
+    t.begin(&resolved)?;
+    if mode == Mode::Dpo && rank == 0 {
+        write_json(&ref_path, &json!({"data_digest": data_digest, "logps": refs}))?;
+    }
+    let position = json!({"data_digest": data_digest, "global_batch": global});
+    // the chat template goes with the model (tokenizer_config.json), for `chat`, `serve`,
+    // `export` and transformers
+    let save = |t: &mut Trainer| -> Result<PathBuf> {
+        let dir = t.save(DataPosition::Examples(position.clone()))?;
+        if t.rank == 0 {
+            write_tokenizer_config(&dir, &t.tok, &template.source, t.model.cfg.max_position_embeddings)?;
+        }
+        Ok(dir)
+    };
+
+    let mut ws = Workspaces(None);
+    let mut out = FinetuneOutcome {
+        step: t.step,
+        max_steps,
+        rows: vec![],
+        checkpoint: None,
+        wall_s: 0.0,
+        tokens_per_s: 0.0,
+        interrupted: false,
+        final_params: vec![],
+    };
+    let mut tokens_done = 0u64;
+    let (sft, pairs) = (&sft, &pairs);
+    while t.step < max_steps {
+        if t.any_rank(stop.load(Ordering::Relaxed)) {
+            out.interrupted = true;
+            break;
+        }
+        let t0 = Instant::now();
+        let batch = step_examples(n, global, fc.seed, t.step);
+        // this rank's part: contiguous, as even as possible
+        let per = batch.len().div_ceil(world);
+        let mine = &batch[(rank * per).min(batch.len())..((rank + 1) * per).min(batch.len())];
+        t.zero_grads();
+        let (mut row, progress, loss_sum, divisor, tokens) = match mode {
+            Mode::Sft => {
+                let ex: Vec<&SftExample> = batch.iter().map(|&i| &sft[i]).collect();
+                let total: usize = ex.iter().map(|e| e.loss_tokens()).sum();
+                let (model, grads) = t.model_and_grads();
+                let (mut loss_sum, mut tokens) = (0.0, 0u64);
+                for mb in mine.chunks(fc.micro_batch) {
+                    let seqs: Vec<_> = mb
+                        .iter()
+                        .map(|&i| {
+                            (sft[i].input_ids.clone(), sft[i].labels.iter().map(|&l| l != IGNORE_INDEX).collect())
+                        })
+                        .collect();
+                    let b = pad(&seqs, pad_id, fc.max_length);
+                    let w = ws.get(model, b.batch, b.len);
+                    let mean = model.forward_backward(w, grads, &b.x, &b.y, 1.0 / total as f32)?;
+                    let counted = b.y.iter().filter(|&&y| y != IGNORE_INDEX).count();
+                    loss_sum += mean * counted as f64;
+                    tokens += seqs.iter().map(|(ids, _)| ids.len() as u64).sum::<u64>();
+                }
+                (json!({"loss_tokens": total}), String::new(), loss_sum, total as f64, tokens)
+            }
+            Mode::Dpo => {
+                let (model, grads) = t.model_and_grads();
+                let npairs = batch.len() as f64;
+                // per rank: loss, chosen and rejected rewards, accuracy, margin (sums over pairs)
+                let mut sums = [0.0f64; 5];
+                let mut tokens = 0u64;
+                for mb in mine.chunks(fc.micro_batch) {
+                    let k = mb.len();
+                    let seqs: Vec<_> = [true, false]
+                        .iter()
+                        .flat_map(|&c| mb.iter().map(move |&i| pairs[i].sequence(c, fc.max_length)))
+                        .collect();
+                    let counts: Vec<usize> = seqs.iter().map(|(_, m)| m.iter().filter(|&&b| b).count()).collect();
+                    tokens += seqs.iter().map(|(ids, _)| ids.len() as u64).sum::<u64>();
+                    let b = pad(&seqs, pad_id, fc.max_length);
+                    let w = ws.get(model, b.batch, b.len);
+                    let len = b.len;
+                    let y = &b.y;
+                    model.forward_backward_weighted(w, grads, &b.x, y, |row_loss| {
+                        let lp = sequence_logps(row_loss, y, len);
+                        let mut weights = vec![0.0f32; row_loss.len()];
+                        for j in 0..k {
+                            let [rc, rr] = refs[mb[j]];
+                            let (dc, dr) = (lp[j] - rc, lp[k + j] - rr);
+                            let (l, gc, gr) = dpo_pair(fc.loss_type, fc.beta, dc, dr, counts[j], counts[k + j]);
+                            let (cr, rj) = (fc.beta * dc, fc.beta * dr);
+                            for (s, v) in sums.iter_mut().zip([l, cr, rj, (cr > rj) as u8 as f64, cr - rj]) {
+                                *s += v;
+                            }
+                            // ∂L/∂loss_t = −∂L/∂logp for every completion token of the sequence
+                            weights[j * len..(j + 1) * len].fill((-gc / npairs) as f32);
+                            weights[(k + j) * len..(k + j + 1) * len].fill((-gr / npairs) as f32);
+                        }
+                        weights
+                    })?;
+                }
+                let loss_sum = sums[0];
+                let mut rest = [sums[1], sums[2], sums[3], sums[4]];
+                t.sum_over_ranks(&mut rest);
+                let r = rest.map(|v| v / npairs);
+                (
+                    json!({"rewards_chosen": r[0], "rewards_rejected": r[1], "reward_accuracy": r[2],
+                        "reward_margin": r[3]}),
+                    format!(" | margin {:.3} | acc {:.2}", r[3], r[2]),
+                    loss_sum,
+                    npairs,
+                    tokens,
+                )
+            }
+        };
+        let mut tk = [tokens as f64];
+        t.sum_over_ranks(&mut tk);
+        let s = t.update(loss_sum, divisor, tk[0] as u64)?;
+        tokens_done += tk[0] as u64;
+        let tps = tk[0] / t0.elapsed().as_secs_f64();
+        let (loss, lr, norm) = (s.loss, s.lr, s.grad_norm);
+        if let Value::Object(m) = &mut row {
+            for (k, v) in [
+                ("step", json!(t.step)),
+                ("loss", json!(loss)),
+                ("lr", json!(lr)),
+                ("grad_norm", json!(norm)),
+                ("tokens", json!(t.tokens_seen)),
+                ("tokens_per_s", json!(tps)),
+                ("elapsed_s", json!(t.elapsed())),
+                ("epoch", json!((t.step as f64 / per_epoch as f64 * 1000.0).round() / 1000.0)),
+                ("skipped", json!(s.skipped)),
+            ] {
+                m.insert(k.into(), v);
+            }
+        }
+        out.rows.push(row.clone());
+        t.record(row, format!("loss {loss:.4}{progress} | lr {lr:.2e} | gnorm {norm:.3} | {tps:.0} tok/s"))?;
+        if t.checkpoint_due(stop.load(Ordering::Relaxed)) {
+            out.checkpoint = Some(save(&mut t)?);
+        }
+    }
+    if out.interrupted && t.last_saved != Some(t.step) && t.bad == 0 {
+        out.checkpoint = Some(save(&mut t)?);
+    }
+    out.wall_s = t.finish()?;
+    out.step = t.step;
+    out.tokens_per_s = if out.wall_s > 0.0 { tokens_done as f64 / out.wall_s } else { 0.0 };
+    out.final_params = t.model.params;
+    Ok(out)
+}
+
+/// A resumed run must read the same data in the same batches.
+fn check_resumable(state: &TrainerState, digest: &str, fc: &FinetuneConfig, world: usize, dir: &Path) -> Result<()> {
+    let saved = state.examples.as_ref().with_context(|| format!("{} is a pretraining checkpoint", dir.display()))?;
+    ensure!(
+        saved["data_digest"] == digest,
+        "checkpoint {} was trained on other data than {}",
+        dir.display(),
+        fc.data.as_deref().unwrap_or(Path::new("")).display()
+    );
+    let global = (fc.micro_batch * fc.accumulation * world) as u64;
+    ensure!(
+        saved["global_batch"].as_u64() == Some(global),
+        "checkpoint {} took {} examples per step, this run {global}: keep micro_batch × accumulation × ranks",
+        dir.display(),
+        saved["global_batch"]
+    );
+    ensure!(
+        state.train_config.seed == fc.seed,
+        "checkpoint {} was trained with seed {}, this run has {}",
+        dir.display(),
+        state.train_config.seed,
+        fc.seed
+    );
+    Ok(())
+}
+
+/// `tokenizer_config.json` with the chat template, beside a checkpoint's tokenizer.json.
+pub fn write_tokenizer_config(dir: &Path, tok: &Tokenizer, template: &str, max_len: usize) -> Result<()> {
+    let name = |id: u32| tok.id_to_token(id).unwrap_or_default();
+    write_json(
+        &dir.join("tokenizer_config.json"),
+        &json!({
+            "tokenizer_class": "LlamaTokenizerFast",
+            "bos_token": name(tok.bos_id),
+            "eos_token": name(tok.eos_id),
+            "unk_token": tok.id_to_token(0).unwrap_or_default(),
+            "pad_token": name(tok.eos_id),
+            "add_bos_token": true,
+            "add_eos_token": false,
+            "clean_up_tokenization_spaces": false,
+            "legacy": false,
+            "model_max_length": max_len,
+            "chat_template": template,
+        }),
+    )
+}
