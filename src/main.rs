@@ -37,6 +37,22 @@ enum Cmd {
     /// cosine, warmup min(2000, steps/10), clip 1.0) unless a --config TOML or flags say otherwise.
     /// Under `mpirun` (built with --features mpi) it trains data-parallel with ZeRO-1.
     Pretrain(Box<PretrainArgs>),
+    /// Supervised fine-tuning of a chat model (TRL's SFTTrainer, step for step).
+    ///
+    /// Data: JSONL in TRL's formats — {"messages": [{"role", "content"}, …]}, {"prompt",
+    /// "completion"} (conversations or text) or {"text"}. Conversations are rendered with the
+    /// model's chat template (Zephyr's, as TinyLlama-Chat, when it has none); the loss is on what
+    /// the assistant says / the completion unless --loss-on all. Defaults: the alignment-handbook
+    /// Zephyr SFT recipe TinyLlama-1.1B-Chat was made with — lr 2e-5, cosine to 0 after 10%
+    /// warmup, 1 epoch, AdamW (0.9, 0.999), no weight decay, clip 1.0, sequences of 2048 tokens.
+    Sft(Box<FinetuneArgs>),
+    /// Direct Preference Optimization of a chat model (TRL's DPOTrainer, step for step).
+    ///
+    /// Data: JSONL with {"prompt", "chosen", "rejected"} (conversations or text). The reference
+    /// model's log-probabilities are computed once (from the starting weights or --ref-model) and
+    /// kept in the run directory. Defaults: the Zephyr DPO recipe — β 0.01, sigmoid loss, lr 5e-7,
+    /// cosine after 10% warmup, 1 epoch, sequences of 1024 tokens.
+    Dpo(Box<FinetuneArgs>),
     /// Tokenize corpora (jsonl, jsonl.zst, parquet, text) into packed token shards.
     Prepare(PrepareArgs),
     /// Train a byte-level BPE tokenizer (tokenizer.json) on a corpus, for your own vocabulary.
@@ -190,6 +206,77 @@ struct PretrainArgs {
     /// Mixture weights, e.g. `slim=0.693584,star=0.306416`.
     #[arg(long)]
     mix: Option<String>,
+    /// No progress bar or log lines, only the summary.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct FinetuneArgs {
+    /// The Hugging Face model directory to start from (config.json, model.safetensors, tokenizer.json).
+    #[arg(long, short = 'm')]
+    model: Option<PathBuf>,
+    /// Training data: a JSONL file in one of TRL's formats (see above).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Run directory: metrics.jsonl, loss.svg, train_config.json, checkpoints/ (default runs/sft, runs/dpo).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// A TOML file of settings (keys as in train_config.json's "finetune"); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// `zephyr`, or a file holding a Jinja chat template (default: the model's own).
+    #[arg(long)]
+    chat_template: Option<String>,
+    /// Passes over the data (default 1).
+    #[arg(long)]
+    epochs: Option<u64>,
+    /// Optimiser steps (default: --epochs passes).
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// Peak learning rate (SFT 2e-5, DPO 5e-7).
+    #[arg(long)]
+    max_lr: Option<f64>,
+    /// Final learning rate of the cosine (default 0).
+    #[arg(long)]
+    min_lr: Option<f64>,
+    /// Linear warmup steps (default 10% of the steps).
+    #[arg(long)]
+    warmup_steps: Option<u64>,
+    /// Examples (SFT) or pairs (DPO) per forward pass (SFT 4, DPO 2).
+    #[arg(long)]
+    micro_batch: Option<usize>,
+    /// Micro-batches per optimiser step (default 1).
+    #[arg(long)]
+    accumulation: Option<usize>,
+    /// Tokens per sequence; longer ones are cut, the start kept (SFT 2048, DPO 1024, or the
+    /// model's context if shorter).
+    #[arg(long)]
+    max_length: Option<usize>,
+    /// SFT: train on `completion` (what the assistant says; default) or `all` tokens.
+    #[arg(long)]
+    loss_on: Option<String>,
+    /// Seed of the example order (default 42).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// DPO: β, the strength of the KL penalty (default 0.01).
+    #[arg(long)]
+    beta: Option<f64>,
+    /// DPO: `sigmoid` (default), `ipo` or `hinge`.
+    #[arg(long)]
+    loss_type: Option<String>,
+    /// DPO: the frozen reference model (default: the starting weights).
+    #[arg(long)]
+    ref_model: Option<PathBuf>,
+    /// Checkpoint every N steps (default 500; always at the end and on Ctrl-C).
+    #[arg(long)]
+    save_interval: Option<u64>,
+    /// Continue from the latest checkpoint in --out, or from the given checkpoint directory.
+    #[arg(long, num_args = 0..=1, value_name = "PATH")]
+    resume: Option<Option<PathBuf>>,
+    /// Start a new run in an --out that holds one (the old run is moved aside, nothing deleted).
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
     /// No progress bar or log lines, only the summary.
     #[arg(long)]
     quiet: bool,
@@ -526,6 +613,8 @@ fn run() -> Result<()> {
     }
     match cli.cmd {
         Cmd::Pretrain(a) => pretrain(*a)?,
+        Cmd::Sft(a) => finetune(tinyllama::train::finetune::Mode::Sft, *a)?,
+        Cmd::Dpo(a) => finetune(tinyllama::train::finetune::Mode::Dpo, *a)?,
         Cmd::Prepare(a) => prepare(a)?,
         Cmd::TrainTokenizer { input, vocab_size, output, max_mb } => {
             let (docs, st) = tinyllama::data::prepare::read_corpus(&input, max_mb << 20)?;
@@ -569,7 +658,8 @@ fn run() -> Result<()> {
             };
             let model = tinyllama::checkpoint::hf::load_hf(&checkpoint)?;
             let tok = Tokenizer::from_file(&checkpoint.join("tokenizer.json"))?;
-            tinyllama::train::checkpoint::export_hf(&model, &tok, &hf, dtype)?;
+            let template = tinyllama::model::load::chat_template_of(&checkpoint);
+            tinyllama::train::checkpoint::export_hf(&model, &tok, &hf, dtype, template.as_deref())?;
             println!("wrote {} ({}, {} parameters)", hf.display(), model.cfg, model.cfg.num_params());
         }
         Cmd::Eval(a) => eval(a)?,
@@ -808,16 +898,7 @@ fn pretrain(a: PretrainArgs) -> Result<()> {
         Some(None) => Resume::Latest,
         Some(Some(p)) => Resume::From(p),
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            eprintln!("second interrupt: exiting without a checkpoint");
-            std::process::exit(130);
-        }
-        eprintln!("interrupt: finishing this step, then writing a checkpoint (Ctrl-C again to abort)");
-    })
-    .context("cannot install the signal handler")?;
+    let stop = stop_on_interrupt()?;
     let comm = tinyllama::dist::init()?;
     let out = match tinyllama::train::pretrain::pretrain(&cfg, resume, &stop, !a.quiet, comm.as_ref()) {
         Ok(o) => o,
@@ -856,6 +937,110 @@ fn pretrain(a: PretrainArgs) -> Result<()> {
     println!("metrics: {}, plot: {}", cfg.out.join("metrics.jsonl").display(), cfg.out.join("loss.svg").display());
     if out.interrupted {
         // stopped, not finished: a script must not take it as a completed run
+        std::process::exit(130);
+    }
+    Ok(())
+}
+
+/// Ctrl-C finishes the step and checkpoints; a second one exits at once.
+fn stop_on_interrupt() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("second interrupt: exiting without a checkpoint");
+            std::process::exit(130);
+        }
+        eprintln!("interrupt: finishing this step, then writing a checkpoint (Ctrl-C again to abort)");
+    })
+    .context("cannot install the signal handler")?;
+    Ok(stop)
+}
+
+fn finetune(mode: tinyllama::train::finetune::Mode, a: FinetuneArgs) -> Result<()> {
+    use tinyllama::train::finetune::{finetune, DpoLoss, FinetuneConfig, Mode};
+    let mut c = match &a.config {
+        Some(p) => FinetuneConfig::from_toml_file(mode, p)?,
+        None => FinetuneConfig::defaults(mode),
+    };
+    macro_rules! set {
+        ($($field:ident),*) => {$(if let Some(v) = a.$field.clone() { c.$field = v; })*};
+    }
+    set!(out, epochs, max_lr, min_lr, micro_batch, accumulation, seed, beta, save_interval);
+    macro_rules! set_some {
+        ($($field:ident),*) => {$(if a.$field.is_some() { c.$field = a.$field.clone(); })*};
+    }
+    set_some!(model, data, chat_template, max_steps, warmup_steps, ref_model, max_length);
+    if let Some(l) = &a.loss_on {
+        c.loss_on = match l.as_str() {
+            "completion" => tinyllama::data::finetune::LossOn::Completion,
+            "all" => tinyllama::data::finetune::LossOn::All,
+            other => bail!("--loss-on {other}: use `completion` or `all`"),
+        };
+    }
+    if let Some(l) = &a.loss_type {
+        c.loss_type = match l.as_str() {
+            "sigmoid" => DpoLoss::Sigmoid,
+            "ipo" => DpoLoss::Ipo,
+            "hinge" => DpoLoss::Hinge,
+            other => bail!("--loss-type {other}: use sigmoid, ipo or hinge"),
+        };
+    }
+    if mode == Mode::Sft {
+        for (set, flag) in [
+            (a.beta.is_some(), "--beta"),
+            (a.loss_type.is_some(), "--loss-type"),
+            (a.ref_model.is_some(), "--ref-model"),
+        ] {
+            ensure!(!set, "{flag} is a DPO setting (tinyllama dpo)");
+        }
+    } else {
+        ensure!(a.loss_on.is_none(), "--loss-on is an SFT setting: DPO scores the completions");
+    }
+    let resume = match a.resume {
+        None if a.overwrite => Resume::Overwrite,
+        None => Resume::No,
+        Some(None) => Resume::Latest,
+        Some(Some(p)) => Resume::From(p),
+    };
+    let stop = stop_on_interrupt()?;
+    let comm = tinyllama::dist::init()?;
+    let out = match finetune(mode, &c, resume, &stop, !a.quiet, comm.as_ref()) {
+        Ok(o) => o,
+        Err(e) if comm.world() > 1 => {
+            eprintln!("rank {}: error: {e:#}\nrank {}: aborting all {} ranks", comm.rank(), comm.rank(), comm.world());
+            comm.abort(1)
+        }
+        Err(e) => return Err(e),
+    };
+    if comm.rank() != 0 {
+        return Ok(());
+    }
+    if out.rows.is_empty() && !out.interrupted {
+        println!("nothing to do: the run in {} is at step {} of {}", c.out.display(), out.step, out.max_steps);
+        return Ok(());
+    }
+    let loss = |r: Option<&serde_json::Value>| r.and_then(|r| r["loss"].as_f64()).unwrap_or(f64::NAN);
+    let last = out.rows.last();
+    let dpo = last
+        .and_then(|r| r["reward_accuracy"].as_f64().map(|a| (a, r["reward_margin"].as_f64().unwrap_or(f64::NAN))))
+        .map(|(a, m)| format!(", reward accuracy {a:.2}, margin {m:.3}"))
+        .unwrap_or_default();
+    println!(
+        "{} at step {}/{}: loss {:.4} → {:.4}{dpo}, {:.0} tokens/s, {:.1} s",
+        if out.interrupted { "stopped" } else { "done" },
+        out.step,
+        out.max_steps,
+        loss(out.rows.first()),
+        loss(last),
+        out.tokens_per_s,
+        out.wall_s
+    );
+    if let Some(ck) = &out.checkpoint {
+        println!("checkpoint: {} (chat with `tinyllama chat --model {}`)", ck.display(), ck.display());
+    }
+    println!("metrics: {}, plot: {}", c.out.join("metrics.jsonl").display(), c.out.join("loss.svg").display());
+    if out.interrupted {
         std::process::exit(130);
     }
     Ok(())

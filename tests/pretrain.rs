@@ -151,7 +151,7 @@ fn export_round_trips_and_matches_transformers_when_available() {
     let model = load_hf(&ckpt).unwrap();
     let tok = tinyllama::tokenizer::Tokenizer::from_file(&ckpt.join("tokenizer.json")).unwrap();
     let hf = d.join("hf");
-    export_hf(&model, &tok, &hf, Dtype::F32).unwrap();
+    export_hf(&model, &tok, &hf, Dtype::F32, None).unwrap();
     for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
         assert!(hf.join(f).exists(), "{f} missing");
     }

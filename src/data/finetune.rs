@@ -289,6 +289,10 @@ pub fn sft_examples(path: &Path, r: &Renderer, loss_on: LossOn, max_length: usiz
     let mut out = Prepared::new();
     for (line, row) in rows {
         let at = || format!("{}:{line}", path.display());
+        if format_of(&row) == "unknown" {
+            let keys: Vec<&String> = row.as_object().map(|m| m.keys().collect()).unwrap_or_default();
+            bail!("{}: a row needs `messages`, `prompt` and `completion`, or `text` (it has {keys:?})", at());
+        }
         ensure!(format_of(&row) == first, "{}: a {} row in a file of {first} rows", at(), format_of(&row));
         let (mut ids, mut mask) = r.sft(&row, loss_on).with_context(at)?;
         ensure!(ids.len() >= 2, "{}: fewer than two tokens", at());

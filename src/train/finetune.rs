@@ -75,8 +75,9 @@ pub struct FinetuneConfig {
     pub max_steps: Option<u64>,
     pub epochs: u64,
     pub seed: u64,
-    /// Tokens per sequence; longer ones are cut, the start kept (TRL's `max_length`).
-    pub max_length: usize,
+    /// Tokens per sequence; longer ones are cut, the start kept (TRL's `max_length`). None: the
+    /// recipe's 2048 (SFT) or 1024 (DPO), or the model's context where that is shorter.
+    pub max_length: Option<usize>,
     /// SFT: `completion` (what the assistant says / the completion) or `all` tokens.
     pub loss_on: LossOn,
     /// DPO: the strength of the KL penalty.
@@ -114,7 +115,7 @@ impl FinetuneConfig {
             max_steps: None,
             epochs: 1,
             seed: 42,
-            max_length: if sft { 2048 } else { 1024 },
+            max_length: None,
             loss_on: LossOn::Completion,
             beta: 0.01,
             loss_type: DpoLoss::Sigmoid,
@@ -148,7 +149,7 @@ impl FinetuneConfig {
         ensure!(self.model.is_some(), "no model: pass --model DIR (a Hugging Face model directory)");
         ensure!(self.data.is_some(), "no data: pass --data FILE.jsonl");
         ensure!(self.micro_batch >= 1 && self.accumulation >= 1, "micro_batch and accumulation must be at least 1");
-        ensure!(self.max_length >= 2, "max_length must be at least 2");
+        ensure!(self.max_length.is_none_or(|m| m >= 2), "max_length must be at least 2");
         ensure!(self.epochs >= 1 || self.max_steps.is_some(), "epochs must be at least 1");
         ensure!(self.max_steps != Some(0), "max_steps must be at least 1");
         ensure!(
@@ -257,15 +258,16 @@ fn sequence_logps(row_loss: &[f32], y: &[u32], len: usize) -> Vec<f64> {
 fn reference_logps(
     model: &Llama,
     pairs: &[PreferenceExample],
-    fc: &FinetuneConfig,
+    micro_batch: usize,
+    max_len: usize,
     pad_id: u32,
 ) -> Result<Vec<[f64; 2]>> {
     let mut ws = Workspaces(None);
     let mut out = vec![];
-    for chunk in pairs.chunks(fc.micro_batch) {
+    for chunk in pairs.chunks(micro_batch) {
         let seqs: Vec<_> =
-            [true, false].iter().flat_map(|&c| chunk.iter().map(move |p| p.sequence(c, fc.max_length))).collect();
-        let b = pad(&seqs, pad_id, fc.max_length);
+            [true, false].iter().flat_map(|&c| chunk.iter().map(move |p| p.sequence(c, max_len))).collect();
+        let b = pad(&seqs, pad_id, max_len);
         let w = ws.get(model, b.batch, b.len);
         model.forward_loss(w, &b.x, &b.y)?;
         let lp = sequence_logps(&w.row_loss, &b.y, b.len);
@@ -324,12 +326,14 @@ pub fn finetune(
         tok.vocab_size(),
         model.cfg.vocab_size
     );
-    ensure!(
-        fc.max_length <= model.cfg.max_position_embeddings,
-        "max_length {} exceeds the model's context ({})",
-        fc.max_length,
-        model.cfg.max_position_embeddings
-    );
+    let context = model.cfg.max_position_embeddings;
+    let max_len = match fc.max_length {
+        Some(m) => {
+            ensure!(m <= context, "max_length {m} exceeds the model's context ({context})");
+            m
+        }
+        None => context.min(if mode == Mode::Sft { 2048 } else { 1024 }),
+    };
     let (template, template_from) = template_for(fc.chat_template.as_deref(), &model_dir, &tok)?;
     let renderer = Renderer::new(&tok, &template);
     let say = |m: &str| {
@@ -339,21 +343,22 @@ pub fn finetune(
     };
     let (sft, pairs, truncated, dropped) = match mode {
         Mode::Sft => {
-            let p = sft_examples(&data, &renderer, fc.loss_on, fc.max_length)?;
+            let p = sft_examples(&data, &renderer, fc.loss_on, max_len)?;
             (p.examples, vec![], p.truncated, p.dropped)
         }
         Mode::Dpo => {
-            let p = preference_examples(&data, &renderer, fc.max_length)?;
+            let p = preference_examples(&data, &renderer, max_len)?;
             (vec![], p.examples, p.truncated, p.dropped)
         }
     };
     let n = sft.len() + pairs.len();
     say(&format!(
-        "data: {} {} from {} ({truncated} cut to max_length {}, {dropped} left out with nothing to learn); chat template: {template_from}",
+        "data: {} {} from {} ({truncated} cut to max_length {}, {dropped} left out with nothing to learn); \
+         chat template: {template_from}",
         n,
         if mode == Mode::Sft { "examples" } else { "pairs" },
         data.display(),
-        fc.max_length
+        max_len
     ));
     let global = fc.micro_batch * fc.accumulation * world;
     let per_epoch = n.div_ceil(global) as u64;
@@ -362,7 +367,7 @@ pub fn finetune(
         preset: String::new(),
         init_from: Some(model_dir.clone()),
         out: fc.out.clone(),
-        seq_len: fc.max_length,
+        seq_len: max_len,
         micro_batch: fc.micro_batch,
         max_steps,
         max_lr: fc.max_lr,
@@ -402,9 +407,9 @@ pub fn finetune(
                     Some(dir) => {
                         let r = load_hf(dir)?;
                         ensure!(r.cfg.vocab_size == t.model.cfg.vocab_size, "--ref-model has another vocabulary");
-                        reference_logps(&r, &pairs, fc, pad_id)?
+                        reference_logps(&r, &pairs, fc.micro_batch, max_len, pad_id)?
                     }
-                    None => reference_logps(&t.model, &pairs, fc, pad_id)?,
+                    None => reference_logps(&t.model, &pairs, fc.micro_batch, max_len, pad_id)?,
                 }
             }
         },
@@ -415,7 +420,7 @@ pub fn finetune(
     }
     let resolved = resolved_config(
         &t,
-        json!({"mode": if mode == Mode::Sft { "sft" } else { "dpo" }, "finetune": fc, "examples": n,
+        json!({"mode": if mode == Mode::Sft { "sft" } else { "dpo" }, "finetune": fc, "examples": n, "max_length": max_len,
             "truncated": truncated, "dropped": dropped, "steps_per_epoch": per_epoch, "chat_template": template_from,
             "data_digest": data_digest}),
     );
@@ -471,7 +476,7 @@ pub fn finetune(
                             (sft[i].input_ids.clone(), sft[i].labels.iter().map(|&l| l != IGNORE_INDEX).collect())
                         })
                         .collect();
-                    let b = pad(&seqs, pad_id, fc.max_length);
+                    let b = pad(&seqs, pad_id, max_len);
                     let w = ws.get(model, b.batch, b.len);
                     let mean = model.forward_backward(w, grads, &b.x, &b.y, 1.0 / total as f32)?;
                     let counted = b.y.iter().filter(|&&y| y != IGNORE_INDEX).count();
@@ -490,11 +495,11 @@ pub fn finetune(
                     let k = mb.len();
                     let seqs: Vec<_> = [true, false]
                         .iter()
-                        .flat_map(|&c| mb.iter().map(move |&i| pairs[i].sequence(c, fc.max_length)))
+                        .flat_map(|&c| mb.iter().map(move |&i| pairs[i].sequence(c, max_len)))
                         .collect();
                     let counts: Vec<usize> = seqs.iter().map(|(_, m)| m.iter().filter(|&&b| b).count()).collect();
                     tokens += seqs.iter().map(|(ids, _)| ids.len() as u64).sum::<u64>();
-                    let b = pad(&seqs, pad_id, fc.max_length);
+                    let b = pad(&seqs, pad_id, max_len);
                     let w = ws.get(model, b.batch, b.len);
                     let len = b.len;
                     let y = &b.y;

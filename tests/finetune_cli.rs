@@ -1,0 +1,178 @@
+//! `tinyllama sft` and `tinyllama dpo` from the command line: a resumed run equals the
+//! uninterrupted one bit for bit, the result is a chat model (its template travels with the
+//! checkpoint and the HF export, where transformers renders it), bad rows are named by file:line.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tinyllama"))
+}
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/trl")
+}
+
+/// The TRL fixture's small model with the repository's tokenizer beside it.
+fn model_dir(d: &Path) -> PathBuf {
+    let m = d.join("model");
+    std::fs::create_dir_all(&m).unwrap();
+    for e in std::fs::read_dir(fixture().join("model")).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, m.join(p.file_name().unwrap())).unwrap();
+    }
+    let tok = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/tokenizer/llama2/tokenizer.json");
+    std::fs::copy(tok, m.join("tokenizer.json")).unwrap();
+    m
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let o = cmd.output().unwrap();
+    assert!(
+        o.status.success(),
+        "{:?} failed:\n{}{}",
+        cmd,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+fn train(mode: &str, model: &Path, data: &str, out: &Path, extra: &[&str]) -> Command {
+    let mut c = bin();
+    c.args([mode, "--quiet", "--max-lr", "1e-3", "--micro-batch", "2", "--max-length", "128", "--max-steps", "4"])
+        .args(["--save-interval", "2", "--model"])
+        .arg(model)
+        .arg("--data")
+        .arg(fixture().join(data))
+        .arg("--out")
+        .arg(out)
+        .args(extra);
+    c
+}
+
+fn metrics(out: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|mut v| {
+            for k in ["elapsed_s", "tokens_per_s"] {
+                v.as_object_mut().unwrap().remove(k);
+            }
+            v
+        })
+        .collect()
+}
+
+/// Train 4 steps; then again from the step-2 checkpoint of a copy: same rows, same weights.
+fn resume_is_exact(mode: &str, data: &str, extra: &[&str]) {
+    let d = common::tmpdir(&format!("ft-resume-{mode}"));
+    let model = model_dir(&d);
+    let a = d.join("a");
+    run(&mut train(mode, &model, data, &a, extra));
+    let b = d.join("b");
+    run(Command::new("cp").arg("-r").arg(&a).arg(&b));
+    std::fs::remove_dir_all(b.join("checkpoints/step-00000004")).unwrap();
+    run(train(mode, &model, data, &b, extra).arg("--resume"));
+    assert_eq!(metrics(&a), metrics(&b), "{mode}: metrics after resume");
+    for f in ["model.safetensors", "optimizer.safetensors"] {
+        let (x, y) = (a.join("checkpoints/step-00000004").join(f), b.join("checkpoints/step-00000004").join(f));
+        assert!(std::fs::read(x).unwrap() == std::fs::read(y).unwrap(), "{mode}: {f} differs after resume");
+    }
+    let rows = metrics(&a);
+    assert_eq!(rows.len(), 4);
+    if mode == "dpo" {
+        for k in ["rewards_chosen", "rewards_rejected", "reward_accuracy", "reward_margin"] {
+            assert!(rows[3][k].is_f64(), "dpo row without {k}: {}", rows[3]);
+        }
+        assert!(b.join("ref_logps.json").exists());
+    }
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+#[test]
+fn sft_resume_is_bit_exact() {
+    resume_is_exact("sft", "sft_messages.jsonl", &[]);
+}
+
+#[test]
+fn dpo_resume_is_bit_exact() {
+    resume_is_exact("dpo", "dpo_conv.jsonl", &["--beta", "0.1"]);
+}
+
+/// The fine-tuned checkpoint is a chat model: `chat` runs on it with its template, and the HF
+/// export carries the template, which transformers renders as our chat template does.
+#[test]
+fn sft_result_is_a_chat_model() {
+    let d = common::tmpdir("ft-chat");
+    let model = model_dir(&d);
+    let out = d.join("run");
+    run(&mut train("sft", &model, "sft_prompt_completion_conv.jsonl", &out, &[]));
+    let ck = out.join("checkpoints/step-00000004");
+    let tc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ck.join("tokenizer_config.json")).unwrap()).unwrap();
+    assert!(tc["chat_template"].as_str().unwrap().contains("generation"), "{tc}");
+    let mut chat = bin();
+    chat.args(["chat", "-n", "3", "--temperature", "0", "--model"]).arg(&ck);
+    chat.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = chat.spawn().unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"Hello!\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && !err.contains("no chat template"), "{err}");
+
+    let hf = d.join("hf");
+    run(bin().args(["export", "--checkpoint"]).arg(&ck).arg("--hf").arg(&hf));
+    let Some(py) = common::python("sft_result_is_a_chat_model", "transformers") else { return };
+    let msgs = r#"[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}]"#;
+    let script = format!(
+        "import json, sys\nfrom transformers import AutoTokenizer\nt = AutoTokenizer.from_pretrained(sys.argv[1])\n\
+         print(json.dumps(t.apply_chat_template(json.loads('{msgs}'), tokenize=False, add_generation_prompt=True)))"
+    );
+    let o = run(Command::new(py).args(["-c", &script]).arg(&hf));
+    let theirs: String = serde_json::from_slice(&o.stdout).unwrap();
+    let tok = tinyllama::tokenizer::Tokenizer::from_file(&hf.join("tokenizer.json")).unwrap();
+    let (ours, _) = tinyllama::train::finetune::template_for(None, &hf, &tok).unwrap();
+    let m: Vec<tinyllama::tokenizer::chat_template::Message> = serde_json::from_str(msgs).unwrap();
+    assert_eq!(ours.render(&m, true).unwrap(), theirs);
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+/// Bad rows are refused with the file and line, exit code 1.
+#[test]
+fn bad_rows_are_named() {
+    let d = common::tmpdir("ft-bad");
+    let model = model_dir(&d);
+    let good = r#"{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}"#;
+    let cases: &[(&str, &str, &str)] = &[
+        ("sft", r#"{"messages": [{"role": "robot", "content": "x"}]}"#, "role `robot`"),
+        ("sft", r#"{"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "a"}]}"#, "empty"),
+        ("sft", r#"{"messages": [{"role": "user", "content": "only a question"}]}"#, "no assistant message"),
+        ("sft", r#"{"prompt": "no completion"}"#, "a row needs `messages`, `prompt` and `completion`, or `text`"),
+        ("sft", r#"{"text": "plain"}"#, "a text row in a file of messages rows"),
+        ("sft", "not json", "not a JSON object"),
+        ("sft", r#"{"prompt": "p", "chosen": "c", "rejected": "r"}"#, "prompt/chosen/rejected row"),
+        ("dpo", r#"{"prompt": "p", "chosen": "c"}"#, "a preference row needs `rejected`"),
+        ("dpo", r#"{"text": "t"}"#, "DPO needs `prompt`, `chosen` and `rejected`"),
+    ];
+    for (i, (mode, bad, want)) in cases.iter().enumerate() {
+        let f = d.join(format!("bad{i}.jsonl"));
+        let first = if *mode == "sft" { good } else { r#"{"prompt": "a", "chosen": " b", "rejected": " c"}"# };
+        std::fs::write(&f, format!("{first}\n\n{bad}\n")).unwrap();
+        let o = bin()
+            .args([*mode, "--quiet", "--max-steps", "1", "--model"])
+            .arg(&model)
+            .arg("--data")
+            .arg(&f)
+            .arg("--out")
+            .arg(d.join(format!("out{i}")))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{bad}: {err}");
+        assert!(err.contains(&format!("bad{i}.jsonl:3")) && err.contains(want), "{bad}: {err}");
+    }
+    std::fs::remove_dir_all(d).unwrap();
+}
