@@ -85,6 +85,10 @@ enum Cmd {
         /// mix: Q4_K, with Q6_K for the head and some layers' attn_v/ffn_down), q4_k or q6_k for --gguf.
         #[arg(long, default_value = "f32")]
         dtype: String,
+        /// A LoRA checkpoint (`sft`/`dpo --lora-rank`) as a plain model, the adapters merged into
+        /// the weights. Without it, --hf writes the adapter alone, as PEFT saves one.
+        #[arg(long)]
+        merge_lora: bool,
     },
     /// Zero-shot evaluation with lm-evaluation-harness v0.4's rules (or perplexity of a file).
     ///
@@ -268,6 +272,18 @@ struct FinetuneArgs {
     /// DPO: the frozen reference model (default: the starting weights).
     #[arg(long)]
     ref_model: Option<PathBuf>,
+    /// Train LoRA adapters of this rank instead of every weight (PEFT's LoRA; 0: off).
+    #[arg(long)]
+    lora_rank: Option<usize>,
+    /// LoRA's alpha: the adapters are scaled by alpha / rank (default 16).
+    #[arg(long)]
+    lora_alpha: Option<f64>,
+    /// The weights LoRA adapts: q,k,v,o,gate,up,down or a subset (default all).
+    #[arg(long)]
+    lora_targets: Option<String>,
+    /// Start LoRA from a PEFT adapter directory (adapter_model.safetensors).
+    #[arg(long)]
+    lora_init: Option<PathBuf>,
     /// Checkpoint every N steps (default 500; always at the end and on Ctrl-C).
     #[arg(long)]
     save_interval: Option<u64>,
@@ -634,7 +650,28 @@ fn run() -> Result<()> {
                 tok.eos_id
             );
         }
-        Cmd::Export { checkpoint, hf: None, gguf: Some(out), dtype } => {
+        Cmd::Export { checkpoint, merge_lora: true, .. } if !checkpoint.join("adapter_model.safetensors").exists() => {
+            bail!("--merge-lora: {} holds no LoRA adapter (adapter_model.safetensors)", checkpoint.display())
+        }
+        Cmd::Export { checkpoint, hf: Some(hf), merge_lora: false, .. }
+            if checkpoint.join("adapter_model.safetensors").exists() =>
+        {
+            // the adapter as PEFT saves it, with the tokenizer and chat template
+            ensure!(!hf.exists(), "{} exists; choose a new directory", hf.display());
+            std::fs::create_dir_all(&hf).with_context(|| format!("cannot create {}", hf.display()))?;
+            for f in ["adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "tokenizer_config.json"] {
+                let from = checkpoint.join(f);
+                if from.exists() {
+                    let bytes = std::fs::read(&from).with_context(|| format!("cannot read {}", from.display()))?;
+                    tinyllama::files::write_atomically(&hf.join(f), |w| Ok(std::io::Write::write_all(w, &bytes)?))?;
+                }
+            }
+            println!(
+                "wrote the LoRA adapter to {} (PEFT's files; --merge-lora writes a plain model instead)",
+                hf.display()
+            );
+        }
+        Cmd::Export { checkpoint, hf: None, gguf: Some(out), dtype, .. } => {
             let dtype = tinyllama::model::ModelDtype::parse(&dtype)?;
             let model = tinyllama::checkpoint::hf::load_hf(&checkpoint)?;
             let tok = Tokenizer::from_file(&checkpoint.join("tokenizer.json"))
@@ -647,7 +684,7 @@ fn run() -> Result<()> {
             println!("wrote {} ({}, {}, {:.1} MB)", out.display(), model.cfg, dtype.name(), size as f64 / 1e6);
         }
         Cmd::Export { hf: None, .. } => anyhow::bail!("export needs --hf DIR or --gguf FILE"),
-        Cmd::Export { checkpoint, hf: Some(hf), gguf: _, dtype } => {
+        Cmd::Export { checkpoint, hf: Some(hf), gguf: _, dtype, .. } => {
             let dtype = match dtype.as_str() {
                 "f32" => Dtype::F32,
                 "bf16" => Dtype::BF16,
@@ -966,11 +1003,24 @@ fn finetune(mode: tinyllama::train::finetune::Mode, a: FinetuneArgs) -> Result<(
     macro_rules! set {
         ($($field:ident),*) => {$(if let Some(v) = a.$field.clone() { c.$field = v; })*};
     }
-    set!(out, epochs, max_lr, min_lr, micro_batch, accumulation, seed, beta, save_interval);
+    set!(
+        out,
+        epochs,
+        max_lr,
+        min_lr,
+        micro_batch,
+        accumulation,
+        seed,
+        beta,
+        save_interval,
+        lora_rank,
+        lora_alpha,
+        lora_targets
+    );
     macro_rules! set_some {
         ($($field:ident),*) => {$(if a.$field.is_some() { c.$field = a.$field.clone(); })*};
     }
-    set_some!(model, data, chat_template, max_steps, warmup_steps, ref_model, max_length);
+    set_some!(model, data, chat_template, max_steps, warmup_steps, ref_model, max_length, lora_init);
     if let Some(l) = &a.loss_on {
         c.loss_on = match l.as_str() {
             "completion" => tinyllama::data::finetune::LossOn::Completion,

@@ -176,3 +176,54 @@ fn bad_rows_are_named() {
     }
     std::fs::remove_dir_all(d).unwrap();
 }
+
+#[test]
+fn lora_resume_is_bit_exact() {
+    resume_is_exact("sft", "sft_messages.jsonl", &["--lora-rank", "4", "--lora-alpha", "8"]);
+    resume_is_exact("dpo", "dpo_conv.jsonl", &["--lora-rank", "2", "--lora-targets", "q,v"]);
+}
+
+/// A LoRA run trains the adapters only; its checkpoint exports as PEFT's adapter (which PEFT
+/// loads onto the base model) or, with --merge-lora, as a plain model equal to PEFT's own
+/// `merge_and_unload()` of that adapter.
+#[test]
+fn lora_exports_match_peft() {
+    let test = "lora_exports_match_peft";
+    let d = common::tmpdir("ft-lora");
+    let model = model_dir(&d);
+    let out = d.join("run");
+    run(&mut train("sft", &model, "sft_messages.jsonl", &out, &["--lora-rank", "4", "--lora-alpha", "8"]));
+    let ck = out.join("checkpoints/step-00000004");
+    let adapter = d.join("adapter");
+    let merged = d.join("merged");
+    run(bin().args(["export", "--checkpoint"]).arg(&ck).arg("--hf").arg(&adapter));
+    run(bin().args(["export", "--merge-lora", "--checkpoint"]).arg(&ck).arg("--hf").arg(&merged));
+    assert!(adapter.join("adapter_model.safetensors").exists() && adapter.join("adapter_config.json").exists());
+    // only the adapted weights moved
+    let base = tinyllama::checkpoint::hf::load_hf(&model).unwrap();
+    let m = tinyllama::checkpoint::hf::load_hf(&merged).unwrap();
+    for t in base.layout.hf_tensors(&base.cfg) {
+        let same = base.params[t.range.clone()] == m.params[t.range.clone()];
+        let adapted = t.name.contains("_proj");
+        assert_eq!(same, !adapted, "{}: changed {}", t.name, !same);
+    }
+    let o = bin()
+        .args(["export", "--merge-lora", "--checkpoint"])
+        .arg(&model)
+        .arg("--hf")
+        .arg(d.join("x"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no LoRA adapter"));
+
+    let Some(py) = common::python(test, "peft,transformers") else { return };
+    let script = "import sys, torch\nfrom transformers import LlamaForCausalLM\nfrom peft import PeftModel\n\
+        base = LlamaForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32)\n\
+        ours = LlamaForCausalLM.from_pretrained(sys.argv[3], dtype=torch.float32).state_dict()\n\
+        theirs = PeftModel.from_pretrained(base, sys.argv[2]).merge_and_unload().state_dict()\n\
+        worst = max((theirs[k] - ours[k]).abs().max().item() for k in theirs)\n\
+        print(worst)\nassert worst < 1e-6, worst\n";
+    run(Command::new(py).args(["-c", script]).arg(&model).arg(&adapter).arg(&merged));
+    std::fs::remove_dir_all(d).unwrap();
+}

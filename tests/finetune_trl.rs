@@ -1,8 +1,9 @@
 //! `tinyllama sft` / `tinyllama dpo` against TRL itself: the fixture in tests/fixtures/trl (made
 //! by tests/fixtures/make_trl_fixture.py with TRL's SFTTrainer and DPOTrainer) holds TRL's
 //! tokenized examples and loss masks and every step's logged loss (and DPO's rewards) for
-//! full-batch steps at a constant learning rate. Each run here must tokenize the same ids and
-//! masks and log the same numbers within 1e-4 relative.
+//! full-batch steps at a constant learning rate, two of them with PEFT's LoRA (all seven linear
+//! weights, rank 4, started from PEFT's own initial adapter). Each run here must tokenize the same
+//! ids and masks and log the same numbers within 1e-4 relative.
 
 mod common;
 
@@ -64,6 +65,11 @@ fn config(run: &Value, n: usize, out: &Path) -> (Mode, FinetuneConfig) {
     };
     if let Some(b) = opts["beta"].as_f64() {
         c.beta = b;
+    }
+    if let Some(l) = run.get("lora") {
+        c.lora_rank = l["rank"].as_u64().unwrap() as usize;
+        c.lora_alpha = l["alpha"].as_f64().unwrap();
+        c.lora_init = Some(fixture().join(l["init"].as_str().unwrap()));
     }
     c.loss_type = match opts["loss_type"][0].as_str() {
         Some("ipo") => DpoLoss::Ipo,

@@ -201,7 +201,10 @@ fn readers_refuse_damaged_files_without_panicking() {
     };
     let adam = tinyllama::train::AdamW::new(model.layout.total, tinyllama::train::AdamWConfig::default());
     let ck =
-        tinyllama::train::checkpoint::save_checkpoint(&ck_root, &model, &adam, &Tokenizer::llama2(), &state).unwrap();
+        tinyllama::train::checkpoint::save_checkpoint(&ck_root, &model, &adam, &Tokenizer::llama2(), &state, &|_| {
+            Ok(())
+        })
+        .unwrap();
     let ts = std::fs::read(ck.join("trainer_state.json")).unwrap();
     fuzz("trainer_state.json", &ts, &|b| {
         std::fs::write(ck.join("trainer_state.json"), b)?;

@@ -92,13 +92,15 @@ pub fn remove_partial_checkpoints(root: &Path) -> usize {
         .count()
 }
 
-/// Writes a checkpoint atomically and prunes old ones (keeping `keep_last` and milestones).
+/// Writes a checkpoint atomically and prunes old ones (keeping `keep_last` and milestones);
+/// `extra` adds a mode's own files (a chat template, LoRA adapters) inside the same atomic write.
 pub fn save_checkpoint(
     root: &Path,
     model: &Llama,
     adam: &AdamW,
     tok: &Tokenizer,
     state: &TrainerState,
+    extra: &dyn Fn(&Path) -> Result<()>,
 ) -> Result<PathBuf> {
     std::fs::create_dir_all(root).with_context(|| format!("cannot create {}", root.display()))?;
     let final_dir = step_dir(root, state.step);
@@ -119,6 +121,7 @@ pub fn save_checkpoint(
             Dtype::F32,
             &meta,
         )?;
+        extra(&tmp)?;
         write_json(&tmp.join("trainer_state.json"), &serde_json::to_value(state)?)?;
         if final_dir.exists() {
             std::fs::remove_dir_all(&final_dir)?;
@@ -164,8 +167,9 @@ pub fn load_checkpoint(dir: &Path) -> Result<LoadedCheckpoint> {
     let opt = SafeTensorsFile::open(&dir.join("optimizer.safetensors"))?;
     let (adam_m, _) = opt.read_f32("exp_avg")?;
     let (adam_v, _) = opt.read_f32("exp_avg_sq")?;
+    // the whole model's, or a LoRA run's adapters' (checked against the run when resuming)
     ensure!(
-        adam_m.len() == model.layout.total && adam_v.len() == model.layout.total,
+        adam_m.len() == adam_v.len() && adam_m.len() <= model.layout.total,
         "{}: optimizer state does not match the model's {} parameters",
         dir.display(),
         model.layout.total

@@ -10,6 +10,7 @@
 
 use super::checkpoint::TrainerState;
 use super::config::TrainConfig;
+use super::lora::Lora;
 use super::trainer::{claim_run_dir, resolved_config, DataPosition, Resume, Trainer};
 use crate::checkpoint::hf::load_hf;
 use crate::config::suggest;
@@ -85,6 +86,14 @@ pub struct FinetuneConfig {
     pub loss_type: DpoLoss,
     /// DPO: the frozen reference (default: the starting weights).
     pub ref_model: Option<PathBuf>,
+    /// LoRA rank; 0: every weight is trained.
+    pub lora_rank: usize,
+    /// LoRA's alpha (the adapters are scaled by alpha / rank).
+    pub lora_alpha: f64,
+    /// The adapted weights: `q,k,v,o,gate,up,down` or a subset, or `all`.
+    pub lora_targets: String,
+    /// A PEFT adapter directory to start from (default: PEFT's initialisation, B = 0).
+    pub lora_init: Option<PathBuf>,
     pub log_interval: u64,
     pub save_interval: u64,
     pub keep_last: usize,
@@ -120,6 +129,10 @@ impl FinetuneConfig {
             beta: 0.01,
             loss_type: DpoLoss::Sigmoid,
             ref_model: None,
+            lora_rank: 0,
+            lora_alpha: 16.0,
+            lora_targets: "all".into(),
+            lora_init: None,
             log_interval: 1,
             save_interval: 500,
             keep_last: 2,
@@ -388,7 +401,27 @@ pub fn finetune(
     };
     let data_digest = format!("{:016x}", crate::files::digest(&std::fs::read(&data)?));
     let pad_id = tok.eos_id;
-    let mut t = Trainer::new(&tc, model, tok, comm, verbose);
+    let lora = match fc.lora_rank {
+        0 => None,
+        r => {
+            let targets = crate::train::lora::parse_targets(&fc.lora_targets)?;
+            let mut l = Lora::new(&model.cfg, &model.params, &targets, r, fc.lora_alpha, fc.seed)?;
+            if let Some(dir) = &fc.lora_init {
+                l.load_peft(dir)?;
+            }
+            say(&format!(
+                "LoRA: rank {r}, alpha {}, {} weights adapted, {} trainable parameters of {}",
+                fc.lora_alpha,
+                l.targets.len(),
+                l.adapters.len(),
+                model.layout.total
+            ));
+            Some(l)
+        }
+    };
+    let mut t = Trainer::with_lora(&tc, model, tok, comm, verbose, lora);
+    t.chat_template = Some(template.source.clone());
+    t.base_model = model_dir.display().to_string();
 
     // DPO's reference: log-probabilities computed once (from the starting weights or
     // --ref-model), kept in the run directory for resumes
@@ -429,15 +462,9 @@ pub fn finetune(
         write_json(&ref_path, &json!({"data_digest": data_digest, "logps": refs}))?;
     }
     let position = json!({"data_digest": data_digest, "global_batch": global});
-    // the chat template goes with the model (tokenizer_config.json), for `chat`, `serve`,
-    // `export` and transformers
-    let save = |t: &mut Trainer| -> Result<PathBuf> {
-        let dir = t.save(DataPosition::Examples(position.clone()))?;
-        if t.rank == 0 {
-            write_tokenizer_config(&dir, &t.tok, &template.source, t.model.cfg.max_position_embeddings)?;
-        }
-        Ok(dir)
-    };
+    // the chat template goes with the model (tokenizer_config.json) for `chat`, `serve`,
+    // `export` and transformers; LoRA adapters beside it in PEFT's files
+    let save = |t: &mut Trainer| t.save(DataPosition::Examples(position.clone()));
 
     let mut ws = Workspaces(None);
     let mut out = FinetuneOutcome {

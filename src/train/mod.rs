@@ -7,6 +7,7 @@ pub mod adamw;
 pub mod checkpoint;
 pub mod config;
 pub mod finetune;
+pub mod lora;
 pub mod metrics;
 pub mod plot;
 pub mod pretrain;

@@ -228,7 +228,7 @@ pub fn pretrain(
         )?;
         let interrupted = stop.load(Ordering::Relaxed);
         if let (Some(vo), 0) = (&val_opts, rank) {
-            if step % cfg.eval_interval.max(1) == 0 || step == cfg.max_steps {
+            if step.is_multiple_of(cfg.eval_interval.max(1)) || step == cfg.max_steps {
                 let vl = match validate(&t.model, &mut ws, &data_dir, vo, cfg) {
                     Ok(vl) => vl,
                     Err(e) if world > 1 => return Err(e), // rank 0 alone validates: no collective save

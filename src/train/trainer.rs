@@ -9,6 +9,7 @@ use super::checkpoint::{
     step_dir, TrainerState,
 };
 use super::config::TrainConfig;
+use super::lora::Lora;
 use super::metrics::MetricsSink;
 use super::{clip_to_norm, grad_sum_squares, AdamW, AdamWConfig, CosineSchedule};
 use crate::data::loader::LoaderState;
@@ -130,13 +131,35 @@ pub struct Trainer<'a> {
     bar: Option<indicatif::ProgressBar>,
     t_start: Instant,
     pub start_step: u64,
+    /// LoRA: only the adapters are trained (the optimiser's parameters); the model holds the
+    /// merged weights.
+    pub lora: Option<Lora>,
+    /// Written beside every checkpoint's model (`tokenizer_config.json`'s `chat_template`).
+    pub chat_template: Option<String>,
+    /// Where the base model came from (a LoRA adapter's `base_model_name_or_path`).
+    pub base_model: String,
 }
 
 impl<'a> Trainer<'a> {
     /// The optimiser for `model` on this rank (a fresh state: see [`Trainer::resume`]).
     pub fn new(cfg: &TrainConfig, model: Llama, tok: Tokenizer, comm: &'a dyn Collectives, verbose: bool) -> Self {
+        Self::with_lora(cfg, model, tok, comm, verbose, None)
+    }
+
+    /// As [`Trainer::new`]; with `lora`, the optimiser trains its adapters only.
+    pub fn with_lora(
+        cfg: &TrainConfig,
+        mut model: Llama,
+        tok: Tokenizer,
+        comm: &'a dyn Collectives,
+        verbose: bool,
+        lora: Option<Lora>,
+    ) -> Self {
         let (world, rank) = (comm.world(), comm.rank());
-        let n_params = model.layout.total;
+        if let Some(l) = &lora {
+            l.merge_into(&mut model.params);
+        }
+        let n_params = lora.as_ref().map(|l| l.adapters.len()).unwrap_or(model.layout.total);
         let shard = shard_range(n_params, rank, world);
         let block = n_params.div_ceil(world);
         let adam_cfg = AdamWConfig { beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weight_decay: cfg.weight_decay };
@@ -180,6 +203,9 @@ impl<'a> Trainer<'a> {
             bar: None,
             t_start: Instant::now(),
             start_step: 0,
+            lora,
+            chat_template: None,
+            base_model: String::new(),
         }
     }
 
@@ -204,7 +230,21 @@ impl<'a> Trainer<'a> {
             dir.display(),
             ck.model.cfg
         );
-        self.model.params = ck.model.params;
+        ensure!(
+            ck.adam_m.len() == self.n_params,
+            "checkpoint {} holds the optimiser state of {} parameters, this run trains {}{}",
+            dir.display(),
+            ck.adam_m.len(),
+            self.n_params,
+            if self.lora.is_some() { " (LoRA adapters: keep --lora-rank and --lora-targets)" } else { "" }
+        );
+        match &mut self.lora {
+            Some(l) => {
+                l.load_peft(&dir)?;
+                l.merge_into(&mut self.model.params);
+            }
+            None => self.model.params = ck.model.params,
+        }
         // the optimiser state is stored whole: any world size takes its own shard of it
         self.adam.m = ck.adam_m[self.shard.clone()].to_vec();
         self.adam.v = ck.adam_v[self.shard.clone()].to_vec();
@@ -240,12 +280,18 @@ impl<'a> Trainer<'a> {
     /// Zeroes the gradient buffer before a step's micro-batches accumulate into it.
     pub fn zero_grads(&mut self) {
         self.grads.fill(0.0);
+        if let Some(l) = &mut self.lora {
+            l.full_grads.fill(0.0);
+        }
     }
 
     /// The parameters and the gradient buffer (in the parameter layout) a mode's
     /// forward/backward reads and accumulates into.
     pub fn model_and_grads(&mut self) -> (&Llama, &mut [f32]) {
-        (&self.model, &mut self.grads[..self.n_params])
+        match &mut self.lora {
+            Some(l) => (&self.model, &mut l.full_grads),
+            None => (&self.model, &mut self.grads[..self.n_params]),
+        }
     }
 
     pub fn elapsed(&self) -> f64 {
@@ -280,6 +326,9 @@ impl<'a> Trainer<'a> {
     /// `nan_patience` of them in a row end the run.
     pub fn update(&mut self, loss_sum: f64, loss_divisor: f64, tokens: u64) -> Result<StepStats> {
         let shard = self.shard.clone();
+        if let Some(l) = &self.lora {
+            l.project_grads(&mut self.grads[..self.n_params]);
+        }
         // ZeRO-1: sum the gradients and keep this rank's block
         self.comm.reduce_scatter_sum(&self.grads, &mut self.gshard);
         let g = &mut self.gshard[..shard.len()];
@@ -308,12 +357,19 @@ impl<'a> Trainer<'a> {
                 );
             }
         } else {
-            self.adam.update(&mut self.model.params[shard.clone()], g, lr);
+            let trainable = match &mut self.lora {
+                Some(l) => &mut l.adapters,
+                None => &mut self.model.params,
+            };
+            self.adam.update(&mut trainable[shard.clone()], g, lr);
             self.bad = 0;
             if self.world > 1 {
-                self.pshard[..shard.len()].copy_from_slice(&self.model.params[shard.clone()]);
+                self.pshard[..shard.len()].copy_from_slice(&trainable[shard.clone()]);
                 self.comm.all_gather(&self.pshard, &mut self.gathered);
-                self.model.params.copy_from_slice(&self.gathered[..self.n_params]);
+                trainable.copy_from_slice(&self.gathered[..self.n_params]);
+            }
+            if let Some(l) = &self.lora {
+                l.merge_into(&mut self.model.params);
             }
         }
         self.step += 1;
@@ -338,7 +394,7 @@ impl<'a> Trainer<'a> {
         if let Some(b) = &self.bar {
             b.set_position(self.step);
             b.set_message(progress);
-        } else if self.verbose && self.step % self.cfg.log_interval.max(1) == 0 {
+        } else if self.verbose && self.step.is_multiple_of(self.cfg.log_interval.max(1)) {
             eprintln!("step {}: {progress}", self.step);
         }
         Ok(())
@@ -357,7 +413,7 @@ impl<'a> Trainer<'a> {
     /// never during a run of NaN/inf steps (the last good one stays the latest).
     pub fn checkpoint_due(&self, interrupted: bool) -> bool {
         let c = &self.cfg;
-        self.bad == 0 && (self.step % c.save_interval.max(1) == 0 || self.step == c.max_steps || interrupted)
+        self.bad == 0 && (self.step.is_multiple_of(c.save_interval.max(1)) || self.step == c.max_steps || interrupted)
     }
 
     /// A checkpoint of the current step; every rank takes part (the optimiser shards and data
@@ -413,8 +469,17 @@ impl<'a> Trainer<'a> {
             consecutive_bad_steps: self.bad,
             examples,
         };
+        let extra = |dir: &Path| -> Result<()> {
+            if let Some(t) = &self.chat_template {
+                super::finetune::write_tokenizer_config(dir, &self.tok, t, self.model.cfg.max_position_embeddings)?;
+            }
+            if let Some(l) = &self.lora {
+                l.save_peft(dir, &self.base_model)?;
+            }
+            Ok(())
+        };
         let dir = if rank == 0 {
-            save_checkpoint(&self.ckpt_root, &self.model, &full, &self.tok, &state)
+            save_checkpoint(&self.ckpt_root, &self.model, &full, &self.tok, &state, &extra)
         } else {
             Ok(step_dir(&self.ckpt_root, step))
         };
