@@ -20,6 +20,8 @@ PY="$ENV/bin/python"
 "$PY" -c "import torch, transformers" 2>/dev/null || "$PY" -m pip install -q torch transformers
 # the official OpenAI client, for the server's tests
 "$PY" -c "import openai" 2>/dev/null || "$PY" -m pip install -q openai
+# TRL and PEFT, the references of `sft` / `dpo` / LoRA (tests/finetune_cli.rs; the fixture is vendored)
+"$PY" -c "import trl, peft, datasets, accelerate" 2>/dev/null || "$PY" -m pip install -q trl peft datasets accelerate
 # the sdist carries llama.cpp's converter and gguf-py at the version the library is built from
 mkdir -p "$ENV/src"
 if [ ! -f "$ENV/src/llama.cpp/convert_hf_to_gguf.py" ]; then

@@ -917,14 +917,7 @@ fn pretrain(a: PretrainArgs) -> Result<()> {
         cfg.warmup_steps = a.warmup_steps;
     }
     if let Some(m) = &a.mix {
-        cfg.mix = m
-            .split(',')
-            .map(|kv| {
-                let (k, v) = kv.split_once('=').with_context(|| format!("--mix: `{kv}` is not NAME=WEIGHT"))?;
-                let w: f64 = v.trim().parse().with_context(|| format!("--mix: weight `{v}` is not a number"))?;
-                Ok((k.trim().to_string(), w))
-            })
-            .collect::<Result<_>>()?;
+        cfg.mix = TrainConfig::parse_mix(m)?;
     }
     if let Some(name) = &a.preset {
         LlamaConfig::preset(name)?; // unknown presets fail before any work
@@ -1355,25 +1348,9 @@ fn generate_many(
 }
 
 fn eval(a: EvalArgs) -> Result<()> {
-    use tinyllama::eval::{generative, humaneval, instruct, tasks};
-    let names: Vec<String> = match a.suite.as_deref() {
-        Some("instructeval") => instruct::GEN_TASKS.iter().map(|s| s.to_string()).collect(),
-        Some("commonsense") => ["hellaswag", "openbookqa", "winogrande", "arc_easy", "arc_challenge", "boolq", "piqa"]
-            .map(String::from)
-            .to_vec(),
-        Some(other) => bail!("unknown suite `{other}`: instructeval or commonsense"),
-        None => a.tasks.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
-    };
-    ensure!(!names.is_empty(), "no tasks given (--tasks a,b,… or --suite instructeval|commonsense)");
+    use tinyllama::eval::{generative, humaneval, instruct};
+    let names = tinyllama::eval::runner::task_names(a.suite.as_deref(), &a.tasks)?;
     ensure!(a.limit != Some(0), "--limit must be at least 1");
-    for n in &names {
-        if !instruct::GenTask::is_generative(n) && tasks::task_files(n).is_empty() {
-            let all: Vec<&str> = tasks::TASKS.iter().chain(instruct::GEN_TASKS).copied().collect();
-            let hint =
-                tinyllama::config::suggest(n, &all).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
-            bail!("unknown task `{n}`{hint}; tasks: {}", all.join(", "));
-        }
-    }
     ensure!(a.samples >= 1, "--samples must be at least 1");
     ensure!(a.max_batch >= 1, "--max-batch must be at least 1");
     ensure!(
@@ -1418,7 +1395,7 @@ fn eval(a: EvalArgs) -> Result<()> {
             log.as_mut().map(|w| w as &mut dyn std::io::Write),
             &format!("given completions ({})", path.display()),
         )?;
-        print_gen_results(std::slice::from_ref(&r));
+        print!("{}", tinyllama::eval::runner::generative_table(std::slice::from_ref(&r)));
         if let Some(j) = &a.json {
             tinyllama::files::write_json(
                 j,
@@ -1459,143 +1436,35 @@ fn eval(a: EvalArgs) -> Result<()> {
         }
         return Ok(());
     }
-    // every task is read and checked before any scoring
-    enum Loaded {
-        ZeroShot(tasks::Task),
-        Generative(instruct::GenTask),
-    }
-    let mut loaded = vec![];
-    for name in &names {
-        loaded.push(if instruct::GenTask::is_generative(name) {
-            let t = instruct::load_gen_task(name, &a.data_dir, a.limit, Some(&tok))?;
-            model.extend_positions(t.positions_needed());
-            Loaded::Generative(t)
-        } else {
-            Loaded::ZeroShot(tasks::load_task(name, &a.data_dir, a.limit)?)
-        });
-    }
-    let sandbox = if names.iter().any(|n| n == "humaneval") { Some(humaneval::Sandbox::detect()?) } else { None };
-    let (mut results, mut gen_results) = (vec![], vec![]);
-    let ctx = model.cfg.max_position_embeddings;
-    for task in &loaded {
-        let (name, n) = match task {
-            Loaded::ZeroShot(t) => (t.name.clone(), t.items.len()),
-            Loaded::Generative(t) => (t.name.clone(), t.items.len()),
-        };
-        let bar = indicatif::ProgressBar::new(n as u64);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{msg:18} {bar:30} {pos}/{len} items, ETA {eta}").unwrap(),
-        );
-        bar.set_message(name.clone());
-        if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-        }
-        match task {
-            Loaded::ZeroShot(task) => {
-                let r = tinyllama::eval::harness::evaluate_task(
-                    &model,
-                    &tok,
-                    task,
-                    log.as_mut().map(|w| w as &mut dyn std::io::Write),
-                    &mut |i| bar.set_position(i as u64),
-                )?;
-                results.push(r);
-            }
-            Loaded::Generative(task) => {
-                let t0 = std::time::Instant::now();
-                let (new, work) =
-                    generative::generate_items(&model, &tok, task, &opts, &mut |i| bar.set_position(i as u64))?;
-                if task.name == "humaneval" {
-                    bar.set_message("humaneval: running");
+    let json = a.json.clone();
+    let (results, gen_results) = tinyllama::eval::runner::run_tasks(
+        &mut model,
+        &tok,
+        &names,
+        &a.data_dir,
+        a.limit,
+        &opts,
+        log.as_mut().map(|w| w as &mut dyn std::io::Write),
+        &mut |results, gen_results| match &json {
+            Some(j) => {
+                let mut v = serde_json::json!({"model": model_path, "limit": a.limit, "data_dir": a.data_dir,
+                    "results": results, "tinyllama_version": VERSION});
+                if !gen_results.is_empty() {
+                    v["generative"] = serde_json::to_value(gen_results)?;
                 }
-                let mut r = generative::score_task(
-                    Some(ctx),
-                    &tok,
-                    task,
-                    &new,
-                    &opts,
-                    sandbox.as_ref(),
-                    log.as_mut().map(|w| w as &mut dyn std::io::Write),
-                )?;
-                r.work = Some(work);
-                r.seconds = t0.elapsed().as_secs_f64();
-                r.items_per_s = task.items.len() as f64 / r.seconds;
-                gen_results.push(r);
+                tinyllama::files::write_json(j, &v)
             }
-        }
-        bar.finish_and_clear();
-        if let Some(w) = log.as_mut() {
-            std::io::Write::flush(w)?;
-        }
-        if let Some(j) = &a.json {
-            let mut v = serde_json::json!({"model": model_path, "limit": a.limit, "data_dir": a.data_dir, "results": results,
-                    "tinyllama_version": VERSION});
-            if !gen_results.is_empty() {
-                v["generative"] = serde_json::to_value(&gen_results)?;
-            }
-            tinyllama::files::write_json(j, &v)?;
-        }
-    }
+            None => Ok(()),
+        },
+    )?;
     if !results.is_empty() {
-        println!("| task | n | acc | ± | acc_norm | ± | items/s |");
-        println!("|---|---|---|---|---|---|---|");
-        for r in &results {
-            let norm = |x: Option<f64>| x.map(|v| format!("{:.2}", 100.0 * v)).unwrap_or_else(|| "—".into());
-            println!(
-                "| {} | {} | {:.2} | {:.2} | {} | {} | {:.2} |",
-                r.task,
-                r.n,
-                100.0 * r.acc,
-                100.0 * r.acc_stderr,
-                norm(r.acc_norm),
-                norm(r.acc_norm_stderr),
-                r.items_per_s
-            );
-        }
+        print!("{}", tinyllama::eval::runner::zero_shot_table(&results));
     }
     if !gen_results.is_empty() {
         if !results.is_empty() {
             println!();
         }
-        print_gen_results(&gen_results);
+        print!("{}", tinyllama::eval::runner::generative_table(&gen_results));
     }
     Ok(())
-}
-
-/// InstructEval-style table: one line per task, then BBH's tasks; notes on shrunk prompts and
-/// context overruns.
-fn print_gen_results(rs: &[tinyllama::eval::generative::GenResult]) {
-    println!("| task | n | metric | score | items/s | shrunk prompts | past context |");
-    println!("|---|---|---|---|---|---|---|");
-    for r in rs {
-        println!(
-            "| {} | {} | {} | {:.2} | {:.2} | {} | {} |",
-            r.task,
-            r.n,
-            r.metric,
-            100.0 * r.score,
-            r.items_per_s,
-            r.shrunk_prompts,
-            r.past_context
-        );
-    }
-    for r in rs {
-        for (k, v) in r.pass_at_k.iter().filter(|(k, _)| k.as_str() != "pass@1") {
-            println!("{}: {k} {:.2}", r.task, 100.0 * v);
-        }
-        if let Some(s) = &r.sandbox {
-            println!("{}: {}; {}", r.task, r.sampling, s);
-        }
-        if let Some(e) = &r.excluded {
-            println!("{}: excluded {e}", r.task);
-        }
-        if r.over_input_limit > 0 {
-            println!("{}: {} prompts longer than the input limit even without shots", r.task, r.over_input_limit);
-        }
-        if r.task == "bbh" {
-            for s in &r.subtasks {
-                println!("  bbh/{:42} n {:4}  {:6.2}", s.subtask, s.n, 100.0 * s.score);
-            }
-        }
-    }
 }

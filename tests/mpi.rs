@@ -148,3 +148,79 @@ fn a_failing_rank_brings_the_job_down() {
     assert!(err.contains("no shards for component"), "{err}");
     std::fs::remove_dir_all(d).unwrap();
 }
+
+/// `sft` and `dpo` (with and without LoRA) on 2 ranks × 1 example against 1 process × 2
+/// accumulated examples: the same batches, the same losses and DPO rewards.
+#[test]
+fn finetuning_on_two_ranks_matches_accumulation() {
+    if Command::new("mpirun").arg("--version").output().is_err() {
+        common::skip("MPI", "mpirun not found (apt-get install openmpi-bin libopenmpi-dev)");
+        return;
+    }
+    let d = tmpdir("ft");
+    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/trl");
+    let model = d.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    for e in std::fs::read_dir(fx.join("model")).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, model.join(p.file_name().unwrap())).unwrap();
+    }
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("data/tokenizer/llama2/tokenizer.json"),
+        model.join("tokenizer.json"),
+    )
+    .unwrap();
+    let rows = |out: &Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(out.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    for (mode, data, extra) in [
+        ("sft", "sft_messages.jsonl", vec![]),
+        ("dpo", "dpo_conv.jsonl", vec!["--beta", "0.1"]),
+        ("sft", "sft_messages.jsonl", vec!["--lora-rank", "4"]),
+    ] {
+        let args = |out: &Path, accumulation: &str| {
+            let mut v: Vec<String> = [mode, "--quiet", "--max-lr", "1e-3", "--max-steps", "3", "--micro-batch", "1"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            v.extend(["--accumulation".into(), accumulation.into(), "--model".into(), model.display().to_string()]);
+            v.extend(["--data".into(), fx.join(data).display().to_string(), "--out".into(), out.display().to_string()]);
+            v.extend(extra.iter().map(|s| s.to_string()));
+            v
+        };
+        let (two, one) = (d.join(format!("{mode}-two-{}", extra.len())), d.join(format!("{mode}-one-{}", extra.len())));
+        let o = Command::new("mpirun")
+            .args([
+                "--oversubscribe",
+                "--allow-run-as-root",
+                "-np",
+                "2",
+                env!("CARGO_BIN_EXE_tinyllama"),
+                "--threads",
+                "1",
+            ])
+            .args(args(&two, "1"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let o = Command::new(env!("CARGO_BIN_EXE_tinyllama")).args(args(&one, "2")).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let (a, b) = (rows(&two), rows(&one));
+        assert_eq!(a.len(), 3);
+        for (x, y) in a.iter().zip(&b) {
+            for k in ["loss", "grad_norm", "rewards_chosen", "reward_margin"] {
+                if let (Some(p), Some(q)) = (x[k].as_f64(), y[k].as_f64()) {
+                    assert!(
+                        (p - q).abs() <= 1e-5 * q.abs().max(1e-3),
+                        "{mode} {extra:?} {k}: {p} on 2 ranks, {q} on 1"
+                    );
+                }
+            }
+        }
+    }
+    std::fs::remove_dir_all(d).unwrap();
+}

@@ -9,4 +9,5 @@ pub mod humaneval;
 pub mod instruct;
 pub mod perplexity;
 pub mod pyrandom;
+pub mod runner;
 pub mod tasks;

@@ -122,6 +122,17 @@ impl TrainConfig {
         Ok(cfg)
     }
 
+    /// A mixture from `NAME=WEIGHT,…` (the `--mix` flag), e.g. `slim=0.693584,star=0.306416`.
+    pub fn parse_mix(s: &str) -> Result<BTreeMap<String, f64>> {
+        s.split(',')
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').with_context(|| format!("--mix: `{kv}` is not NAME=WEIGHT"))?;
+                let w: f64 = v.trim().parse().with_context(|| format!("--mix: weight `{v}` is not a number"))?;
+                Ok((k.trim().to_string(), w))
+            })
+            .collect()
+    }
+
     pub fn warmup(&self) -> u64 {
         self.warmup_steps.unwrap_or_else(|| 2000.min(self.max_steps / 10))
     }
@@ -181,6 +192,14 @@ mod tests {
         let err = TrainConfig::from_toml_file(&p).unwrap_err().to_string();
         assert!(err.contains("`max_stpes`") && err.contains("did you mean `max_steps`"), "{err}");
         std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn mix_flag() {
+        let m = TrainConfig::parse_mix("slim=0.693584, star = 0.306416").unwrap();
+        assert_eq!(m.into_iter().collect::<Vec<_>>(), [("slim".into(), 0.693584), ("star".into(), 0.306416)]);
+        assert!(TrainConfig::parse_mix("slim").unwrap_err().to_string().contains("not NAME=WEIGHT"));
+        assert!(TrainConfig::parse_mix("slim=x").unwrap_err().to_string().contains("not a number"));
     }
 
     #[test]
