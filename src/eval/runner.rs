@@ -34,6 +34,9 @@ pub fn task_names(suite: Option<&str>, list: &str) -> Result<Vec<String>> {
     Ok(names)
 }
 
+/// Called after each task with the results so far.
+pub type AfterEachTask<'a> = dyn FnMut(&[TaskResult], &[GenResult]) -> Result<()> + 'a;
+
 enum Loaded {
     ZeroShot(tasks::Task),
     Generative(instruct::GenTask),
@@ -51,7 +54,7 @@ pub fn run_tasks(
     limit: Option<usize>,
     opts: &GenOptions,
     mut log: Option<&mut dyn std::io::Write>,
-    after_each: &mut dyn FnMut(&[TaskResult], &[GenResult]) -> Result<()>,
+    after_each: &mut AfterEachTask,
 ) -> Result<(Vec<TaskResult>, Vec<GenResult>)> {
     let mut loaded = vec![];
     for name in names {
