@@ -3,7 +3,7 @@
 # PRESET, the same synthetic data and batch; STEPS steps each, REPS times; one JSON line per run:
 # median seconds per step after the first, tokens/s, peak RSS.
 #
-#   [MAXLEN=256] benches/compare_finetune.sh [PRESET] [TOKENS_PER_EXAMPLE] [MICRO_BATCH] [STEPS] [REPS]
+#   [MAXLEN=256] [MODES="sft dpo"] benches/compare_finetune.sh [PRESET] [TOKENS_PER_EXAMPLE] [MICRO_BATCH] [STEPS] [REPS]
 # Needs: target/release/tinyllama; ~/.cache/tinyllama/pyenv with trl, datasets, accelerate
 # (scripts/setup_python.sh); /usr/bin/time.
 set -euo pipefail
@@ -25,7 +25,7 @@ p = sys.argv[1] + "/tokenizer_config.json"
 c = json.load(open(p)); c["chat_template"] = z; json.dump(c, open(p, "w"))
 PY
 
-for mode in sft dpo; do
+for mode in ${MODES:-sft dpo}; do
   "$PY" "$HERE/benches/finetune_data.py" "$mode" $((MB * STEPS)) "$TOKENS" "$W/$mode.jsonl"
   for r in $(seq 1 "$REPS"); do
     rm -rf "$W/run"

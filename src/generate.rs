@@ -129,6 +129,72 @@ pub fn generate(
     Ok(out.pop().unwrap_or_default())
 }
 
+/// Generates after `prompt` as `tinyllama generate` does: the prompt prefilled in one pass, then
+/// one token at a time, each decoded to text as soon as it is whole and handed to `on_text`;
+/// stops at EOS, at one of the `stop` strings (not shown) or after `max_new` tokens (fewer if the
+/// context fills). Returns the text and the number of tokens generated.
+pub fn generate_text(
+    model: &InferenceModel,
+    tok: &crate::tokenizer::Tokenizer,
+    prompt: &[u32],
+    sampler: &mut Sampler,
+    max_new: usize,
+    stop: &[String],
+    on_text: &mut dyn FnMut(&str) -> Result<()>,
+) -> Result<(String, usize)> {
+    sampler.remember(prompt);
+    let ctx = model.max_positions();
+    ensure!(prompt.len() < ctx, "the prompt has {} tokens and fills the model's context ({ctx})", prompt.len());
+    let max_new = max_new.min(ctx - prompt.len());
+    let stops = stop_ids(&model.cfg, tok);
+    let mut text = TextStream::new(stop.to_vec(), prompt.last().copied());
+    let mut cache = KvCache::new(model, prompt.len() + max_new);
+    let mut logits = model.next_token_logits(prompt, &mut cache, RowMode::Batched)?;
+    let mut n = 0;
+    while n < max_new {
+        let t = sampler.sample(&logits);
+        n += 1;
+        if stops.contains(&t) {
+            break;
+        }
+        on_text(&text.push(tok, t)?)?;
+        if text.stopped {
+            break;
+        }
+        if n < max_new {
+            logits = model.next_token_logits(&[t], &mut cache, RowMode::Independent)?;
+        }
+    }
+    on_text(&text.finish())?;
+    Ok((text.text().to_string(), n))
+}
+
+/// Prompts from a file, one per line, or JSONL objects with a `"prompt"` string (blank lines
+/// skipped); a bad line is named.
+pub fn read_prompts(file: &std::path::Path) -> Result<Vec<String>> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let mut prompts = vec![];
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let p = if line.trim_start().starts_with('{') {
+            let v: serde_json::Value =
+                serde_json::from_str(line).with_context(|| format!("{}:{}: not valid JSON", file.display(), i + 1))?;
+            v.get("prompt")
+                .and_then(|p| p.as_str())
+                .with_context(|| format!("{}:{}: no string field \"prompt\"", file.display(), i + 1))?
+                .to_string()
+        } else {
+            line.to_string()
+        };
+        prompts.push(p);
+    }
+    ensure!(!prompts.is_empty(), "{}: no prompts", file.display());
+    Ok(prompts)
+}
+
 /// The ids that end a generation: the tokenizer's EOS and every `eos_token_id` of the model's
 /// config (which may be a list).
 pub fn stop_ids(cfg: &crate::config::LlamaConfig, tok: &crate::tokenizer::Tokenizer) -> Vec<u32> {
@@ -329,6 +395,19 @@ pub fn zephyr_prompt(system: Option<&str>, turns: &[(String, Option<String>)]) -
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn prompts_from_lines_or_jsonl() {
+        let d = std::env::temp_dir().join(format!("tinyllama-prompts-{}", std::process::id()));
+        std::fs::write(&d, "Once upon\n\n{\"prompt\": \"a {b}\"}\n").unwrap();
+        assert_eq!(read_prompts(&d).unwrap(), ["Once upon", "a {b}"]);
+        std::fs::write(&d, "ok\n{\"text\": 1}\n").unwrap();
+        let e = read_prompts(&d).unwrap_err().to_string();
+        assert!(e.contains(":2: no string field \"prompt\""), "{e}");
+        std::fs::write(&d, "\n").unwrap();
+        assert!(read_prompts(&d).unwrap_err().to_string().contains("no prompts"));
+        std::fs::remove_file(d).unwrap();
+    }
+
     use super::*;
     use crate::kernels::quant::Format;
     use crate::model::{ModelDtype, Workspace};

@@ -260,6 +260,10 @@ struct FinetuneArgs {
     /// SFT: train on `completion` (what the assistant says; default) or `all` tokens.
     #[arg(long)]
     loss_on: Option<String>,
+    /// SFT: pack the examples as TRL's `packing_strategy="wrapped"` (concatenated, cut into
+    /// --max-length pieces; no padding, no truncation).
+    #[arg(long)]
+    packing: bool,
     /// Seed of the example order (default 42).
     #[arg(long)]
     seed: Option<u64>,
@@ -922,25 +926,11 @@ fn pretrain(a: PretrainArgs) -> Result<()> {
     if let Some(name) = &a.preset {
         LlamaConfig::preset(name)?; // unknown presets fail before any work
     }
-    let resume = match a.resume {
-        None if a.overwrite => Resume::Overwrite,
-        None => Resume::No,
-        Some(None) => Resume::Latest,
-        Some(Some(p)) => Resume::From(p),
-    };
+    let resume = resume_choice(a.resume, a.overwrite);
     let stop = stop_on_interrupt()?;
     let comm = tinyllama::dist::init()?;
-    let out = match tinyllama::train::pretrain::pretrain(&cfg, resume, &stop, !a.quiet, comm.as_ref()) {
-        Ok(o) => o,
-        Err(e) if comm.world() > 1 => {
-            eprintln!("rank {}: error: {e:#}\nrank {}: aborting all {} ranks", comm.rank(), comm.rank(), comm.world());
-            comm.abort(1)
-        }
-        Err(e) => return Err(e),
-    };
-    if comm.rank() != 0 {
-        return Ok(());
-    }
+    let result = tinyllama::train::pretrain::pretrain(&cfg, resume, &stop, !a.quiet, comm.as_ref());
+    let Some(out) = on_rank_zero(result, comm.as_ref())? else { return Ok(()) };
     if out.losses.is_empty() && !out.interrupted {
         println!(
             "nothing to do: the run in {} is at step {} of {} (raise --max-steps to continue it)",
@@ -970,6 +960,30 @@ fn pretrain(a: PretrainArgs) -> Result<()> {
         std::process::exit(130);
     }
     Ok(())
+}
+
+/// `--resume [PATH]` and `--overwrite` as the run's start.
+fn resume_choice(resume: Option<Option<PathBuf>>, overwrite: bool) -> Resume {
+    match resume {
+        None if overwrite => Resume::Overwrite,
+        None => Resume::No,
+        Some(None) => Resume::Latest,
+        Some(Some(p)) => Resume::From(p),
+    }
+}
+
+/// A training run's result where rank 0 reports it: an error on any rank of a job takes every
+/// rank down; the other ranks get `None`.
+fn on_rank_zero<T>(result: Result<T>, comm: &dyn tinyllama::dist::Collectives) -> Result<Option<T>> {
+    match result {
+        Err(e) if comm.world() > 1 => {
+            eprintln!("rank {}: error: {e:#}\nrank {}: aborting all {} ranks", comm.rank(), comm.rank(), comm.world());
+            comm.abort(1)
+        }
+        Err(e) => Err(e),
+        Ok(_) if comm.rank() != 0 => Ok(None),
+        Ok(o) => Ok(Some(o)),
+    }
 }
 
 /// Ctrl-C finishes the step and checkpoints; a second one exits at once.
@@ -1014,6 +1028,9 @@ fn finetune(mode: tinyllama::train::finetune::Mode, a: FinetuneArgs) -> Result<(
         ($($field:ident),*) => {$(if a.$field.is_some() { c.$field = a.$field.clone(); })*};
     }
     set_some!(model, data, chat_template, max_steps, warmup_steps, ref_model, max_length, lora_init);
+    if a.packing {
+        c.packing = true;
+    }
     if let Some(l) = &a.loss_on {
         c.loss_on = match l.as_str() {
             "completion" => tinyllama::data::finetune::LossOn::Completion,
@@ -1039,26 +1056,13 @@ fn finetune(mode: tinyllama::train::finetune::Mode, a: FinetuneArgs) -> Result<(
         }
     } else {
         ensure!(a.loss_on.is_none(), "--loss-on is an SFT setting: DPO scores the completions");
+        ensure!(!a.packing, "--packing is an SFT setting");
     }
-    let resume = match a.resume {
-        None if a.overwrite => Resume::Overwrite,
-        None => Resume::No,
-        Some(None) => Resume::Latest,
-        Some(Some(p)) => Resume::From(p),
-    };
+    let resume = resume_choice(a.resume, a.overwrite);
     let stop = stop_on_interrupt()?;
     let comm = tinyllama::dist::init()?;
-    let out = match finetune(mode, &c, resume, &stop, !a.quiet, comm.as_ref()) {
-        Ok(o) => o,
-        Err(e) if comm.world() > 1 => {
-            eprintln!("rank {}: error: {e:#}\nrank {}: aborting all {} ranks", comm.rank(), comm.rank(), comm.world());
-            comm.abort(1)
-        }
-        Err(e) => return Err(e),
-    };
-    if comm.rank() != 0 {
-        return Ok(());
-    }
+    let result = finetune(mode, &c, resume, &stop, !a.quiet, comm.as_ref());
+    let Some(out) = on_rank_zero(result, comm.as_ref())? else { return Ok(()) };
     if out.rows.is_empty() && !out.interrupted {
         println!("nothing to do: the run in {} is at step {} of {}", c.out.display(), out.step, out.max_steps);
         return Ok(());
@@ -1165,35 +1169,12 @@ fn stream_generate(
     stop: &[String],
 ) -> Result<(String, usize)> {
     use std::io::Write;
-    use tinyllama::model::{KvCache, RowMode};
     let mut sampler = tinyllama::generate::Sampler::new(s.options_announced()?);
-    sampler.remember(prompt);
-    let ctx = model.max_positions();
-    ensure!(prompt.len() < ctx, "the prompt has {} tokens and fills the model's context ({ctx})", prompt.len());
-    let max_new = s.max_new_tokens.min(ctx - prompt.len());
-    let stops = tinyllama::generate::stop_ids(&model.cfg, tok);
-    let mut text = tinyllama::generate::TextStream::new(stop.to_vec(), prompt.last().copied());
     let mut out = std::io::stdout();
-    let mut cache = KvCache::new(model, prompt.len() + max_new);
-    let mut logits = model.next_token_logits(prompt, &mut cache, RowMode::Batched)?;
-    let mut n = 0;
-    while n < max_new {
-        let t = sampler.sample(&logits);
-        n += 1;
-        if stops.contains(&t) {
-            break;
-        }
-        write!(out, "{}", text.push(tok, t)?)?;
-        out.flush()?;
-        if text.stopped {
-            break;
-        }
-        if n < max_new {
-            logits = model.next_token_logits(&[t], &mut cache, RowMode::Independent)?;
-        }
-    }
-    write!(out, "{}", text.finish())?;
-    Ok((text.text().to_string(), n))
+    tinyllama::generate::generate_text(model, tok, prompt, &mut sampler, s.max_new_tokens, stop, &mut |piece| {
+        write!(out, "{piece}")?;
+        Ok(out.flush()?)
+    })
 }
 
 /// `tinyllama chat`: line editing and history on a terminal, `/help`, `/reset`, `/system TEXT`,
@@ -1296,25 +1277,7 @@ fn generate_many(
     max_batch: usize,
     s: &SamplingArgs,
 ) -> Result<()> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let mut prompts = vec![];
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let p = if line.trim_start().starts_with('{') {
-            let v: serde_json::Value =
-                serde_json::from_str(line).with_context(|| format!("{}:{}: not valid JSON", file.display(), i + 1))?;
-            v.get("prompt")
-                .and_then(|p| p.as_str())
-                .with_context(|| format!("{}:{}: no string field \"prompt\"", file.display(), i + 1))?
-                .to_string()
-        } else {
-            line.to_string()
-        };
-        prompts.push(p);
-    }
-    anyhow::ensure!(!prompts.is_empty(), "{}: no prompts", file.display());
+    let prompts = tinyllama::generate::read_prompts(file)?;
     let base = s.options_announced()?;
     let reqs: Vec<tinyllama::generate::Request> = prompts
         .iter()

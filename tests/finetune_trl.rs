@@ -1,7 +1,7 @@
 //! `tinyllama sft` / `tinyllama dpo` against TRL itself: the fixture in tests/fixtures/trl (made
 //! by tests/fixtures/make_trl_fixture.py with TRL's SFTTrainer and DPOTrainer) holds TRL's
 //! tokenized examples and loss masks and every step's logged loss (and DPO's rewards) for
-//! full-batch steps at a constant learning rate, two of them with PEFT's LoRA (all seven linear
+//! full-batch steps at a constant learning rate, one with TRL's wrapped packing, two with PEFT's LoRA (all seven linear
 //! weights, rank 4, started from PEFT's own initial adapter). Each run here must tokenize the same
 //! ids and masks and log the same numbers within 1e-4 relative.
 
@@ -57,7 +57,9 @@ fn config(run: &Value, n: usize, out: &Path) -> (Mode, FinetuneConfig) {
     c.weight_decay = 0.0;
     c.micro_batch = n;
     c.max_steps = Some(meta["steps"].as_u64().unwrap());
-    c.max_length = Some(256); // the fixture model's context (TRL's 1024 cuts nothing here either)
+    // the fixture model's context (TRL's 1024 cuts nothing here either), or the run's own
+    c.max_length = Some(opts["max_length"].as_u64().unwrap_or(256) as usize);
+    c.packing = opts["packing"] == true;
     c.loss_on = if run["data"] == "sft_messages.jsonl" && opts["assistant_only_loss"] != true {
         LossOn::All
     } else {
@@ -103,7 +105,11 @@ fn tokenization_and_masks_equal_trl() {
         let want = run["examples"].as_array().unwrap();
         match mode {
             Mode::Sft => {
-                let got = sft_examples(&data, &r, c.loss_on, 256).unwrap().examples;
+                let mut got =
+                    sft_examples(&data, &r, c.loss_on, if c.packing { usize::MAX } else { 256 }).unwrap().examples;
+                if c.packing {
+                    got = tinyllama::data::finetune::pack_wrapped(&got, c.max_length.unwrap());
+                }
                 assert_eq!(got.len(), want.len(), "{name}");
                 for (g, w) in got.iter().zip(want) {
                     let gi: Vec<i64> = g.input_ids.iter().map(|&t| t as i64).collect();

@@ -313,6 +313,28 @@ pub fn sft_examples(path: &Path, r: &Renderer, loss_on: LossOn, max_length: usiz
     Ok(out)
 }
 
+/// TRL's `packing_strategy="wrapped"`: every example's tokens and labels concatenated in order
+/// and cut into pieces of `max_length`, each trained as one sequence (positions from 0; a piece
+/// may join the end of one example to the start of the next). A piece's `line` is the line of
+/// the example it starts in.
+pub fn pack_wrapped(examples: &[SftExample], max_length: usize) -> Vec<SftExample> {
+    let mut lines = vec![];
+    let (mut ids, mut labels) = (vec![], vec![]);
+    for e in examples {
+        lines.extend(std::iter::repeat_n(e.line, e.input_ids.len()));
+        ids.extend_from_slice(&e.input_ids);
+        labels.extend_from_slice(&e.labels);
+    }
+    (0..ids.len())
+        .step_by(max_length.max(1))
+        .map(|s| {
+            let e = (s + max_length).min(ids.len());
+            SftExample { input_ids: ids[s..e].to_vec(), labels: labels[s..e].to_vec(), line: lines[s] }
+        })
+        .filter(|e| e.input_ids.len() >= 2)
+        .collect()
+}
+
 /// A DPO data file, tokenized; pairs whose prompt alone fills `max_length` are dropped (TRL's
 /// `keep_start`), longer ones counted as truncated.
 pub fn preference_examples(path: &Path, r: &Renderer, max_length: usize) -> Result<Prepared<PreferenceExample>> {

@@ -14,7 +14,9 @@ use super::lora::Lora;
 use super::trainer::{claim_run_dir, resolved_config, DataPosition, Resume, Trainer};
 use crate::checkpoint::hf::load_hf;
 use crate::config::suggest;
-use crate::data::finetune::{preference_examples, sft_examples, LossOn, PreferenceExample, Renderer, SftExample};
+use crate::data::finetune::{
+    pack_wrapped, preference_examples, sft_examples, LossOn, PreferenceExample, Renderer, SftExample,
+};
 use crate::dist::Collectives;
 use crate::files::write_json;
 use crate::kernels::cross_entropy::IGNORE_INDEX;
@@ -81,6 +83,9 @@ pub struct FinetuneConfig {
     pub max_length: Option<usize>,
     /// SFT: `completion` (what the assistant says / the completion) or `all` tokens.
     pub loss_on: LossOn,
+    /// SFT: TRL's wrapped packing — the examples concatenated and cut into `max_length` pieces
+    /// (no truncation, no padding; a piece may span two examples).
+    pub packing: bool,
     /// DPO: the strength of the KL penalty.
     pub beta: f64,
     pub loss_type: DpoLoss,
@@ -126,6 +131,7 @@ impl FinetuneConfig {
             seed: 42,
             max_length: None,
             loss_on: LossOn::Completion,
+            packing: false,
             beta: 0.01,
             loss_type: DpoLoss::Sigmoid,
             ref_model: None,
@@ -355,6 +361,16 @@ pub fn finetune(
         }
     };
     let (sft, pairs, truncated, dropped) = match mode {
+        Mode::Sft if fc.packing => {
+            let p = sft_examples(&data, &renderer, fc.loss_on, usize::MAX)?;
+            let packed = pack_wrapped(&p.examples, max_len);
+            say(&format!(
+                "packing: {} examples into {} sequences of up to {max_len} tokens",
+                p.examples.len(),
+                packed.len()
+            ));
+            (packed, vec![], 0, p.dropped)
+        }
         Mode::Sft => {
             let p = sft_examples(&data, &renderer, fc.loss_on, max_len)?;
             (p.examples, vec![], p.truncated, p.dropped)
@@ -493,7 +509,8 @@ pub fn finetune(
         let (mut row, progress, loss_sum, divisor, tokens) = match mode {
             Mode::Sft => {
                 let ex: Vec<&SftExample> = batch.iter().map(|&i| &sft[i]).collect();
-                let total: usize = ex.iter().map(|e| e.loss_tokens()).sum();
+                // at least 1, as TRL's clamp: a batch of pieces without completion tokens adds nothing
+                let total: usize = ex.iter().map(|e| e.loss_tokens()).sum::<usize>().max(1);
                 let (model, grads) = t.model_and_grads();
                 let (mut loss_sum, mut tokens) = (0.0, 0u64);
                 for mb in mine.chunks(fc.micro_batch) {

@@ -196,8 +196,10 @@ impl<'a> Trainer<'a> {
             last_saved: None,
             resumed_from: None,
             grads: vec![0.0; block * world],
-            gshard: vec![0.0; block],
-            pshard: vec![0.0; block],
+            // one process: the summed gradient is `grads` itself, the parameters need no gathering
+            // (at 1.1B each copy would be 4.4 GB)
+            gshard: vec![0.0; if world > 1 { block } else { 0 }],
+            pshard: vec![0.0; if world > 1 { block } else { 0 }],
             gathered: vec![0.0; if world > 1 { block * world } else { 0 }],
             metrics: None,
             bar: None,
@@ -246,8 +248,10 @@ impl<'a> Trainer<'a> {
             None => self.model.params = ck.model.params,
         }
         // the optimiser state is stored whole: any world size takes its own shard of it
-        self.adam.m = ck.adam_m[self.shard.clone()].to_vec();
-        self.adam.v = ck.adam_v[self.shard.clone()].to_vec();
+        let (m, v) = (ck.adam_m, ck.adam_v);
+        let take = |x: Vec<f32>, r: Range<usize>| if r.len() == x.len() { x } else { x[r].to_vec() };
+        self.adam.m = take(m, self.shard.clone());
+        self.adam.v = take(v, self.shard.clone());
         self.adam.step = ck.adam_step;
         self.step = ck.state.step;
         self.tokens_seen = ck.state.tokens_seen;
@@ -330,8 +334,12 @@ impl<'a> Trainer<'a> {
             l.project_grads(&mut self.grads[..self.n_params]);
         }
         // ZeRO-1: sum the gradients and keep this rank's block
-        self.comm.reduce_scatter_sum(&self.grads, &mut self.gshard);
-        let g = &mut self.gshard[..shard.len()];
+        let g = if self.world > 1 {
+            self.comm.reduce_scatter_sum(&self.grads, &mut self.gshard);
+            &mut self.gshard[..shard.len()]
+        } else {
+            &mut self.grads[..shard.len()]
+        };
         let mut sums = [grad_sum_squares(g), loss_sum];
         self.comm.all_reduce_sum_f64(&mut sums);
         let norm = sums[0].sqrt();
@@ -444,8 +452,10 @@ impl<'a> Trainer<'a> {
             DataPosition::Examples(v) => (vec![], Some(v)),
         };
         let adam = &self.adam;
-        let full = if world > 1 {
-            // only rank 0 holds the whole optimizer state, and only while it writes it
+        // one process writes its own state; ranks gather theirs to rank 0, which holds the whole
+        // optimizer state only while it writes it (a copy at 1.1B would be 8.8 GB)
+        let gathered;
+        let full: &AdamW = if world > 1 {
             let gather = |x: &[f32]| {
                 let mut send = vec![0.0f32; block];
                 send[..x.len()].copy_from_slice(x);
@@ -454,9 +464,10 @@ impl<'a> Trainer<'a> {
                 all.truncate(self.n_params);
                 all
             };
-            AdamW { cfg: adam.cfg.clone(), m: gather(&adam.m), v: gather(&adam.v), step: adam.step }
+            gathered = AdamW { cfg: adam.cfg.clone(), m: gather(&adam.m), v: gather(&adam.v), step: adam.step };
+            &gathered
         } else {
-            AdamW { cfg: adam.cfg.clone(), m: adam.m.clone(), v: adam.v.clone(), step: adam.step }
+            adam
         };
         let state = TrainerState {
             step,
@@ -479,7 +490,7 @@ impl<'a> Trainer<'a> {
             Ok(())
         };
         let dir = if rank == 0 {
-            save_checkpoint(&self.ckpt_root, &self.model, &full, &self.tok, &state, &extra)
+            save_checkpoint(&self.ckpt_root, &self.model, full, &self.tok, &state, &extra)
         } else {
             Ok(step_dir(&self.ckpt_root, step))
         };
