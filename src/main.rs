@@ -167,13 +167,8 @@ struct PretrainArgs {
     /// Optimiser steps to run (the cosine schedule spans them).
     #[arg(long)]
     max_steps: Option<u64>,
-    /// Continue from the latest checkpoint in --out, or from the given checkpoint directory.
-    #[arg(long, num_args = 0..=1, value_name = "PATH")]
-    resume: Option<Option<PathBuf>>,
-    /// Start a new run in an --out that holds one: the old run is moved aside to
-    /// `<out>.replaced-<n>` (nothing is deleted). Without it, such an --out is refused.
-    #[arg(long, conflicts_with = "resume")]
-    overwrite: bool,
+    #[command(flatten)]
+    start: RunStart,
     /// Start from a Hugging Face checkpoint directory (continued pretraining).
     #[arg(long)]
     init_from: Option<PathBuf>,
@@ -210,9 +205,6 @@ struct PretrainArgs {
     /// Mixture weights, e.g. `slim=0.693584,star=0.306416`.
     #[arg(long)]
     mix: Option<String>,
-    /// No progress bar or log lines, only the summary.
-    #[arg(long)]
-    quiet: bool,
 }
 
 #[derive(Args)]
@@ -291,15 +283,34 @@ struct FinetuneArgs {
     /// Checkpoint every N steps (default 500; always at the end and on Ctrl-C).
     #[arg(long)]
     save_interval: Option<u64>,
+    #[command(flatten)]
+    start: RunStart,
+}
+
+/// How a training run starts, and how much it says (pretrain, sft, dpo).
+#[derive(Args)]
+struct RunStart {
     /// Continue from the latest checkpoint in --out, or from the given checkpoint directory.
     #[arg(long, num_args = 0..=1, value_name = "PATH")]
     resume: Option<Option<PathBuf>>,
-    /// Start a new run in an --out that holds one (the old run is moved aside, nothing deleted).
+    /// Start a new run in an --out that holds one: the old run is moved aside to
+    /// `<out>.replaced-<n>` (nothing is deleted). Without it, such an --out is refused.
     #[arg(long, conflicts_with = "resume")]
     overwrite: bool,
     /// No progress bar or log lines, only the summary.
     #[arg(long)]
     quiet: bool,
+}
+
+impl RunStart {
+    fn resume(&self) -> Resume {
+        match &self.resume {
+            None if self.overwrite => Resume::Overwrite,
+            None => Resume::No,
+            Some(None) => Resume::Latest,
+            Some(Some(p)) => Resume::From(p.clone()),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -926,10 +937,10 @@ fn pretrain(a: PretrainArgs) -> Result<()> {
     if let Some(name) = &a.preset {
         LlamaConfig::preset(name)?; // unknown presets fail before any work
     }
-    let resume = resume_choice(a.resume, a.overwrite);
+    let resume = a.start.resume();
     let stop = stop_on_interrupt()?;
     let comm = tinyllama::dist::init()?;
-    let result = tinyllama::train::pretrain::pretrain(&cfg, resume, &stop, !a.quiet, comm.as_ref());
+    let result = tinyllama::train::pretrain::pretrain(&cfg, resume, &stop, !a.start.quiet, comm.as_ref());
     let Some(out) = on_rank_zero(result, comm.as_ref())? else { return Ok(()) };
     if out.losses.is_empty() && !out.interrupted {
         println!(
@@ -960,16 +971,6 @@ fn pretrain(a: PretrainArgs) -> Result<()> {
         std::process::exit(130);
     }
     Ok(())
-}
-
-/// `--resume [PATH]` and `--overwrite` as the run's start.
-fn resume_choice(resume: Option<Option<PathBuf>>, overwrite: bool) -> Resume {
-    match resume {
-        None if overwrite => Resume::Overwrite,
-        None => Resume::No,
-        Some(None) => Resume::Latest,
-        Some(Some(p)) => Resume::From(p),
-    }
 }
 
 /// A training run's result where rank 0 reports it: an error on any rank of a job takes every
@@ -1058,10 +1059,10 @@ fn finetune(mode: tinyllama::train::finetune::Mode, a: FinetuneArgs) -> Result<(
         ensure!(a.loss_on.is_none(), "--loss-on is an SFT setting: DPO scores the completions");
         ensure!(!a.packing, "--packing is an SFT setting");
     }
-    let resume = resume_choice(a.resume, a.overwrite);
+    let resume = a.start.resume();
     let stop = stop_on_interrupt()?;
     let comm = tinyllama::dist::init()?;
-    let result = finetune(mode, &c, resume, &stop, !a.quiet, comm.as_ref());
+    let result = finetune(mode, &c, resume, &stop, !a.start.quiet, comm.as_ref());
     let Some(out) = on_rank_zero(result, comm.as_ref())? else { return Ok(()) };
     if out.rows.is_empty() && !out.interrupted {
         println!("nothing to do: the run in {} is at step {} of {}", c.out.display(), out.step, out.max_steps);

@@ -355,6 +355,11 @@ pub fn preference_examples(path: &Path, r: &Renderer, max_length: usize) -> Resu
             "{}: chosen or rejected adds no token after the prompt",
             at()
         );
+        ensure!(
+            ex.prompt_ids.len() + ex.chosen_ids.len().min(ex.rejected_ids.len()) >= 2,
+            "{}: a sequence of one token has nothing to predict",
+            at()
+        );
         if ex.prompt_ids.len() >= max_length {
             out.dropped += 1;
             continue;

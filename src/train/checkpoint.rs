@@ -183,27 +183,34 @@ pub fn load_checkpoint(dir: &Path) -> Result<LoadedCheckpoint> {
     Ok(LoadedCheckpoint { model, adam_m, adam_v, adam_step, state })
 }
 
+/// `tokenizer_config.json` as transformers reads it beside a Llama tokenizer.json, with the chat
+/// template (which `apply_chat_template`, `chat` and `serve` render) when there is one.
+pub fn write_tokenizer_config(dir: &Path, tok: &Tokenizer, max_len: usize, chat_template: Option<&str>) -> Result<()> {
+    let name = |id: u32| tok.id_to_token(id).unwrap_or_default();
+    let mut config = serde_json::json!({
+        "tokenizer_class": "LlamaTokenizerFast",
+        "bos_token": name(tok.bos_id),
+        "eos_token": name(tok.eos_id),
+        "unk_token": tok.id_to_token(0).unwrap_or_default(),
+        "add_bos_token": true,
+        "add_eos_token": false,
+        "clean_up_tokenization_spaces": false,
+        "legacy": false,
+        "model_max_length": max_len,
+    });
+    if let Some(t) = chat_template {
+        config["chat_template"] = t.into();
+    }
+    write_json(&dir.join("tokenizer_config.json"), &config)
+}
+
 /// Writes a directory that transformers loads as `LlamaForCausalLM` with its tokenizer (and its
 /// chat template, which `apply_chat_template` renders).
 pub fn export_hf(model: &Llama, tok: &Tokenizer, out: &Path, dtype: Dtype, chat_template: Option<&str>) -> Result<()> {
     save_hf(model, out, dtype, 5 << 30)?;
     tok.save(&out.join("tokenizer.json"))?;
+    write_tokenizer_config(out, tok, model.cfg.max_position_embeddings, chat_template)?;
     let name = |id: u32| tok.id_to_token(id).unwrap_or_default();
-    let mut config = serde_json::json!({
-            "tokenizer_class": "LlamaTokenizerFast",
-            "bos_token": name(tok.bos_id),
-            "eos_token": name(tok.eos_id),
-            "unk_token": tok.id_to_token(0).unwrap_or_default(),
-            "add_bos_token": true,
-            "add_eos_token": false,
-            "clean_up_tokenization_spaces": false,
-            "legacy": false,
-            "model_max_length": model.cfg.max_position_embeddings,
-    });
-    if let Some(t) = chat_template {
-        config["chat_template"] = t.into();
-    }
-    write_json(&out.join("tokenizer_config.json"), &config)?;
     write_json(
         &out.join("special_tokens_map.json"),
         &serde_json::json!({"bos_token": name(tok.bos_id), "eos_token": name(tok.eos_id), "unk_token": tok.id_to_token(0).unwrap_or_default()}),

@@ -95,31 +95,30 @@ impl Default for TrainConfig {
     }
 }
 
-/// The settings' names, from the struct itself (every field serializes, `None` as null).
-fn keys() -> Vec<String> {
-    match serde_json::to_value(TrainConfig::default()) {
-        Ok(serde_json::Value::Object(m)) => m.keys().cloned().collect(),
-        _ => vec![],
+/// `defaults` overlaid with the keys of a TOML file, for any settings struct whose fields all
+/// serialize (`None` as null): an unknown key is an error that names the nearest known one, a
+/// value of the wrong type one that names the file.
+pub fn overlay_toml_file<T: Serialize + serde::de::DeserializeOwned>(defaults: &T, path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+    let table: toml::Table = toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
+    let mut merged = serde_json::to_value(defaults)?;
+    let known: Vec<String> = merged.as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
+    let known: Vec<&str> = known.iter().map(String::as_str).collect();
+    for (k, v) in table {
+        if !known.contains(&k.as_str()) {
+            let hint = suggest(&k, &known).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
+            bail!("{}: unknown config key `{k}`{hint}", path.display());
+        }
+        merged[&k] = serde_json::to_value(v)?;
     }
+    serde_json::from_value(merged).with_context(|| format!("{}: bad value", path.display()))
 }
 
 impl TrainConfig {
     /// Defaults overlaid with a TOML file. An unknown key is an error that names the nearest
     /// known one.
     pub fn from_toml_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
-        let table: toml::Table =
-            toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
-        let known = keys();
-        let known: Vec<&str> = known.iter().map(String::as_str).collect();
-        for k in table.keys() {
-            if !known.contains(&k.as_str()) {
-                let hint = suggest(k, &known).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
-                bail!("{}: unknown config key `{k}`{hint}", path.display());
-            }
-        }
-        let cfg: TrainConfig = toml::from_str(&text).with_context(|| format!("{}: bad value", path.display()))?;
-        Ok(cfg)
+        overlay_toml_file(&TrainConfig::default(), path)
     }
 
     /// A mixture from `NAME=WEIGHT,…` (the `--mix` flag), e.g. `slim=0.693584,star=0.306416`.
@@ -177,6 +176,14 @@ impl TrainConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The settings' names, from the struct itself (every field serializes, `None` as null).
+    fn keys() -> Vec<String> {
+        match serde_json::to_value(TrainConfig::default()) {
+            Ok(serde_json::Value::Object(m)) => m.keys().cloned().collect(),
+            _ => vec![],
+        }
+    }
 
     #[test]
     fn toml_overrides_and_unknown_keys() {

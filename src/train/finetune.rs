@@ -13,7 +13,6 @@ use super::config::TrainConfig;
 use super::lora::Lora;
 use super::trainer::{claim_run_dir, resolved_config, DataPosition, Resume, Trainer};
 use crate::checkpoint::hf::load_hf;
-use crate::config::suggest;
 use crate::data::finetune::{
     pack_wrapped, preference_examples, sft_examples, LossOn, PreferenceExample, Renderer, SftExample,
 };
@@ -24,7 +23,7 @@ use crate::model::{Llama, Workspace};
 use crate::rng::Rng;
 use crate::tokenizer::chat_template::{ChatTemplate, ZEPHYR};
 use crate::tokenizer::Tokenizer;
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -148,20 +147,7 @@ impl FinetuneConfig {
 
     /// The mode's defaults overlaid with a TOML file; an unknown key names the nearest known one.
     pub fn from_toml_file(mode: Mode, path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
-        let table: toml::Table =
-            toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
-        let defaults = serde_json::to_value(Self::defaults(mode))?;
-        let known: Vec<&str> = defaults.as_object().map(|m| m.keys().map(String::as_str).collect()).unwrap_or_default();
-        let mut merged = defaults.clone();
-        for (k, v) in table {
-            if !known.contains(&k.as_str()) {
-                let hint = suggest(&k, &known).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
-                bail!("{}: unknown config key `{k}`{hint}", path.display());
-            }
-            merged[&k] = serde_json::to_value(v)?;
-        }
-        serde_json::from_value(merged).with_context(|| format!("{}: bad value", path.display()))
+        super::config::overlay_toml_file(&Self::defaults(mode), path)
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -177,6 +163,7 @@ impl FinetuneConfig {
         );
         ensure!(self.grad_clip > 0.0, "grad_clip must be positive");
         ensure!(self.beta.is_finite() && self.beta > 0.0, "beta must be positive");
+        ensure!(self.lora_alpha.is_finite() && self.lora_alpha > 0.0, "lora_alpha must be positive");
         ensure!(self.keep_last >= 1, "keep_last must be at least 1");
         Ok(())
     }
@@ -332,6 +319,11 @@ pub fn finetune(
     comm: &dyn Collectives,
 ) -> Result<FinetuneOutcome> {
     fc.validate()?;
+    if mode == Mode::Dpo {
+        // SFT's settings would change nothing here: say so rather than ignore them
+        ensure!(!fc.packing, "packing is an SFT setting (DPO keeps each pair's sequences apart)");
+        ensure!(fc.loss_on == LossOn::Completion, "loss_on is an SFT setting: DPO scores the completions");
+    }
     let (world, rank) = (comm.world(), comm.rank());
     let model_dir = fc.model.clone().unwrap_or_default();
     let data = fc.data.clone().unwrap_or_default();
@@ -642,23 +634,36 @@ fn check_resumable(state: &TrainerState, digest: &str, fc: &FinetuneConfig, worl
     Ok(())
 }
 
-/// `tokenizer_config.json` with the chat template, beside a checkpoint's tokenizer.json.
-pub fn write_tokenizer_config(dir: &Path, tok: &Tokenizer, template: &str, max_len: usize) -> Result<()> {
-    let name = |id: u32| tok.id_to_token(id).unwrap_or_default();
-    write_json(
-        &dir.join("tokenizer_config.json"),
-        &json!({
-            "tokenizer_class": "LlamaTokenizerFast",
-            "bos_token": name(tok.bos_id),
-            "eos_token": name(tok.eos_id),
-            "unk_token": tok.id_to_token(0).unwrap_or_default(),
-            "pad_token": name(tok.eos_id),
-            "add_bos_token": true,
-            "add_eos_token": false,
-            "clean_up_tokenization_spaces": false,
-            "legacy": false,
-            "model_max_length": max_len,
-            "chat_template": template,
-        }),
-    )
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_overlays_the_mode_defaults() {
+        let p = std::env::temp_dir().join(format!("tinyllama-ft-{}.toml", std::process::id()));
+        std::fs::write(&p, "max_lr = 1e-4\nlora_rank = 8\nmax_length = 512\n").unwrap();
+        let c = FinetuneConfig::from_toml_file(Mode::Dpo, &p).unwrap();
+        assert_eq!((c.max_lr, c.lora_rank, c.max_length, c.beta), (1e-4, 8, Some(512), 0.01));
+        std::fs::write(&p, "lora_rnak = 8\n").unwrap();
+        let e = FinetuneConfig::from_toml_file(Mode::Sft, &p).unwrap_err().to_string();
+        assert!(e.contains("unknown config key `lora_rnak`") && e.contains("did you mean `lora_rank`"), "{e}");
+        std::fs::write(&p, "epochs = \"two\"\n").unwrap();
+        assert!(FinetuneConfig::from_toml_file(Mode::Sft, &p).unwrap_err().to_string().contains("bad value"));
+        std::fs::remove_file(p).unwrap();
+    }
+
+    /// DPO's pair gradients against finite differences of its losses.
+    #[test]
+    fn dpo_pair_derivatives() {
+        for loss in [DpoLoss::Sigmoid, DpoLoss::Ipo, DpoLoss::Hinge] {
+            for (dc, dr) in [(0.3, -0.2), (-1.5, 2.0), (4.0, 1.0)] {
+                let (_, gc, gr) = dpo_pair(loss, 0.1, dc, dr, 3, 5);
+                let h = 1e-6;
+                let f = |c: f64, r: f64| dpo_pair(loss, 0.1, c, r, 3, 5).0;
+                let (nc, nr) =
+                    ((f(dc + h, dr) - f(dc - h, dr)) / (2.0 * h), (f(dc, dr + h) - f(dc, dr - h)) / (2.0 * h));
+                assert!((gc - nc).abs() < 1e-6 && (gr - nr).abs() < 1e-6, "{loss:?} {dc} {dr}: {gc} {gr} vs {nc} {nr}");
+            }
+        }
+    }
 }

@@ -6,7 +6,7 @@
 
 use super::checkpoint::{
     latest_checkpoint, load_checkpoint, newest_loadable_checkpoint, remove_partial_checkpoints, save_checkpoint,
-    step_dir, TrainerState,
+    step_dir, write_tokenizer_config, TrainerState,
 };
 use super::config::TrainConfig;
 use super::lora::Lora;
@@ -482,7 +482,7 @@ impl<'a> Trainer<'a> {
         };
         let extra = |dir: &Path| -> Result<()> {
             if let Some(t) = &self.chat_template {
-                super::finetune::write_tokenizer_config(dir, &self.tok, t, self.model.cfg.max_position_embeddings)?;
+                write_tokenizer_config(dir, &self.tok, self.model.cfg.max_position_embeddings, Some(t))?;
             }
             if let Some(l) = &self.lora {
                 l.save_peft(dir, &self.base_model)?;
