@@ -9,8 +9,11 @@
 //! training forward). Quantized formats run the same integer kernels in both.
 
 use crate::kernels::matmul::matmul;
-use crate::kernels::quant::dot::{dot_row, from_pairs, to_pairs, uses_pairs, ActKind, Activations, Isa, MAX_TILE};
+use crate::kernels::quant::dot::{
+    dot_group, dot_row, from_groups, to_groups, uses_groups, ActKind, Activations, Isa, GROUP, MAX_TILE,
+};
 use crate::kernels::quant::Format;
+use crate::kernels::team;
 use anyhow::{ensure, Result};
 use rayon::prelude::*;
 use std::ops::Range;
@@ -45,14 +48,15 @@ pub struct WeightMatrix {
     pub rows: usize,
     pub cols: usize,
     storage: Storage,
-    /// Rows in the block-pair layout the AVX-512 kernels read (see [`to_pairs`]).
-    pairs: bool,
+    /// Rows `0..rows / GROUP · GROUP` in the grouped layout the AVX-512 kernels read (see
+    /// [`to_groups`]); the rest in ggml's.
+    groups: bool,
 }
 
 impl WeightMatrix {
     pub fn new(format: Format, rows: usize, cols: usize, storage: Storage) -> Result<Self> {
         let want = rows * format.row_bytes(cols)?;
-        let m = WeightMatrix { format, rows, cols, storage, pairs: false };
+        let m = WeightMatrix { format, rows, cols, storage, groups: false };
         ensure!(m.bytes().len() == want, "{rows}×{cols} {format} needs {want} bytes, got {}", m.bytes().len());
         Ok(m)
     }
@@ -60,25 +64,28 @@ impl WeightMatrix {
     /// Rearranges the rows into the layout this CPU's kernels read fastest, where that differs
     /// from ggml's (the same values), on large pages.
     pub fn for_matmul(mut self) -> Self {
-        let pairs = !self.pairs && uses_pairs(Isa::detect(), self.format);
-        if pairs || matches!(self.storage, Storage::Bytes(_)) {
-            let rb = self.row_bytes().max(1);
+        let groups = !self.groups && uses_groups(Isa::detect(), self.format);
+        if groups || matches!(self.storage, Storage::Bytes(_)) {
+            let gb = (GROUP * self.row_bytes()).max(1);
+            let full = self.rows / GROUP * gb;
             let fmt = self.format;
             let fill = |dst: &mut [u8], src: &[u8]| {
-                dst.par_chunks_mut(rb).zip(src.par_chunks(rb)).for_each(|(d, s)| {
-                    if pairs {
-                        d.copy_from_slice(&to_pairs(fmt, s));
+                let (dg, dt) = dst.split_at_mut(full);
+                dg.par_chunks_mut(gb).zip(src[..full].par_chunks(gb)).for_each(|(d, s)| {
+                    if groups {
+                        d.copy_from_slice(&to_groups(fmt, s));
                     } else {
                         d.copy_from_slice(s);
                     }
-                })
+                });
+                dt.copy_from_slice(&src[full..]);
             };
             let storage = match page_buffer(self.bytes().len()) {
                 Some(mut buf) => {
                     fill(&mut buf, self.bytes());
                     Some(Storage::Pages(buf))
                 }
-                None if pairs => {
+                None if groups => {
                     let mut v = vec![0u8; self.bytes().len()];
                     fill(&mut v, self.bytes());
                     Some(Storage::Bytes(v))
@@ -90,7 +97,7 @@ impl WeightMatrix {
                     release_mapped(map, range.clone());
                 }
                 self.storage = storage;
-                self.pairs |= pairs;
+                self.groups |= groups;
             }
         }
         self
@@ -145,11 +152,12 @@ impl WeightMatrix {
     /// Row `r` as f32 (embedding lookup).
     pub fn row_f32(&self, r: usize, out: &mut [f32]) {
         let rb = self.row_bytes();
-        let row = &self.bytes()[r * rb..(r + 1) * rb];
-        if self.pairs {
-            self.format.dequantize_row(&from_pairs(self.format, row), out);
+        if self.groups && r < self.rows / GROUP * GROUP {
+            let g = r / GROUP;
+            let rows = from_groups(self.format, &self.bytes()[g * GROUP * rb..(g + 1) * GROUP * rb]);
+            self.format.dequantize_row(&rows[(r % GROUP) * rb..][..rb], out);
         } else {
-            self.format.dequantize_row(row, out);
+            self.format.dequantize_row(&self.bytes()[r * rb..(r + 1) * rb], out);
         }
     }
 
@@ -244,36 +252,53 @@ impl SharedOut {
     }
 }
 
-/// Rows per cache block of [`matmul_rows`] (16 rows of 5632 Q8_0 weights: 95 KB).
-const ROW_BLOCK: usize = 16;
+/// Bytes of weights per cache block of [`matmul_rows`] (a block stays in the core's L2 while every
+/// tile of tokens passes over it).
+const BLOCK_BYTES: usize = 96 << 10;
 
-/// `y[t, off + r] (+)= W[r] · act_t` for every row and token. Rows are split evenly over the
-/// threads. Each thread walks its rows in blocks of [`ROW_BLOCK`]: a block's weights stay in cache
-/// while every tile of [`MAX_TILE`] tokens passes over them, and a tile's activations stay in L1
-/// while the block's rows pass over it (one read of the weights serves all tokens).
+/// `y[t, off + r] (+)= W[r] · act_t` for every row and token. Rows are split over the threads in a
+/// few tasks per thread. Each task walks its rows in cache blocks of about [`BLOCK_BYTES`]; every
+/// tile of [`MAX_TILE`] tokens passes over a block, group of [`GROUP`] rows by group where the
+/// matrix is grouped, so that one read of the weights serves all tokens.
 fn matmul_rows(isa: Isa, w: &WeightMatrix, acts: &Activations, y: &mut [f32], ld: usize, off: usize, accumulate: bool) {
     let (rows, n) = (w.rows, acts.n);
     let rb = w.row_bytes();
     let bytes = w.bytes();
+    let grouped = if w.groups { rows / GROUP * GROUP } else { 0 };
     let out = SharedOut(y.as_mut_ptr());
-    let threads = rayon::current_num_threads().max(1);
-    let chunk = rows.div_ceil(threads).max(1);
+    // a few tasks per thread, claimed as threads come free (the machines are shared and noisy)
+    let tasks = 4 * rayon::current_num_threads().max(1);
+    let chunk = rows.div_ceil(tasks).next_multiple_of(GROUP).max(GROUP);
+    let block = (BLOCK_BYTES / rb.max(1)).max(1).next_multiple_of(GROUP);
     let toks: Vec<usize> = (0..n).collect();
-    (0..rows.div_ceil(chunk)).into_par_iter().for_each(|c| {
-        let mut res = [0.0f32; MAX_TILE];
+    let put = |t: usize, r: usize, v: f32| {
+        // SAFETY: (t, off + r) is written by one task only; in bounds by the assert in
+        // `Linear::forward`.
+        unsafe {
+            let p = out.ptr().add(t * ld + off + r);
+            *p = if accumulate { *p + v } else { v };
+        }
+    };
+    team::run(rows.div_ceil(chunk), &|c| {
+        let mut res = [[0.0f32; GROUP]; MAX_TILE];
         let end = ((c + 1) * chunk).min(rows);
-        for r0 in (c * chunk..end).step_by(ROW_BLOCK) {
-            let r1 = (r0 + ROW_BLOCK).min(end);
+        for r0 in (c * chunk..end).step_by(block) {
+            let r1 = (r0 + block).min(end);
             for tile in toks.chunks(MAX_TILE) {
-                for r in r0..r1 {
-                    dot_row(isa, w.format, &bytes[r * rb..(r + 1) * rb], acts, tile, &mut res);
-                    for (i, &t) in tile.iter().enumerate() {
-                        // SAFETY: (t, off + r) is written by this task only; in bounds by the
-                        // assert in `Linear::forward`.
-                        unsafe {
-                            let p = out.ptr().add(t * ld + off + r);
-                            *p = if accumulate { *p + res[i] } else { res[i] };
+                let mut r = r0;
+                while r < r1 {
+                    if r < grouped {
+                        dot_group(isa, w.format, &bytes[r * rb..(r + GROUP) * rb], acts, tile, &mut res);
+                        for (k, &t) in tile.iter().enumerate() {
+                            (0..GROUP).for_each(|i| put(t, r + i, res[k][i]));
                         }
+                        r += GROUP;
+                    } else {
+                        dot_row(isa, w.format, &bytes[r * rb..(r + 1) * rb], acts, tile, &mut res[0]);
+                        for (k, &t) in tile.iter().enumerate() {
+                            put(t, r, res[0][k]);
+                        }
+                        r += 1;
                     }
                 }
             }
@@ -329,6 +354,93 @@ mod tests {
             let mut acc = all.clone();
             lin.forward(&mut acc, &x, n, true, RowMode::Independent, &mut acts);
             assert!(acc.iter().zip(&all).all(|(a, b)| *a == 2.0 * b));
+        }
+    }
+}
+
+#[cfg(test)]
+mod speed {
+    use super::*;
+    use crate::rng::Rng;
+
+    /// Not a test: `cargo test --release --lib matmul_speed -- --ignored --nocapture` times the
+    /// 1.1B shape's matmuls (8 layers) in Q4_0/Q8_0 for 1, 4, 16 and 64 tokens.
+    #[test]
+    #[ignore]
+    fn matmul_speed() {
+        let fmts: Vec<Format> = std::env::var("FMT")
+            .map(|s| s.split(',').map(|f| Format::parse(f).unwrap()).collect())
+            .unwrap_or(vec![Format::Q4_0, Format::Q8_0]);
+        for fmt in fmts {
+            let mut r = Rng::new(1);
+            let shapes = [(2560usize, 2048usize), (2048, 2048), (11264, 2048), (2048, 5632)];
+            let mut mats = Vec::new();
+            for _ in 0..8 {
+                for &(rows, cols) in &shapes {
+                    let rb = fmt.row_bytes(cols).unwrap();
+                    let bb = fmt.block_bytes();
+                    let mut b: Vec<u8> = (0..rows * rb).map(|_| r.next_u64() as u8).collect();
+                    for blk in b.chunks_exact_mut(bb) {
+                        blk[0] = 0x66;
+                        blk[1] = 0x2e;
+                    }
+                    mats.push(Linear::single(WeightMatrix::new(fmt, rows, cols, Storage::Bytes(b)).unwrap()));
+                }
+            }
+            let bytes: usize = mats.iter().map(|m| m.size_bytes()).sum();
+            let x: Vec<f32> = (0..64 * 5632).map(|_| r.normal() as f32).collect();
+            let mut y = vec![0.0f32; 64 * 11264];
+            let mut acts = Activations::default();
+            let ns: Vec<usize> = std::env::var("NS").map(|s| s.split(',').map(|v| v.parse().unwrap()).collect()).unwrap_or(vec![1, 4, 16, 64]);
+            {
+                // in cache: one 256×2048 matrix, one thread
+                let rb = fmt.row_bytes(2048).unwrap();
+                let b: Vec<u8> = (0..256 * rb).map(|i| if i % fmt.block_bytes() == 1 { 0x2e } else { (i * 7 % 251) as u8 }).collect();
+                let m = Linear::single(WeightMatrix::new(fmt, 256, 2048, Storage::Bytes(b)).unwrap());
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+                let mut times = Vec::new();
+                let mut prep = Vec::new();
+                for _ in 0..201 {
+                    let mut a = Activations::default();
+                    let tp = std::time::Instant::now();
+                    a.prepare(&x, 1, 2048, fmt);
+                    prep.push(tp.elapsed().as_secs_f64());
+                    let t = std::time::Instant::now();
+                    pool.install(|| {
+                        let isa = Isa::detect();
+                        let mut res = [[0.0f32; GROUP]; MAX_TILE];
+                        let bytes = m.parts[0].bytes();
+                        for g in (0..256).step_by(GROUP) {
+                            dot_group(isa, fmt, &bytes[g * rb..(g + GROUP) * rb], &a, &[0], &mut res);
+                        }
+                        std::hint::black_box(res);
+                    });
+                    times.push(t.elapsed().as_secs_f64());
+                }
+                times.sort_by(f64::total_cmp);
+                println!("in L2, 1 thread, n=1: {:6.1} GB/s", (256 * rb) as f64 / times[100] / 1e9);
+                prep.sort_by(f64::total_cmp);
+                println!("prepare 2048: {:.1} µs", prep[100] * 1e6);
+            }
+            for n in ns {
+                let mut times = Vec::new();
+                for _ in 0..21 {
+                    let t = std::time::Instant::now();
+                    for m in &mats {
+                        m.forward(&mut y, &x, n, false, RowMode::Independent, &mut acts);
+                    }
+                    times.push(t.elapsed().as_secs_f64());
+                }
+                times.sort_by(f64::total_cmp);
+                let s = times[10];
+                println!(
+                    "{fmt} n={n:3}: {:7.2} ms  {:6.1} GB/s  {:7.1} tok/s (1.1B-equivalent {:6.1})",
+                    s * 1e3,
+                    bytes as f64 / s / 1e9,
+                    n as f64 / s,
+                    n as f64 / s * 8.0 / 22.0
+                );
+            }
         }
     }
 }

@@ -7,11 +7,12 @@
 //! 16) for the K-quants; the products are integers. f32/f16/bf16 weights meet f32 activations.
 //!
 //! Every instruction set computes the same bits, by one canonical order:
-//! - Q8_0, Q4_0: the 32 products of block `b` are summed exactly in 8 integer lanes of 4
-//!   consecutive products; the lanes, as f32, are added block after block with a fused
-//!   multiply-add by the block's scale `d_w·d_a` into 8 f32 lanes, reduced in a fixed tree at the
-//!   end — llama.cpp's own order (`ggml_vec_dot_q8_0_q8_0` on AVX2), so that on its files we
-//!   compute its bits. (AVX-512 runs the integer part of two blocks per instruction.)
+//! - Q8_0, Q4_0: the 32 products of block `b` are summed exactly (an integer); the sum, as f32, is
+//!   added with a fused multiply-add by the block's scale `d_w·d_a` into one of two f32
+//!   accumulators — even blocks into the first, odd blocks into the second, block after block —
+//!   and the result is their sum. (Two chains, not one, so that a block need not wait for the
+//!   previous one.) On AVX-512 eight rows run together in the [`to_groups`] layout, one row per
+//!   lane, as llama.cpp's repacked x86 kernels do.
 //! - Q4_K, Q6_K: each 256-weight super-block's integer sum (sub-block scales and Q4_K's mins
 //!   included) is exact; it is added, as f32, with one fused multiply-add by `d·d_a`.
 //!
@@ -139,14 +140,9 @@ pub struct Activations {
     pub q: Vec<i8>,
     pub d: Vec<f32>,
     pub sum: Vec<i32>,
-    /// Q8_0 kind: `q + 128` as unsigned bytes, and per 4 consecutive values their sum (8 per
-    /// block): what `vpdpbusd` (unsigned × signed) needs to multiply signed weights without a
-    /// sign trick per product.
+    /// Q8_0 kind, on AVX-512 only: `q + 128` as unsigned bytes, what `vpdpbusd` (unsigned ×
+    /// signed) needs to multiply signed Q8_0 weights.
     pub qu: Vec<u8>,
-    /// 8 × the sum of each 4 consecutive values (Q4_0's `−8` offset per lane).
-    pub lane_sum8: Vec<i32>,
-    /// Each block pair's two scales spread over 16 lanes (`d_b` ×8, `d_b+1` ×8): one load a pair.
-    pub d_pairs: Vec<f32>,
 }
 
 impl Activations {
@@ -175,19 +171,10 @@ impl Activations {
         for (s, qs) in self.sum.iter_mut().zip(self.q.chunks_exact(sl)) {
             *s = qs.iter().map(|&v| v as i32).sum();
         }
-        // the extras only the AVX-512 kernels read (they run on a CPU that has them)
+        // the extra only the AVX-512 kernels read (they run on a CPU that has them)
         if self.kind == ActKind::Q8_0 && Isa::best_supported() == Isa::Avx512Vnni {
             self.qu.clear();
             self.qu.extend(self.q.iter().map(|&v| (v as u8) ^ 0x80));
-            self.lane_sum8.clear();
-            self.lane_sum8.extend(self.q.chunks_exact(4).map(|c| 8 * c.iter().map(|&v| v as i32).sum::<i32>()));
-            let nb = cols / QA;
-            self.d_pairs.clear();
-            for row in self.d.chunks_exact(nb) {
-                for pair in row.chunks_exact(2) {
-                    self.d_pairs.extend(std::iter::repeat_n(pair[0], 8).chain(std::iter::repeat_n(pair[1], 8)));
-                }
-            }
         }
     }
 }
@@ -224,63 +211,51 @@ fn quantize_q8_k(xs: &[f32], qs: &mut [i8]) -> f32 {
     1.0 / iscale
 }
 
-/// Whether `isa` reads `fmt` rows in the block-pair layout ([`to_pairs`]) rather than ggml's.
-pub fn uses_pairs(isa: Isa, fmt: Format) -> bool {
+/// Rows that run together in the [`to_groups`] layout.
+pub const GROUP: usize = 8;
+
+/// Whether `isa` reads `fmt` matrices in groups of [`GROUP`] rows ([`to_groups`]) rather than in
+/// ggml's row layout.
+pub fn uses_groups(isa: Isa, fmt: Format) -> bool {
     isa == Isa::Avx512Vnni && matches!(fmt, Format::Q8_0 | Format::Q4_0)
 }
 
-/// A Q8_0/Q4_0 row rearranged (not re-quantized: the same values and scales) for AVX-512: each pair
-/// of blocks becomes `[d_b: f16, d_b+1: f16, values]`, Q8_0's 64 values in order, Q4_0's 64 as 32
-/// bytes whose low nibbles are block `b` in order and high nibbles block `b+1`, so one load and
-/// a mask give 64 values. An odd last block stays as ggml stores it. Same size as the row.
-pub fn to_pairs(fmt: Format, row: &[u8]) -> Vec<u8> {
-    let bb = fmt.block_bytes();
-    let nb = row.len() / bb;
-    let mut out = Vec::with_capacity(row.len());
-    for p in 0..nb / 2 {
-        let (b0, b1) = (&row[2 * p * bb..(2 * p + 1) * bb], &row[(2 * p + 1) * bb..(2 * p + 2) * bb]);
-        out.extend_from_slice(&b0[..2]);
-        out.extend_from_slice(&b1[..2]);
-        if fmt == Format::Q8_0 {
-            out.extend_from_slice(&b0[2..]);
-            out.extend_from_slice(&b1[2..]);
-        } else {
-            let nib = |b: &[u8], i: usize| if i < 16 { b[2 + i] & 0xf } else { b[2 + i - 16] >> 4 };
-            out.extend((0..32).map(|i| nib(b0, i) | (nib(b1, i) << 4)));
+/// [`GROUP`] Q8_0/Q4_0 rows (ggml's layout, concatenated) interleaved for the AVX-512 kernels (not
+/// re-quantized: the same values and scales, the same size). Block by block: the 8 rows' f16
+/// scales, then the quant bytes in chunks of 4 — chunk `c` holds bytes `4c..4c+4` of each row's
+/// block in row order — so one 32-byte load gives 4 bytes (Q8_0: 4 values; Q4_0: values
+/// `4c..4c+4` in the low nibbles and `16+4c..` in the high) of each of the 8 rows.
+pub fn to_groups(fmt: Format, rows: &[u8]) -> Vec<u8> {
+    let (bb, rb) = (fmt.block_bytes(), rows.len() / GROUP);
+    let mut out = Vec::with_capacity(rows.len());
+    for b in 0..rb / bb {
+        let blk = |r: usize| &rows[r * rb + b * bb..][..bb];
+        (0..GROUP).for_each(|r| out.extend_from_slice(&blk(r)[..2]));
+        for c in 0..(bb - 2) / 4 {
+            (0..GROUP).for_each(|r| out.extend_from_slice(&blk(r)[2 + 4 * c..][..4]));
         }
     }
-    out.extend_from_slice(&row[nb / 2 * 2 * bb..]);
     out
 }
 
-/// The inverse of [`to_pairs`].
-pub fn from_pairs(fmt: Format, packed: &[u8]) -> Vec<u8> {
-    let bb = fmt.block_bytes();
-    let nb = packed.len() / bb;
-    let mut out = vec![0u8; packed.len()];
-    for p in 0..nb / 2 {
-        let src = &packed[2 * p * bb..(2 * p + 2) * bb];
-        let (o0, o1) = out[2 * p * bb..(2 * p + 2) * bb].split_at_mut(bb);
-        o0[..2].copy_from_slice(&src[..2]);
-        o1[..2].copy_from_slice(&src[2..4]);
-        if fmt == Format::Q8_0 {
-            o0[2..].copy_from_slice(&src[4..36]);
-            o1[2..].copy_from_slice(&src[36..68]);
-        } else {
-            let v = &src[4..36];
-            for j in 0..16 {
-                o0[2 + j] = (v[j] & 0xf) | ((v[16 + j] & 0xf) << 4);
-                o1[2 + j] = (v[j] >> 4) | (v[16 + j] & 0xf0);
+/// The inverse of [`to_groups`]: the 8 rows in ggml's layout, concatenated.
+pub fn from_groups(fmt: Format, group: &[u8]) -> Vec<u8> {
+    let (bb, rb) = (fmt.block_bytes(), group.len() / GROUP);
+    let mut out = vec![0u8; group.len()];
+    for b in 0..rb / bb {
+        let g = &group[b * GROUP * bb..][..GROUP * bb];
+        for r in 0..GROUP {
+            let o = &mut out[r * rb + b * bb..][..bb];
+            o[..2].copy_from_slice(&g[2 * r..2 * r + 2]);
+            for c in 0..(bb - 2) / 4 {
+                o[2 + 4 * c..][..4].copy_from_slice(&g[2 * GROUP + c * 4 * GROUP + 4 * r..][..4]);
             }
         }
     }
-    let tail = nb / 2 * 2 * bb;
-    out[tail..].copy_from_slice(&packed[tail..]);
     out
 }
 
-/// `out[t] = w_row · act_t` for the tokens `toks` (at most [`MAX_TILE`]). `w_row` is in ggml's
-/// layout, or in the pair layout where [`uses_pairs`] says so.
+/// `out[t] = w_row · act_t` for the tokens `toks` (at most [`MAX_TILE`]); `w_row` in ggml's layout.
 pub fn dot_row(isa: Isa, fmt: Format, w: &[u8], acts: &Activations, toks: &[usize], out: &mut [f32]) {
     debug_assert!(toks.len() <= MAX_TILE && out.len() >= toks.len());
     match toks.len() {
@@ -296,20 +271,7 @@ fn dot_tile<const T: usize>(isa: Isa, fmt: Format, w: &[u8], acts: &Activations,
     let cols = acts.cols;
     let mut r = [0.0f32; T];
     if fmt.is_quantized() {
-        debug_assert_eq!(acts.kind, ActKind::for_format(fmt));
-        let (nb, ns) = (cols / acts.kind.block(), cols / acts.kind.sum_block());
-        let q: [&[i8]; T] = std::array::from_fn(|t| &acts.q[toks[t] * cols..][..cols]);
-        let d: [&[f32]; T] = std::array::from_fn(|t| &acts.d[toks[t] * nb..][..nb]);
-        let s: [&[i32]; T] = std::array::from_fn(|t| &acts.sum[toks[t] * ns..][..ns]);
-        // the AVX-512 extras, where they were prepared
-        let q8 = acts.kind == ActKind::Q8_0 && !acts.qu.is_empty();
-        let qu: [&[u8]; T] = std::array::from_fn(|t| if q8 { &acts.qu[toks[t] * cols..][..cols] } else { &[][..] });
-        let lane_sum8: [&[i32]; T] =
-            std::array::from_fn(|t| if q8 { &acts.lane_sum8[toks[t] * cols / 4..][..cols / 4] } else { &[][..] });
-        let np = cols / QA / 2 * 16;
-        let d_pairs: [&[f32]; T] =
-            std::array::from_fn(|t| if q8 { &acts.d_pairs[toks[t] * np..][..np] } else { &[][..] });
-        let a = QActs { q, d, s, qu, lane_sum8, d_pairs };
+        let a = QActs::<T>::of(fmt, acts, toks);
         match isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Isa` values other than Scalar are only produced after the CPU was checked.
@@ -329,6 +291,33 @@ fn dot_tile<const T: usize>(isa: Isa, fmt: Format, w: &[u8], acts: &Activations,
     out[..T].copy_from_slice(&r);
 }
 
+/// `out[k][i] = row_i · act_{toks[k]}` for one group of [`GROUP`] rows in the [`to_groups`] layout
+/// (where [`uses_groups`]) and the tokens `toks` (at most [`MAX_TILE`]): the same bits as
+/// [`dot_row`] on each row.
+pub fn dot_group(isa: Isa, fmt: Format, group: &[u8], acts: &Activations, toks: &[usize], out: &mut [[f32; GROUP]; MAX_TILE]) {
+    assert!(uses_groups(isa, fmt) && toks.len() <= MAX_TILE && group.len() == GROUP * fmt.row_bytes(acts.cols).unwrap_or(0));
+    #[cfg(target_arch = "x86_64")]
+    {
+        macro_rules! run {
+            ($t:literal) => {{
+                let a = QActs::<$t>::of(fmt, acts, toks);
+                let mut res = [[0.0f32; GROUP]; $t];
+                // SAFETY: `uses_groups` holds only for AVX-512 VNNI, detected on this CPU; the
+                // group's length is checked above and the activations' in `QActs::of`.
+                unsafe { x86::vnni::group::<$t>(fmt, group.as_ptr(), acts.cols / QA, &a, &mut res) };
+                out[..$t].copy_from_slice(&res);
+            }};
+        }
+        match toks.len() {
+            1 => run!(1),
+            2 => run!(2),
+            3 => run!(3),
+            4 => run!(4),
+            _ => {}
+        }
+    }
+}
+
 /// Quantized activations of the tokens of one tile.
 struct QActs<'a, const T: usize> {
     q: [&'a [i8]; T],
@@ -336,8 +325,22 @@ struct QActs<'a, const T: usize> {
     s: [&'a [i32]; T],
     /// Q8_0 kind only (else empty).
     qu: [&'a [u8]; T],
-    lane_sum8: [&'a [i32]; T],
-    d_pairs: [&'a [f32]; T],
+}
+
+impl<'a, const T: usize> QActs<'a, T> {
+    /// The tokens `toks` of `acts`, prepared for `fmt` (a quantized format).
+    fn of(fmt: Format, acts: &'a Activations, toks: &[usize]) -> Self {
+        assert_eq!(acts.kind, ActKind::for_format(fmt), "activations prepared for another format");
+        let cols = acts.cols;
+        let (nb, ns) = (cols / acts.kind.block(), cols / acts.kind.sum_block());
+        let q = std::array::from_fn(|t| &acts.q[toks[t] * cols..][..cols]);
+        let d = std::array::from_fn(|t| &acts.d[toks[t] * nb..][..nb]);
+        let s = std::array::from_fn(|t| &acts.sum[toks[t] * ns..][..ns]);
+        // the AVX-512 extras, where they were prepared
+        let q8 = acts.kind == ActKind::Q8_0 && !acts.qu.is_empty();
+        let qu = std::array::from_fn(|t| if q8 { &acts.qu[toks[t] * cols..][..cols] } else { &[][..] });
+        QActs { q, d, s, qu }
+    }
 }
 
 #[inline]
@@ -357,11 +360,6 @@ fn hsum8(v: [f32; 8]) -> f32 {
 mod scalar {
     use super::*;
 
-    /// 8 lanes of 4 consecutive products.
-    fn lanes(w: &[i8; 32], a: &[i8]) -> [i32; 8] {
-        std::array::from_fn(|l| (0..4).map(|k| w[4 * l + k] as i32 * a[4 * l + k] as i32).sum())
-    }
-
     fn idot(w: &[i8], a: &[i8]) -> i32 {
         w.iter().zip(a).map(|(&x, &y)| x as i32 * y as i32).sum()
     }
@@ -370,7 +368,7 @@ mod scalar {
         let mut wb = [0i8; 32];
         match fmt {
             Format::Q8_0 | Format::Q4_0 => {
-                let mut acc = [[0.0f32; 8]; T];
+                let mut acc = [[0.0f32; 2]; T];
                 for (b, blk) in w.chunks_exact(fmt.block_bytes()).enumerate() {
                     let dw = f16le(blk, 0);
                     if fmt == Format::Q8_0 {
@@ -382,14 +380,12 @@ mod scalar {
                         }
                     }
                     for t in 0..T {
-                        let scale = dw * a.d[t][b];
-                        for (acc, l) in acc[t].iter_mut().zip(lanes(&wb, &a.q[t][b * QA..])) {
-                            *acc = (l as f32).mul_add(scale, *acc);
-                        }
+                        let sum = idot(&wb, &a.q[t][b * QA..][..QA]);
+                        acc[t][b % 2] = (sum as f32).mul_add(dw * a.d[t][b], acc[t][b % 2]);
                     }
                 }
                 for t in 0..T {
-                    r[t] = hsum8(acc[t]);
+                    r[t] = acc[t][0] + acc[t][1];
                 }
             }
             Format::Q4K => {
@@ -577,7 +573,7 @@ mod x86 {
             let act = |t: usize, off: usize| _mm256_loadu_si256(a.q[t].as_ptr().add(off) as *const __m256i);
             match fmt {
                 Format::Q8_0 | Format::Q4_0 => {
-                    let mut acc = [_mm256_setzero_ps(); T];
+                    let mut acc = [[0.0f32; 2]; T];
                     let eight = _mm256_set1_epi8(8);
                     for (b, blk) in w.chunks_exact(fmt.block_bytes()).enumerate() {
                         let p = blk.as_ptr();
@@ -588,12 +584,12 @@ mod x86 {
                         };
                         let dw = f16_at(p);
                         for t in 0..T {
-                            let l = _mm256_cvtepi32_ps(lanes(wb, act(t, b * QA)));
-                            acc[t] = _mm256_fmadd_ps(l, _mm256_set1_ps(dw * a.d[t][b]), acc[t]);
+                            let sum = hsum_epi32(lanes(wb, act(t, b * QA)));
+                            acc[t][b % 2] = (sum as f32).mul_add(dw * a.d[t][b], acc[t][b % 2]);
                         }
                     }
                     for t in 0..T {
-                        r[t] = hsum8(acc[t]);
+                        r[t] = acc[t][0] + acc[t][1];
                     }
                 }
                 Format::Q4K => {
@@ -656,98 +652,91 @@ mod x86 {
     }
 
     pub mod vnni {
-        //! AVX-512: two 32-weight blocks (or K-quant sub-blocks) per instruction, `vpdpbusd`.
+        //! AVX-512 VNNI (`vpdpbusd`): Q8_0/Q4_0 eight rows at a time; K-quants two 32-weight
+        //! sub-blocks per instruction.
         use super::*;
 
-        /// A Q4_0 pair (pair layout) as 64 unsigned values `q` (0..15), in activation order.
-        #[inline]
+        /// `r[t][i] = row_i · act_t` for one group of [`GROUP`] Q8_0/Q4_0 rows in the
+        /// [`to_groups`] layout, lane `i` of every vector being row `i`. Per block: each row's
+        /// exact integer sum (`vpdpbusd` of 4 weight bytes a row with the token's 4 activations
+        /// broadcast), then one fused multiply-add of the 8 rows' sums by their scales into the
+        /// even- or odd-block accumulator. The weights of a block are unpacked once for all tokens.
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-        unsafe fn q4_0_pair(p: *const u8) -> __m512i {
-            let v = _mm256_loadu_si256(p.add(4) as *const __m256i);
+        pub(in super::super) unsafe fn group<const T: usize>(
+            fmt: Format,
+            g: *const u8,
+            nb: usize,
+            a: &QActs<T>,
+            r: &mut [[f32; GROUP]; T],
+        ) {
+            let gb = GROUP * fmt.block_bytes();
+            let zero = _mm256_setzero_si256();
             let m4 = _mm256_set1_epi8(0x0f);
-            let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-            _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, m4)), hi, 1)
-        }
-
-        /// A Q8_0 pair (pair layout): 64 values.
-        #[inline]
-        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-        unsafe fn q8_0_pair(p: *const u8) -> __m512i {
-            _mm512_loadu_si512(p.add(4) as *const __m512i)
-        }
-
-        /// `acc` plus block b's lanes times its scale, then block b+1's (lanes 0–7, 8–15): two fused
-        /// multiply-adds in order, as one block at a time computes them.
-        #[inline]
-        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-        unsafe fn fma_pair(acc: __m256, l: __m512, s: __m512) -> __m256 {
-            let acc = _mm256_fmadd_ps(_mm512_castps512_ps256(l), _mm512_castps512_ps256(s), acc);
-            _mm256_fmadd_ps(_mm512_extractf32x8_ps(l, 1), _mm512_extractf32x8_ps(s, 1), acc)
-        }
-
-        /// The pair's two f16 scales as f32 in lanes 0 and 1.
-        #[inline]
-        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-        unsafe fn scale_pair(p: *const u8) -> __m128 {
-            _mm_cvtph_ps(_mm_cvtsi32_si128((p as *const i32).read_unaligned()))
+            let bcast = |p: *const u8, i: usize| _mm256_set1_epi32((p as *const i32).add(i).read_unaligned());
+            let mut acc = [[_mm256_setzero_ps(); 2]; T];
+            for b in 0..nb {
+                let p = g.add(b * gb);
+                let dw = _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
+                let qp = p.add(2 * GROUP);
+                let mut sums = [zero; T];
+                if fmt == Format::Q4_0 {
+                    // chunk c: values 4c..4c+4 (low nibbles) and 16+4c.. (high) of each row
+                    let mut lo = [zero; 4];
+                    let mut hi = [zero; 4];
+                    for c in 0..4 {
+                        let v = _mm256_loadu_si256(qp.add(32 * c) as *const __m256i);
+                        lo[c] = _mm256_and_si256(v, m4);
+                        hi[c] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                    }
+                    for t in 0..T {
+                        let ap = a.q[t].as_ptr().add(b * QA) as *const u8;
+                        // Σ(q − 8)·a = Σq·a − 8·Σa; two chains, added exactly
+                        let mut s0 = _mm256_set1_epi32(-8 * a.s[t][b]);
+                        let mut s1 = zero;
+                        for c in 0..4 {
+                            s0 = _mm256_dpbusd_epi32(s0, lo[c], bcast(ap, c));
+                            s1 = _mm256_dpbusd_epi32(s1, hi[c], bcast(ap, 4 + c));
+                        }
+                        sums[t] = _mm256_add_epi32(s0, s1);
+                    }
+                } else {
+                    // chunk c: values 4c..4c+4 of each row; Σ(a + 128)·w − 128·Σw
+                    let mut wv = [zero; 8];
+                    let (mut c0, mut c1) = (zero, zero);
+                    let k128 = _mm256_set1_epi8(-128i8);
+                    for c in 0..4 {
+                        wv[c] = _mm256_loadu_si256(qp.add(32 * c) as *const __m256i);
+                        wv[4 + c] = _mm256_loadu_si256(qp.add(32 * (4 + c)) as *const __m256i);
+                        c0 = _mm256_dpbusd_epi32(c0, k128, wv[c]);
+                        c1 = _mm256_dpbusd_epi32(c1, k128, wv[4 + c]);
+                    }
+                    let init = _mm256_sub_epi32(zero, _mm256_add_epi32(c0, c1));
+                    for t in 0..T {
+                        let ap = a.qu[t].as_ptr().add(b * QA);
+                        let (mut s0, mut s1) = (init, zero);
+                        for c in 0..4 {
+                            s0 = _mm256_dpbusd_epi32(s0, bcast(ap, c), wv[c]);
+                            s1 = _mm256_dpbusd_epi32(s1, bcast(ap, 4 + c), wv[4 + c]);
+                        }
+                        sums[t] = _mm256_add_epi32(s0, s1);
+                    }
+                }
+                for t in 0..T {
+                    let scale = _mm256_mul_ps(dw, _mm256_set1_ps(a.d[t][b]));
+                    acc[t][b % 2] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[t]), scale, acc[t][b % 2]);
+                }
+            }
+            for t in 0..T {
+                _mm256_storeu_ps(r[t].as_mut_ptr(), _mm256_add_ps(acc[t][0], acc[t][1]));
+            }
         }
 
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
         pub(in super::super) unsafe fn quant<const T: usize>(fmt: Format, w: &[u8], a: &QActs<T>, r: &mut [f32; T]) {
             let act = |t: usize, off: usize| _mm512_loadu_si512(a.q[t].as_ptr().add(off) as *const __m512i);
             match fmt {
-                Format::Q8_0 | Format::Q4_0 => {
-                    let bb = fmt.block_bytes();
-                    let nb = w.len() / bb;
-                    let mut acc = [_mm256_setzero_ps(); T];
-                    let zero = _mm512_setzero_si512();
-                    let expand = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
-                    let mut b = 0;
-                    while b + 2 <= nb {
-                        let p = w.as_ptr().add(b * bb);
-                        // [d_w(b) ×8, d_w(b+1) ×8]; times the tokens' spread activation scales
-                        let dw = _mm512_permutexvar_ps(expand, _mm512_castps128_ps512(scale_pair(p)));
-                        let da = |t: usize| _mm512_loadu_ps(a.d_pairs[t].as_ptr().add(b * 8));
-                        if fmt == Format::Q8_0 {
-                            // (a + 128)·w − 128·Σw per lane of 4
-                            let wv = q8_0_pair(p);
-                            let corr = _mm512_slli_epi32(_mm512_dpbusd_epi32(zero, _mm512_set1_epi8(1), wv), 7);
-                            for t in 0..T {
-                                let au = _mm512_loadu_si512(a.qu[t].as_ptr().add(b * QA) as *const __m512i);
-                                let l = _mm512_sub_epi32(_mm512_dpbusd_epi32(zero, au, wv), corr);
-                                acc[t] = fma_pair(acc[t], _mm512_cvtepi32_ps(l), _mm512_mul_ps(dw, da(t)));
-                            }
-                        } else {
-                            // q·a − 8·Σa per lane of 4
-                            let qv = q4_0_pair(p);
-                            for t in 0..T {
-                                let ls = _mm512_loadu_si512(a.lane_sum8[t].as_ptr().add(b * 8) as *const __m512i);
-                                let l = _mm512_sub_epi32(_mm512_dpbusd_epi32(zero, qv, act(t, b * QA)), ls);
-                                acc[t] = fma_pair(acc[t], _mm512_cvtepi32_ps(l), _mm512_mul_ps(dw, da(t)));
-                            }
-                        }
-                        b += 2;
-                    }
-                    for t in 0..T {
-                        let mut acc = acc[t];
-                        if b < nb {
-                            let p = w.as_ptr().add(b * bb);
-                            let wb = if fmt == Format::Q8_0 {
-                                _mm256_loadu_si256(p.add(2) as *const __m256i)
-                            } else {
-                                _mm256_sub_epi8(nibbles16(p.add(2)), _mm256_set1_epi8(8))
-                            };
-                            let av = _mm256_loadu_si256(a.q[t].as_ptr().add(b * QA) as *const __m256i);
-                            let l = _mm256_dpbusd_epi32(
-                                _mm256_setzero_si256(),
-                                _mm256_sign_epi8(wb, wb),
-                                _mm256_sign_epi8(av, wb),
-                            );
-                            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(l), _mm256_set1_ps(f16_at(p) * a.d[t][b]), acc);
-                        }
-                        r[t] = hsum8(acc);
-                    }
-                }
+                // rows outside a group, in ggml's layout
+                Format::Q8_0 | Format::Q4_0 => super::avx2::quant::<T>(fmt, w, a, r),
                 Format::Q4K => {
                     let m4 = _mm256_set1_epi8(0x0f);
                     let zero = _mm512_setzero_si512();
@@ -891,35 +880,52 @@ mod tests {
         (0..n).map(|_| r.normal() as f32).collect()
     }
 
-    /// Every instruction set gives the same bits, for every tile size, and a token's result does
-    /// not depend on the tokens beside it in the tile.
+    /// Every instruction set gives the same bits, for every tile size, one row at a time or in a
+    /// group of rows, and a token's result does not depend on the tokens beside it in the tile.
     #[test]
     fn same_bits_on_every_instruction_set_and_tile() {
         for cols in [512usize, 2 * super::super::QK_K, 96, 40] {
             let x: Vec<f32> = (0..5).flat_map(|t| row(cols, 10 + t)).collect();
-            let w = row(cols, 3);
             for fmt in Format::ALL {
                 if cols % fmt.block_len() != 0 {
                     continue;
                 }
-                let mut wb = vec![0u8; fmt.row_bytes(cols).unwrap()];
-                fmt.quantize_row(&w, &mut wb);
+                let rb = fmt.row_bytes(cols).unwrap();
+                let mut wb = vec![0u8; GROUP * rb];
+                for (r, b) in wb.chunks_exact_mut(rb).enumerate() {
+                    fmt.quantize_row(&row(cols, 3 + r as u64), b);
+                }
                 let mut acts = Activations::default();
                 acts.prepare(&x, 5, cols, fmt);
-                let mut want = [0.0f32; 5];
-                for t in 0..5 {
-                    dot_row(Isa::Scalar, fmt, &wb, &acts, &[t], &mut want[t..]);
+                let mut want = [[0.0f32; 5]; GROUP];
+                for (r, b) in wb.chunks_exact(rb).enumerate() {
+                    for t in 0..5 {
+                        dot_row(Isa::Scalar, fmt, b, &acts, &[t], &mut want[r][t..]);
+                    }
                 }
                 for isa in Isa::all_supported() {
-                    let row = if uses_pairs(isa, fmt) { to_pairs(fmt, &wb) } else { wb.clone() };
-                    if uses_pairs(isa, fmt) {
-                        assert_eq!(from_pairs(fmt, &row), wb, "pair layout round trip");
+                    let grouped = uses_groups(isa, fmt).then(|| to_groups(fmt, &wb));
+                    if let Some(g) = &grouped {
+                        assert_eq!(from_groups(fmt, g), wb, "grouped layout round trip");
                     }
-                    for tile in [vec![0usize, 1, 2, 3], vec![4, 2], vec![3, 0, 4]] {
-                        let mut out = [0.0f32; 4];
-                        dot_row(isa, fmt, &row, &acts, &tile, &mut out);
-                        for (i, &t) in tile.iter().enumerate() {
-                            assert_eq!(out[i].to_bits(), want[t].to_bits(), "{fmt} {isa:?} cols {cols} token {t}");
+                    for tile in [vec![0usize, 1, 2, 3], vec![4, 2], vec![3, 0, 4], vec![1]] {
+                        for (r, b) in wb.chunks_exact(rb).enumerate() {
+                            let mut out = [0.0f32; 4];
+                            dot_row(isa, fmt, b, &acts, &tile, &mut out);
+                            for (k, &t) in tile.iter().enumerate() {
+                                let msg = format!("{fmt} {isa:?} cols {cols} row {r} token {t}");
+                                assert_eq!(out[k].to_bits(), want[r][t].to_bits(), "{msg}");
+                            }
+                        }
+                        if let Some(g) = &grouped {
+                            let mut out = [[0.0f32; GROUP]; MAX_TILE];
+                            dot_group(isa, fmt, g, &acts, &tile, &mut out);
+                            for (k, &t) in tile.iter().enumerate() {
+                                for r in 0..GROUP {
+                                    let msg = format!("{fmt} {isa:?} group, cols {cols} row {r} token {t}");
+                                    assert_eq!(out[k][r].to_bits(), want[r][t].to_bits(), "{msg}");
+                                }
+                            }
                         }
                     }
                 }
@@ -949,8 +955,7 @@ mod tests {
             let want: f64 = wd.iter().zip(&xd).map(|(a, b)| *a as f64 * b).sum();
             let mut out = [0.0f32];
             let isa = Isa::detect();
-            let row = if uses_pairs(isa, fmt) { to_pairs(fmt, &wb) } else { wb.clone() };
-            dot_row(isa, fmt, &row, &acts, &[0], &mut out);
+            dot_row(isa, fmt, &wb, &acts, &[0], &mut out);
             let scale: f64 = wd.iter().zip(&xd).map(|(a, b)| (*a as f64 * b).abs()).sum();
             assert!((out[0] as f64 - want).abs() <= 1e-5 * scale, "{fmt}: {} vs {want}", out[0]);
         }
