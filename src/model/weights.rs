@@ -391,13 +391,16 @@ mod speed {
             let x: Vec<f32> = (0..64 * 5632).map(|_| r.normal() as f32).collect();
             let mut y = vec![0.0f32; 64 * 11264];
             let mut acts = Activations::default();
-            let ns: Vec<usize> = std::env::var("NS").map(|s| s.split(',').map(|v| v.parse().unwrap()).collect()).unwrap_or(vec![1, 4, 16, 64]);
+            let ns: Vec<usize> = std::env::var("NS")
+                .map(|s| s.split(',').map(|v| v.parse().unwrap()).collect())
+                .unwrap_or(vec![1, 4, 16, 64]);
             {
                 // in cache: one 256×2048 matrix, one thread
                 let rb = fmt.row_bytes(2048).unwrap();
-                let b: Vec<u8> = (0..256 * rb).map(|i| if i % fmt.block_bytes() == 1 { 0x2e } else { (i * 7 % 251) as u8 }).collect();
+                let b: Vec<u8> = (0..256 * rb)
+                    .map(|i| if i % fmt.block_bytes() == 1 { 0x2e } else { (i * 7 % 251) as u8 })
+                    .collect();
                 let m = Linear::single(WeightMatrix::new(fmt, 256, 2048, Storage::Bytes(b)).unwrap());
-                let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
                 let mut times = Vec::new();
                 let mut prep = Vec::new();
                 for _ in 0..201 {
@@ -406,7 +409,7 @@ mod speed {
                     a.prepare(&x, 1, 2048, fmt);
                     prep.push(tp.elapsed().as_secs_f64());
                     let t = std::time::Instant::now();
-                    pool.install(|| {
+                    {
                         let isa = Isa::detect();
                         let mut res = [[0.0f32; GROUP]; MAX_TILE];
                         let bytes = m.parts[0].bytes();
@@ -414,7 +417,7 @@ mod speed {
                             dot_group(isa, fmt, &bytes[g * rb..(g + GROUP) * rb], &a, &[0], &mut res);
                         }
                         std::hint::black_box(res);
-                    });
+                    }
                     times.push(t.elapsed().as_secs_f64());
                 }
                 times.sort_by(f64::total_cmp);
@@ -432,7 +435,7 @@ mod speed {
                     times.push(t.elapsed().as_secs_f64());
                 }
                 times.sort_by(f64::total_cmp);
-                let s = times[10];
+                let s = if std::env::var("BEST").is_ok() { times[0] } else { times[10] };
                 println!(
                     "{fmt} n={n:3}: {:7.2} ms  {:6.1} GB/s  {:7.1} tok/s (1.1B-equivalent {:6.1})",
                     s * 1e3,

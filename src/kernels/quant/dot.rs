@@ -294,8 +294,17 @@ fn dot_tile<const T: usize>(isa: Isa, fmt: Format, w: &[u8], acts: &Activations,
 /// `out[k][i] = row_i · act_{toks[k]}` for one group of [`GROUP`] rows in the [`to_groups`] layout
 /// (where [`uses_groups`]) and the tokens `toks` (at most [`MAX_TILE`]): the same bits as
 /// [`dot_row`] on each row.
-pub fn dot_group(isa: Isa, fmt: Format, group: &[u8], acts: &Activations, toks: &[usize], out: &mut [[f32; GROUP]; MAX_TILE]) {
-    assert!(uses_groups(isa, fmt) && toks.len() <= MAX_TILE && group.len() == GROUP * fmt.row_bytes(acts.cols).unwrap_or(0));
+pub fn dot_group(
+    isa: Isa,
+    fmt: Format,
+    group: &[u8],
+    acts: &Activations,
+    toks: &[usize],
+    out: &mut [[f32; GROUP]; MAX_TILE],
+) {
+    assert!(
+        uses_groups(isa, fmt) && toks.len() <= MAX_TILE && group.len() == GROUP * fmt.row_bytes(acts.cols).unwrap_or(0)
+    );
     #[cfg(target_arch = "x86_64")]
     {
         macro_rules! run {
@@ -674,57 +683,69 @@ mod x86 {
             let m4 = _mm256_set1_epi8(0x0f);
             let bcast = |p: *const u8, i: usize| _mm256_set1_epi32((p as *const i32).add(i).read_unaligned());
             let mut acc = [[_mm256_setzero_ps(); 2]; T];
-            for b in 0..nb {
-                let p = g.add(b * gb);
-                let dw = _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
-                let qp = p.add(2 * GROUP);
-                let mut sums = [zero; T];
-                if fmt == Format::Q4_0 {
-                    // chunk c: values 4c..4c+4 (low nibbles) and 16+4c.. (high) of each row
-                    let mut lo = [zero; 4];
-                    let mut hi = [zero; 4];
-                    for c in 0..4 {
-                        let v = _mm256_loadu_si256(qp.add(32 * c) as *const __m256i);
-                        lo[c] = _mm256_and_si256(v, m4);
-                        hi[c] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-                    }
-                    for t in 0..T {
-                        let ap = a.q[t].as_ptr().add(b * QA) as *const u8;
-                        // Σ(q − 8)·a = Σq·a − 8·Σa; two chains, added exactly
-                        let mut s0 = _mm256_set1_epi32(-8 * a.s[t][b]);
-                        let mut s1 = zero;
-                        for c in 0..4 {
-                            s0 = _mm256_dpbusd_epi32(s0, lo[c], bcast(ap, c));
-                            s1 = _mm256_dpbusd_epi32(s1, hi[c], bcast(ap, 4 + c));
+            // a macro, not a loop over `b % 2`: the accumulators must stay in registers
+            macro_rules! block {
+                ($b:expr, $h:literal) => {{
+                        let p = g.add($b * gb);
+                        let dw = _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
+                        let qp = p.add(2 * GROUP);
+                        let mut sums = [zero; T];
+                        if fmt == Format::Q4_0 {
+                            // chunk c: values 4c..4c+4 (low nibbles) and 16+4c.. (high) of each row
+                            let mut lo = [zero; 4];
+                            let mut hi = [zero; 4];
+                            for c in 0..4 {
+                                let v = _mm256_loadu_si256(qp.add(32 * c) as *const __m256i);
+                                lo[c] = _mm256_and_si256(v, m4);
+                                hi[c] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                            }
+                            for t in 0..T {
+                                let ap = a.q[t].as_ptr().add($b * QA) as *const u8;
+                                // Σ(q − 8)·a = Σq·a − 8·Σa; two chains, added exactly
+                                let mut s0 = _mm256_set1_epi32(-8 * a.s[t][$b]);
+                                let mut s1 = zero;
+                                for c in 0..4 {
+                                    s0 = _mm256_dpbusd_epi32(s0, lo[c], bcast(ap, c));
+                                    s1 = _mm256_dpbusd_epi32(s1, hi[c], bcast(ap, 4 + c));
+                                }
+                                sums[t] = _mm256_add_epi32(s0, s1);
+                            }
+                        } else {
+                            // chunk c: values 4c..4c+4 of each row; Σ(a + 128)·w − 128·Σw
+                            let mut wv = [zero; 8];
+                            let (mut c0, mut c1) = (zero, zero);
+                            let k128 = _mm256_set1_epi8(-128i8);
+                            for c in 0..4 {
+                                wv[c] = _mm256_loadu_si256(qp.add(32 * c) as *const __m256i);
+                                wv[4 + c] = _mm256_loadu_si256(qp.add(32 * (4 + c)) as *const __m256i);
+                                c0 = _mm256_dpbusd_epi32(c0, k128, wv[c]);
+                                c1 = _mm256_dpbusd_epi32(c1, k128, wv[4 + c]);
+                            }
+                            let init = _mm256_sub_epi32(zero, _mm256_add_epi32(c0, c1));
+                            for t in 0..T {
+                                let ap = a.qu[t].as_ptr().add($b * QA);
+                                let (mut s0, mut s1) = (init, zero);
+                                for c in 0..4 {
+                                    s0 = _mm256_dpbusd_epi32(s0, bcast(ap, c), wv[c]);
+                                    s1 = _mm256_dpbusd_epi32(s1, bcast(ap, 4 + c), wv[4 + c]);
+                                }
+                                sums[t] = _mm256_add_epi32(s0, s1);
+                            }
                         }
-                        sums[t] = _mm256_add_epi32(s0, s1);
-                    }
-                } else {
-                    // chunk c: values 4c..4c+4 of each row; Σ(a + 128)·w − 128·Σw
-                    let mut wv = [zero; 8];
-                    let (mut c0, mut c1) = (zero, zero);
-                    let k128 = _mm256_set1_epi8(-128i8);
-                    for c in 0..4 {
-                        wv[c] = _mm256_loadu_si256(qp.add(32 * c) as *const __m256i);
-                        wv[4 + c] = _mm256_loadu_si256(qp.add(32 * (4 + c)) as *const __m256i);
-                        c0 = _mm256_dpbusd_epi32(c0, k128, wv[c]);
-                        c1 = _mm256_dpbusd_epi32(c1, k128, wv[4 + c]);
-                    }
-                    let init = _mm256_sub_epi32(zero, _mm256_add_epi32(c0, c1));
-                    for t in 0..T {
-                        let ap = a.qu[t].as_ptr().add(b * QA);
-                        let (mut s0, mut s1) = (init, zero);
-                        for c in 0..4 {
-                            s0 = _mm256_dpbusd_epi32(s0, bcast(ap, c), wv[c]);
-                            s1 = _mm256_dpbusd_epi32(s1, bcast(ap, 4 + c), wv[4 + c]);
+                        for t in 0..T {
+                            let scale = _mm256_mul_ps(dw, _mm256_set1_ps(a.d[t][$b]));
+                            acc[t][$h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[t]), scale, acc[t][$h]);
                         }
-                        sums[t] = _mm256_add_epi32(s0, s1);
-                    }
-                }
-                for t in 0..T {
-                    let scale = _mm256_mul_ps(dw, _mm256_set1_ps(a.d[t][b]));
-                    acc[t][b % 2] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[t]), scale, acc[t][b % 2]);
-                }
+                }};
+            }
+            let mut b = 0;
+            while b + 1 < nb {
+                block!(b, 0);
+                block!(b + 1, 1);
+                b += 2;
+            }
+            if b < nb {
+                block!(b, 0);
             }
             for t in 0..T {
                 _mm256_storeu_ps(r[t].as_mut_ptr(), _mm256_add_ps(acc[t][0], acc[t][1]));
