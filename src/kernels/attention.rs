@@ -303,9 +303,18 @@ pub fn attention_backward(
     });
 }
 
+/// One sequence's part of [`attention_cached_batch`]: its `n` new queries at positions
+/// `p0..p0 + n` and its cached keys and values (`[pos, n_kv·hd]`, positions `0..p0 + n` filled).
+pub struct CachedSeq<'a> {
+    pub k_cache: &'a [f32],
+    pub v_cache: &'a [f32],
+    pub n: usize,
+    pub p0: usize,
+}
+
 /// Inference attention: `n` new queries (rows of `qkv`, `qkv_stride` apart, at positions
 /// `p0..p0 + n`) against the cached keys and values of positions `0..=p0 + i` (`[pos, n_kv·hd]`).
-/// Writes `out[n, n_heads·hd]`. One task per (query, head); online softmax over key tiles.
+/// Writes `out[n, n_heads·hd]`.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_cached(
     out: &mut [f32],
@@ -319,18 +328,43 @@ pub fn attention_cached(
     n_kv_heads: usize,
     hd: usize,
 ) {
+    let seq = CachedSeq { k_cache, v_cache, n, p0 };
+    attention_cached_batch(out, qkv, qkv_stride, &[seq], n_heads, n_kv_heads, hd);
+}
+
+/// [`attention_cached`] of several sequences whose query rows follow each other in `qkv` and
+/// `out`, as one parallel loop (a decode step of a batch: one loop a layer, not one a sequence).
+/// One task per (query, head); online softmax over key tiles; each task's arithmetic depends on
+/// its own query and cache only.
+pub fn attention_cached_batch(
+    out: &mut [f32],
+    qkv: &[f32],
+    qkv_stride: usize,
+    seqs: &[CachedSeq],
+    n_heads: usize,
+    n_kv_heads: usize,
+    hd: usize,
+) {
     assert!(hd <= MAX_HEAD_DIM);
     let kvd = n_kv_heads * hd;
     let rep = n_heads / n_kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
-    out[..n * n_heads * hd].par_chunks_mut(hd).enumerate().for_each(|(task, o)| {
-        let (i, h) = (task / n_heads, task % n_heads);
+    // each query row: its sequence and position
+    let rows: Vec<(usize, usize)> =
+        seqs.iter().enumerate().flat_map(|(s, q)| (0..q.n).map(move |i| (s, q.p0 + i))).collect();
+    assert!(out.len() >= rows.len() * n_heads * hd, "attention: output too small");
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    crate::kernels::team::run(rows.len() * n_heads, &|task| {
+        let (row, h) = (task / n_heads, task % n_heads);
+        let (seq, last) = rows[row];
+        let (k_cache, v_cache) = (seqs[seq].k_cache, seqs[seq].v_cache);
+        // SAFETY: task `task` alone writes these hd elements, in bounds by the assert above.
+        let o = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(task * hd), hd) };
         let g = h / rep;
-        let q = &qkv[i * qkv_stride + h * hd..][..hd];
+        let q = &qkv[row * qkv_stride + h * hd..][..hd];
         let mut acc = [0.0f32; MAX_HEAD_DIM];
         let acc = &mut acc[..hd];
         let (mut m, mut l) = (f32::NEG_INFINITY, 0.0f32);
-        let last = p0 + i;
         for j0 in (0..=last).step_by(KEY_TILE) {
             let nk = (last + 1 - j0).min(KEY_TILE);
             let mut sc = [f32::NEG_INFINITY; KEY_TILE];
@@ -354,6 +388,19 @@ pub fn attention_cached(
             *ov = a / l;
         }
     });
+}
+
+/// The output of parallel tasks that write disjoint parts of one buffer.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// A method, so that closures capture the whole `Sync` wrapper.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
 }
 
 #[cfg(test)]

@@ -101,6 +101,26 @@ pub fn run(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
     assert!(!job.panicked.load(SeqCst), "a parallel task panicked");
 }
 
+/// Runs `f(i, &mut items[i])` for every item, as [`run`] does.
+pub fn for_each_mut<T: Send>(items: &mut [T], f: &(dyn Fn(usize, &mut T) + Sync)) {
+    let ptr = ItemsPtr(items.as_mut_ptr());
+    run(items.len(), &|i| {
+        // SAFETY: task i alone touches item i, and `items` is borrowed mutably for the whole run.
+        f(i, unsafe { &mut *ptr.get().add(i) })
+    });
+}
+
+struct ItemsPtr<T>(*mut T);
+// SAFETY: the items are `Send`; each is reached by one task only.
+unsafe impl<T: Send> Sync for ItemsPtr<T> {}
+
+impl<T> ItemsPtr<T> {
+    /// A method, so that closures capture the whole `Sync` wrapper.
+    fn get(&self) -> *mut T {
+        self.0
+    }
+}
+
 fn work_on(job: &Job) {
     loop {
         let i = job.next.fetch_add(1, SeqCst);

@@ -9,7 +9,7 @@
 use super::llama::Llama;
 use super::weights::{Linear, RowMode, WeightMatrix};
 use crate::config::LlamaConfig;
-use crate::kernels::attention::{attention_cached, attention_forward, attention_scratch_len, AttnShape};
+use crate::kernels::attention::{attention_cached_batch, attention_forward, attention_scratch_len, AttnShape, CachedSeq};
 use crate::kernels::cross_entropy::{head_cross_entropy_forward, log_sum_exp, HEAD_CHUNK_ROWS};
 use crate::kernels::quant::dot::Activations;
 use crate::kernels::quant::Format;
@@ -71,6 +71,11 @@ impl KvCache {
         let sz = self.max_len * self.kv_dim;
         (&mut self.k[l * sz..(l + 1) * sz], &mut self.v[l * sz..(l + 1) * sz])
     }
+
+    fn layer_ref(&self, l: usize) -> (&[f32], &[f32]) {
+        let sz = self.max_len * self.kv_dim;
+        (&self.k[l * sz..(l + 1) * sz], &self.v[l * sz..(l + 1) * sz])
+    }
 }
 
 /// One decoder layer's weights (pre-norm Llama block).
@@ -124,7 +129,6 @@ impl DecoderLayer {
         m.norm(&mut s.xn, &mut s.rstd, x, &self.attn_norm);
         self.wqkv.forward(&mut s.qkv, &s.xn, n, false, mode, &mut s.acts);
         let mut r0 = 0;
-        let single = segs.len() == 1;
         for seg in segs.iter_mut() {
             let (k, p0) = (seg.tokens.len(), seg.cache.len);
             let qkv = &mut s.qkv[r0 * qs..(r0 + k) * qs];
@@ -134,17 +138,23 @@ impl DecoderLayer {
                 kc[(p0 + r) * kvd..][..kvd].copy_from_slice(&qkv[r * qs + qd..][..kvd]);
                 vc[(p0 + r) * kvd..][..kvd].copy_from_slice(&qkv[r * qs + qd + kvd..][..kvd]);
             }
-            let att = &mut s.att[r0 * qd..(r0 + k) * qd];
-            if p0 == 0 && single && mode == RowMode::Batched {
-                // a fresh prompt alone: the tiled training kernel is the faster one
-                let shape = AttnShape { batch: 1, seq_len: k, n_heads: nh, n_kv_heads: nkv, head_dim: hd };
-                let mut lse = vec![0.0f32; nh * k];
-                let mut scratch = vec![0.0f32; attention_scratch_len(shape)];
-                attention_forward(att, &mut lse, qkv, &mut scratch, shape);
-            } else {
-                attention_cached(att, qkv, qs, kc, vc, k, p0, nh, nkv, hd);
-            }
             r0 += k;
+        }
+        if matches!(&*segs, [seg] if seg.cache.len == 0 && mode == RowMode::Batched) {
+            // a fresh prompt alone: the tiled training kernel is the faster one
+            let shape = AttnShape { batch: 1, seq_len: n, n_heads: nh, n_kv_heads: nkv, head_dim: hd };
+            let mut lse = vec![0.0f32; nh * n];
+            let mut scratch = vec![0.0f32; attention_scratch_len(shape)];
+            attention_forward(&mut s.att[..n * qd], &mut lse, &s.qkv[..n * qs], &mut scratch, shape);
+        } else {
+            let seqs: Vec<CachedSeq> = segs
+                .iter()
+                .map(|seg| {
+                    let (kc, vc) = seg.cache.layer_ref(l);
+                    CachedSeq { k_cache: kc, v_cache: vc, n: seg.tokens.len(), p0: seg.cache.len }
+                })
+                .collect();
+            attention_cached_batch(&mut s.att[..n * qd], &s.qkv[..n * qs], qs, &seqs, nh, nkv, hd);
         }
         self.wo.forward(x, &s.att, n, true, mode, &mut s.acts);
         m.norm(&mut s.xn, &mut s.rstd, x, &self.mlp_norm);
