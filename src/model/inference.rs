@@ -9,7 +9,9 @@
 use super::llama::Llama;
 use super::weights::{Linear, RowMode, WeightMatrix};
 use crate::config::LlamaConfig;
-use crate::kernels::attention::{attention_cached_batch, attention_forward, attention_scratch_len, AttnShape, CachedSeq};
+use crate::kernels::attention::{
+    attention_cached_batch, attention_forward, attention_scratch_len, AttnShape, CachedSeq,
+};
 use crate::kernels::cross_entropy::{head_cross_entropy_forward, log_sum_exp, HEAD_CHUNK_ROWS};
 use crate::kernels::quant::dot::Activations;
 use crate::kernels::quant::Format;

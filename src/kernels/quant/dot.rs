@@ -201,7 +201,10 @@ fn quantize_q8_0(xs: &[f32], qs: &mut [i8]) -> f32 {
     let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
     for (q, v) in qs.iter_mut().zip(xs) {
-        *q = (v * id).round_ties_even() as i8;
+        // round half to even by the 1.5·2²³ trick (exact for |x| ≤ 2²²; here |x| ≤ 127): the same
+        // as `round_ties_even`, which a build without SSE4.1 turns into a library call per value
+        let x = v * id;
+        *q = ((x + 12_582_912.0) - 12_582_912.0) as i8;
     }
     f16_to_f32(super::f32_to_f16(amax / 127.0))
 }
@@ -701,56 +704,56 @@ mod x86 {
             // a macro, not a loop over `b % 2`: the accumulators must stay in registers
             macro_rules! block {
                 ($b:expr, $h:literal) => {{
-                        let p = g.add($b * gb);
-                        let dw = _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
-                        let qp = p.add(2 * GROUP);
-                        let mut sums = [zero; T];
-                        if fmt == Format::Q4_0 {
-                            // chunk c: values 4c..4c+4 (low nibbles) and 16+4c.. (high) of each row
-                            let mut lo = [zero; 4];
-                            let mut hi = [zero; 4];
-                            for c in 0..4 {
-                                let v = _mm256_loadu_si256(qp.add(32 * c) as *const __m256i);
-                                lo[c] = _mm256_and_si256(v, m4);
-                                hi[c] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-                            }
-                            for t in 0..T {
-                                let ap = a.q[t].as_ptr().add($b * QA) as *const u8;
-                                // Σ(q − 8)·a = Σq·a − 8·Σa; two chains, added exactly
-                                let mut s0 = _mm256_set1_epi32(-8 * a.s[t][$b]);
-                                let mut s1 = zero;
-                                for c in 0..4 {
-                                    s0 = _mm256_dpbusd_epi32(s0, lo[c], bcast(ap, c));
-                                    s1 = _mm256_dpbusd_epi32(s1, hi[c], bcast(ap, 4 + c));
-                                }
-                                sums[t] = _mm256_add_epi32(s0, s1);
-                            }
-                        } else {
-                            // chunk c: values 4c..4c+4 of each row; Σ(a + 128)·w − 128·Σw
-                            let mut wv = [zero; 8];
-                            let (mut c0, mut c1) = (zero, zero);
-                            let k128 = _mm256_set1_epi8(-128i8);
-                            for c in 0..4 {
-                                wv[c] = _mm256_loadu_si256(qp.add(32 * c) as *const __m256i);
-                                wv[4 + c] = _mm256_loadu_si256(qp.add(32 * (4 + c)) as *const __m256i);
-                                c0 = _mm256_dpbusd_epi32(c0, k128, wv[c]);
-                                c1 = _mm256_dpbusd_epi32(c1, k128, wv[4 + c]);
-                            }
-                            let init = _mm256_sub_epi32(zero, _mm256_add_epi32(c0, c1));
-                            for t in 0..T {
-                                let ap = a.qu[t].as_ptr().add($b * QA);
-                                let (mut s0, mut s1) = (init, zero);
-                                for c in 0..4 {
-                                    s0 = _mm256_dpbusd_epi32(s0, bcast(ap, c), wv[c]);
-                                    s1 = _mm256_dpbusd_epi32(s1, bcast(ap, 4 + c), wv[4 + c]);
-                                }
-                                sums[t] = _mm256_add_epi32(s0, s1);
-                            }
+                    let p = g.add($b * gb);
+                    let dw = _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
+                    let qp = p.add(2 * GROUP);
+                    let mut sums = [zero; T];
+                    if fmt == Format::Q4_0 {
+                        // chunk c: values 4c..4c+4 (low nibbles) and 16+4c.. (high) of each row
+                        let mut lo = [zero; 4];
+                        let mut hi = [zero; 4];
+                        for c in 0..4 {
+                            let v = _mm256_loadu_si256(qp.add(32 * c) as *const __m256i);
+                            lo[c] = _mm256_and_si256(v, m4);
+                            hi[c] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
                         }
                         for t in 0..T {
-                            let scale = _mm256_mul_ps(dw, _mm256_set1_ps(a.d[t][$b]));
-                            acc[t][$h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[t]), scale, acc[t][$h]);
+                            let ap = a.q[t].as_ptr().add($b * QA) as *const u8;
+                            // Σ(q − 8)·a = Σq·a − 8·Σa; two chains, added exactly
+                            let mut s0 = _mm256_set1_epi32(-8 * a.s[t][$b]);
+                            let mut s1 = zero;
+                            for c in 0..4 {
+                                s0 = _mm256_dpbusd_epi32(s0, lo[c], bcast(ap, c));
+                                s1 = _mm256_dpbusd_epi32(s1, hi[c], bcast(ap, 4 + c));
+                            }
+                            sums[t] = _mm256_add_epi32(s0, s1);
                         }
+                    } else {
+                        // chunk c: values 4c..4c+4 of each row; Σ(a + 128)·w − 128·Σw
+                        let mut wv = [zero; 8];
+                        let (mut c0, mut c1) = (zero, zero);
+                        let k128 = _mm256_set1_epi8(-128i8);
+                        for c in 0..4 {
+                            wv[c] = _mm256_loadu_si256(qp.add(32 * c) as *const __m256i);
+                            wv[4 + c] = _mm256_loadu_si256(qp.add(32 * (4 + c)) as *const __m256i);
+                            c0 = _mm256_dpbusd_epi32(c0, k128, wv[c]);
+                            c1 = _mm256_dpbusd_epi32(c1, k128, wv[4 + c]);
+                        }
+                        let init = _mm256_sub_epi32(zero, _mm256_add_epi32(c0, c1));
+                        for t in 0..T {
+                            let ap = a.qu[t].as_ptr().add($b * QA);
+                            let (mut s0, mut s1) = (init, zero);
+                            for c in 0..4 {
+                                s0 = _mm256_dpbusd_epi32(s0, bcast(ap, c), wv[c]);
+                                s1 = _mm256_dpbusd_epi32(s1, bcast(ap, 4 + c), wv[4 + c]);
+                            }
+                            sums[t] = _mm256_add_epi32(s0, s1);
+                        }
+                    }
+                    for t in 0..T {
+                        let scale = _mm256_mul_ps(dw, _mm256_set1_ps(a.d[t][$b]));
+                        acc[t][$h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[t]), scale, acc[t][$h]);
+                    }
                 }};
             }
             let mut b = 0;
@@ -965,6 +968,28 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// The activation quantizer rounds as `round_ties_even` does, ties and all.
+    #[test]
+    fn activation_rounding_is_ties_to_even() {
+        let mut xs = row(4096, 7);
+        // blocks whose largest value is 127 (multiplier 1), the rest every tie ±0.5 … ±126.5
+        let ties: Vec<f32> = (-127..127).map(|i| i as f32 + 0.5).collect();
+        for c in ties.chunks(31) {
+            xs.push(127.0);
+            xs.extend_from_slice(c);
+            xs.extend(std::iter::repeat_n(0.0, 31 - c.len()));
+        }
+        for block in xs.chunks(32) {
+            let mut q = [0i8; 32];
+            let d = quantize_q8_0(block, &mut q[..block.len()]);
+            let amax = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+            for (v, &q) in block.iter().zip(&q) {
+                assert_eq!(q, (v * id).round_ties_even() as i8, "{v} (scale {d})");
             }
         }
     }
