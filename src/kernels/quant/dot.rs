@@ -11,7 +11,7 @@
 //!   added with a fused multiply-add by the block's scale `d_w·d_a` into one of two f32
 //!   accumulators — even blocks into the first, odd blocks into the second, block after block —
 //!   and the result is their sum. (Two chains, not one, so that a block need not wait for the
-//!   previous one.) On AVX-512 eight rows run together in the [`to_groups`] layout, one row per
+//!   previous one.) On AVX-512 sixteen rows run together in the [`to_groups`] layout, one row per
 //!   lane, as llama.cpp's repacked x86 kernels do.
 //! - Q4_K, Q6_K: each 256-weight super-block's integer sum (sub-block scales and Q4_K's mins
 //!   included) is exact; it is added, as f32, with one fused multiply-add by `d·d_a`.
@@ -230,7 +230,7 @@ fn quantize_q8_k(xs: &[f32], qs: &mut [i8]) -> f32 {
 }
 
 /// Rows that run together in the [`to_groups`] layout.
-pub const GROUP: usize = 8;
+pub const GROUP: usize = 16;
 
 /// Whether `isa` reads `fmt` matrices in groups of [`GROUP`] rows ([`to_groups`]) rather than in
 /// ggml's row layout.
@@ -239,10 +239,10 @@ pub fn uses_groups(isa: Isa, fmt: Format) -> bool {
 }
 
 /// [`GROUP`] Q8_0/Q4_0 rows (ggml's layout, concatenated) interleaved for the AVX-512 kernels (not
-/// re-quantized: the same values and scales, the same size). Block by block: the 8 rows' f16
+/// re-quantized: the same values and scales, the same size). Block by block: the group's f16
 /// scales, then the quant bytes in chunks of 4 — chunk `c` holds bytes `4c..4c+4` of each row's
-/// block in row order — so one 32-byte load gives 4 bytes (Q8_0: 4 values; Q4_0: values
-/// `4c..4c+4` in the low nibbles and `16+4c..` in the high) of each of the 8 rows.
+/// block in row order — so one 64-byte load gives 4 bytes (Q8_0: 4 values; Q4_0: values
+/// `4c..4c+4` in the low nibbles and `16+4c..` in the high) of each row of the group.
 pub fn to_groups(fmt: Format, rows: &[u8]) -> Vec<u8> {
     let (bb, rb) = (fmt.block_bytes(), rows.len() / GROUP);
     let mut out = Vec::with_capacity(rows.len());
@@ -256,7 +256,7 @@ pub fn to_groups(fmt: Format, rows: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The inverse of [`to_groups`]: the 8 rows in ggml's layout, concatenated.
+/// The inverse of [`to_groups`]: the group's rows in ggml's layout, concatenated.
 pub fn from_groups(fmt: Format, group: &[u8]) -> Vec<u8> {
     let (bb, rb) = (fmt.block_bytes(), group.len() / GROUP);
     let mut out = vec![0u8; group.len()];
@@ -679,14 +679,14 @@ mod x86 {
     }
 
     pub mod vnni {
-        //! AVX-512 VNNI (`vpdpbusd`): Q8_0/Q4_0 eight rows at a time; K-quants two 32-weight
+        //! AVX-512 VNNI (`vpdpbusd`): Q8_0/Q4_0 sixteen rows at a time; K-quants two 32-weight
         //! sub-blocks per instruction.
         use super::*;
 
         /// `r[t][i] = row_i · act_t` for one group of [`GROUP`] Q8_0/Q4_0 rows in the
         /// [`to_groups`] layout, lane `i` of every vector being row `i`. Per block: each row's
         /// exact integer sum (`vpdpbusd` of 4 weight bytes a row with the token's 4 activations
-        /// broadcast), then one fused multiply-add of the 8 rows' sums by their scales into the
+        /// broadcast), then one fused multiply-add of the group's sums by their scales into the
         /// even- or odd-block accumulator. The weights of a block are unpacked once for all tokens.
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
         pub(in super::super) unsafe fn group<const T: usize>(
@@ -697,15 +697,15 @@ mod x86 {
             r: &mut [[f32; GROUP]; T],
         ) {
             let gb = GROUP * fmt.block_bytes();
-            let zero = _mm256_setzero_si256();
-            let m4 = _mm256_set1_epi8(0x0f);
-            let bcast = |p: *const u8, i: usize| _mm256_set1_epi32((p as *const i32).add(i).read_unaligned());
-            let mut acc = [[_mm256_setzero_ps(); 2]; T];
+            let zero = _mm512_setzero_si512();
+            let m4 = _mm512_set1_epi8(0x0f);
+            let bcast = |p: *const u8, i: usize| _mm512_set1_epi32((p as *const i32).add(i).read_unaligned());
+            let mut acc = [[_mm512_setzero_ps(); 2]; T];
             // a macro, not a loop over `b % 2`: the accumulators must stay in registers
             macro_rules! block {
                 ($b:expr, $h:literal) => {{
                     let p = g.add($b * gb);
-                    let dw = _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
+                    let dw = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
                     let qp = p.add(2 * GROUP);
                     let mut sums = [zero; T];
                     if fmt == Format::Q4_0 {
@@ -713,46 +713,46 @@ mod x86 {
                         let mut lo = [zero; 4];
                         let mut hi = [zero; 4];
                         for c in 0..4 {
-                            let v = _mm256_loadu_si256(qp.add(32 * c) as *const __m256i);
-                            lo[c] = _mm256_and_si256(v, m4);
-                            hi[c] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                            let v = _mm512_loadu_si512(qp.add(64 * c) as *const __m512i);
+                            lo[c] = _mm512_and_si512(v, m4);
+                            hi[c] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
                         }
                         for t in 0..T {
                             let ap = a.q[t].as_ptr().add($b * QA) as *const u8;
                             // Σ(q − 8)·a = Σq·a − 8·Σa; two chains, added exactly
-                            let mut s0 = _mm256_set1_epi32(-8 * a.s[t][$b]);
+                            let mut s0 = _mm512_set1_epi32(-8 * a.s[t][$b]);
                             let mut s1 = zero;
                             for c in 0..4 {
-                                s0 = _mm256_dpbusd_epi32(s0, lo[c], bcast(ap, c));
-                                s1 = _mm256_dpbusd_epi32(s1, hi[c], bcast(ap, 4 + c));
+                                s0 = _mm512_dpbusd_epi32(s0, lo[c], bcast(ap, c));
+                                s1 = _mm512_dpbusd_epi32(s1, hi[c], bcast(ap, 4 + c));
                             }
-                            sums[t] = _mm256_add_epi32(s0, s1);
+                            sums[t] = _mm512_add_epi32(s0, s1);
                         }
                     } else {
                         // chunk c: values 4c..4c+4 of each row; Σ(a + 128)·w − 128·Σw
                         let mut wv = [zero; 8];
                         let (mut c0, mut c1) = (zero, zero);
-                        let k128 = _mm256_set1_epi8(-128i8);
+                        let k128 = _mm512_set1_epi8(-128i8);
                         for c in 0..4 {
-                            wv[c] = _mm256_loadu_si256(qp.add(32 * c) as *const __m256i);
-                            wv[4 + c] = _mm256_loadu_si256(qp.add(32 * (4 + c)) as *const __m256i);
-                            c0 = _mm256_dpbusd_epi32(c0, k128, wv[c]);
-                            c1 = _mm256_dpbusd_epi32(c1, k128, wv[4 + c]);
+                            wv[c] = _mm512_loadu_si512(qp.add(64 * c) as *const __m512i);
+                            wv[4 + c] = _mm512_loadu_si512(qp.add(64 * (4 + c)) as *const __m512i);
+                            c0 = _mm512_dpbusd_epi32(c0, k128, wv[c]);
+                            c1 = _mm512_dpbusd_epi32(c1, k128, wv[4 + c]);
                         }
-                        let init = _mm256_sub_epi32(zero, _mm256_add_epi32(c0, c1));
+                        let init = _mm512_sub_epi32(zero, _mm512_add_epi32(c0, c1));
                         for t in 0..T {
                             let ap = a.qu[t].as_ptr().add($b * QA);
                             let (mut s0, mut s1) = (init, zero);
                             for c in 0..4 {
-                                s0 = _mm256_dpbusd_epi32(s0, bcast(ap, c), wv[c]);
-                                s1 = _mm256_dpbusd_epi32(s1, bcast(ap, 4 + c), wv[4 + c]);
+                                s0 = _mm512_dpbusd_epi32(s0, bcast(ap, c), wv[c]);
+                                s1 = _mm512_dpbusd_epi32(s1, bcast(ap, 4 + c), wv[4 + c]);
                             }
-                            sums[t] = _mm256_add_epi32(s0, s1);
+                            sums[t] = _mm512_add_epi32(s0, s1);
                         }
                     }
                     for t in 0..T {
-                        let scale = _mm256_mul_ps(dw, _mm256_set1_ps(a.d[t][$b]));
-                        acc[t][$h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[t]), scale, acc[t][$h]);
+                        let scale = _mm512_mul_ps(dw, _mm512_set1_ps(a.d[t][$b]));
+                        acc[t][$h] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[t]), scale, acc[t][$h]);
                     }
                 }};
             }
@@ -766,7 +766,7 @@ mod x86 {
                 block!(b, 0);
             }
             for t in 0..T {
-                _mm256_storeu_ps(r[t].as_mut_ptr(), _mm256_add_ps(acc[t][0], acc[t][1]));
+                _mm512_storeu_ps(r[t].as_mut_ptr(), _mm512_add_ps(acc[t][0], acc[t][1]));
             }
         }
 
