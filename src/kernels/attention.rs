@@ -8,6 +8,7 @@
 //! query heads, then the key heads, then the value heads. The output is `[B*T, n_heads * head_dim]`.
 
 use super::{axpy, dot, exp};
+use crate::kernels::team::Disjoint;
 use rayon::prelude::*;
 
 /// Shapes of one attention call.
@@ -40,23 +41,6 @@ impl AttnShape {
 
 const KEY_TILE: usize = 64;
 pub const MAX_HEAD_DIM: usize = 512;
-
-/// Raw pointer shared by tasks that write disjoint parts of one buffer.
-#[derive(Clone, Copy)]
-struct SharedMut(*mut f32);
-unsafe impl Send for SharedMut {}
-unsafe impl Sync for SharedMut {}
-
-impl SharedMut {
-    /// A method (not a field access), so that closures capture the whole `Send` wrapper.
-    ///
-    /// # Safety
-    /// `offset..offset + len` lies inside the buffer, no other task touches it while the slice
-    /// lives, and the slice does not outlive the kernel call.
-    unsafe fn at<'a>(self, offset: usize, len: usize) -> &'a mut [f32] {
-        std::slice::from_raw_parts_mut(self.0.add(offset), len)
-    }
-}
 
 /// Floats of scratch that [`attention_forward`] and [`attention_backward`] need: per
 /// (batch, kv head) task, transposed K and V and the task's dK and dV.
@@ -179,7 +163,7 @@ pub fn attention_forward(out: &mut [f32], lse: &mut [f32], qkv: &[f32], scratch:
     let (qs, os) = (s.qkv_stride(), s.out_stride());
     let rep = s.n_heads / s.n_kv_heads;
     let scale = s.scale();
-    let out_ptr = SharedMut(out.as_mut_ptr());
+    let out_ptr = Disjoint(out.as_mut_ptr());
     let per_task = attention_scratch_len(s) / (s.batch * s.n_kv_heads);
     // One task per (batch, kv head): K is transposed once for the query heads that share it.
     lse[..s.batch * s.n_heads * t_len]
@@ -253,7 +237,7 @@ pub fn attention_backward(
     let (qs, os) = (s.qkv_stride(), s.out_stride());
     let rep = s.n_heads / s.n_kv_heads;
     let scale = s.scale();
-    let d_ptr = SharedMut(dqkv.as_mut_ptr());
+    let d_ptr = Disjoint(dqkv.as_mut_ptr());
     let per_task = attention_scratch_len(s) / (s.batch * s.n_kv_heads);
     // One task per (batch, kv head): the query heads that share a kv head accumulate into the
     // same dK/dV, so they run in order inside one task.
@@ -353,13 +337,13 @@ pub fn attention_cached_batch(
     let rows: Vec<(usize, usize)> =
         seqs.iter().enumerate().flat_map(|(s, q)| (0..q.n).map(move |i| (s, q.p0 + i))).collect();
     assert!(out.len() >= rows.len() * n_heads * hd, "attention: output too small");
-    let out_ptr = OutPtr(out.as_mut_ptr());
+    let out_ptr = Disjoint(out.as_mut_ptr());
     crate::kernels::team::run(rows.len() * n_heads, &|task| {
         let (row, h) = (task / n_heads, task % n_heads);
         let (seq, last) = rows[row];
         let (k_cache, v_cache) = (seqs[seq].k_cache, seqs[seq].v_cache);
         // SAFETY: task `task` alone writes these hd elements, in bounds by the assert above.
-        let o = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(task * hd), hd) };
+        let o = unsafe { out_ptr.at(task * hd, hd) };
         let g = h / rep;
         let q = &qkv[row * qkv_stride + h * hd..][..hd];
         let mut acc = [0.0f32; MAX_HEAD_DIM];
@@ -388,19 +372,6 @@ pub fn attention_cached_batch(
             *ov = a / l;
         }
     });
-}
-
-/// The output of parallel tasks that write disjoint parts of one buffer.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// A method, so that closures capture the whole `Sync` wrapper.
-    fn get(self) -> *mut f32 {
-        self.0
-    }
 }
 
 #[cfg(test)]

@@ -103,21 +103,40 @@ pub fn run(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
 
 /// Runs `f(i, &mut items[i])` for every item, as [`run`] does.
 pub fn for_each_mut<T: Send>(items: &mut [T], f: &(dyn Fn(usize, &mut T) + Sync)) {
-    let ptr = ItemsPtr(items.as_mut_ptr());
+    let ptr = Disjoint(items.as_mut_ptr());
     run(items.len(), &|i| {
         // SAFETY: task i alone touches item i, and `items` is borrowed mutably for the whole run.
         f(i, unsafe { &mut *ptr.get().add(i) })
     });
 }
 
-struct ItemsPtr<T>(*mut T);
-// SAFETY: the items are `Send`; each is reached by one task only.
-unsafe impl<T: Send> Sync for ItemsPtr<T> {}
+/// A buffer's pointer shared by parallel tasks that each write their own, disjoint elements (the
+/// caller's promise, made at each write).
+pub struct Disjoint<T>(pub *mut T);
 
-impl<T> ItemsPtr<T> {
+impl<T> Clone for Disjoint<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Disjoint<T> {}
+// SAFETY: the elements are `Send`; tasks reach disjoint elements only.
+unsafe impl<T: Send> Send for Disjoint<T> {}
+unsafe impl<T: Send> Sync for Disjoint<T> {}
+
+impl<T> Disjoint<T> {
     /// A method, so that closures capture the whole `Sync` wrapper.
-    fn get(&self) -> *mut T {
+    pub fn get(self) -> *mut T {
         self.0
+    }
+
+    /// Elements `offset..offset + len` as a slice.
+    ///
+    /// # Safety
+    /// The range lies inside the buffer, no other task touches it while the slice lives, and the
+    /// slice does not outlive the buffer's borrow.
+    pub unsafe fn at<'a>(self, offset: usize, len: usize) -> &'a mut [T] {
+        std::slice::from_raw_parts_mut(self.0.add(offset), len)
     }
 }
 

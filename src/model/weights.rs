@@ -239,19 +239,6 @@ impl Linear {
     }
 }
 
-/// Raw pointer shared by tasks that write disjoint elements of one buffer.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    /// A method, so that closures capture the whole `Send` wrapper.
-    fn ptr(self) -> *mut f32 {
-        self.0
-    }
-}
-
 /// Bytes of weights per cache block of [`matmul_rows`] (a block stays in the core's L2 while every
 /// tile of tokens passes over it).
 const BLOCK_BYTES: usize = 96 << 10;
@@ -265,7 +252,7 @@ fn matmul_rows(isa: Isa, w: &WeightMatrix, acts: &Activations, y: &mut [f32], ld
     let rb = w.row_bytes();
     let bytes = w.bytes();
     let grouped = if w.groups { rows / GROUP * GROUP } else { 0 };
-    let out = SharedOut(y.as_mut_ptr());
+    let out = team::Disjoint(y.as_mut_ptr());
     // a few tasks per thread, claimed as threads come free (the machines are shared and noisy)
     let tasks = 4 * rayon::current_num_threads().max(1);
     let chunk = rows.div_ceil(tasks).next_multiple_of(GROUP).max(GROUP);
@@ -275,7 +262,7 @@ fn matmul_rows(isa: Isa, w: &WeightMatrix, acts: &Activations, y: &mut [f32], ld
         // SAFETY: (t, off + r) is written by one task only; in bounds by the assert in
         // `Linear::forward`.
         unsafe {
-            let p = out.ptr().add(t * ld + off + r);
+            let p = out.get().add(t * ld + off + r);
             *p = if accumulate { *p + v } else { v };
         }
     };
