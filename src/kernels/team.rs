@@ -53,10 +53,8 @@ fn team() -> &'static Team {
             caller: Mutex::new(()),
         }));
         for i in 0..workers {
-            std::thread::Builder::new()
-                .name(format!("tinyllama-team-{i}"))
-                .spawn(move || worker(team))
-                .expect("cannot start a worker thread");
+            // a worker the system refuses only means fewer hands: the caller takes what is left
+            let _ = std::thread::Builder::new().name(format!("tinyllama-team-{i}")).spawn(move || worker(team));
         }
         team
     })
