@@ -12,20 +12,12 @@ fn bin() -> Command {
 }
 
 fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/trl")
+    common::trl_fixture()
 }
 
 /// The TRL fixture's small model with the repository's tokenizer beside it.
 fn model_dir(d: &Path) -> PathBuf {
-    let m = d.join("model");
-    std::fs::create_dir_all(&m).unwrap();
-    for e in std::fs::read_dir(fixture().join("model")).unwrap() {
-        let p = e.unwrap().path();
-        std::fs::copy(&p, m.join(p.file_name().unwrap())).unwrap();
-    }
-    let tok = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/tokenizer/llama2/tokenizer.json");
-    std::fs::copy(tok, m.join("tokenizer.json")).unwrap();
-    m
+    common::trl_model(&d.join("model"))
 }
 
 fn run(cmd: &mut Command) -> Output {

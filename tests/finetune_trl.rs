@@ -18,21 +18,15 @@ use tinyllama::train::finetune::{finetune, template_for, DpoLoss, FinetuneConfig
 use tinyllama::train::trainer::Resume;
 
 fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/trl")
+    common::trl_fixture()
 }
 
-/// The fixture's model directory with the repository's Llama-2 tokenizer.json beside it (the
-/// fixture does not keep a second copy).
+/// The fixture's model directory with the repository's Llama-2 tokenizer.json beside it, made once
+/// per test process.
 fn model_dir() -> PathBuf {
     let d = std::env::temp_dir().join(format!("tinyllama-trl-model-{}", std::process::id()));
     if !d.join("tokenizer.json").exists() {
-        std::fs::create_dir_all(&d).unwrap();
-        for e in std::fs::read_dir(fixture().join("model")).unwrap() {
-            let p = e.unwrap().path();
-            std::fs::copy(&p, d.join(p.file_name().unwrap())).unwrap();
-        }
-        let tok = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/tokenizer/llama2/tokenizer.json");
-        std::fs::copy(tok, d.join("tokenizer.json")).unwrap();
+        common::trl_model(&d);
     }
     d
 }

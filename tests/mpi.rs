@@ -77,10 +77,18 @@ fn rel(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).fold(0f64, |m, (x, y)| m.max((x - y).abs() as f64)) / scale
 }
 
+/// Whether `mpirun` runs here (else the test is skipped, saying so).
+fn have_mpirun() -> bool {
+    let ok = Command::new("mpirun").arg("--version").output().is_ok();
+    if !ok {
+        common::skip("MPI", "mpirun not found (apt-get install openmpi-bin libopenmpi-dev)");
+    }
+    ok
+}
+
 #[test]
 fn two_ranks_match_one_rank_with_accumulation_and_resume_exactly() {
-    if Command::new("mpirun").arg("--version").output().is_err() {
-        common::skip("MPI", "mpirun not found (apt-get install openmpi-bin libopenmpi-dev)");
+    if !have_mpirun() {
         return;
     }
     let d = tmpdir("dp");
@@ -132,8 +140,7 @@ fn two_ranks_match_one_rank_with_accumulation_and_resume_exactly() {
 
 #[test]
 fn a_failing_rank_brings_the_job_down() {
-    if Command::new("mpirun").arg("--version").output().is_err() {
-        common::skip("MPI", "mpirun not found (apt-get install openmpi-bin libopenmpi-dev)");
+    if !have_mpirun() {
         return;
     }
     let d = tmpdir("fail");
@@ -153,23 +160,12 @@ fn a_failing_rank_brings_the_job_down() {
 /// accumulated examples: the same batches, the same losses and DPO rewards.
 #[test]
 fn finetuning_on_two_ranks_matches_accumulation() {
-    if Command::new("mpirun").arg("--version").output().is_err() {
-        common::skip("MPI", "mpirun not found (apt-get install openmpi-bin libopenmpi-dev)");
+    if !have_mpirun() {
         return;
     }
     let d = tmpdir("ft");
-    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/trl");
-    let model = d.join("model");
-    std::fs::create_dir_all(&model).unwrap();
-    for e in std::fs::read_dir(fx.join("model")).unwrap() {
-        let p = e.unwrap().path();
-        std::fs::copy(&p, model.join(p.file_name().unwrap())).unwrap();
-    }
-    std::fs::copy(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("data/tokenizer/llama2/tokenizer.json"),
-        model.join("tokenizer.json"),
-    )
-    .unwrap();
+    let fx = common::trl_fixture();
+    let model = common::trl_model(&d.join("model"));
     let rows = |out: &Path| -> Vec<serde_json::Value> {
         std::fs::read_to_string(out.join("metrics.jsonl"))
             .unwrap()

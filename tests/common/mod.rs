@@ -60,3 +60,21 @@ pub fn tiny_model(d: &Path) -> PathBuf {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     m
 }
+
+/// The vendored TRL fixture (`tests/fixtures/trl`, made by `tests/fixtures/make_trl_fixture.py`).
+pub fn trl_fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/trl")
+}
+
+/// The TRL fixture's small model copied to `dst`, with the repository's Llama-2 tokenizer.json
+/// beside it (the fixture does not keep a second copy).
+pub fn trl_model(dst: &Path) -> PathBuf {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(trl_fixture().join("model")).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, dst.join(p.file_name().unwrap())).unwrap();
+    }
+    let tok = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/tokenizer/llama2/tokenizer.json");
+    std::fs::copy(tok, dst.join("tokenizer.json")).unwrap();
+    dst.to_path_buf()
+}
