@@ -11,10 +11,14 @@
 //!   added with a fused multiply-add by the block's scale `d_w·d_a` into one of two f32
 //!   accumulators — even blocks into the first, odd blocks into the second, block after block —
 //!   and the result is their sum. (Two chains, not one, so that a block need not wait for the
-//!   previous one.) On AVX-512 sixteen rows run together in the [`to_groups`] layout, one row per
-//!   lane, as llama.cpp's repacked x86 kernels do.
-//! - Q4_K, Q6_K: each 256-weight super-block's integer sum (sub-block scales and Q4_K's mins
-//!   included) is exact; it is added, as f32, with one fused multiply-add by `d·d_a`.
+//!   previous one.)
+//! - Q4_K, Q6_K: each 256-weight super-block's integer sum (sub-block scales included) is exact;
+//!   it is added, as f32, with one fused multiply-add by `d·d_a`; Q4_K's mins likewise (their
+//!   exact sum with the activations' sums, by `dmin·d_a`) into a second accumulator, subtracted
+//!   at the end.
+//!
+//! On AVX-512 every quantized format runs sixteen rows together in the [`to_groups`] layout, one
+//! row per lane, as llama.cpp's repacked x86 kernels do.
 //!
 //! AVX-512 VNNI (`vpdpbusd`), AVX2 (`vpmaddubsw` + `vpmaddwd`) and the scalar path all produce the
 //! exact integers, so a result depends neither on the CPU, nor on the thread count, nor on how
@@ -235,22 +239,37 @@ pub const GROUP: usize = 16;
 /// Whether `isa` reads `fmt` matrices in groups of [`GROUP`] rows ([`to_groups`]) rather than in
 /// ggml's row layout.
 pub fn uses_groups(isa: Isa, fmt: Format) -> bool {
-    isa == Isa::Avx512Vnni && matches!(fmt, Format::Q8_0 | Format::Q4_0)
+    isa == Isa::Avx512Vnni && fmt.is_quantized()
 }
 
-/// [`GROUP`] Q8_0/Q4_0 rows (ggml's layout, concatenated) interleaved for the AVX-512 kernels (not
-/// re-quantized: the same values and scales, the same size). Block by block: the group's f16
-/// scales, then the quant bytes in chunks of 4 — chunk `c` holds bytes `4c..4c+4` of each row's
-/// block in row order — so one 64-byte load gives 4 bytes (Q8_0: 4 values; Q4_0: values
-/// `4c..4c+4` in the low nibbles and `16+4c..` in the high) of each row of the group.
+/// The fields of one block of `fmt` in the order the grouped layout stores them:
+/// `(offset in ggml's block, length, bytes of one row per chunk)`.
+fn group_fields(fmt: Format) -> &'static [(usize, usize, usize)] {
+    match fmt {
+        Format::Q8_0 => &[(0, 2, 2), (2, 32, 4)],
+        Format::Q4_0 => &[(0, 2, 2), (2, 16, 4)],
+        // d, dmin, the 12 bytes of packed 6-bit scales and mins, the quants
+        Format::Q4K => &[(0, 2, 2), (2, 2, 2), (4, 12, 1), (16, 128, 4)],
+        // d, the 16 scales, the low 4 bits, the high 2 bits
+        Format::Q6K => &[(208, 2, 2), (192, 16, 1), (0, 128, 4), (128, 64, 4)],
+        _ => &[],
+    }
+}
+
+/// [`GROUP`] quantized rows (ggml's layout, concatenated) interleaved for the AVX-512 kernels (not
+/// re-quantized: the same bytes rearranged, the same size). Block by block, field by field
+/// ([`group_fields`]), chunk by chunk: the chunk of every row of the group in row order. So the 16
+/// rows' f16 scales lie together, and one 64-byte load gives 4 quant bytes of each row (Q8_0: 4
+/// values; Q4_0: values `4c..4c+4` in the low nibbles and `16+4c..` in the high), one row per
+/// 32-bit lane.
 pub fn to_groups(fmt: Format, rows: &[u8]) -> Vec<u8> {
     let (bb, rb) = (fmt.block_bytes(), rows.len() / GROUP);
     let mut out = Vec::with_capacity(rows.len());
     for b in 0..rb / bb {
-        let blk = |r: usize| &rows[r * rb + b * bb..][..bb];
-        (0..GROUP).for_each(|r| out.extend_from_slice(&blk(r)[..2]));
-        for c in 0..(bb - 2) / 4 {
-            (0..GROUP).for_each(|r| out.extend_from_slice(&blk(r)[2 + 4 * c..][..4]));
+        for &(off, len, ch) in group_fields(fmt) {
+            for c in 0..len / ch {
+                (0..GROUP).for_each(|r| out.extend_from_slice(&rows[r * rb + b * bb + off + ch * c..][..ch]));
+            }
         }
     }
     out
@@ -260,13 +279,14 @@ pub fn to_groups(fmt: Format, rows: &[u8]) -> Vec<u8> {
 pub fn from_groups(fmt: Format, group: &[u8]) -> Vec<u8> {
     let (bb, rb) = (fmt.block_bytes(), group.len() / GROUP);
     let mut out = vec![0u8; group.len()];
+    let mut at = 0;
     for b in 0..rb / bb {
-        let g = &group[b * GROUP * bb..][..GROUP * bb];
-        for r in 0..GROUP {
-            let o = &mut out[r * rb + b * bb..][..bb];
-            o[..2].copy_from_slice(&g[2 * r..2 * r + 2]);
-            for c in 0..(bb - 2) / 4 {
-                o[2 + 4 * c..][..4].copy_from_slice(&g[2 * GROUP + c * 4 * GROUP + 4 * r..][..4]);
+        for &(off, len, ch) in group_fields(fmt) {
+            for c in 0..len / ch {
+                for r in 0..GROUP {
+                    out[r * rb + b * bb + off + ch * c..][..ch].copy_from_slice(&group[at..at + ch]);
+                    at += ch;
+                }
             }
         }
     }
@@ -331,7 +351,14 @@ pub fn dot_group(
                 let mut res = [[0.0f32; GROUP]; $t];
                 // SAFETY: `uses_groups` holds only for AVX-512 VNNI, detected on this CPU; the
                 // group's length is checked above and the activations' in `QActs::of`.
-                unsafe { x86::vnni::group::<$t>(fmt, group.as_ptr(), acts.cols / QA, &a, &mut res) };
+                unsafe {
+                    let (g, nb) = (group.as_ptr(), acts.cols / fmt.block_len());
+                    match fmt {
+                        Format::Q4K => x86::vnni::group_q4k::<$t>(g, nb, &a, &mut res),
+                        Format::Q6K => x86::vnni::group_q6k::<$t>(g, nb, &a, &mut res),
+                        _ => x86::vnni::group::<$t>(fmt, g, nb, &a, &mut res),
+                    }
+                };
                 out[..$t].copy_from_slice(&res);
             }};
         }
@@ -679,8 +706,8 @@ mod x86 {
     }
 
     pub mod vnni {
-        //! AVX-512 VNNI (`vpdpbusd`): Q8_0/Q4_0 sixteen rows at a time; K-quants two 32-weight
-        //! sub-blocks per instruction.
+        //! AVX-512 VNNI (`vpdpbusd`): sixteen rows at a time in the [`to_groups`] layout; rows
+        //! outside a group one at a time (K-quants two 32-weight sub-blocks per instruction).
         use super::*;
 
         /// `r[t][i] = row_i · act_t` for one group of [`GROUP`] Q8_0/Q4_0 rows in the
@@ -767,6 +794,149 @@ mod x86 {
             }
             for t in 0..T {
                 _mm512_storeu_ps(r[t].as_mut_ptr(), _mm512_add_ps(acc[t][0], acc[t][1]));
+            }
+        }
+
+        /// 4 bytes at `p + 4i`, broadcast to every 32-bit lane.
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+        unsafe fn bcast4(p: *const u8, i: usize) -> __m512i {
+            _mm512_set1_epi32((p as *const i32).add(i).read_unaligned())
+        }
+
+        /// 64 bytes at `p`.
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+        unsafe fn load64(p: *const u8) -> __m512i {
+            _mm512_loadu_si512(p as *const __m512i)
+        }
+
+        /// The [`group`] kernel for Q4_K: per super-block and row (lane), each sub-block's exact
+        /// integer sum `Σ q·a` (`vpdpbusd`, 4 values a row with 4 broadcast activations), times
+        /// its 6-bit scale; the mins times the activations' sums; then the two fused multiply-adds
+        /// of the scalar order.
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+        pub(in super::super) unsafe fn group_q4k<const T: usize>(
+            g: *const u8,
+            nsb: usize,
+            a: &QActs<T>,
+            r: &mut [[f32; GROUP]; T],
+        ) {
+            let zero = _mm512_setzero_si512();
+            let (m4, m63, m30) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(63), _mm512_set1_epi8(0x30));
+            let (mut sum, mut mins) = ([_mm512_setzero_ps(); T], [_mm512_setzero_ps(); T]);
+            // the 16 rows' scales (sub-blocks 0..8), then mins, as bytes
+            let mut sm = [0u8; 256];
+            for sb in 0..nsb {
+                let p = g.add(sb * GROUP * 144);
+                let d = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
+                let dmin = _mm512_cvtph_ps(_mm256_loadu_si256(p.add(32) as *const __m256i));
+                // packed bytes 0..4, 4..8 and 8..12 of the 16 rows; `scale_min_k4` in lanes
+                let (q0, q4, q8) = (load64(p.add(64)), load64(p.add(128)), load64(p.add(192)));
+                let sp = sm.as_mut_ptr() as *mut __m512i;
+                sp.write_unaligned(_mm512_and_si512(q0, m63));
+                let hi2 = |v: __m512i| _mm512_and_si512(_mm512_srli_epi16(v, 2), m30);
+                sp.add(1).write_unaligned(_mm512_or_si512(_mm512_and_si512(q8, m4), hi2(q0)));
+                sp.add(2).write_unaligned(_mm512_and_si512(q4, m63));
+                let q8h = _mm512_and_si512(_mm512_srli_epi16(q8, 4), m4);
+                sp.add(3).write_unaligned(_mm512_or_si512(q8h, hi2(q4)));
+                let lanes = |j: usize| _mm512_cvtepu8_epi32(_mm_loadu_si128(sm.as_ptr().add(16 * j) as *const __m128i));
+                let qp = p.add(256);
+                let mut isum = [zero; T];
+                for c in 0..4 {
+                    // quad k of chunk c: values 4k.. of sub-block 2c (low nibbles), of 2c+1 (high)
+                    let mut lo = [zero; 8];
+                    let mut hi = [zero; 8];
+                    for k in 0..8 {
+                        let v = load64(qp.add(64 * (8 * c + k)));
+                        lo[k] = _mm512_and_si512(v, m4);
+                        hi[k] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+                    }
+                    let (s0, s1) = (lanes(2 * c), lanes(2 * c + 1));
+                    for t in 0..T {
+                        let ap = a.q[t].as_ptr().add(sb * 256 + 64 * c) as *const u8;
+                        let (mut x0, mut x1) = (zero, zero);
+                        for k in 0..8 {
+                            x0 = _mm512_dpbusd_epi32(x0, lo[k], bcast4(ap, k));
+                            x1 = _mm512_dpbusd_epi32(x1, hi[k], bcast4(ap, 8 + k));
+                        }
+                        let scaled = _mm512_add_epi32(_mm512_mullo_epi32(x0, s0), _mm512_mullo_epi32(x1, s1));
+                        isum[t] = _mm512_add_epi32(isum[t], scaled);
+                    }
+                }
+                let mut msum = [zero; T];
+                for j in 0..8 {
+                    let m = lanes(8 + j);
+                    for t in 0..T {
+                        let bs = &a.s[t][16 * sb + 2 * j..];
+                        msum[t] = _mm512_add_epi32(msum[t], _mm512_mullo_epi32(m, _mm512_set1_epi32(bs[0] + bs[1])));
+                    }
+                }
+                for t in 0..T {
+                    let ad = _mm512_set1_ps(a.d[t][sb]);
+                    sum[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), _mm512_mul_ps(d, ad), sum[t]);
+                    mins[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(msum[t]), _mm512_mul_ps(dmin, ad), mins[t]);
+                }
+            }
+            for t in 0..T {
+                _mm512_storeu_ps(r[t].as_mut_ptr(), _mm512_sub_ps(sum[t], mins[t]));
+            }
+        }
+
+        /// The [`group`] kernel for Q6_K: per super-block and row (lane), each 16-value
+        /// sub-block's exact `Σ (q − 32)·a` (the offset as the accumulator's start, `−32·Σa`),
+        /// times its scale, then one fused multiply-add as in the scalar order.
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+        pub(in super::super) unsafe fn group_q6k<const T: usize>(
+            g: *const u8,
+            nsb: usize,
+            a: &QActs<T>,
+            r: &mut [[f32; GROUP]; T],
+        ) {
+            let zero = _mm512_setzero_si512();
+            let (m4, m30) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(0x30));
+            let mut sum = [_mm512_setzero_ps(); T];
+            for sb in 0..nsb {
+                let p = g.add(sb * GROUP * 210);
+                let d = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
+                let (scales, ql, qh) = (p.add(32), p.add(288), p.add(2336));
+                let mut isum = [zero; T];
+                for h in 0..2 {
+                    for half in 0..2 {
+                        // quads k = 4·half.. of the 32 values of group j: values 128h + 32j + 4k..
+                        let mut v = [[zero; 4]; 4];
+                        for i in 0..4 {
+                            let k = 4 * half + i;
+                            let (l0, l1) = (load64(ql.add(64 * (16 * h + k))), load64(ql.add(64 * (16 * h + 8 + k))));
+                            let hb = load64(qh.add(64 * (8 * h + k)));
+                            let low = |x: __m512i| _mm512_and_si512(x, m4);
+                            let high = |x: __m512i| _mm512_and_si512(_mm512_srli_epi16(x, 4), m4);
+                            v[0][i] = _mm512_or_si512(low(l0), _mm512_and_si512(_mm512_slli_epi16(hb, 4), m30));
+                            v[1][i] = _mm512_or_si512(low(l1), _mm512_and_si512(_mm512_slli_epi16(hb, 2), m30));
+                            v[2][i] = _mm512_or_si512(high(l0), _mm512_and_si512(hb, m30));
+                            v[3][i] = _mm512_or_si512(high(l1), _mm512_and_si512(_mm512_srli_epi16(hb, 2), m30));
+                        }
+                        for (j, vj) in v.iter().enumerate() {
+                            let s = 8 * h + 2 * j + half;
+                            let sc = _mm512_cvtepi8_epi32(_mm_loadu_si128(scales.add(16 * s) as *const __m128i));
+                            for t in 0..T {
+                                let ap = a.q[t].as_ptr().add(sb * 256 + 16 * s) as *const u8;
+                                let mut x = _mm512_set1_epi32(-32 * a.s[t][16 * sb + s]);
+                                for (i, &q) in vj.iter().enumerate() {
+                                    x = _mm512_dpbusd_epi32(x, q, bcast4(ap, i));
+                                }
+                                isum[t] = _mm512_add_epi32(isum[t], _mm512_mullo_epi32(x, sc));
+                            }
+                        }
+                    }
+                }
+                for t in 0..T {
+                    let scale = _mm512_mul_ps(d, _mm512_set1_ps(a.d[t][sb]));
+                    sum[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), scale, sum[t]);
+                }
+            }
+            for t in 0..T {
+                _mm512_storeu_ps(r[t].as_mut_ptr(), sum[t]);
             }
         }
 
