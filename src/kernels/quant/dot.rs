@@ -242,34 +242,41 @@ pub fn uses_groups(isa: Isa, fmt: Format) -> bool {
     isa == Isa::Avx512Vnni && fmt.is_quantized()
 }
 
-/// The fields of one block of `fmt` in the order the grouped layout stores them:
-/// `(offset in ggml's block, length, bytes of one row per chunk)`.
-fn group_fields(fmt: Format) -> &'static [(usize, usize, usize)] {
+/// The pieces of one block of `fmt` in the order the grouped layout stores them, each as
+/// `(offset in ggml's block, length)`: the order in which the kernels read them, so that a group
+/// is read front to back (the hardware prefetcher follows it).
+fn group_chunks(fmt: Format) -> Vec<(usize, usize)> {
+    let quads = |off: usize, n: usize| (0..n).map(move |q| (off + 4 * q, 4));
     match fmt {
-        Format::Q8_0 => &[(0, 2, 2), (2, 32, 4)],
-        Format::Q4_0 => &[(0, 2, 2), (2, 16, 4)],
+        Format::Q8_0 => [(0, 2)].into_iter().chain(quads(2, 8)).collect(),
+        Format::Q4_0 => [(0, 2)].into_iter().chain(quads(2, 4)).collect(),
         // d, dmin, the 12 bytes of packed 6-bit scales and mins, the quants
-        Format::Q4K => &[(0, 2, 2), (2, 2, 2), (4, 12, 1), (16, 128, 4)],
-        // d, the 16 scales, the low 4 bits, the high 2 bits
-        Format::Q6K => &[(208, 2, 2), (192, 16, 1), (0, 128, 4), (128, 64, 4)],
-        _ => &[],
+        Format::Q4K => [(0, 2), (2, 2)].into_iter().chain((4..16).map(|i| (i, 1))).chain(quads(16, 32)).collect(),
+        // d, the 16 scales, then per quad of values 4k.. of a 128-value half h: the low 4 bits
+        // of the values 128h + 4k.. and of 128h + 32 + 4k.. (their high nibbles are the values
+        // 64 further on), and the high 2 bits of all four
+        Format::Q6K => {
+            let quad = |h: usize, k: usize| [(64 * h + 4 * k, 4), (64 * h + 32 + 4 * k, 4), (128 + 32 * h + 4 * k, 4)];
+            let values = (0..2).flat_map(|h| (0..8).flat_map(move |k| quad(h, k)));
+            [(208, 2)].into_iter().chain((192..208).map(|i| (i, 1))).chain(values).collect()
+        }
+        _ => Vec::new(),
     }
 }
 
 /// [`GROUP`] quantized rows (ggml's layout, concatenated) interleaved for the AVX-512 kernels (not
-/// re-quantized: the same bytes rearranged, the same size). Block by block, field by field
-/// ([`group_fields`]), chunk by chunk: the chunk of every row of the group in row order. So the 16
+/// re-quantized: the same bytes rearranged, the same size). Block by block, piece by piece
+/// ([`group_chunks`]): the piece of every row of the group in row order. So the 16
 /// rows' f16 scales lie together, and one 64-byte load gives 4 quant bytes of each row (Q8_0: 4
 /// values; Q4_0: values `4c..4c+4` in the low nibbles and `16+4c..` in the high), one row per
 /// 32-bit lane.
 pub fn to_groups(fmt: Format, rows: &[u8]) -> Vec<u8> {
     let (bb, rb) = (fmt.block_bytes(), rows.len() / GROUP);
     let mut out = Vec::with_capacity(rows.len());
+    let chunks = group_chunks(fmt);
     for b in 0..rb / bb {
-        for &(off, len, ch) in group_fields(fmt) {
-            for c in 0..len / ch {
-                (0..GROUP).for_each(|r| out.extend_from_slice(&rows[r * rb + b * bb + off + ch * c..][..ch]));
-            }
+        for &(off, len) in &chunks {
+            (0..GROUP).for_each(|r| out.extend_from_slice(&rows[r * rb + b * bb + off..][..len]));
         }
     }
     out
@@ -280,13 +287,12 @@ pub fn from_groups(fmt: Format, group: &[u8]) -> Vec<u8> {
     let (bb, rb) = (fmt.block_bytes(), group.len() / GROUP);
     let mut out = vec![0u8; group.len()];
     let mut at = 0;
+    let chunks = group_chunks(fmt);
     for b in 0..rb / bb {
-        for &(off, len, ch) in group_fields(fmt) {
-            for c in 0..len / ch {
-                for r in 0..GROUP {
-                    out[r * rb + b * bb + off + ch * c..][..ch].copy_from_slice(&group[at..at + ch]);
-                    at += ch;
-                }
+        for &(off, len) in &chunks {
+            for r in 0..GROUP {
+                out[r * rb + b * bb + off..][..len].copy_from_slice(&group[at..at + len]);
+                at += len;
             }
         }
     }
@@ -760,9 +766,11 @@ mod x86 {
                         let mut wv = [zero; 8];
                         let (mut c0, mut c1) = (zero, zero);
                         let k128 = _mm512_set1_epi8(-128i8);
+                        // loaded in address order (the hardware prefetcher follows it)
+                        for (c, v) in wv.iter_mut().enumerate() {
+                            *v = _mm512_loadu_si512(qp.add(64 * c) as *const __m512i);
+                        }
                         for c in 0..4 {
-                            wv[c] = _mm512_loadu_si512(qp.add(64 * c) as *const __m512i);
-                            wv[4 + c] = _mm512_loadu_si512(qp.add(64 * (4 + c)) as *const __m512i);
                             c0 = _mm512_dpbusd_epi32(c0, k128, wv[c]);
                             c1 = _mm512_dpbusd_epi32(c1, k128, wv[4 + c]);
                         }
@@ -899,7 +907,7 @@ mod x86 {
             for sb in 0..nsb {
                 let p = g.add(sb * GROUP * 210);
                 let d = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
-                let (scales, ql, qh) = (p.add(32), p.add(288), p.add(2336));
+                let (scales, quads) = (p.add(32), p.add(288));
                 let mut isum = [zero; T];
                 for h in 0..2 {
                     for half in 0..2 {
@@ -907,8 +915,8 @@ mod x86 {
                         let mut v = [[zero; 4]; 4];
                         for i in 0..4 {
                             let k = 4 * half + i;
-                            let (l0, l1) = (load64(ql.add(64 * (16 * h + k))), load64(ql.add(64 * (16 * h + 8 + k))));
-                            let hb = load64(qh.add(64 * (8 * h + k)));
+                            let q = quads.add(192 * (8 * h + k));
+                            let (l0, l1, hb) = (load64(q), load64(q.add(64)), load64(q.add(128)));
                             let low = |x: __m512i| _mm512_and_si512(x, m4);
                             let high = |x: __m512i| _mm512_and_si512(_mm512_srli_epi16(x, 4), m4);
                             v[0][i] = _mm512_or_si512(low(l0), _mm512_and_si512(_mm512_slli_epi16(hb, 4), m30));
