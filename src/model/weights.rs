@@ -10,7 +10,7 @@
 
 use crate::kernels::matmul::matmul;
 use crate::kernels::quant::dot::{
-    dot_group, dot_row, from_groups, to_groups, uses_groups, ActKind, Activations, Isa, GROUP, MAX_TILE,
+    dot_float_rows, dot_group, dot_row, from_groups, to_groups, uses_groups, ActKind, Activations, Isa, GROUP, MAX_TILE,
 };
 use crate::kernels::quant::Format;
 use crate::kernels::team;
@@ -252,6 +252,7 @@ fn matmul_rows(isa: Isa, w: &WeightMatrix, acts: &Activations, y: &mut [f32], ld
     let rb = w.row_bytes();
     let bytes = w.bytes();
     let grouped = if w.groups { rows / GROUP * GROUP } else { 0 };
+    let float = !w.format.is_quantized();
     let out = team::Disjoint(y.as_mut_ptr());
     // a few tasks per thread, claimed as threads come free (the machines are shared and noisy)
     let tasks = 4 * rayon::current_num_threads().max(1);
@@ -280,6 +281,15 @@ fn matmul_rows(isa: Isa, w: &WeightMatrix, acts: &Activations, y: &mut [f32], ld
                             (0..GROUP).for_each(|i| put(t, r + i, res[k][i]));
                         }
                         r += GROUP;
+                    } else if float && tile.len() > 1 {
+                        // rows together, so that the tile's activations stay in L1 (one token's
+                        // fit anyway, and its rows are then read one after the other)
+                        let m = GROUP.min(r1 - r);
+                        dot_float_rows(isa, w.format, &bytes[r * rb..(r + m) * rb], m, acts, tile, &mut res);
+                        for (k, &t) in tile.iter().enumerate() {
+                            (0..m).for_each(|i| put(t, r + i, res[k][i]));
+                        }
+                        r += m;
                     } else {
                         dot_row(isa, w.format, &bytes[r * rb..(r + 1) * rb], acts, tile, &mut res[0]);
                         for (k, &t) in tile.iter().enumerate() {

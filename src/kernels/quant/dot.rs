@@ -378,6 +378,52 @@ pub fn dot_group(
     }
 }
 
+/// `out[k][i] = row_i · act_{toks[k]}` for `n` (≤ [`GROUP`]) consecutive f32/f16/bf16 rows (`rows`:
+/// their bytes, concatenated) and the tokens `toks` (at most [`MAX_TILE`]): the same bits as
+/// [`dot_row`] on each row, the columns taken a chunk at a time for all rows, so that the tokens'
+/// activations are read from L1 rather than once a row from L2.
+pub fn dot_float_rows(
+    isa: Isa,
+    fmt: Format,
+    rows: &[u8],
+    n: usize,
+    acts: &Activations,
+    toks: &[usize],
+    out: &mut [[f32; GROUP]; MAX_TILE],
+) {
+    assert!(!fmt.is_quantized() && n <= GROUP && toks.len() <= MAX_TILE);
+    let cols = acts.cols;
+    let rb = rows.len() / n.max(1);
+    macro_rules! run {
+        ($t:literal) => {{
+            let x: [&[f32]; $t] = std::array::from_fn(|t| &acts.f[toks[t] * cols..][..cols]);
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512Vnni | Isa::Avx2 => {
+                    let mut res = [[0.0f32; GROUP]; $t];
+                    // SAFETY: `Isa` values other than Scalar are only produced after the CPU was checked.
+                    unsafe { x86::float_rows::<$t>(fmt, &rows[..n * rb], n, &x, &mut res) };
+                    out[..$t].copy_from_slice(&res);
+                }
+                _ => {
+                    for i in 0..n {
+                        let mut r = [0.0f32; $t];
+                        scalar::float::<$t>(fmt, &rows[i * rb..(i + 1) * rb], &x, &mut r);
+                        (0..$t).for_each(|k| out[k][i] = r[k]);
+                    }
+                }
+            }
+        }};
+    }
+    match toks.len() {
+        1 => run!(1),
+        2 => run!(2),
+        3 => run!(3),
+        4 => run!(4),
+        _ => {}
+    }
+}
+
 /// Quantized activations of the tokens of one tile.
 struct QActs<'a, const T: usize> {
     q: [&'a [i8]; T],
@@ -1030,7 +1076,7 @@ mod x86 {
         }
     }
 
-    pub use self::float_impl::float;
+    pub use self::float_impl::{float, float_rows};
     mod float_impl {
         use super::*;
 
@@ -1048,40 +1094,79 @@ mod x86 {
             }
         }
 
+        /// Columns of one pass of [`float_rows`] (the tokens' activations of a chunk, 2 KiB a
+        /// token, stay in L1 while every row passes over them).
+        const CHUNK: usize = 512;
+
         #[target_feature(enable = "avx2,fma,f16c")]
         pub unsafe fn float<const T: usize>(fmt: Format, w: &[u8], x: &[&[f32]; T], r: &mut [f32; T]) {
-            let cols = x[0].len();
-            let wp = w.as_ptr();
-            let main = cols / 32 * 32;
-            let mut acc = [[_mm256_setzero_ps(); 4]; T];
-            let mut c = 0;
-            while c < main {
-                for k in 0..4 {
-                    let wv = load8(fmt, wp, c + 8 * k);
-                    for t in 0..T {
-                        acc[t][k] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x[t].as_ptr().add(c + 8 * k)), acc[t][k]);
-                    }
-                }
-                c += 32;
-            }
+            let mut out = [[0.0f32; GROUP]; T];
+            float_rows::<T>(fmt, w, 1, x, &mut out);
             for t in 0..T {
-                let a = &acc[t];
-                let mut s = _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]));
-                let mut i = main;
-                while i + 8 <= cols {
-                    s = _mm256_fmadd_ps(load8(fmt, wp, i), _mm256_loadu_ps(x[t].as_ptr().add(i)), s);
-                    i += 8;
+                r[t] = out[t][0];
+            }
+        }
+
+        /// [`float`] of `n` (≤ [`GROUP`]) consecutive rows (`w`: their bytes, concatenated):
+        /// `r[t][i] = row_i · x_t`. Each row's accumulators are the same chains in the same column
+        /// order as [`float`]'s (the same bits); they are kept in memory between chunks of
+        /// [`CHUNK`] columns, and every row passes over a chunk before the next.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn float_rows<const T: usize>(
+            fmt: Format,
+            w: &[u8],
+            n: usize,
+            x: &[&[f32]; T],
+            r: &mut [[f32; GROUP]; T],
+        ) {
+            let cols = x[0].len();
+            let rb = w.len() / n.max(1);
+            let main = cols / 32 * 32;
+            let mut acc = [[[_mm256_setzero_ps(); 4]; T]; GROUP];
+            let mut c0 = 0;
+            while c0 < main {
+                let c1 = (c0 + CHUNK).min(main);
+                for (i, acc) in acc.iter_mut().enumerate().take(n) {
+                    let wp = w.as_ptr().add(i * rb);
+                    let mut a = *acc;
+                    let mut c = c0;
+                    while c < c1 {
+                        for k in 0..4 {
+                            let wv = load8(fmt, wp, c + 8 * k);
+                            for t in 0..T {
+                                a[t][k] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x[t].as_ptr().add(c + 8 * k)), a[t][k]);
+                            }
+                        }
+                        c += 32;
+                    }
+                    *acc = a;
                 }
-                let mut v = hsum8(s);
-                for j in i..cols {
-                    let wj = match fmt {
-                        Format::F32 => f32::from_le_bytes([w[4 * j], w[4 * j + 1], w[4 * j + 2], w[4 * j + 3]]),
-                        Format::F16 => f16le(w, 2 * j),
-                        _ => super::super::super::bf16_to_f32(u16::from_le_bytes([w[2 * j], w[2 * j + 1]])),
-                    };
-                    v = wj.mul_add(x[t][j], v);
+                c0 = c1;
+            }
+            for (i, acc) in acc.iter().enumerate().take(n) {
+                let row = &w[i * rb..(i + 1) * rb];
+                let wp = row.as_ptr();
+                for t in 0..T {
+                    let a = &acc[t];
+                    let mut s = _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]));
+                    let mut j = main;
+                    while j + 8 <= cols {
+                        s = _mm256_fmadd_ps(load8(fmt, wp, j), _mm256_loadu_ps(x[t].as_ptr().add(j)), s);
+                        j += 8;
+                    }
+                    let mut v = hsum8(s);
+                    for j in j..cols {
+                        let wj = match fmt {
+                            Format::F32 => {
+                                f32::from_le_bytes([row[4 * j], row[4 * j + 1], row[4 * j + 2], row[4 * j + 3]])
+                            }
+                            Format::F16 => f16le(row, 2 * j),
+                            _ => super::super::super::bf16_to_f32(u16::from_le_bytes([row[2 * j], row[2 * j + 1]])),
+                        };
+                        v = wj.mul_add(x[t][j], v);
+                    }
+                    r[t][i] = v;
                 }
-                r[t] = v;
             }
         }
     }
@@ -1098,10 +1183,11 @@ mod tests {
     }
 
     /// Every instruction set gives the same bits, for every tile size, one row at a time or in a
-    /// group of rows, and a token's result does not depend on the tokens beside it in the tile.
+    /// group of rows (quantized: interleaved; float: chunk by chunk of columns), and a token's
+    /// result does not depend on the tokens beside it in the tile.
     #[test]
     fn same_bits_on_every_instruction_set_and_tile() {
-        for cols in [512usize, 2 * super::super::QK_K, 96, 40] {
+        for cols in [512usize, 2 * super::super::QK_K, 96, 40, 1064] {
             let x: Vec<f32> = (0..5).flat_map(|t| row(cols, 10 + t)).collect();
             for fmt in Format::ALL {
                 if cols % fmt.block_len() != 0 {
@@ -1132,6 +1218,19 @@ mod tests {
                             for (k, &t) in tile.iter().enumerate() {
                                 let msg = format!("{fmt} {isa:?} cols {cols} row {r} token {t}");
                                 assert_eq!(out[k].to_bits(), want[r][t].to_bits(), "{msg}");
+                            }
+                        }
+                        for n in [GROUP, 5] {
+                            if fmt.is_quantized() {
+                                break;
+                            }
+                            let mut out = [[0.0f32; GROUP]; MAX_TILE];
+                            dot_float_rows(isa, fmt, &wb[..n * rb], n, &acts, &tile, &mut out);
+                            for (k, &t) in tile.iter().enumerate() {
+                                for r in 0..n {
+                                    let msg = format!("{fmt} {isa:?} {n} rows, cols {cols} row {r} token {t}");
+                                    assert_eq!(out[k][r].to_bits(), want[r][t].to_bits(), "{msg}");
+                                }
                             }
                         }
                         if let Some(g) = &grouped {
