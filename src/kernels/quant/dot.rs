@@ -328,7 +328,7 @@ fn dot_tile<const T: usize>(isa: Isa, fmt: Format, w: &[u8], acts: &Activations,
         let x: [&[f32]; T] = std::array::from_fn(|t| &acts.f[toks[t] * cols..][..cols]);
         match isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Vnni | Isa::Avx2 => unsafe { x86::float::<T>(fmt, w, &x, &mut r) },
+            Isa::Avx512Vnni | Isa::Avx2 => unsafe { x86::float::<T>(isa, fmt, w, &x, &mut r) },
             _ => scalar::float::<T>(fmt, w, &x, &mut r),
         }
     }
@@ -402,7 +402,7 @@ pub fn dot_float_rows(
                 Isa::Avx512Vnni | Isa::Avx2 => {
                     let mut res = [[0.0f32; GROUP]; $t];
                     // SAFETY: `Isa` values other than Scalar are only produced after the CPU was checked.
-                    unsafe { x86::float_rows::<$t>(fmt, &rows[..n * rb], n, &x, &mut res) };
+                    unsafe { x86::float_rows::<$t>(isa, fmt, &rows[..n * rb], n, &x, &mut res) };
                     out[..$t].copy_from_slice(&res);
                 }
                 _ => {
@@ -1099,11 +1099,115 @@ mod x86 {
         const CHUNK: usize = 512;
 
         #[target_feature(enable = "avx2,fma,f16c")]
-        pub unsafe fn float<const T: usize>(fmt: Format, w: &[u8], x: &[&[f32]; T], r: &mut [f32; T]) {
+        pub unsafe fn float<const T: usize>(isa: Isa, fmt: Format, w: &[u8], x: &[&[f32]; T], r: &mut [f32; T]) {
             let mut out = [[0.0f32; GROUP]; T];
-            float_rows::<T>(fmt, w, 1, x, &mut out);
+            float_rows::<T>(isa, fmt, w, 1, x, &mut out);
             for t in 0..T {
                 r[t] = out[t][0];
+            }
+        }
+
+        /// [`float_rows_256`] or, on AVX-512, [`float_rows_512`] (the same bits).
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn float_rows<const T: usize>(
+            isa: Isa,
+            fmt: Format,
+            w: &[u8],
+            n: usize,
+            x: &[&[f32]; T],
+            r: &mut [[f32; GROUP]; T],
+        ) {
+            if isa == Isa::Avx512Vnni {
+                float_rows_512::<T>(fmt, w, n, x, r)
+            } else {
+                float_rows_256::<T>(fmt, w, n, x, r)
+            }
+        }
+
+        /// 16 weights as f32.
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+        unsafe fn load16(fmt: Format, w: *const u8, i: usize) -> __m512 {
+            match fmt {
+                Format::F32 => _mm512_loadu_ps(w.add(4 * i) as *const f32),
+                Format::F16 => _mm512_cvtph_ps(_mm256_loadu_si256(w.add(2 * i) as *const __m256i)),
+                _ => _mm512_castsi512_ps(_mm512_slli_epi32(
+                    _mm512_cvtepu16_epi32(_mm256_loadu_si256(w.add(2 * i) as *const __m256i)),
+                    16,
+                )),
+            }
+        }
+
+        /// One row's accumulators on AVX-512, per token: the canonical `acc0 | acc1` and
+        /// `acc2 | acc3` side by side in 512-bit registers (the same lanes, the same chains).
+        type Acc512<const T: usize> = [[__m512; 2]; T];
+
+        /// Columns `c0..c1` (whole steps of 32) of `R` rows (1 or 2, `R` weight pointers) into
+        /// their accumulators: two rows share each load of the tokens' activations.
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+        unsafe fn pass_512<const T: usize, const R: usize>(
+            fmt: Format,
+            wp: [*const u8; R],
+            x: &[&[f32]; T],
+            c0: usize,
+            c1: usize,
+            acc: &mut [Acc512<T>; R],
+        ) {
+            let mut a = *acc;
+            let mut c = c0;
+            while c < c1 {
+                for h in 0..2 {
+                    let wv: [__m512; R] = std::array::from_fn(|i| load16(fmt, wp[i], c + 16 * h));
+                    for t in 0..T {
+                        let xv = _mm512_loadu_ps(x[t].as_ptr().add(c + 16 * h));
+                        for i in 0..R {
+                            a[i][t][h] = _mm512_fmadd_ps(wv[i], xv, a[i][t][h]);
+                        }
+                    }
+                }
+                c += 32;
+            }
+            *acc = a;
+        }
+
+        /// [`float_rows_256`] on AVX-512: the same chains in 512-bit registers ([`Acc512`]), rows
+        /// two at a time (the same bits; half the loads of activations a multiply-add).
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+        unsafe fn float_rows_512<const T: usize>(
+            fmt: Format,
+            w: &[u8],
+            n: usize,
+            x: &[&[f32]; T],
+            r: &mut [[f32; GROUP]; T],
+        ) {
+            let cols = x[0].len();
+            let rb = w.len() / n.max(1);
+            let main = cols / 32 * 32;
+            let mut acc = [[[_mm512_setzero_ps(); 2]; T]; GROUP];
+            let wp = |i: usize| w.as_ptr().add(i * rb);
+            let mut c0 = 0;
+            while c0 < main {
+                let c1 = (c0 + CHUNK).min(main);
+                for (i, pair) in acc[..n].chunks_mut(2).enumerate() {
+                    if let Ok(two) = <&mut [Acc512<T>; 2]>::try_from(&mut *pair) {
+                        pass_512::<T, 2>(fmt, [wp(2 * i), wp(2 * i + 1)], x, c0, c1, two);
+                    } else if let Ok(one) = <&mut [Acc512<T>; 1]>::try_from(pair) {
+                        pass_512::<T, 1>(fmt, [wp(2 * i)], x, c0, c1, one);
+                    }
+                }
+                c0 = c1;
+            }
+            let halves = |v: __m512| {
+                let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+                _mm256_add_ps(_mm512_castps512_ps256(v), hi)
+            };
+            for (i, acc) in acc.iter().enumerate().take(n) {
+                let row = &w[i * rb..(i + 1) * rb];
+                for t in 0..T {
+                    let s = _mm256_add_ps(halves(acc[t][0]), halves(acc[t][1]));
+                    r[t][i] = float_tail(fmt, row, x[t], main, s);
+                }
             }
         }
 
@@ -1112,7 +1216,7 @@ mod x86 {
         /// order as [`float`]'s (the same bits); they are kept in memory between chunks of
         /// [`CHUNK`] columns, and every row passes over a chunk before the next.
         #[target_feature(enable = "avx2,fma,f16c")]
-        pub unsafe fn float_rows<const T: usize>(
+        unsafe fn float_rows_256<const T: usize>(
             fmt: Format,
             w: &[u8],
             n: usize,
@@ -1145,29 +1249,34 @@ mod x86 {
             }
             for (i, acc) in acc.iter().enumerate().take(n) {
                 let row = &w[i * rb..(i + 1) * rb];
-                let wp = row.as_ptr();
                 for t in 0..T {
                     let a = &acc[t];
-                    let mut s = _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]));
-                    let mut j = main;
-                    while j + 8 <= cols {
-                        s = _mm256_fmadd_ps(load8(fmt, wp, j), _mm256_loadu_ps(x[t].as_ptr().add(j)), s);
-                        j += 8;
-                    }
-                    let mut v = hsum8(s);
-                    for j in j..cols {
-                        let wj = match fmt {
-                            Format::F32 => {
-                                f32::from_le_bytes([row[4 * j], row[4 * j + 1], row[4 * j + 2], row[4 * j + 3]])
-                            }
-                            Format::F16 => f16le(row, 2 * j),
-                            _ => super::super::super::bf16_to_f32(u16::from_le_bytes([row[2 * j], row[2 * j + 1]])),
-                        };
-                        v = wj.mul_add(x[t][j], v);
-                    }
-                    r[t][i] = v;
+                    let s = _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]));
+                    r[t][i] = float_tail(fmt, row, x[t], main, s);
                 }
             }
+        }
+
+        /// The end of a row's canonical order: from the combined accumulator `s` (columns
+        /// `..main`), the columns left 8 at a time into it, its lanes summed, then the last ones.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn float_tail(fmt: Format, row: &[u8], x: &[f32], main: usize, mut s: __m256) -> f32 {
+            let cols = x.len();
+            let mut j = main;
+            while j + 8 <= cols {
+                s = _mm256_fmadd_ps(load8(fmt, row.as_ptr(), j), _mm256_loadu_ps(x.as_ptr().add(j)), s);
+                j += 8;
+            }
+            let mut v = hsum8(s);
+            for j in j..cols {
+                let wj = match fmt {
+                    Format::F32 => f32::from_le_bytes([row[4 * j], row[4 * j + 1], row[4 * j + 2], row[4 * j + 3]]),
+                    Format::F16 => f16le(row, 2 * j),
+                    _ => super::super::super::bf16_to_f32(u16::from_le_bytes([row[2 * j], row[2 * j + 1]])),
+                };
+                v = wj.mul_add(x[j], v);
+            }
+            v
         }
     }
 }
