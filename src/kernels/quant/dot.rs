@@ -1107,7 +1107,8 @@ mod x86 {
             }
         }
 
-        /// [`float_rows_256`] or, on AVX-512, [`float_rows_512`] (the same bits).
+        /// [`float_rows_256`] or, on AVX-512, [`float_rows_512`] (the same bits) — except for
+        /// one token at f32, where the 256-bit loop measured a little faster (5%, decode).
         #[target_feature(enable = "avx2,fma,f16c")]
         pub unsafe fn float_rows<const T: usize>(
             isa: Isa,
@@ -1117,7 +1118,7 @@ mod x86 {
             x: &[&[f32]; T],
             r: &mut [[f32; GROUP]; T],
         ) {
-            if isa == Isa::Avx512Vnni {
+            if isa == Isa::Avx512Vnni && (T > 1 || fmt != Format::F32) {
                 float_rows_512::<T>(fmt, w, n, x, r)
             } else {
                 float_rows_256::<T>(fmt, w, n, x, r)
