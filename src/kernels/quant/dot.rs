@@ -1107,8 +1107,9 @@ mod x86 {
             }
         }
 
-        /// [`float_rows_256`] or, on AVX-512, [`float_rows_512`] (the same bits) — except for
-        /// one token at f32, where the 256-bit loop measured a little faster (5%, decode).
+        /// [`float_rows_512`] on AVX-512 for tiles of several tokens, else [`float_rows_256`] (the
+        /// same bits): at one token (decode, memory-bound) the 256-bit loop measured a little
+        /// faster, 5% at f32 and f16.
         #[target_feature(enable = "avx2,fma,f16c")]
         pub unsafe fn float_rows<const T: usize>(
             isa: Isa,
@@ -1118,7 +1119,7 @@ mod x86 {
             x: &[&[f32]; T],
             r: &mut [[f32; GROUP]; T],
         ) {
-            if isa == Isa::Avx512Vnni && (T > 1 || fmt != Format::F32) {
+            if isa == Isa::Avx512Vnni && T > 1 {
                 float_rows_512::<T>(fmt, w, n, x, r)
             } else {
                 float_rows_256::<T>(fmt, w, n, x, r)
