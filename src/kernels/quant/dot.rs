@@ -1140,32 +1140,26 @@ mod x86 {
             }
         }
 
-        /// One row's accumulators on AVX-512, per token: the canonical `acc0 | acc1` and
-        /// `acc2 | acc3` side by side in 512-bit registers (the same lanes, the same chains).
-        type Acc512<const T: usize> = [[__m512; 2]; T];
-
-        /// Columns `c0..c1` (whole steps of 32) of `R` rows (1 or 2, `R` weight pointers) into
-        /// their accumulators: two rows share each load of the tokens' activations.
+        /// Half `h` of each 32-column step in `c0..c1` (columns `16h..16h+16` of it: the chains
+        /// of `acc0 | acc1`, or of `acc2 | acc3`) of `R` rows (`R` weight pointers) into their
+        /// accumulators `acc[i][t]`: the rows share each load of a token's activations.
         #[inline]
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
         unsafe fn pass_512<const T: usize, const R: usize>(
             fmt: Format,
             wp: [*const u8; R],
             x: &[&[f32]; T],
-            c0: usize,
-            c1: usize,
-            acc: &mut [Acc512<T>; R],
+            (c0, c1, h): (usize, usize, usize),
+            acc: &mut [[__m512; T]; R],
         ) {
             let mut a = *acc;
-            let mut c = c0;
+            let mut c = c0 + 16 * h;
             while c < c1 {
-                for h in 0..2 {
-                    let wv: [__m512; R] = std::array::from_fn(|i| load16(fmt, wp[i], c + 16 * h));
-                    for t in 0..T {
-                        let xv = _mm512_loadu_ps(x[t].as_ptr().add(c + 16 * h));
-                        for i in 0..R {
-                            a[i][t][h] = _mm512_fmadd_ps(wv[i], xv, a[i][t][h]);
-                        }
+                let wv: [__m512; R] = std::array::from_fn(|i| load16(fmt, wp[i], c));
+                for t in 0..T {
+                    let xv = _mm512_loadu_ps(x[t].as_ptr().add(c));
+                    for i in 0..R {
+                        a[i][t] = _mm512_fmadd_ps(wv[i], xv, a[i][t]);
                     }
                 }
                 c += 32;
@@ -1173,8 +1167,13 @@ mod x86 {
             *acc = a;
         }
 
-        /// [`float_rows_256`] on AVX-512: the same chains in 512-bit registers ([`Acc512`]), rows
-        /// two at a time (the same bits; half the loads of activations a multiply-add).
+        /// Rows of one pass of [`pass_512`].
+        const ROWS_512: usize = 4;
+
+        /// [`float_rows_256`] on AVX-512: the same chains in 512-bit registers (the canonical
+        /// `acc0 | acc1` and `acc2 | acc3` side by side: the same lanes), run
+        /// half by half ([`pass_512`]: the two halves' chains are independent), four rows at a
+        /// time (the same bits; a quarter of the loads of activations a multiply-add).
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
         unsafe fn float_rows_512<const T: usize>(
             fmt: Format,
@@ -1186,16 +1185,31 @@ mod x86 {
             let cols = x[0].len();
             let rb = w.len() / n.max(1);
             let main = cols / 32 * 32;
-            let mut acc = [[[_mm512_setzero_ps(); 2]; T]; GROUP];
+            // acc[h][row][t]
+            let mut acc = [[[_mm512_setzero_ps(); T]; GROUP]; 2];
             let wp = |i: usize| w.as_ptr().add(i * rb);
             let mut c0 = 0;
             while c0 < main {
                 let c1 = (c0 + CHUNK).min(main);
-                for (i, pair) in acc[..n].chunks_mut(2).enumerate() {
-                    if let Ok(two) = <&mut [Acc512<T>; 2]>::try_from(&mut *pair) {
-                        pass_512::<T, 2>(fmt, [wp(2 * i), wp(2 * i + 1)], x, c0, c1, two);
-                    } else if let Ok(one) = <&mut [Acc512<T>; 1]>::try_from(pair) {
-                        pass_512::<T, 1>(fmt, [wp(2 * i)], x, c0, c1, one);
+                for g in (0..n).step_by(ROWS_512) {
+                    let m = ROWS_512.min(n - g);
+                    for (h, acc) in acc.iter_mut().enumerate() {
+                        let rows = &mut acc[g..g + m];
+                        let span = (c0, c1, h);
+                        match m {
+                            4 => pass_512::<T, 4>(
+                                fmt,
+                                [wp(g), wp(g + 1), wp(g + 2), wp(g + 3)],
+                                x,
+                                span,
+                                rows.try_into().unwrap(),
+                            ),
+                            3 => {
+                                pass_512::<T, 3>(fmt, [wp(g), wp(g + 1), wp(g + 2)], x, span, rows.try_into().unwrap())
+                            }
+                            2 => pass_512::<T, 2>(fmt, [wp(g), wp(g + 1)], x, span, rows.try_into().unwrap()),
+                            _ => pass_512::<T, 1>(fmt, [wp(g)], x, span, rows.try_into().unwrap()),
+                        }
                     }
                 }
                 c0 = c1;
@@ -1204,10 +1218,10 @@ mod x86 {
                 let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
                 _mm256_add_ps(_mm512_castps512_ps256(v), hi)
             };
-            for (i, acc) in acc.iter().enumerate().take(n) {
+            for i in 0..n {
                 let row = &w[i * rb..(i + 1) * rb];
                 for t in 0..T {
-                    let s = _mm256_add_ps(halves(acc[t][0]), halves(acc[t][1]));
+                    let s = _mm256_add_ps(halves(acc[0][i][t]), halves(acc[1][i][t]));
                     r[t][i] = float_tail(fmt, row, x[t], main, s);
                 }
             }
