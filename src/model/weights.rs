@@ -10,7 +10,8 @@
 
 use crate::kernels::matmul::matmul;
 use crate::kernels::quant::dot::{
-    dot_float_rows, dot_group, dot_row, from_groups, to_groups, uses_groups, ActKind, Activations, Isa, GROUP, MAX_TILE,
+    dot_float_rows, dot_group, dot_row, float_tile, from_groups, to_groups, uses_groups, ActKind, Activations, Isa,
+    FLOAT_TILE, GROUP, MAX_TILE,
 };
 use crate::kernels::quant::Format;
 use crate::kernels::team;
@@ -259,6 +260,8 @@ fn matmul_rows(isa: Isa, w: &WeightMatrix, acts: &Activations, y: &mut [f32], ld
     let chunk = rows.div_ceil(tasks).next_multiple_of(GROUP).max(GROUP);
     let block = (BLOCK_BYTES / rb.max(1)).max(1).next_multiple_of(GROUP);
     let toks: Vec<usize> = (0..n).collect();
+    // float rows take more tokens a pass where the registers allow (a tile of one goes row by row)
+    let tile_len = if float { float_tile(isa) } else { MAX_TILE };
     let put = |t: usize, r: usize, v: f32| {
         // SAFETY: (t, off + r) is written by one task only; in bounds by the assert in
         // `Linear::forward`.
@@ -268,11 +271,11 @@ fn matmul_rows(isa: Isa, w: &WeightMatrix, acts: &Activations, y: &mut [f32], ld
         }
     };
     team::run(rows.div_ceil(chunk), &|c| {
-        let mut res = [[0.0f32; GROUP]; MAX_TILE];
+        let mut res = [[0.0f32; GROUP]; FLOAT_TILE];
         let end = ((c + 1) * chunk).min(rows);
         for r0 in (c * chunk..end).step_by(block) {
             let r1 = (r0 + block).min(end);
-            for tile in toks.chunks(MAX_TILE) {
+            for tile in toks.chunks(tile_len) {
                 let mut r = r0;
                 while r < r1 {
                     if r < grouped {

@@ -32,6 +32,20 @@ use std::sync::OnceLock;
 
 /// Most tokens that share one pass over a weight row.
 pub const MAX_TILE: usize = 4;
+/// Most tokens that share one pass over a group of float rows ([`dot_float_rows`]): six on
+/// AVX-512 ([`float_tile`]), where the registers hold six tokens' accumulators of four rows.
+pub const FLOAT_TILE: usize = 6;
+
+/// Tokens a tile of [`dot_float_rows`] takes on `isa`: [`FLOAT_TILE`] on AVX-512 (one read of a
+/// weight from cache serves twice the multiply-adds), else [`MAX_TILE`] (the 16 AVX2 registers
+/// hold four tokens' accumulators at most).
+pub fn float_tile(isa: Isa) -> usize {
+    if isa == Isa::Avx512Vnni {
+        FLOAT_TILE
+    } else {
+        MAX_TILE
+    }
+}
 /// Activation block length.
 pub const QA: usize = 32;
 
@@ -141,7 +155,11 @@ pub struct Activations {
     pub n: usize,
     pub cols: usize,
     pub kind: ActKind,
+    /// Float kind: token `t`'s activations at `f[t * f_stride..][..cols]`.
     pub f: Vec<f32>,
+    /// A cache line more than a row: rows of 2^k floats would otherwise all fall in the same L1 set,
+    /// and a tile of eight tokens with the weight rows beside them overflowed its ways.
+    pub f_stride: usize,
     pub q: Vec<i8>,
     pub d: Vec<f32>,
     pub sum: Vec<i32>,
@@ -151,6 +169,11 @@ pub struct Activations {
 }
 
 impl Activations {
+    /// Token `t`'s activations (float kind).
+    pub fn row(&self, t: usize) -> &[f32] {
+        &self.f[t * self.f_stride..][..self.cols]
+    }
+
     /// Prepares `x` (`[n, cols]`) for weights of format `fmt`, reusing the buffers.
     pub fn prepare(&mut self, x: &[f32], n: usize, cols: usize, fmt: Format) {
         self.n = n;
@@ -158,8 +181,11 @@ impl Activations {
         self.kind = ActKind::for_format(fmt);
         let x = &x[..n * cols];
         if self.kind == ActKind::F32 {
-            self.f.clear();
-            self.f.extend_from_slice(x);
+            self.f_stride = cols + 16;
+            self.f.resize(n * self.f_stride, 0.0);
+            for (f, x) in self.f.chunks_exact_mut(self.f_stride).zip(x.chunks_exact(cols)) {
+                f[..cols].copy_from_slice(x);
+            }
             return;
         }
         let (bl, sl) = (self.kind.block(), self.kind.sum_block());
@@ -312,7 +338,6 @@ pub fn dot_row(isa: Isa, fmt: Format, w: &[u8], acts: &Activations, toks: &[usiz
 }
 
 fn dot_tile<const T: usize>(isa: Isa, fmt: Format, w: &[u8], acts: &Activations, toks: &[usize], out: &mut [f32]) {
-    let cols = acts.cols;
     let mut r = [0.0f32; T];
     if fmt.is_quantized() {
         let a = QActs::<T>::of(fmt, acts, toks);
@@ -325,7 +350,7 @@ fn dot_tile<const T: usize>(isa: Isa, fmt: Format, w: &[u8], acts: &Activations,
             _ => scalar::quant::<T>(fmt, w, &a, &mut r),
         }
     } else {
-        let x: [&[f32]; T] = std::array::from_fn(|t| &acts.f[toks[t] * cols..][..cols]);
+        let x: [&[f32]; T] = std::array::from_fn(|t| acts.row(toks[t]));
         match isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512Vnni | Isa::Avx2 => unsafe { x86::float::<T>(isa, fmt, w, &x, &mut r) },
@@ -338,16 +363,11 @@ fn dot_tile<const T: usize>(isa: Isa, fmt: Format, w: &[u8], acts: &Activations,
 /// `out[k][i] = row_i · act_{toks[k]}` for one group of [`GROUP`] rows in the [`to_groups`] layout
 /// (where [`uses_groups`]) and the tokens `toks` (at most [`MAX_TILE`]): the same bits as
 /// [`dot_row`] on each row.
-pub fn dot_group(
-    isa: Isa,
-    fmt: Format,
-    group: &[u8],
-    acts: &Activations,
-    toks: &[usize],
-    out: &mut [[f32; GROUP]; MAX_TILE],
-) {
+pub fn dot_group(isa: Isa, fmt: Format, group: &[u8], acts: &Activations, toks: &[usize], out: &mut [[f32; GROUP]]) {
     assert!(
-        uses_groups(isa, fmt) && toks.len() <= MAX_TILE && group.len() == GROUP * fmt.row_bytes(acts.cols).unwrap_or(0)
+        uses_groups(isa, fmt)
+            && toks.len() <= MAX_TILE.min(out.len())
+            && group.len() == GROUP * fmt.row_bytes(acts.cols).unwrap_or(0)
     );
     #[cfg(target_arch = "x86_64")]
     {
@@ -379,7 +399,7 @@ pub fn dot_group(
 }
 
 /// `out[k][i] = row_i · act_{toks[k]}` for `n` (≤ [`GROUP`]) consecutive f32/f16/bf16 rows (`rows`:
-/// their bytes, concatenated) and the tokens `toks` (at most [`MAX_TILE`]): the same bits as
+/// their bytes, concatenated) and the tokens `toks` (at most [`float_tile`]): the same bits as
 /// [`dot_row`] on each row, the columns taken a chunk at a time for all rows, so that the tokens'
 /// activations are read from L1 rather than once a row from L2.
 pub fn dot_float_rows(
@@ -389,14 +409,13 @@ pub fn dot_float_rows(
     n: usize,
     acts: &Activations,
     toks: &[usize],
-    out: &mut [[f32; GROUP]; MAX_TILE],
+    out: &mut [[f32; GROUP]],
 ) {
-    assert!(!fmt.is_quantized() && n <= GROUP && toks.len() <= MAX_TILE);
-    let cols = acts.cols;
+    assert!(!fmt.is_quantized() && n <= GROUP && toks.len() <= float_tile(isa).min(out.len()));
     let rb = rows.len() / n.max(1);
     macro_rules! run {
         ($t:literal) => {{
-            let x: [&[f32]; $t] = std::array::from_fn(|t| &acts.f[toks[t] * cols..][..cols]);
+            let x: [&[f32]; $t] = std::array::from_fn(|t| acts.row(toks[t]));
             match isa {
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx512Vnni | Isa::Avx2 => {
@@ -420,6 +439,8 @@ pub fn dot_float_rows(
         2 => run!(2),
         3 => run!(3),
         4 => run!(4),
+        5 => run!(5),
+        6 => run!(6),
         _ => {}
     }
 }
@@ -1080,13 +1101,30 @@ mod x86 {
     mod float_impl {
         use super::*;
 
+        /// A float format as a constant of the loops ([`F32`], [`F16`], [`BF16`]), so that each
+        /// format gets its own loop with no branch on the format inside.
+        const F32: u8 = 0;
+        const F16: u8 = 1;
+        const BF16: u8 = 2;
+
+        /// `f(F)` with `fmt`'s constant.
+        macro_rules! by_format {
+            ($fmt:expr, $f:ident :: <$($p:tt),*> ($($a:expr),*)) => {
+                match $fmt {
+                    Format::F32 => $f::<$($p,)* F32>($($a),*),
+                    Format::F16 => $f::<$($p,)* F16>($($a),*),
+                    _ => $f::<$($p,)* BF16>($($a),*),
+                }
+            };
+        }
+
         /// 8 weights as f32.
         #[inline]
         #[target_feature(enable = "avx2,fma,f16c")]
-        unsafe fn load8(fmt: Format, w: *const u8, i: usize) -> __m256 {
-            match fmt {
-                Format::F32 => _mm256_loadu_ps(w.add(4 * i) as *const f32),
-                Format::F16 => _mm256_cvtph_ps(_mm_loadu_si128(w.add(2 * i) as *const __m128i)),
+        unsafe fn load8<const F: u8>(w: *const u8, i: usize) -> __m256 {
+            match F {
+                F32 => _mm256_loadu_ps(w.add(4 * i) as *const f32),
+                F16 => _mm256_cvtph_ps(_mm_loadu_si128(w.add(2 * i) as *const __m128i)),
                 _ => _mm256_castsi256_ps(_mm256_slli_epi32(
                     _mm256_cvtepu16_epi32(_mm_loadu_si128(w.add(2 * i) as *const __m128i)),
                     16,
@@ -1120,19 +1158,19 @@ mod x86 {
             r: &mut [[f32; GROUP]; T],
         ) {
             if isa == Isa::Avx512Vnni && T > 1 {
-                float_rows_512::<T>(fmt, w, n, x, r)
+                by_format!(fmt, float_rows_512::<T>(w, n, x, r))
             } else {
-                float_rows_256::<T>(fmt, w, n, x, r)
+                by_format!(fmt, float_rows_256::<T>(w, n, x, r))
             }
         }
 
         /// 16 weights as f32.
         #[inline]
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-        unsafe fn load16(fmt: Format, w: *const u8, i: usize) -> __m512 {
-            match fmt {
-                Format::F32 => _mm512_loadu_ps(w.add(4 * i) as *const f32),
-                Format::F16 => _mm512_cvtph_ps(_mm256_loadu_si256(w.add(2 * i) as *const __m256i)),
+        unsafe fn load16<const F: u8>(w: *const u8, i: usize) -> __m512 {
+            match F {
+                F32 => _mm512_loadu_ps(w.add(4 * i) as *const f32),
+                F16 => _mm512_cvtph_ps(_mm256_loadu_si256(w.add(2 * i) as *const __m256i)),
                 _ => _mm512_castsi512_ps(_mm512_slli_epi32(
                     _mm512_cvtepu16_epi32(_mm256_loadu_si256(w.add(2 * i) as *const __m256i)),
                     16,
@@ -1145,8 +1183,7 @@ mod x86 {
         /// accumulators `acc[i][t]`: the rows share each load of a token's activations.
         #[inline]
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-        unsafe fn pass_512<const T: usize, const R: usize>(
-            fmt: Format,
+        unsafe fn pass_512<const T: usize, const R: usize, const F: u8>(
             wp: [*const u8; R],
             x: &[&[f32]; T],
             (c0, c1, h): (usize, usize, usize),
@@ -1155,7 +1192,7 @@ mod x86 {
             let mut a = *acc;
             let mut c = c0 + 16 * h;
             while c < c1 {
-                let wv: [__m512; R] = std::array::from_fn(|i| load16(fmt, wp[i], c));
+                let wv: [__m512; R] = std::array::from_fn(|i| load16::<F>(wp[i], c));
                 for t in 0..T {
                     let xv = _mm512_loadu_ps(x[t].as_ptr().add(c));
                     for i in 0..R {
@@ -1167,7 +1204,7 @@ mod x86 {
             *acc = a;
         }
 
-        /// Rows of one pass of [`pass_512`].
+        /// Rows of one pass of [`pass_512`] (with six tokens, 24 accumulators of the 32 registers).
         const ROWS_512: usize = 4;
 
         /// [`float_rows_256`] on AVX-512: the same chains in 512-bit registers (the canonical
@@ -1175,8 +1212,7 @@ mod x86 {
         /// half by half ([`pass_512`]: the two halves' chains are independent), four rows at a
         /// time (the same bits; a quarter of the loads of activations a multiply-add).
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-        unsafe fn float_rows_512<const T: usize>(
-            fmt: Format,
+        unsafe fn float_rows_512<const T: usize, const F: u8>(
             w: &[u8],
             n: usize,
             x: &[&[f32]; T],
@@ -1197,18 +1233,15 @@ mod x86 {
                         let rows = &mut acc[g..g + m];
                         let span = (c0, c1, h);
                         match m {
-                            4 => pass_512::<T, 4>(
-                                fmt,
+                            4 => pass_512::<T, 4, F>(
                                 [wp(g), wp(g + 1), wp(g + 2), wp(g + 3)],
                                 x,
                                 span,
                                 rows.try_into().unwrap(),
                             ),
-                            3 => {
-                                pass_512::<T, 3>(fmt, [wp(g), wp(g + 1), wp(g + 2)], x, span, rows.try_into().unwrap())
-                            }
-                            2 => pass_512::<T, 2>(fmt, [wp(g), wp(g + 1)], x, span, rows.try_into().unwrap()),
-                            _ => pass_512::<T, 1>(fmt, [wp(g)], x, span, rows.try_into().unwrap()),
+                            3 => pass_512::<T, 3, F>([wp(g), wp(g + 1), wp(g + 2)], x, span, rows.try_into().unwrap()),
+                            2 => pass_512::<T, 2, F>([wp(g), wp(g + 1)], x, span, rows.try_into().unwrap()),
+                            _ => pass_512::<T, 1, F>([wp(g)], x, span, rows.try_into().unwrap()),
                         }
                     }
                 }
@@ -1222,7 +1255,7 @@ mod x86 {
                 let row = &w[i * rb..(i + 1) * rb];
                 for t in 0..T {
                     let s = _mm256_add_ps(halves(acc[0][i][t]), halves(acc[1][i][t]));
-                    r[t][i] = float_tail(fmt, row, x[t], main, s);
+                    r[t][i] = float_tail::<F>(row, x[t], main, s);
                 }
             }
         }
@@ -1232,8 +1265,7 @@ mod x86 {
         /// order as [`float`]'s (the same bits); they are kept in memory between chunks of
         /// [`CHUNK`] columns, and every row passes over a chunk before the next.
         #[target_feature(enable = "avx2,fma,f16c")]
-        unsafe fn float_rows_256<const T: usize>(
-            fmt: Format,
+        unsafe fn float_rows_256<const T: usize, const F: u8>(
             w: &[u8],
             n: usize,
             x: &[&[f32]; T],
@@ -1252,7 +1284,7 @@ mod x86 {
                     let mut c = c0;
                     while c < c1 {
                         for k in 0..4 {
-                            let wv = load8(fmt, wp, c + 8 * k);
+                            let wv = load8::<F>(wp, c + 8 * k);
                             for t in 0..T {
                                 a[t][k] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x[t].as_ptr().add(c + 8 * k)), a[t][k]);
                             }
@@ -1268,7 +1300,7 @@ mod x86 {
                 for t in 0..T {
                     let a = &acc[t];
                     let s = _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]));
-                    r[t][i] = float_tail(fmt, row, x[t], main, s);
+                    r[t][i] = float_tail::<F>(row, x[t], main, s);
                 }
             }
         }
@@ -1276,18 +1308,18 @@ mod x86 {
         /// The end of a row's canonical order: from the combined accumulator `s` (columns
         /// `..main`), the columns left 8 at a time into it, its lanes summed, then the last ones.
         #[target_feature(enable = "avx2,fma,f16c")]
-        unsafe fn float_tail(fmt: Format, row: &[u8], x: &[f32], main: usize, mut s: __m256) -> f32 {
+        unsafe fn float_tail<const F: u8>(row: &[u8], x: &[f32], main: usize, mut s: __m256) -> f32 {
             let cols = x.len();
             let mut j = main;
             while j + 8 <= cols {
-                s = _mm256_fmadd_ps(load8(fmt, row.as_ptr(), j), _mm256_loadu_ps(x.as_ptr().add(j)), s);
+                s = _mm256_fmadd_ps(load8::<F>(row.as_ptr(), j), _mm256_loadu_ps(x.as_ptr().add(j)), s);
                 j += 8;
             }
             let mut v = hsum8(s);
             for j in j..cols {
-                let wj = match fmt {
-                    Format::F32 => f32::from_le_bytes([row[4 * j], row[4 * j + 1], row[4 * j + 2], row[4 * j + 3]]),
-                    Format::F16 => f16le(row, 2 * j),
+                let wj = match F {
+                    F32 => f32::from_le_bytes([row[4 * j], row[4 * j + 1], row[4 * j + 2], row[4 * j + 3]]),
+                    F16 => f16le(row, 2 * j),
                     _ => super::super::super::bf16_to_f32(u16::from_le_bytes([row[2 * j], row[2 * j + 1]])),
                 };
                 v = wj.mul_add(x[j], v);
@@ -1313,7 +1345,7 @@ mod tests {
     #[test]
     fn same_bits_on_every_instruction_set_and_tile() {
         for cols in [512usize, 2 * super::super::QK_K, 96, 40, 1064] {
-            let x: Vec<f32> = (0..5).flat_map(|t| row(cols, 10 + t)).collect();
+            let x: Vec<f32> = (0..9).flat_map(|t| row(cols, 10 + t)).collect();
             for fmt in Format::ALL {
                 if cols % fmt.block_len() != 0 {
                     continue;
@@ -1324,10 +1356,10 @@ mod tests {
                     fmt.quantize_row(&row(cols, 3 + r as u64), b);
                 }
                 let mut acts = Activations::default();
-                acts.prepare(&x, 5, cols, fmt);
-                let mut want = [[0.0f32; 5]; GROUP];
+                acts.prepare(&x, 9, cols, fmt);
+                let mut want = [[0.0f32; 9]; GROUP];
                 for (r, b) in wb.chunks_exact(rb).enumerate() {
-                    for t in 0..5 {
+                    for t in 0..9 {
                         dot_row(Isa::Scalar, fmt, b, &acts, &[t], &mut want[r][t..]);
                     }
                 }
@@ -1336,8 +1368,12 @@ mod tests {
                     if let Some(g) = &grouped {
                         assert_eq!(from_groups(fmt, g), wb, "grouped layout round trip");
                     }
-                    for tile in [vec![0usize, 1, 2, 3], vec![4, 2], vec![3, 0, 4], vec![1]] {
-                        for (r, b) in wb.chunks_exact(rb).enumerate() {
+                    let float_tiles = [vec![0usize, 1, 2, 3, 4, 5], vec![8, 1, 5, 0, 2, 7], vec![6, 2, 4, 8, 1]];
+                    for tile in [vec![0usize, 1, 2, 3], vec![4, 2], vec![3, 0, 4], vec![1]]
+                        .into_iter()
+                        .chain(float_tiles.into_iter().filter(|t| !fmt.is_quantized() && t.len() <= float_tile(isa)))
+                    {
+                        for (r, b) in wb.chunks_exact(rb).enumerate().filter(|_| tile.len() <= MAX_TILE) {
                             let mut out = [0.0f32; 4];
                             dot_row(isa, fmt, b, &acts, &tile, &mut out);
                             for (k, &t) in tile.iter().enumerate() {
@@ -1349,7 +1385,7 @@ mod tests {
                             if fmt.is_quantized() {
                                 break;
                             }
-                            let mut out = [[0.0f32; GROUP]; MAX_TILE];
+                            let mut out = [[0.0f32; GROUP]; FLOAT_TILE];
                             dot_float_rows(isa, fmt, &wb[..n * rb], n, &acts, &tile, &mut out);
                             for (k, &t) in tile.iter().enumerate() {
                                 for r in 0..n {
@@ -1358,7 +1394,7 @@ mod tests {
                                 }
                             }
                         }
-                        if let Some(g) = &grouped {
+                        if let Some(g) = grouped.as_ref().filter(|_| tile.len() <= MAX_TILE) {
                             let mut out = [[0.0f32; GROUP]; MAX_TILE];
                             dot_group(isa, fmt, g, &acts, &tile, &mut out);
                             for (k, &t) in tile.iter().enumerate() {
