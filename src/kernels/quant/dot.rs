@@ -265,7 +265,12 @@ pub const GROUP: usize = 16;
 /// Whether `isa` reads `fmt` matrices in groups of [`GROUP`] rows ([`to_groups`]) rather than in
 /// ggml's row layout.
 pub fn uses_groups(isa: Isa, fmt: Format) -> bool {
-    isa == Isa::Avx512Vnni && fmt.is_quantized()
+    match isa {
+        Isa::Avx512Vnni => fmt.is_quantized(),
+        // Q8_0 and Q4_0 only: the K-quants still run row by row there
+        Isa::Avx2 => matches!(fmt, Format::Q8_0 | Format::Q4_0),
+        Isa::Scalar => false,
+    }
 }
 
 /// The pieces of one block of `fmt` in the order the grouped layout stores them, each as
@@ -375,13 +380,14 @@ pub fn dot_group(isa: Isa, fmt: Format, group: &[u8], acts: &Activations, toks: 
             ($t:literal) => {{
                 let a = QActs::<$t>::of(fmt, acts, toks);
                 let mut res = [[0.0f32; GROUP]; $t];
-                // SAFETY: `uses_groups` holds only for AVX-512 VNNI, detected on this CPU; the
-                // group's length is checked above and the activations' in `QActs::of`.
+                // SAFETY: `uses_groups` holds only for AVX-512 VNNI or AVX2, detected on this
+                // CPU; the group's length is checked above and the activations' in `QActs::of`.
                 unsafe {
                     let (g, nb) = (group.as_ptr(), acts.cols / fmt.block_len());
-                    match fmt {
-                        Format::Q4K => x86::vnni::group_q4k::<$t>(g, nb, &a, &mut res),
-                        Format::Q6K => x86::vnni::group_q6k::<$t>(g, nb, &a, &mut res),
+                    match (isa, fmt) {
+                        (Isa::Avx2, _) => x86::avx2::group::<$t>(fmt, g, nb, &a, &mut res),
+                        (_, Format::Q4K) => x86::vnni::group_q4k::<$t>(g, nb, &a, &mut res),
+                        (_, Format::Q6K) => x86::vnni::group_q6k::<$t>(g, nb, &a, &mut res),
                         _ => x86::vnni::group::<$t>(fmt, g, nb, &a, &mut res),
                     }
                 };
@@ -774,6 +780,88 @@ mod x86 {
                     *r = sum;
                 }
                 _ => unreachable!("float formats take f32 activations"),
+            }
+        }
+
+        /// [`vnni::group`] on AVX2 for Q8_0 and Q4_0: the same layout, each half of the group
+        /// (rows `8k..8k + 8`, the `k`-th 32 bytes of every 64-byte piece) in its own pass, lane
+        /// `i` being row `8k + i`. Per block, each row's exact integer sum (`vpmaddubsw` of 4
+        /// weight bytes a row with the token's 4 activations broadcast, pairs to 32 bits by
+        /// `vpmaddwd`), then one fused multiply-add by the scales into the even- or odd-block
+        /// accumulator: the scalar order, the same bits.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub(in super::super) unsafe fn group<const T: usize>(
+            fmt: Format,
+            g: *const u8,
+            nb: usize,
+            a: &QActs<T>,
+            r: &mut [[f32; GROUP]; T],
+        ) {
+            let gb = GROUP * fmt.block_bytes();
+            let zero = _mm256_setzero_si256();
+            let (m4, ones) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi16(1));
+            let bcast = |p: *const i8, i: usize| _mm256_set1_epi32((p as *const i32).add(i).read_unaligned());
+            for k in 0..2 {
+                let mut acc = [[_mm256_setzero_ps(); 2]; T];
+                // a macro, not a loop over `b % 2`: the accumulators must stay in registers
+                macro_rules! block {
+                    ($b:expr, $h:literal) => {{
+                        let p = g.add($b * gb);
+                        let dw = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * k) as *const __m128i));
+                        let qp = p.add(2 * GROUP + 32 * k);
+                        let mut sums = [zero; T];
+                        if fmt == Format::Q4_0 {
+                            // chunk c: values 4c..4c+4 (low nibbles) and 16+4c.. (high) of each
+                            // row; Σ(q − 8)·a = Σq·a − 8·Σa. The products of one block, pairs
+                            // summed in 16 bits, stay below 8·2·15·127 < 2^15.
+                            let mut p16 = [zero; T];
+                            for c in 0..4 {
+                                let v = _mm256_loadu_si256(qp.add(64 * c) as *const __m256i);
+                                let lo = _mm256_and_si256(v, m4);
+                                let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                                for t in 0..T {
+                                    let ap = a.q[t].as_ptr().add($b * QA);
+                                    let both = _mm256_add_epi16(
+                                        _mm256_maddubs_epi16(lo, bcast(ap, c)),
+                                        _mm256_maddubs_epi16(hi, bcast(ap, 4 + c)),
+                                    );
+                                    p16[t] = _mm256_add_epi16(p16[t], both);
+                                }
+                            }
+                            for t in 0..T {
+                                let s = _mm256_madd_epi16(p16[t], ones);
+                                sums[t] = _mm256_add_epi32(s, _mm256_set1_epi32(-8 * a.s[t][$b]));
+                            }
+                        } else {
+                            // chunk c: values 4c..4c+4 of each row; |w| times a signed by w
+                            for c in 0..8 {
+                                let w = _mm256_loadu_si256(qp.add(64 * c) as *const __m256i);
+                                let aw = _mm256_sign_epi8(w, w);
+                                for t in 0..T {
+                                    let ap = a.q[t].as_ptr().add($b * QA);
+                                    let p16 = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(bcast(ap, c), w));
+                                    sums[t] = _mm256_add_epi32(sums[t], _mm256_madd_epi16(p16, ones));
+                                }
+                            }
+                        }
+                        for t in 0..T {
+                            let scale = _mm256_mul_ps(dw, _mm256_set1_ps(a.d[t][$b]));
+                            acc[t][$h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[t]), scale, acc[t][$h]);
+                        }
+                    }};
+                }
+                let mut b = 0;
+                while b + 1 < nb {
+                    block!(b, 0);
+                    block!(b + 1, 1);
+                    b += 2;
+                }
+                if b < nb {
+                    block!(b, 0);
+                }
+                for t in 0..T {
+                    _mm256_storeu_ps(r[t].as_mut_ptr().add(8 * k), _mm256_add_ps(acc[t][0], acc[t][1]));
+                }
             }
         }
     }
