@@ -407,17 +407,31 @@ fn queue_limit_disconnects_and_sigterm() {
     }
     let generated = metric(&srv, "generation_tokens_total");
     assert!(generated < 240, "the dropped stream ran to its end ({generated} tokens)");
-    // while one request runs (batch of 1), one may wait; the others are refused
-    let statuses: Vec<u16> = std::thread::scope(|sc| {
-        let hs: Vec<_> = (0..4)
-            .map(|_| {
-                let (addr, long) = (addr.clone(), long.clone());
-                sc.spawn(move || http(&addr, "POST", "/v1/completions", &[], long.as_bytes()).0)
-            })
-            .collect();
-        hs.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    assert!(statuses.contains(&429) && statuses.contains(&200), "{statuses:?}");
+    // while one request runs (batch of 1), one may wait; the others are refused. Four clients at
+    // once; on a loaded machine one may arrive only after the others finished, so a few tries.
+    let burst = || -> Vec<u16> {
+        std::thread::scope(|sc| {
+            let hs: Vec<_> = (0..4)
+                .map(|_| {
+                    let (addr, long) = (addr.clone(), long.clone());
+                    sc.spawn(move || http(&addr, "POST", "/v1/completions", &[], long.as_bytes()).0)
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    };
+    let mut tries = Vec::new();
+    while tries.len() < 5 {
+        let statuses = burst();
+        assert!(statuses.iter().all(|s| [200, 429].contains(s)), "{statuses:?}");
+        let both = statuses.contains(&429) && statuses.contains(&200);
+        tries.push(statuses);
+        if both {
+            break;
+        }
+    }
+    let last = tries.last().unwrap();
+    assert!(last.contains(&429) && last.contains(&200), "never refused with 429 beyond the queue: {tries:?}");
     assert!(metric(&srv, "requests_rejected_total") >= 1);
     assert_eq!(metric(&srv, "requests_running"), 0);
     // SIGTERM during a stream: it ends with [DONE], then the process exits 0

@@ -246,8 +246,9 @@ const BLOCK_BYTES: usize = 96 << 10;
 
 /// `y[t, off + r] (+)= W[r] · act_t` for every row and token. Rows are split over the threads in a
 /// few tasks per thread. Each task walks its rows in cache blocks of about [`BLOCK_BYTES`]; every
-/// tile of [`MAX_TILE`] tokens passes over a block, group of [`GROUP`] rows by group where the
-/// matrix is grouped, so that one read of the weights serves all tokens.
+/// tile of [`MAX_TILE`] tokens ([`float_tile`] for float rows) passes over a block, group of
+/// [`GROUP`] rows by group where the matrix is grouped, so that one read of the weights serves all
+/// tokens.
 fn matmul_rows(isa: Isa, w: &WeightMatrix, acts: &Activations, y: &mut [f32], ld: usize, off: usize, accumulate: bool) {
     let (rows, n) = (w.rows, acts.n);
     let rb = w.row_bytes();

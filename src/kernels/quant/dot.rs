@@ -17,8 +17,9 @@
 //!   exact sum with the activations' sums, by `dmin·d_a`) into a second accumulator, subtracted
 //!   at the end.
 //!
-//! On AVX-512 every quantized format runs sixteen rows together in the [`to_groups`] layout, one
-//! row per lane, as llama.cpp's repacked x86 kernels do.
+//! On AVX-512 and AVX2 every quantized format runs sixteen rows together in the [`to_groups`]
+//! layout, one row per lane (AVX2: each half of the sixteen a pass), as llama.cpp's repacked x86
+//! kernels do.
 //!
 //! AVX-512 VNNI (`vpdpbusd`), AVX2 (`vpmaddubsw` + `vpmaddwd`) and the scalar path all produce the
 //! exact integers, so a result depends neither on the CPU, nor on the thread count, nor on how
@@ -37,8 +38,8 @@ pub const MAX_TILE: usize = 4;
 pub const FLOAT_TILE: usize = 6;
 
 /// Tokens a tile of [`dot_float_rows`] takes on `isa`: [`FLOAT_TILE`] on AVX-512 (one read of a
-/// weight from cache serves twice the multiply-adds), else [`MAX_TILE`] (the 16 AVX2 registers
-/// hold four tokens' accumulators at most).
+/// weight from cache serves more multiply-adds), else [`MAX_TILE`] (the 16 AVX2 registers hold
+/// four tokens' accumulators at most).
 pub fn float_tile(isa: Isa) -> usize {
     if isa == Isa::Avx512Vnni {
         FLOAT_TILE
