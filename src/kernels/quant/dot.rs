@@ -977,25 +977,19 @@ mod x86 {
                         for half in 0..2 {
                             for j in 0..4 {
                                 // quads 4·half.. of the 32 values of group j: values 128h + 32j + 4i..
-                                let v: [__m256i; 4] = std::array::from_fn(|i| {
+                                // a loop, not `array::from_fn` (see `pass_512`)
+                                let mut v = [_mm256_setzero_si256(); 4];
+                                for (i, v) in v.iter_mut().enumerate() {
                                     let q = quads.add(192 * (8 * h + 4 * half + i));
                                     let hb = load(q.add(128));
-                                    match j {
-                                        0 => _mm256_or_si256(
-                                            low(load(q)),
-                                            _mm256_and_si256(_mm256_slli_epi16(hb, 4), m30),
-                                        ),
-                                        1 => _mm256_or_si256(
-                                            low(load(q.add(64))),
-                                            _mm256_and_si256(_mm256_slli_epi16(hb, 2), m30),
-                                        ),
-                                        2 => _mm256_or_si256(high(load(q)), _mm256_and_si256(hb, m30)),
-                                        _ => _mm256_or_si256(
-                                            high(load(q.add(64))),
-                                            _mm256_and_si256(_mm256_srli_epi16(hb, 2), m30),
-                                        ),
-                                    }
-                                });
+                                    let (l0, l1) = (load(q), load(q.add(64)));
+                                    *v = match j {
+                                        0 => _mm256_or_si256(low(l0), _mm256_and_si256(_mm256_slli_epi16(hb, 4), m30)),
+                                        1 => _mm256_or_si256(low(l1), _mm256_and_si256(_mm256_slli_epi16(hb, 2), m30)),
+                                        2 => _mm256_or_si256(high(l0), _mm256_and_si256(hb, m30)),
+                                        _ => _mm256_or_si256(high(l1), _mm256_and_si256(_mm256_srli_epi16(hb, 2), m30)),
+                                    };
+                                }
                                 let s = 8 * h + 2 * j + half;
                                 let sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(scales.add(16 * s) as *const __m128i));
                                 for t in 0..T {
@@ -1440,7 +1434,12 @@ mod x86 {
             let mut a = *acc;
             let mut c = c0 + 16 * h;
             while c < c1 {
-                let wv: [__m512; R] = std::array::from_fn(|i| load16::<F>(wp[i], c));
+                // a loop, not `array::from_fn`: std's function lacks this function's target
+                // features, and in a build for plain x86-64 the closure was then called, not inlined
+                let mut wv = [_mm512_setzero_ps(); R];
+                for i in 0..R {
+                    wv[i] = load16::<F>(wp[i], c);
+                }
                 for t in 0..T {
                     let xv = _mm512_loadu_ps(x[t].as_ptr().add(c));
                     for i in 0..R {
