@@ -993,6 +993,13 @@ mod x86 {
                     let mut isum = [_mm256_setzero_si256(); T];
                     for h in 0..2 {
                         for half in 0..2 {
+                            if T == 1 && k == 0 {
+                                // decode: a later super-block's lines, a quarter a pass (see `PREFETCH`)
+                                for q in 0..14 {
+                                    let line = p.wrapping_add(PREFETCH + 896 * (2 * h + half) + 64 * q);
+                                    _mm_prefetch::<_MM_HINT_T0>(line as *const i8);
+                                }
+                            }
                             for j in 0..4 {
                                 // quads 4·half.. of the 32 values of group j: values 128h + 32j + 4i..
                                 // a loop, not `array::from_fn` (see `pass_512`)
