@@ -158,8 +158,8 @@ pub struct Activations {
     pub kind: ActKind,
     /// Float kind: token `t`'s activations at `f[t * f_stride..][..cols]`.
     pub f: Vec<f32>,
-    /// A cache line more than a row: rows of 2^k floats would otherwise all fall in the same L1 set,
-    /// and a tile of eight tokens with the weight rows beside them overflowed its ways.
+    /// A cache line more than a row: rows of 2^k floats would otherwise all fall in the same L1
+    /// sets, where a tile's tokens and the weight rows beside them can overflow the ways.
     pub f_stride: usize,
     pub q: Vec<i8>,
     pub d: Vec<f32>,
@@ -266,11 +266,7 @@ pub const GROUP: usize = 16;
 /// Whether `isa` reads `fmt` matrices in groups of [`GROUP`] rows ([`to_groups`]) rather than in
 /// ggml's row layout.
 pub fn uses_groups(isa: Isa, fmt: Format) -> bool {
-    match isa {
-        Isa::Avx512Vnni => fmt.is_quantized(),
-        Isa::Avx2 => fmt.is_quantized(),
-        Isa::Scalar => false,
-    }
+    isa != Isa::Scalar && fmt.is_quantized()
 }
 
 /// The pieces of one block of `fmt` in the order the grouped layout stores them, each as
@@ -618,6 +614,24 @@ mod scalar {
     }
 }
 
+/// `$block!(b, 0)` for the even blocks `b` of `0..$nb` and `$block!(b, 1)` for the odd ones, in
+/// order: the two accumulators of the Q8_0/Q4_0 canonical order, unrolled by two so that they stay
+/// in registers.
+#[cfg(target_arch = "x86_64")]
+macro_rules! even_odd_blocks {
+    ($nb:expr, $block:ident) => {{
+        let mut b = 0;
+        while b + 1 < $nb {
+            $block!(b, 0);
+            $block!(b + 1, 1);
+            b += 2;
+        }
+        if b < $nb {
+            $block!(b, 0);
+        }
+    }};
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::*;
@@ -863,15 +877,7 @@ mod x86 {
                         }
                     }};
                 }
-                let mut b = 0;
-                while b + 1 < nb {
-                    block!(b, 0);
-                    block!(b + 1, 1);
-                    b += 2;
-                }
-                if b < nb {
-                    block!(b, 0);
-                }
+                even_odd_blocks!(nb, block);
                 for t in 0..T {
                     _mm256_storeu_ps(r[t].as_mut_ptr().add(8 * k), _mm256_add_ps(acc[t][0], acc[t][1]));
                 }
@@ -1132,15 +1138,7 @@ mod x86 {
                     }
                 }};
             }
-            let mut b = 0;
-            while b + 1 < nb {
-                block!(b, 0);
-                block!(b + 1, 1);
-                b += 2;
-            }
-            if b < nb {
-                block!(b, 0);
-            }
+            even_odd_blocks!(nb, block);
             for t in 0..T {
                 _mm512_storeu_ps(r[t].as_mut_ptr(), _mm512_add_ps(acc[t][0], acc[t][1]));
             }
@@ -1525,6 +1523,7 @@ mod x86 {
                 for g in (0..n).step_by(ROWS_512) {
                     let m = ROWS_512.min(n - g);
                     for (h, acc) in acc.iter_mut().enumerate() {
+                        // `m` rows: each arm's conversion to `[_; m]` cannot fail
                         let rows = &mut acc[g..g + m];
                         let span = (c0, c1, h);
                         match m {
