@@ -8,6 +8,7 @@
 //! query heads, then the key heads, then the value heads. The output is `[B*T, n_heads * head_dim]`.
 
 use super::{axpy, dot, exp};
+use crate::kernels::quant::dot::Isa;
 use crate::kernels::team::Disjoint;
 use rayon::prelude::*;
 
@@ -288,17 +289,24 @@ pub fn attention_backward(
 }
 
 /// One sequence's part of [`attention_cached_batch`]: its `n` new queries at positions
-/// `p0..p0 + n` and its cached keys and values (`[pos, n_kv·hd]`, positions `0..p0 + n` filled).
+/// `p0..p0 + n` and its cached keys and values, positions `0..p0 + n` filled. Keys are in blocks of
+/// [`KEY_LANES`] positions, each block transposed (`[n_kv][cap / KEY_LANES][hd][KEY_LANES]`: a tile
+/// of keys is contiguous and one vector per element); values by position (`[n_kv][cap][hd]`).
+/// `cap` is a multiple of [`KEY_LANES`].
 pub struct CachedSeq<'a> {
     pub k_cache: &'a [f32],
     pub v_cache: &'a [f32],
+    pub cap: usize,
     pub n: usize,
     pub p0: usize,
 }
 
+/// Keys scored together, one a vector lane; a cache's capacity is a multiple of it.
+pub const KEY_LANES: usize = 16;
+
 /// Inference attention: `n` new queries (rows of `qkv`, `qkv_stride` apart, at positions
-/// `p0..p0 + n`) against the cached keys and values of positions `0..=p0 + i` (`[pos, n_kv·hd]`).
-/// Writes `out[n, n_heads·hd]`.
+/// `p0..p0 + n`) against the cached keys and values of positions `0..=p0 + i` (laid out as in
+/// [`CachedSeq`]). Writes `out[n, n_heads·hd]`.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_cached(
     out: &mut [f32],
@@ -306,20 +314,29 @@ pub fn attention_cached(
     qkv_stride: usize,
     k_cache: &[f32],
     v_cache: &[f32],
+    cap: usize,
     n: usize,
     p0: usize,
     n_heads: usize,
     n_kv_heads: usize,
     hd: usize,
 ) {
-    let seq = CachedSeq { k_cache, v_cache, n, p0 };
+    let seq = CachedSeq { k_cache, v_cache, cap, n, p0 };
     attention_cached_batch(out, qkv, qkv_stride, &[seq], n_heads, n_kv_heads, hd);
 }
 
+/// Query heads a task of [`attention_cached_batch`] takes at most, and the floats of their
+/// accumulators (on the task's stack: 8 heads of 128, 4 of 512).
+const MAX_TASK_HEADS: usize = 8;
+const TASK_ACC: usize = 2048;
+
 /// [`attention_cached`] of several sequences whose query rows follow each other in `qkv` and
 /// `out`, as one parallel loop (a decode step of a batch: one loop a layer, not one a sequence).
-/// One task per (query, head); online softmax over key tiles; each task's arithmetic depends on
-/// its own query and cache only.
+/// A task takes one query row and some query heads of one key/value head, and visits the keys a
+/// tile at a time, every head of the task on each tile while it is in L1 (GQA: the 8 query heads
+/// of TinyLlama's 4 key/value heads read each key once from memory, not 8 times). Online softmax
+/// per head; each head's arithmetic depends on its own query and cache only, never on how heads
+/// are split into tasks or on the instruction set.
 pub fn attention_cached_batch(
     out: &mut [f32],
     qkv: &[f32],
@@ -329,49 +346,297 @@ pub fn attention_cached_batch(
     n_kv_heads: usize,
     hd: usize,
 ) {
-    assert!(hd <= MAX_HEAD_DIM);
-    let kvd = n_kv_heads * hd;
+    assert!(hd <= MAX_HEAD_DIM && MAX_HEAD_DIM <= TASK_ACC && n_kv_heads > 0 && n_heads % n_kv_heads == 0);
     let rep = n_heads / n_kv_heads;
-    let scale = 1.0 / (hd as f32).sqrt();
     // each query row: its sequence and position
     let rows: Vec<(usize, usize)> =
         seqs.iter().enumerate().flat_map(|(s, q)| (0..q.n).map(move |i| (s, q.p0 + i))).collect();
     assert!(out.len() >= rows.len() * n_heads * hd, "attention: output too small");
-    let out_ptr = Disjoint(out.as_mut_ptr());
-    crate::kernels::team::run(rows.len() * n_heads, &|task| {
-        let (row, h) = (task / n_heads, task % n_heads);
-        let (seq, last) = rows[row];
-        let (k_cache, v_cache) = (seqs[seq].k_cache, seqs[seq].v_cache);
-        // SAFETY: task `task` alone writes these hd elements, in bounds by the assert above.
-        let o = unsafe { out_ptr.at(task * hd, hd) };
-        let g = h / rep;
-        let q = &qkv[row * qkv_stride + h * hd..][..hd];
-        let mut acc = [0.0f32; MAX_HEAD_DIM];
-        let acc = &mut acc[..hd];
-        let (mut m, mut l) = (f32::NEG_INFINITY, 0.0f32);
+    for s in seqs {
+        let need = n_kv_heads * s.cap * hd;
+        assert!(s.cap % KEY_LANES == 0 && s.p0 + s.n <= s.cap, "attention: cache capacity");
+        assert!(s.k_cache.len() >= need && s.v_cache.len() >= need, "attention: cache too small");
+    }
+    // heads per task: a divisor of `rep`, at most MAX_TASK_HEADS, halved while there are too few
+    // tasks for the threads (one token of a model with few key/value heads)
+    let most = MAX_TASK_HEADS.min(TASK_ACC / hd.max(1)).max(1);
+    let mut per = (1..=rep.min(most)).rev().find(|d| rep % d == 0).unwrap_or(1);
+    let threads = rayon::current_num_threads().max(1);
+    while per % 2 == 0 && rows.len() * n_heads / per < 2 * threads {
+        per /= 2;
+    }
+    let job = CachedJob { qkv, qkv_stride, seqs, rows: &rows, n_heads, rep, hd, per, out: Disjoint(out.as_mut_ptr()) };
+    let isa = Isa::detect();
+    crate::kernels::team::run(rows.len() * n_heads / per, &|task| job.run(isa, task));
+}
+
+/// The shared arguments of one [`attention_cached_batch`] call.
+struct CachedJob<'a> {
+    qkv: &'a [f32],
+    qkv_stride: usize,
+    seqs: &'a [CachedSeq<'a>],
+    rows: &'a [(usize, usize)],
+    n_heads: usize,
+    rep: usize,
+    hd: usize,
+    per: usize,
+    out: Disjoint<f32>,
+}
+
+impl CachedJob<'_> {
+    /// One task, its loops compiled for the widest vectors the CPU has (the same lane-wise
+    /// arithmetic on each: no fused multiply-adds, no reassociation).
+    fn run(&self, isa: Isa, task: usize) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx512f")]
+            fn wide(j: &CachedJob, task: usize) {
+                j.task(Isa::Avx512Vnni, task)
+            }
+            #[target_feature(enable = "avx2")]
+            fn avx2(j: &CachedJob, task: usize) {
+                j.task(Isa::Avx2, task)
+            }
+            // SAFETY: `Isa` values other than Scalar are only produced after the CPU was checked
+            // (AVX-512 VNNI implies AVX-512F).
+            match isa {
+                Isa::Avx512Vnni => return unsafe { wide(self, task) },
+                Isa::Avx2 => return unsafe { avx2(self, task) },
+                Isa::Scalar => {}
+            }
+        }
+        self.task(Isa::Scalar, task)
+    }
+
+    #[inline(always)]
+    fn task(&self, isa: Isa, task: usize) {
+        let (hd, per, rep) = (self.hd, self.per, self.rep);
+        let scale = 1.0 / (hd as f32).sqrt();
+        let (row, h0) = (task / (self.n_heads / per), task % (self.n_heads / per) * per);
+        let g = h0 / rep;
+        let (seq, last) = self.rows[row];
+        let s = &self.seqs[seq];
+        let keys = &s.k_cache[g * s.cap * hd..][..s.cap * hd];
+        let values = &s.v_cache[g * s.cap * hd..][..s.cap * hd];
+        let mut acc = [0.0f32; TASK_ACC];
+        let mut m = [f32::NEG_INFINITY; MAX_TASK_HEADS];
+        let mut l = [0.0f32; MAX_TASK_HEADS];
         for j0 in (0..=last).step_by(KEY_TILE) {
             let nk = (last + 1 - j0).min(KEY_TILE);
-            let mut sc = [f32::NEG_INFINITY; KEY_TILE];
-            for (jj, s) in sc[..nk].iter_mut().enumerate() {
-                *s = dot(q, &k_cache[(j0 + jj) * kvd + g * hd..][..hd]) * scale;
+            // the next tile's keys and values, a share with each head (the first head of a tile
+            // would otherwise wait on memory for every line)
+            let next = (last + 1).saturating_sub(j0 + KEY_TILE).min(KEY_TILE) * hd;
+            let share = next.div_ceil(per);
+            let mut sc = [[f32::NEG_INFINITY; KEY_TILE]; MAX_TASK_HEADS];
+            for (i, sc) in sc[..per].iter_mut().enumerate() {
+                let at = (j0 + KEY_TILE) * hd;
+                let lines = at + (i * share).min(next)..at + ((i + 1) * share).min(next);
+                if !lines.is_empty() {
+                    prefetch(isa, &keys[lines.clone()]);
+                    prefetch(isa, &values[lines]);
+                }
+                let q = &self.qkv[row * self.qkv_stride + (h0 + i) * hd..][..hd];
+                for k0 in (0..nk).step_by(KEY_LANES) {
+                    let d = dot_keys(isa, q, &keys[(j0 + k0) * hd..][..KEY_LANES * hd]);
+                    let n = (nk - k0).min(KEY_LANES);
+                    for (s, d) in sc[k0..k0 + n].iter_mut().zip(d) {
+                        *s = d * scale;
+                    }
+                }
+                let m_new = m[i].max(lane_max(sc));
+                let corr = exp(m[i] - m_new);
+                for s in sc.iter_mut() {
+                    *s = exp(*s - m_new);
+                }
+                sc[nk..].fill(0.0);
+                l[i] = l[i] * corr + lane_sum(sc);
+                for a in acc[i * hd..(i + 1) * hd].iter_mut() {
+                    *a *= corr;
+                }
+                m[i] = m_new;
             }
-            let m_new = m.max(lane_max(&sc));
-            let corr = exp(m - m_new);
-            for s in sc.iter_mut() {
-                *s = exp(*s - m_new);
+            // the value rows once for several heads (independent chains of additions)
+            let mut i = 0;
+            while i < per {
+                let (acc, sc, first) = (&mut acc[i * hd..], &sc[i..], j0 * hd);
+                if isa == Isa::Avx512Vnni && per - i >= 4 {
+                    accumulate_rows_heads::<4>(acc, sc, nk, values, first, hd);
+                    i += 4;
+                } else {
+                    accumulate_rows_heads::<1>(acc, sc, nk, values, first, hd);
+                    i += 1;
+                }
             }
-            sc[nk..].fill(0.0);
-            l = l * corr + lane_sum(&sc);
-            for a in acc.iter_mut() {
-                *a *= corr;
-            }
-            accumulate_rows(acc, &sc[..nk], v_cache, j0 * kvd + g * hd, kvd);
-            m = m_new;
         }
-        for (ov, a) in o.iter_mut().zip(acc.iter()) {
-            *ov = a / l;
+        // SAFETY: this task alone writes these per·hd elements (heads h0..h0 + per of its row),
+        // in bounds by the assert in `attention_cached_batch`.
+        let o = unsafe { self.out.at((row * self.n_heads + h0) * hd, per * hd) };
+        for i in 0..per {
+            for (ov, a) in o[i * hd..(i + 1) * hd].iter_mut().zip(&acc[i * hd..(i + 1) * hd]) {
+                *ov = a / l[i];
+            }
         }
-    });
+    }
+}
+
+/// [`accumulate_rows`] for `H` heads at once over the same rows (`hd` floats, consecutive from
+/// `first`): `acc[h·hd..(h + 1)·hd] += Σ_j coef[h][j] · row_j` for `j < nk`, each row read once for
+/// all heads; per element the operations of [`accumulate_rows`] on each head alone.
+#[inline(always)]
+fn accumulate_rows_heads<const H: usize>(
+    acc: &mut [f32],
+    coef: &[[f32; KEY_TILE]],
+    nk: usize,
+    data: &[f32],
+    first: usize,
+    hd: usize,
+) {
+    let mut e0 = 0;
+    while e0 + 64 <= hd {
+        let mut a = [[0.0f32; 64]; H];
+        for (h, a) in a.iter_mut().enumerate() {
+            a.copy_from_slice(&acc[h * hd + e0..][..64]);
+        }
+        for j in 0..nk {
+            let row: &[f32; 64] = data[first + j * hd + e0..][..64].try_into().unwrap();
+            for (a, coef) in a.iter_mut().zip(coef) {
+                let c = coef[j];
+                for l in 0..64 {
+                    a[l] += c * row[l];
+                }
+            }
+        }
+        for (h, a) in a.iter().enumerate() {
+            acc[h * hd + e0..][..64].copy_from_slice(a);
+        }
+        e0 += 64;
+    }
+    if e0 < hd {
+        for (h, coef) in coef[..H].iter().enumerate() {
+            for (j, &c) in coef[..nk].iter().enumerate() {
+                axpy(&mut acc[h * hd + e0..(h + 1) * hd], c, &data[first + j * hd + e0..][..hd - e0]);
+            }
+        }
+    }
+}
+
+/// Asks for the cache lines of `x` ahead of their use.
+#[inline(always)]
+fn prefetch(isa: Isa, x: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa != Isa::Scalar {
+        for i in (0..x.len()).step_by(16) {
+            // SAFETY: a prefetch of an address inside `x` (SSE, part of x86-64).
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(x[i..].as_ptr() as *const i8)
+            };
+        }
+    }
+    let _ = (isa, x);
+}
+
+/// `dot(q, key_j)` for the [`KEY_LANES`] keys of a transposed key block (`kt[e·KEY_LANES + j]`),
+/// one key a lane, with the bits of [`dot`]: accumulator `l` sums elements `l, l + 16, …` in order
+/// (multiply, then add), the 16 accumulators are then added in order, then the tail's products.
+#[inline(always)]
+fn dot_keys(isa: Isa, q: &[f32], kt: &[f32]) -> [f32; KEY_LANES] {
+    assert!(kt.len() >= q.len() * KEY_LANES);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `Isa` values other than Scalar are only produced after the CPU was checked; the
+    // block's length is checked above.
+    unsafe {
+        match isa {
+            Isa::Avx512Vnni => return x86::dot_keys_avx512(q, kt),
+            Isa::Avx2 => return x86::dot_keys_avx2(q, kt),
+            Isa::Scalar => {}
+        }
+    }
+    let _ = isa;
+    let full = q.len() / 16 * 16;
+    let mut a = [[0.0f32; KEY_LANES]; 16];
+    for (qc, kc) in q[..full].chunks_exact(16).zip(kt.chunks_exact(16 * KEY_LANES)) {
+        for l in 0..16 {
+            for j in 0..KEY_LANES {
+                a[l][j] += qc[l] * kc[l * KEY_LANES + j];
+            }
+        }
+    }
+    // `Sum` for f32 starts from -0.0
+    let mut sum = [-0.0f32; KEY_LANES];
+    for al in &a {
+        for j in 0..KEY_LANES {
+            sum[j] += al[j];
+        }
+    }
+    let mut tail = [-0.0f32; KEY_LANES];
+    for (e, &qe) in q.iter().enumerate().skip(full) {
+        for j in 0..KEY_LANES {
+            tail[j] += qe * kt[e * KEY_LANES + j];
+        }
+    }
+    std::array::from_fn(|j| sum[j] + tail[j])
+}
+
+/// [`dot_keys`] in 512- and 256-bit registers (the compiler, left alone, vectorises it across the
+/// 16 accumulators with gathers).
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::KEY_LANES;
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// AVX-512F; `kt.len() >= q.len() * KEY_LANES`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot_keys_avx512(q: &[f32], kt: &[f32]) -> [f32; KEY_LANES] {
+        let full = q.len() / 16 * 16;
+        let k = |e: usize| _mm512_loadu_ps(kt.as_ptr().add(e * KEY_LANES));
+        let mut a = [_mm512_setzero_ps(); 16];
+        for c in (0..full).step_by(16) {
+            for (l, a) in a.iter_mut().enumerate() {
+                *a = _mm512_add_ps(*a, _mm512_mul_ps(_mm512_set1_ps(q[c + l]), k(c + l)));
+            }
+        }
+        let mut sum = _mm512_set1_ps(-0.0);
+        for a in a {
+            sum = _mm512_add_ps(sum, a);
+        }
+        let mut tail = _mm512_set1_ps(-0.0);
+        for (e, &qe) in q.iter().enumerate().skip(full) {
+            tail = _mm512_add_ps(tail, _mm512_mul_ps(_mm512_set1_ps(qe), k(e)));
+        }
+        let mut out = [0.0f32; KEY_LANES];
+        _mm512_storeu_ps(out.as_mut_ptr(), _mm512_add_ps(sum, tail));
+        out
+    }
+
+    /// # Safety
+    /// AVX2; `kt.len() >= q.len() * KEY_LANES`.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn dot_keys_avx2(q: &[f32], kt: &[f32]) -> [f32; KEY_LANES] {
+        let full = q.len() / 16 * 16;
+        let mut out = [0.0f32; KEY_LANES];
+        // the two halves of the keys one after the other (16 accumulators of 8 keys fill the
+        // registers)
+        for half in 0..2 {
+            let k = |e: usize| _mm256_loadu_ps(kt.as_ptr().add(e * KEY_LANES + 8 * half));
+            let mut a = [_mm256_setzero_ps(); 16];
+            for c in (0..full).step_by(16) {
+                for (l, a) in a.iter_mut().enumerate() {
+                    *a = _mm256_add_ps(*a, _mm256_mul_ps(_mm256_set1_ps(q[c + l]), k(c + l)));
+                }
+            }
+            let mut sum = _mm256_set1_ps(-0.0);
+            for a in a {
+                sum = _mm256_add_ps(sum, a);
+            }
+            let mut tail = _mm256_set1_ps(-0.0);
+            for (e, &qe) in q.iter().enumerate().skip(full) {
+                tail = _mm256_add_ps(tail, _mm256_mul_ps(_mm256_set1_ps(qe), k(e)));
+            }
+            _mm256_storeu_ps(out.as_mut_ptr().add(8 * half), _mm256_add_ps(sum, tail));
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -438,23 +703,51 @@ mod tests {
         }
     }
 
+    /// Scores of a tile of transposed keys are `dot`'s bits, key by key, tails included.
+    #[test]
+    fn key_lane_scores_are_dot_bits() {
+        for hd in [8, 20, 64, 100] {
+            let q = randn(hd, 11, 1.0);
+            let keys = randn(KEY_LANES * hd, 12, 1.0); // row j: key j
+            let mut kt = vec![0.0; hd * KEY_LANES];
+            for j in 0..KEY_LANES {
+                for e in 0..hd {
+                    kt[e * KEY_LANES + j] = keys[j * hd + e];
+                }
+            }
+            for isa in Isa::all_supported() {
+                for (j, d) in dot_keys(isa, &q, &kt).iter().enumerate() {
+                    let want = dot(&q, &keys[j * hd..][..hd]);
+                    assert_eq!(d.to_bits(), want.to_bits(), "{isa:?}, hd {hd}, key {j}");
+                }
+            }
+        }
+    }
+
     /// Prefill of p0 positions then n more, through the cache, equals one causal pass.
     #[test]
     fn cached_attention_equals_full_attention() {
         let s = AttnShape { batch: 1, seq_len: 70, n_heads: 4, n_kv_heads: 2, head_dim: 8 };
         let qkv = randn(s.seq_len * s.qkv_stride(), 5, 1.0);
         let (full, _) = forward(&qkv, s);
-        let kvd = s.n_kv_heads * s.head_dim;
         let qs = s.qkv_stride();
-        let mut kc = vec![0.0; s.seq_len * kvd];
-        let mut vc = vec![0.0; s.seq_len * kvd];
+        // keys [n_kv][cap / 16][hd][16], values [n_kv][cap][hd]; unfilled positions NaN (spare
+        // lanes score them, and must drop them)
+        let (hd, cap) = (s.head_dim, s.seq_len.next_multiple_of(KEY_LANES));
+        let mut kc = vec![f32::NAN; s.n_kv_heads * cap * hd];
+        let mut vc = vec![f32::NAN; s.n_kv_heads * cap * hd];
         for r in 0..s.seq_len {
-            kc[r * kvd..][..kvd].copy_from_slice(&qkv[r * qs + s.k_off(0)..][..kvd]);
-            vc[r * kvd..][..kvd].copy_from_slice(&qkv[r * qs + s.v_off(0)..][..kvd]);
+            for g in 0..s.n_kv_heads {
+                for e in 0..hd {
+                    kc[(g * cap + r / KEY_LANES * KEY_LANES) * hd + e * KEY_LANES + r % KEY_LANES] =
+                        qkv[r * qs + s.k_off(g) + e];
+                }
+                vc[(g * cap + r) * hd..][..hd].copy_from_slice(&qkv[r * qs + s.v_off(g)..][..hd]);
+            }
         }
         for (p0, n) in [(0, 70), (65, 5), (69, 1)] {
             let mut out = vec![0.0; n * s.out_stride()];
-            attention_cached(&mut out, &qkv[p0 * qs..], qs, &kc, &vc, n, p0, 4, 2, 8);
+            attention_cached(&mut out, &qkv[p0 * qs..], qs, &kc, &vc, cap, n, p0, 4, 2, 8);
             for (a, b) in out.iter().zip(&full[p0 * s.out_stride()..]) {
                 assert!((a - b).abs() < 1e-5, "p0 {p0}: {a} vs {b}");
             }

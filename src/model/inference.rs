@@ -10,7 +10,7 @@ use super::llama::Llama;
 use super::weights::{Linear, RowMode, WeightMatrix};
 use crate::config::LlamaConfig;
 use crate::kernels::attention::{
-    attention_cached_batch, attention_forward, attention_scratch_len, AttnShape, CachedSeq,
+    attention_cached_batch, attention_forward, attention_scratch_len, AttnShape, CachedSeq, KEY_LANES,
 };
 use crate::kernels::cross_entropy::{head_cross_entropy_forward, log_sum_exp, HEAD_CHUNK_ROWS};
 use crate::kernels::quant::dot::Activations;
@@ -21,13 +21,19 @@ use crate::kernels::swiglu::swiglu_forward;
 use anyhow::{ensure, Result};
 use std::sync::Arc;
 
-/// Keys and values of every layer for positions `0..len` of one sequence.
+/// Keys and values of every layer for positions `0..len` of one sequence, laid out as attention
+/// reads them ([`CachedSeq`]): per layer and key/value head, keys in transposed blocks of
+/// [`KEY_LANES`] positions and values by position, for `cap` positions (`max_len` rounded up to
+/// [`KEY_LANES`]).
 pub struct KvCache {
     pub len: usize,
     pub max_len: usize,
-    kv_dim: usize,
-    /// `[layer][position][kv_dim]`
+    cap: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    /// `[layer][kv head][cap / KEY_LANES][head_dim][KEY_LANES]`
     k: Vec<f32>,
+    /// `[layer][kv head][cap][head_dim]`
     v: Vec<f32>,
     /// The tokens whose keys and values are cached (for prefix reuse).
     pub tokens: Vec<u32>,
@@ -39,28 +45,39 @@ impl KvCache {
     }
 
     pub fn for_config(c: &LlamaConfig, max_len: usize) -> Self {
-        let n = c.num_hidden_layers * max_len * c.kv_dim();
-        KvCache { len: 0, max_len, kv_dim: c.kv_dim(), k: vec![0.0; n], v: vec![0.0; n], tokens: vec![] }
+        Self::empty(c.num_hidden_layers, c.num_key_value_heads, c.head_dim, max_len)
+    }
+
+    fn empty(layers: usize, n_kv_heads: usize, head_dim: usize, max_len: usize) -> Self {
+        let cap = max_len.next_multiple_of(KEY_LANES);
+        let n = layers * n_kv_heads * cap * head_dim;
+        KvCache { len: 0, max_len, cap, n_kv_heads, head_dim, k: vec![0.0; n], v: vec![0.0; n], tokens: vec![] }
     }
 
     /// Bytes of one cache of `max_len` positions.
     pub fn bytes_for(c: &LlamaConfig, max_len: usize) -> usize {
-        2 * 4 * c.num_hidden_layers * max_len * c.kv_dim()
+        2 * 4 * c.num_hidden_layers * max_len.next_multiple_of(KEY_LANES) * c.kv_dim()
     }
 
     /// A cache of `max_len` positions holding the first `len` positions of `src` (a shared
     /// prompt prefix computed once, continued by many sequences).
     pub fn with_prefix(src: &KvCache, len: usize, max_len: usize) -> Self {
         let len = len.min(src.len).min(max_len);
-        let layers = src.k.len() / (src.max_len * src.kv_dim).max(1);
-        let n = layers * max_len * src.kv_dim;
-        let (mut k, mut v) = (vec![0.0; n], vec![0.0; n]);
-        let (src_sz, dst_sz, used) = (src.max_len * src.kv_dim, max_len * src.kv_dim, len * src.kv_dim);
-        for l in 0..layers {
-            k[l * dst_sz..l * dst_sz + used].copy_from_slice(&src.k[l * src_sz..l * src_sz + used]);
-            v[l * dst_sz..l * dst_sz + used].copy_from_slice(&src.v[l * src_sz..l * src_sz + used]);
+        let hd = src.head_dim;
+        let layers = src.k.len() / (src.n_kv_heads * src.cap * hd).max(1);
+        let mut c = KvCache::empty(layers, src.n_kv_heads, hd, max_len);
+        // one run per (layer, head): whole key blocks (the last one's spare lanes are never
+        // used), value rows
+        let blocks = len.next_multiple_of(KEY_LANES);
+        for (dst, from) in c.k.chunks_exact_mut(c.cap * hd).zip(src.k.chunks_exact(src.cap * hd)) {
+            dst[..blocks * hd].copy_from_slice(&from[..blocks * hd]);
         }
-        KvCache { len, max_len, kv_dim: src.kv_dim, k, v, tokens: src.tokens[..len].to_vec() }
+        for (dst, from) in c.v.chunks_exact_mut(c.cap * hd).zip(src.v.chunks_exact(src.cap * hd)) {
+            dst[..len * hd].copy_from_slice(&from[..len * hd]);
+        }
+        c.len = len;
+        c.tokens = src.tokens[..len].to_vec();
+        c
     }
 
     /// Forgets positions from `len` on.
@@ -69,14 +86,29 @@ impl KvCache {
         self.tokens.truncate(self.len);
     }
 
-    fn layer(&mut self, l: usize) -> (&mut [f32], &mut [f32]) {
-        let sz = self.max_len * self.kv_dim;
-        (&mut self.k[l * sz..(l + 1) * sz], &mut self.v[l * sz..(l + 1) * sz])
+    /// Stores the keys and values of positions `p0..p0 + k` at layer `l` from rows of `qkv`
+    /// (`stride` apart; keys at `k_off`, then values, each `[n_kv, head_dim]`).
+    fn store(&mut self, l: usize, qkv: &[f32], stride: usize, k_off: usize, p0: usize, k: usize) {
+        let (hd, cap, kvd) = (self.head_dim, self.cap, self.n_kv_heads * self.head_dim);
+        let sz = cap * kvd;
+        let (kc, vc) = (&mut self.k[l * sz..(l + 1) * sz], &mut self.v[l * sz..(l + 1) * sz]);
+        for r in 0..k {
+            let (p, row) = (p0 + r, &qkv[r * stride + k_off..][..2 * kvd]);
+            for g in 0..self.n_kv_heads {
+                let block = &mut kc[(g * cap + p / KEY_LANES * KEY_LANES) * hd..][..KEY_LANES * hd];
+                for (e, &x) in row[g * hd..][..hd].iter().enumerate() {
+                    block[e * KEY_LANES + p % KEY_LANES] = x;
+                }
+                vc[(g * cap + p) * hd..][..hd].copy_from_slice(&row[kvd + g * hd..][..hd]);
+            }
+        }
     }
 
-    fn layer_ref(&self, l: usize) -> (&[f32], &[f32]) {
-        let sz = self.max_len * self.kv_dim;
-        (&self.k[l * sz..(l + 1) * sz], &self.v[l * sz..(l + 1) * sz])
+    /// Layer `l`'s part of attention over this cache, for `n` new tokens.
+    fn seq(&self, l: usize, n: usize) -> CachedSeq<'_> {
+        let sz = self.cap * self.n_kv_heads * self.head_dim;
+        let (k_cache, v_cache) = (&self.k[l * sz..(l + 1) * sz], &self.v[l * sz..(l + 1) * sz]);
+        CachedSeq { k_cache, v_cache, cap: self.cap, n, p0: self.len }
     }
 }
 
@@ -135,11 +167,7 @@ impl DecoderLayer {
             let (k, p0) = (seg.tokens.len(), seg.cache.len);
             let qkv = &mut s.qkv[r0 * qs..(r0 + k) * qs];
             rope_forward(qkv, qs, nh + nkv, k, p0, &m.rope);
-            let (kc, vc) = seg.cache.layer(l);
-            for r in 0..k {
-                kc[(p0 + r) * kvd..][..kvd].copy_from_slice(&qkv[r * qs + qd..][..kvd]);
-                vc[(p0 + r) * kvd..][..kvd].copy_from_slice(&qkv[r * qs + qd + kvd..][..kvd]);
-            }
+            seg.cache.store(l, qkv, qs, qd, p0, k);
             r0 += k;
         }
         if matches!(&*segs, [seg] if seg.cache.len == 0 && mode == RowMode::Batched) {
@@ -149,13 +177,7 @@ impl DecoderLayer {
             let mut scratch = vec![0.0f32; attention_scratch_len(shape)];
             attention_forward(&mut s.att[..n * qd], &mut lse, &s.qkv[..n * qs], &mut scratch, shape);
         } else {
-            let seqs: Vec<CachedSeq> = segs
-                .iter()
-                .map(|seg| {
-                    let (kc, vc) = seg.cache.layer_ref(l);
-                    CachedSeq { k_cache: kc, v_cache: vc, n: seg.tokens.len(), p0: seg.cache.len }
-                })
-                .collect();
+            let seqs: Vec<CachedSeq> = segs.iter().map(|seg| seg.cache.seq(l, seg.tokens.len())).collect();
             attention_cached_batch(&mut s.att[..n * qd], &s.qkv[..n * qs], qs, &seqs, nh, nkv, hd);
         }
         self.wo.forward(x, &s.att, n, true, mode, &mut s.acts);
