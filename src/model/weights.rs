@@ -263,12 +263,15 @@ fn matmul_rows(isa: Isa, w: &WeightMatrix, acts: &Activations, y: &mut [f32], ld
     let toks: Vec<usize> = (0..n).collect();
     // float rows take more tokens a pass where the registers allow (a tile of one goes row by row)
     let tile_len = if float { float_tile(isa) } else { MAX_TILE };
-    let put = |t: usize, r: usize, v: f32| {
-        // SAFETY: (t, off + r) is written by one task only; in bounds by the assert in
-        // `Linear::forward`.
-        unsafe {
-            let p = out.get().add(t * ld + off + r);
-            *p = if accumulate { *p + v } else { v };
+    // y[t, off + r..off + r + vals.len()] (+)= vals
+    let put = |t: usize, r: usize, vals: &[f32]| {
+        // SAFETY: these outputs of token t are written by one task only; in bounds by the assert
+        // in `Linear::forward`.
+        let y = unsafe { std::slice::from_raw_parts_mut(out.get().add(t * ld + off + r), vals.len()) };
+        if accumulate {
+            y.iter_mut().zip(vals).for_each(|(y, v)| *y += v);
+        } else {
+            y.copy_from_slice(vals);
         }
     };
     team::run(rows.div_ceil(chunk), &|c| {
@@ -282,7 +285,7 @@ fn matmul_rows(isa: Isa, w: &WeightMatrix, acts: &Activations, y: &mut [f32], ld
                     if r < grouped {
                         dot_group(isa, w.format, &bytes[r * rb..(r + GROUP) * rb], acts, tile, &mut res);
                         for (k, &t) in tile.iter().enumerate() {
-                            (0..GROUP).for_each(|i| put(t, r + i, res[k][i]));
+                            put(t, r, &res[k]);
                         }
                         r += GROUP;
                     } else if float && tile.len() > 1 {
@@ -291,13 +294,13 @@ fn matmul_rows(isa: Isa, w: &WeightMatrix, acts: &Activations, y: &mut [f32], ld
                         let m = GROUP.min(r1 - r);
                         dot_float_rows(isa, w.format, &bytes[r * rb..(r + m) * rb], m, acts, tile, &mut res);
                         for (k, &t) in tile.iter().enumerate() {
-                            (0..m).for_each(|i| put(t, r + i, res[k][i]));
+                            put(t, r, &res[k][..m]);
                         }
                         r += m;
                     } else {
                         dot_row(isa, w.format, &bytes[r * rb..(r + 1) * rb], acts, tile, &mut res[0]);
                         for (k, &t) in tile.iter().enumerate() {
-                            put(t, r, res[0][k]);
+                            put(t, r, &res[0][k..k + 1]);
                         }
                         r += 1;
                     }

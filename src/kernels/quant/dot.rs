@@ -229,7 +229,7 @@ impl Activations {
 /// multiplier 127/amax, ties rounded to even — unlike the weights' reference quantizer, which
 /// divides by the f32 scale and rounds ties away from zero); returns the scale as stored (f16).
 fn quantize_q8_0(xs: &[f32], qs: &mut [i8]) -> f32 {
-    let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let amax = abs_max(xs);
     let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
     for (q, v) in qs.iter_mut().zip(xs) {
         // round half to even by the 1.5·2²³ trick (exact for |x| ≤ 2²²; here |x| ≤ 127): the same
@@ -240,19 +240,29 @@ fn quantize_q8_0(xs: &[f32], qs: &mut [i8]) -> f32 {
     f16_to_f32(super::f32_to_f16(amax / 127.0))
 }
 
-/// ggml's `quantize_row_q8_K_ref` of one block of 256; returns the scale (f32).
-fn quantize_q8_k(xs: &[f32], qs: &mut [i8]) -> f32 {
-    let (mut max, mut amax) = (0.0f32, 0.0f32);
-    for &v in xs {
-        if v.abs() > amax {
-            amax = v.abs();
-            max = v;
+/// The largest `|x|` (0 for none; NaNs ignored, as `f32::max` does), in 16 lanes: max is
+/// exact in any order, and a serial fold waits on each comparison.
+fn abs_max(xs: &[f32]) -> f32 {
+    let mut m = [0.0f32; 16];
+    let chunks = xs.chunks_exact(16);
+    let tail = chunks.remainder().iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    for c in chunks {
+        for l in 0..16 {
+            m[l] = m[l].max(c[l].abs());
         }
     }
+    m.iter().fold(tail, |a, &b| a.max(b))
+}
+
+/// ggml's `quantize_row_q8_K_ref` of one block of 256; returns the scale (f32).
+fn quantize_q8_k(xs: &[f32], qs: &mut [i8]) -> f32 {
+    // ggml keeps the first value of the largest magnitude (a later -x does not replace x)
+    let amax = abs_max(xs);
     if amax == 0.0 {
         qs.fill(0);
         return 0.0;
     }
+    let max = xs.iter().copied().find(|v| v.abs() == amax).unwrap_or(amax);
     let iscale = -127.0 / max;
     for (q, v) in qs.iter_mut().zip(xs) {
         *q = super::nearest_int(iscale * v).min(127) as i8;
