@@ -49,14 +49,24 @@ impl KvCache {
     }
 
     fn empty(layers: usize, n_kv_heads: usize, head_dim: usize, max_len: usize) -> Self {
-        let cap = max_len.next_multiple_of(KEY_LANES);
+        let cap = Self::capacity(max_len);
         let n = layers * n_kv_heads * cap * head_dim;
         KvCache { len: 0, max_len, cap, n_kv_heads, head_dim, k: vec![0.0; n], v: vec![0.0; n], tokens: vec![] }
     }
 
     /// Bytes of one cache of `max_len` positions.
     pub fn bytes_for(c: &LlamaConfig, max_len: usize) -> usize {
-        2 * 4 * c.num_hidden_layers * max_len.next_multiple_of(KEY_LANES) * c.kv_dim()
+        Self::capacity(max_len) * Self::bytes_per_position(c)
+    }
+
+    /// Bytes of keys and values a position takes.
+    pub fn bytes_per_position(c: &LlamaConfig) -> usize {
+        2 * 4 * c.num_hidden_layers * c.kv_dim()
+    }
+
+    /// Positions a cache of `max_len` allocates (whole blocks of keys).
+    pub fn capacity(max_len: usize) -> usize {
+        max_len.next_multiple_of(KEY_LANES)
     }
 
     /// A cache of `max_len` positions holding the first `len` positions of `src` (a shared

@@ -146,7 +146,7 @@ impl Engine {
     ) -> anyhow::Result<Arc<Engine>> {
         let queue = Arc::new((Mutex::new(Queue { jobs: VecDeque::new(), shutdown: false }), Condvar::new()));
         let metrics = Arc::new(Metrics::default());
-        let kv_per_position = KvCache::bytes_for(&model.cfg, 1);
+        let kv_per_position = KvCache::bytes_per_position(&model.cfg);
         let engine = Arc::new(Engine {
             queue: queue.clone(),
             metrics: metrics.clone(),
@@ -164,7 +164,7 @@ impl Engine {
 
     /// Bytes of KV cache a sequence of `positions` holds.
     pub fn kv_bytes(&self, positions: usize) -> usize {
-        positions * self.kv_per_position
+        KvCache::capacity(positions) * self.kv_per_position
     }
 
     pub fn submit(&self, job: Job) -> Result<(), Refusal> {
@@ -231,9 +231,10 @@ fn run(
     let v = model.cfg.vocab_size;
     let mut live: Vec<Running> = vec![];
     let mut kv_used = 0usize;
-    let draft_per_position = draft.map(|d| KvCache::bytes_for(&d.cfg, 1)).unwrap_or(0);
+    let draft_per_position = draft.map(|d| KvCache::bytes_per_position(&d.cfg)).unwrap_or(0);
     let seq_bytes = |r: &Running| {
-        r.cache.max_len * kv_per_position + r.draft.as_ref().map(|_| r.cache.max_len * draft_per_position).unwrap_or(0)
+        let positions = KvCache::capacity(r.cache.max_len);
+        positions * kv_per_position + r.draft.as_ref().map(|_| positions * draft_per_position).unwrap_or(0)
     };
     loop {
         // admit the next waiting request when it fits (one prefill between decode steps, so that
@@ -249,7 +250,7 @@ fn run(
             }
             let fits = q.jobs.front().is_some_and(|j| {
                 live.len() < opts.max_batch.max(1)
-                    && kv_used + (j.prompt.len() + j.max_new) * kv_per_position <= opts.kv_budget
+                    && kv_used + KvCache::capacity(j.prompt.len() + j.max_new) * kv_per_position <= opts.kv_budget
             });
             let job = if fits { q.jobs.pop_front() } else { None };
             metrics.waiting.store(q.jobs.len(), Ordering::Relaxed);
