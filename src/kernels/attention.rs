@@ -346,7 +346,7 @@ pub fn attention_cached_batch(
     n_kv_heads: usize,
     hd: usize,
 ) {
-    assert!(hd <= MAX_HEAD_DIM && MAX_HEAD_DIM <= TASK_ACC && n_kv_heads > 0 && n_heads % n_kv_heads == 0);
+    assert!(hd <= MAX_HEAD_DIM && MAX_HEAD_DIM <= TASK_ACC && n_kv_heads > 0 && n_heads.is_multiple_of(n_kv_heads));
     let rep = n_heads / n_kv_heads;
     // each query row: its sequence and position
     let rows: Vec<(usize, usize)> =
@@ -360,7 +360,7 @@ pub fn attention_cached_batch(
     // heads per task: a divisor of `rep`, at most MAX_TASK_HEADS, halved while there are too few
     // tasks for the threads (one token of a model with few key/value heads)
     let most = MAX_TASK_HEADS.min(TASK_ACC / hd.max(1)).max(1);
-    let mut per = (1..=rep.min(most)).rev().find(|d| rep % d == 0).unwrap_or(1);
+    let mut per = (1..=rep.min(most)).rev().find(|d| rep.is_multiple_of(*d)).unwrap_or(1);
     let threads = rayon::current_num_threads().max(1);
     while per % 2 == 0 && rows.len() * n_heads / per < 2 * threads {
         per /= 2;
