@@ -727,29 +727,35 @@ mod tests {
     /// Prefill of p0 positions then n more, through the cache, equals one causal pass.
     #[test]
     fn cached_attention_equals_full_attention() {
-        let s = AttnShape { batch: 1, seq_len: 70, n_heads: 4, n_kv_heads: 2, head_dim: 8 };
-        let qkv = randn(s.seq_len * s.qkv_stride(), 5, 1.0);
-        let (full, _) = forward(&qkv, s);
-        let qs = s.qkv_stride();
-        // keys [n_kv][cap / 16][hd][16], values [n_kv][cap][hd]; unfilled positions NaN (spare
-        // lanes score them, and must drop them)
-        let (hd, cap) = (s.head_dim, s.seq_len.next_multiple_of(KEY_LANES));
-        let mut kc = vec![f32::NAN; s.n_kv_heads * cap * hd];
-        let mut vc = vec![f32::NAN; s.n_kv_heads * cap * hd];
-        for r in 0..s.seq_len {
-            for g in 0..s.n_kv_heads {
-                for e in 0..hd {
-                    kc[(g * cap + r / KEY_LANES * KEY_LANES) * hd + e * KEY_LANES + r % KEY_LANES] =
-                        qkv[r * qs + s.k_off(g) + e];
+        // GQA 2 (heads one or two a task) and GQA 8 with a head size that is not a multiple of 64
+        // (four heads' value rows at once, and the tail of each row)
+        for s in [
+            AttnShape { batch: 1, seq_len: 70, n_heads: 4, n_kv_heads: 2, head_dim: 8 },
+            AttnShape { batch: 1, seq_len: 70, n_heads: 16, n_kv_heads: 2, head_dim: 72 },
+        ] {
+            let qkv = randn(s.seq_len * s.qkv_stride(), 5, 1.0);
+            let (full, _) = forward(&qkv, s);
+            let qs = s.qkv_stride();
+            // keys [n_kv][cap / 16][hd][16], values [n_kv][cap][hd]; unfilled positions NaN (spare
+            // lanes score them, and must drop them)
+            let (hd, cap) = (s.head_dim, s.seq_len.next_multiple_of(KEY_LANES));
+            let mut kc = vec![f32::NAN; s.n_kv_heads * cap * hd];
+            let mut vc = vec![f32::NAN; s.n_kv_heads * cap * hd];
+            for r in 0..s.seq_len {
+                for g in 0..s.n_kv_heads {
+                    for e in 0..hd {
+                        kc[(g * cap + r / KEY_LANES * KEY_LANES) * hd + e * KEY_LANES + r % KEY_LANES] =
+                            qkv[r * qs + s.k_off(g) + e];
+                    }
+                    vc[(g * cap + r) * hd..][..hd].copy_from_slice(&qkv[r * qs + s.v_off(g)..][..hd]);
                 }
-                vc[(g * cap + r) * hd..][..hd].copy_from_slice(&qkv[r * qs + s.v_off(g)..][..hd]);
             }
-        }
-        for (p0, n) in [(0, 70), (65, 5), (69, 1)] {
-            let mut out = vec![0.0; n * s.out_stride()];
-            attention_cached(&mut out, &qkv[p0 * qs..], qs, &kc, &vc, cap, n, p0, 4, 2, 8);
-            for (a, b) in out.iter().zip(&full[p0 * s.out_stride()..]) {
-                assert!((a - b).abs() < 1e-5, "p0 {p0}: {a} vs {b}");
+            for (p0, n) in [(0, 70), (65, 5), (69, 1)] {
+                let mut out = vec![0.0; n * s.out_stride()];
+                attention_cached(&mut out, &qkv[p0 * qs..], qs, &kc, &vc, cap, n, p0, s.n_heads, s.n_kv_heads, hd);
+                for (a, b) in out.iter().zip(&full[p0 * s.out_stride()..]) {
+                    assert!((a - b).abs() < 1e-5, "{s:?}, p0 {p0}: {a} vs {b}");
+                }
             }
         }
     }
