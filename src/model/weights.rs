@@ -10,7 +10,7 @@
 
 use crate::kernels::matmul::matmul;
 use crate::kernels::quant::dot::{
-    dot_float_rows, dot_group, dot_row, float_tile, from_groups, to_groups, uses_groups, ActKind, Activations, Isa,
+    dot_float_rows, dot_groups, dot_row, float_tile, from_groups, to_groups, uses_groups, ActKind, Activations, Isa,
     FLOAT_TILE, GROUP, MAX_TILE,
 };
 use crate::kernels::quant::Format;
@@ -246,8 +246,8 @@ const BLOCK_BYTES: usize = 96 << 10;
 
 /// `y[t, off + r] (+)= W[r] · act_t` for every row and token. Rows are split over the threads in a
 /// few tasks per thread. Each task walks its rows in cache blocks of about [`BLOCK_BYTES`]; every
-/// tile of [`MAX_TILE`] tokens ([`float_tile`] for float rows) passes over a block, group of
-/// [`GROUP`] rows by group where the matrix is grouped, so that one read of the weights serves all
+/// tile of [`MAX_TILE`] tokens ([`float_tile`] for float rows) passes over a block, all its groups
+/// of [`GROUP`] rows in one call where the matrix is grouped, so that one read of the weights serves all
 /// tokens.
 fn matmul_rows(isa: Isa, w: &WeightMatrix, acts: &Activations, y: &mut [f32], ld: usize, off: usize, accumulate: bool) {
     let (rows, n) = (w.rows, acts.n);
@@ -283,11 +283,14 @@ fn matmul_rows(isa: Isa, w: &WeightMatrix, acts: &Activations, y: &mut [f32], ld
                 let mut r = r0;
                 while r < r1 {
                     if r < grouped {
-                        dot_group(isa, w.format, &bytes[r * rb..(r + GROUP) * rb], acts, tile, &mut res);
-                        for (k, &t) in tile.iter().enumerate() {
-                            put(t, r, &res[k]);
-                        }
-                        r += GROUP;
+                        // every group of the block at once (r and g1 are multiples of GROUP)
+                        let g1 = r1.min(grouped);
+                        dot_groups(isa, w.format, &bytes[r * rb..g1 * rb], acts, tile, &mut |i, res| {
+                            for (k, &t) in tile.iter().enumerate() {
+                                put(t, r + i * GROUP, &res[k]);
+                            }
+                        });
+                        r = g1;
                     } else if float && tile.len() > 1 {
                         // rows together, so that the tile's activations stay in L1 (one token's
                         // fit anyway, and its rows are then read one after the other)

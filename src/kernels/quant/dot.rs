@@ -371,35 +371,43 @@ fn dot_tile<const T: usize>(isa: Isa, fmt: Format, w: &[u8], acts: &Activations,
     out[..T].copy_from_slice(&r);
 }
 
-/// `out[k][i] = row_i · act_{toks[k]}` for one group of [`GROUP`] rows in the [`to_groups`] layout
-/// (where [`uses_groups`]) and the tokens `toks` (at most [`MAX_TILE`]): the same bits as
-/// [`dot_row`] on each row.
-pub fn dot_group(isa: Isa, fmt: Format, group: &[u8], acts: &Activations, toks: &[usize], out: &mut [[f32; GROUP]]) {
-    assert!(
-        uses_groups(isa, fmt)
-            && toks.len() <= MAX_TILE.min(out.len())
-            && group.len() == GROUP * fmt.row_bytes(acts.cols).unwrap_or(0)
-    );
+/// `out(i, res)` for each group `i` of `groups` (consecutive groups of [`GROUP`] rows in the
+/// [`to_groups`] layout, where [`uses_groups`]), `res[k][r]` = row `r` of the group · act
+/// `toks[k]` for the tokens `toks` (at most [`MAX_TILE`]): the same bits as [`dot_row`] on each
+/// row. The tile's activations are looked up once for all the groups.
+pub fn dot_groups(
+    isa: Isa,
+    fmt: Format,
+    groups: &[u8],
+    acts: &Activations,
+    toks: &[usize],
+    out: &mut dyn FnMut(usize, &[[f32; GROUP]]),
+) {
+    let gb = GROUP * fmt.row_bytes(acts.cols).unwrap_or(0);
+    assert!(uses_groups(isa, fmt) && toks.len() <= MAX_TILE && gb > 0 && groups.len().is_multiple_of(gb));
     #[cfg(target_arch = "x86_64")]
     {
         macro_rules! run {
             ($t:literal) => {{
                 let a = QActs::<$t>::of(fmt, acts, toks);
-                let mut res = [[0.0f32; GROUP]; $t];
-                // SAFETY: `uses_groups` holds only for AVX-512 VNNI or AVX2, detected on this
-                // CPU; the group's length is checked above and the activations' in `QActs::of`.
-                unsafe {
-                    let (g, nb) = (group.as_ptr(), acts.cols / fmt.block_len());
-                    match (isa, fmt) {
-                        (Isa::Avx2, Format::Q4K) => x86::avx2::group_q4k::<$t>(g, nb, &a, &mut res),
-                        (Isa::Avx2, Format::Q6K) => x86::avx2::group_q6k::<$t>(g, nb, &a, &mut res),
-                        (Isa::Avx2, _) => x86::avx2::group::<$t>(fmt, g, nb, &a, &mut res),
-                        (_, Format::Q4K) => x86::vnni::group_q4k::<$t>(g, nb, &a, &mut res),
-                        (_, Format::Q6K) => x86::vnni::group_q6k::<$t>(g, nb, &a, &mut res),
-                        _ => x86::vnni::group::<$t>(fmt, g, nb, &a, &mut res),
-                    }
-                };
-                out[..$t].copy_from_slice(&res);
+                let nb = acts.cols / fmt.block_len();
+                for (i, group) in groups.chunks_exact(gb).enumerate() {
+                    let mut res = [[0.0f32; GROUP]; $t];
+                    // SAFETY: `uses_groups` holds only for AVX-512 VNNI or AVX2, detected on this
+                    // CPU; the group's length is checked above and the activations' in `QActs::of`.
+                    unsafe {
+                        let g = group.as_ptr();
+                        match (isa, fmt) {
+                            (Isa::Avx2, Format::Q4K) => x86::avx2::group_q4k::<$t>(g, nb, &a, &mut res),
+                            (Isa::Avx2, Format::Q6K) => x86::avx2::group_q6k::<$t>(g, nb, &a, &mut res),
+                            (Isa::Avx2, _) => x86::avx2::group::<$t>(fmt, g, nb, &a, &mut res),
+                            (_, Format::Q4K) => x86::vnni::group_q4k::<$t>(g, nb, &a, &mut res),
+                            (_, Format::Q6K) => x86::vnni::group_q6k::<$t>(g, nb, &a, &mut res),
+                            _ => x86::vnni::group::<$t>(fmt, g, nb, &a, &mut res),
+                        }
+                    };
+                    out(i, &res);
+                }
             }};
         }
         match toks.len() {
@@ -410,6 +418,8 @@ pub fn dot_group(isa: Isa, fmt: Format, group: &[u8], acts: &Activations, toks: 
             _ => {}
         }
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = out;
 }
 
 /// `out[k][i] = row_i · act_{toks[k]}` for `n` (≤ [`GROUP`]) consecutive f32/f16/bf16 rows (`rows`:
@@ -1655,22 +1665,26 @@ mod tests {
                     continue;
                 }
                 let rb = fmt.row_bytes(cols).unwrap();
-                let mut wb = vec![0u8; GROUP * rb];
+                // two groups of rows
+                let mut wb = vec![0u8; 2 * GROUP * rb];
                 for (r, b) in wb.chunks_exact_mut(rb).enumerate() {
                     fmt.quantize_row(&row(cols, 3 + r as u64), b);
                 }
                 let mut acts = Activations::default();
                 acts.prepare(&x, 9, cols, fmt);
-                let mut want = [[0.0f32; 9]; GROUP];
+                let mut want = [[0.0f32; 9]; 2 * GROUP];
                 for (r, b) in wb.chunks_exact(rb).enumerate() {
                     for t in 0..9 {
                         dot_row(Isa::Scalar, fmt, b, &acts, &[t], &mut want[r][t..]);
                     }
                 }
                 for isa in Isa::all_supported() {
-                    let grouped = uses_groups(isa, fmt).then(|| to_groups(fmt, &wb));
+                    let grouped = uses_groups(isa, fmt)
+                        .then(|| wb.chunks_exact(GROUP * rb).flat_map(|g| to_groups(fmt, g)).collect::<Vec<u8>>());
                     if let Some(g) = &grouped {
-                        assert_eq!(from_groups(fmt, g), wb, "grouped layout round trip");
+                        for (g, w) in g.chunks_exact(GROUP * rb).zip(wb.chunks_exact(GROUP * rb)) {
+                            assert_eq!(from_groups(fmt, g), w, "grouped layout round trip");
+                        }
                     }
                     let float_tiles = [vec![0usize, 1, 2, 3, 4, 5], vec![8, 1, 5, 0, 2, 7], vec![6, 2, 4, 8, 1]];
                     for tile in [vec![0usize, 1, 2, 3], vec![4, 2], vec![3, 0, 4], vec![1]]
@@ -1699,14 +1713,18 @@ mod tests {
                             }
                         }
                         if let Some(g) = grouped.as_ref().filter(|_| tile.len() <= MAX_TILE) {
-                            let mut out = [[0.0f32; GROUP]; MAX_TILE];
-                            dot_group(isa, fmt, g, &acts, &tile, &mut out);
-                            for (k, &t) in tile.iter().enumerate() {
-                                for r in 0..GROUP {
-                                    let msg = format!("{fmt} {isa:?} group, cols {cols} row {r} token {t}");
-                                    assert_eq!(out[k][r].to_bits(), want[r][t].to_bits(), "{msg}");
+                            let mut seen = 0;
+                            dot_groups(isa, fmt, g, &acts, &tile, &mut |i, out| {
+                                seen += 1;
+                                for (k, &t) in tile.iter().enumerate() {
+                                    for r in 0..GROUP {
+                                        let msg = format!("{fmt} {isa:?} group {i}, cols {cols} row {r} token {t}");
+                                        let want = want[i * GROUP + r][t];
+                                        assert_eq!(out[k][r].to_bits(), want.to_bits(), "{msg}");
+                                    }
                                 }
-                            }
+                            });
+                            assert_eq!(seen, g.len() / (GROUP * rb), "{fmt} {isa:?}: every group");
                         }
                     }
                 }
