@@ -455,15 +455,15 @@ impl CachedJob<'_> {
                 }
                 m[i] = m_new;
             }
-            // the value rows once for several heads (independent chains of additions)
+            // the value rows once for four heads where the registers allow (independent chains
+            // of additions), else head by head
             let mut i = 0;
             while i < per {
-                let (acc, sc, first) = (&mut acc[i * hd..], &sc[i..], j0 * hd);
                 if isa == Isa::Avx512Vnni && per - i >= 4 {
-                    accumulate_rows_heads::<4>(acc, sc, nk, values, first, hd);
+                    accumulate_rows_heads::<4>(&mut acc[i * hd..], &sc[i..], nk, values, j0 * hd, hd);
                     i += 4;
                 } else {
-                    accumulate_rows_heads::<1>(acc, sc, nk, values, first, hd);
+                    accumulate_rows(&mut acc[i * hd..(i + 1) * hd], &sc[i][..nk], values, j0 * hd, hd);
                     i += 1;
                 }
             }
@@ -720,6 +720,25 @@ mod tests {
                     let want = dot(&q, &keys[j * hd..][..hd]);
                     assert_eq!(d.to_bits(), want.to_bits(), "{isa:?}, hd {hd}, key {j}");
                 }
+            }
+        }
+    }
+
+    /// Four heads' value rows at once give each head the bits of `accumulate_rows` alone.
+    #[test]
+    fn value_rows_for_four_heads_are_each_heads_bits() {
+        let (hd, nk) = (72, 37);
+        let data = randn(nk * hd, 13, 1.0);
+        let start = randn(4 * hd, 14, 1.0);
+        let c = randn(4 * KEY_TILE, 15, 1.0);
+        let coef: Vec<[f32; KEY_TILE]> = c.chunks_exact(KEY_TILE).map(|c| c.try_into().unwrap()).collect();
+        let mut together = start.clone();
+        accumulate_rows_heads::<4>(&mut together, &coef, nk, &data, 0, hd);
+        for h in 0..4 {
+            let mut alone = start[h * hd..(h + 1) * hd].to_vec();
+            accumulate_rows(&mut alone, &coef[h][..nk], &data, 0, hd);
+            for (a, b) in alone.iter().zip(&together[h * hd..]) {
+                assert_eq!(a.to_bits(), b.to_bits(), "head {h}");
             }
         }
     }

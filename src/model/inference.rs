@@ -28,7 +28,6 @@ use std::sync::Arc;
 pub struct KvCache {
     pub len: usize,
     pub max_len: usize,
-    cap: usize,
     n_kv_heads: usize,
     head_dim: usize,
     /// `[layer][kv head][cap / KEY_LANES][head_dim][KEY_LANES]`
@@ -51,7 +50,7 @@ impl KvCache {
     fn empty(layers: usize, n_kv_heads: usize, head_dim: usize, max_len: usize) -> Self {
         let cap = Self::capacity(max_len);
         let n = layers * n_kv_heads * cap * head_dim;
-        KvCache { len: 0, max_len, cap, n_kv_heads, head_dim, k: vec![0.0; n], v: vec![0.0; n], tokens: vec![] }
+        KvCache { len: 0, max_len, n_kv_heads, head_dim, k: vec![0.0; n], v: vec![0.0; n], tokens: vec![] }
     }
 
     /// Bytes of one cache of `max_len` positions.
@@ -74,15 +73,16 @@ impl KvCache {
     pub fn with_prefix(src: &KvCache, len: usize, max_len: usize) -> Self {
         let len = len.min(src.len).min(max_len);
         let hd = src.head_dim;
-        let layers = src.k.len() / (src.n_kv_heads * src.cap * hd).max(1);
+        // one run per (layer, head) in each: whole key blocks (the last one's spare lanes are
+        // never used), value rows
+        let (src_run, dst_run) = (Self::capacity(src.max_len) * hd, Self::capacity(max_len) * hd);
+        let layers = src.k.len() / (src.n_kv_heads * src_run).max(1);
         let mut c = KvCache::empty(layers, src.n_kv_heads, hd, max_len);
-        // one run per (layer, head): whole key blocks (the last one's spare lanes are never
-        // used), value rows
         let blocks = len.next_multiple_of(KEY_LANES);
-        for (dst, from) in c.k.chunks_exact_mut(c.cap * hd).zip(src.k.chunks_exact(src.cap * hd)) {
+        for (dst, from) in c.k.chunks_exact_mut(dst_run).zip(src.k.chunks_exact(src_run)) {
             dst[..blocks * hd].copy_from_slice(&from[..blocks * hd]);
         }
-        for (dst, from) in c.v.chunks_exact_mut(c.cap * hd).zip(src.v.chunks_exact(src.cap * hd)) {
+        for (dst, from) in c.v.chunks_exact_mut(dst_run).zip(src.v.chunks_exact(src_run)) {
             dst[..len * hd].copy_from_slice(&from[..len * hd]);
         }
         c.len = len;
@@ -99,7 +99,7 @@ impl KvCache {
     /// Stores the keys and values of positions `p0..p0 + k` at layer `l` from rows of `qkv`
     /// (`stride` apart; keys at `k_off`, then values, each `[n_kv, head_dim]`).
     fn store(&mut self, l: usize, qkv: &[f32], stride: usize, k_off: usize, p0: usize, k: usize) {
-        let (hd, cap, kvd) = (self.head_dim, self.cap, self.n_kv_heads * self.head_dim);
+        let (hd, cap, kvd) = (self.head_dim, Self::capacity(self.max_len), self.n_kv_heads * self.head_dim);
         let sz = cap * kvd;
         let (kc, vc) = (&mut self.k[l * sz..(l + 1) * sz], &mut self.v[l * sz..(l + 1) * sz]);
         for r in 0..k {
@@ -116,9 +116,10 @@ impl KvCache {
 
     /// Layer `l`'s part of attention over this cache, for `n` new tokens.
     fn seq(&self, l: usize, n: usize) -> CachedSeq<'_> {
-        let sz = self.cap * self.n_kv_heads * self.head_dim;
+        let cap = Self::capacity(self.max_len);
+        let sz = cap * self.n_kv_heads * self.head_dim;
         let (k_cache, v_cache) = (&self.k[l * sz..(l + 1) * sz], &self.v[l * sz..(l + 1) * sz]);
-        CachedSeq { k_cache, v_cache, cap: self.cap, n, p0: self.len }
+        CachedSeq { k_cache, v_cache, cap, n, p0: self.len }
     }
 }
 
