@@ -279,13 +279,14 @@ fn matmul_rows(isa: Isa, w: &WeightMatrix, acts: &Activations, y: &mut [f32], ld
         let end = ((c + 1) * chunk).min(rows);
         for r0 in (c * chunk..end).step_by(block) {
             let r1 = (r0 + block).min(end);
-            for tile in toks.chunks(tile_len) {
+            for (pass, tile) in toks.chunks(tile_len).enumerate() {
                 let mut r = r0;
                 while r < r1 {
                     if r < grouped {
                         // every group of the block at once (r and g1 are multiples of GROUP)
                         let g1 = r1.min(grouped);
-                        dot_groups(isa, w.format, &bytes[r * rb..g1 * rb], acts, tile, &mut |i, res| {
+                        // the first pass brings the block from memory (prefetching ahead)
+                        dot_groups(isa, w.format, &bytes[r * rb..g1 * rb], acts, tile, pass == 0, &mut |i, res| {
                             for (k, &t) in tile.iter().enumerate() {
                                 put(t, r + i * GROUP, &res[k]);
                             }

@@ -374,13 +374,17 @@ fn dot_tile<const T: usize>(isa: Isa, fmt: Format, w: &[u8], acts: &Activations,
 /// `out(i, res)` for each group `i` of `groups` (consecutive groups of [`GROUP`] rows in the
 /// [`to_groups`] layout, where [`uses_groups`]), `res[k][r]` = row `r` of the group · act
 /// `toks[k]` for the tokens `toks` (at most [`MAX_TILE`]): the same bits as [`dot_row`] on each
-/// row. The tile's activations are looked up once for all the groups.
+/// row. The tile's activations are looked up once for all the groups. With `prefetch`, the
+/// kernels ask for the lines [`x86::PREFETCH`] bytes ahead of their reads: for the pass that
+/// brings the weights from memory (their loop is too short between loads for the hardware
+/// prefetcher alone); later passes over the same rows find them in cache.
 pub fn dot_groups(
     isa: Isa,
     fmt: Format,
     groups: &[u8],
     acts: &Activations,
     toks: &[usize],
+    prefetch: bool,
     out: &mut dyn FnMut(usize, &[[f32; GROUP]]),
 ) {
     let gb = GROUP * fmt.row_bytes(acts.cols).unwrap_or(0);
@@ -388,7 +392,7 @@ pub fn dot_groups(
     #[cfg(target_arch = "x86_64")]
     {
         macro_rules! run {
-            ($t:literal) => {{
+            ($t:literal, $pf:literal) => {{
                 let a = QActs::<$t>::of(fmt, acts, toks);
                 let nb = acts.cols / fmt.block_len();
                 for (i, group) in groups.chunks_exact(gb).enumerate() {
@@ -398,28 +402,33 @@ pub fn dot_groups(
                     unsafe {
                         let g = group.as_ptr();
                         match (isa, fmt) {
-                            (Isa::Avx2, Format::Q4K) => x86::avx2::group_q4k::<$t>(g, nb, &a, &mut res),
-                            (Isa::Avx2, Format::Q6K) => x86::avx2::group_q6k::<$t>(g, nb, &a, &mut res),
-                            (Isa::Avx2, _) => x86::avx2::group::<$t>(fmt, g, nb, &a, &mut res),
-                            (_, Format::Q4K) => x86::vnni::group_q4k::<$t>(g, nb, &a, &mut res),
-                            (_, Format::Q6K) => x86::vnni::group_q6k::<$t>(g, nb, &a, &mut res),
-                            _ => x86::vnni::group::<$t>(fmt, g, nb, &a, &mut res),
+                            (Isa::Avx2, Format::Q4K) => x86::avx2::group_q4k::<$t, $pf>(g, nb, &a, &mut res),
+                            (Isa::Avx2, Format::Q6K) => x86::avx2::group_q6k::<$t, $pf>(g, nb, &a, &mut res),
+                            (Isa::Avx2, _) => x86::avx2::group::<$t, $pf>(fmt, g, nb, &a, &mut res),
+                            (_, Format::Q4K) => x86::vnni::group_q4k::<$t, $pf>(g, nb, &a, &mut res),
+                            (_, Format::Q6K) => x86::vnni::group_q6k::<$t, $pf>(g, nb, &a, &mut res),
+                            _ => x86::vnni::group::<$t, $pf>(fmt, g, nb, &a, &mut res),
                         }
                     };
                     out(i, &res);
                 }
             }};
         }
-        match toks.len() {
-            1 => run!(1),
-            2 => run!(2),
-            3 => run!(3),
-            4 => run!(4),
+        // the prefetch a constant of the kernels: a branch on it made the other passes slower
+        match (toks.len(), prefetch) {
+            (1, true) => run!(1, true),
+            (1, false) => run!(1, false),
+            (2, true) => run!(2, true),
+            (2, false) => run!(2, false),
+            (3, true) => run!(3, true),
+            (3, false) => run!(3, false),
+            (4, true) => run!(4, true),
+            (4, false) => run!(4, false),
             _ => {}
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = out;
+    let _ = (out, prefetch);
 }
 
 /// `out[k][i] = row_i · act_{toks[k]}` for `n` (≤ [`GROUP`]) consecutive f32/f16/bf16 rows (`rows`:
@@ -657,11 +666,13 @@ mod x86 {
     use super::*;
     use std::arch::x86_64::*;
 
-    /// Bytes ahead of its reads that a one-token (decode) group kernel prefetches: its loop
-    /// leaves too few loads in flight for the hardware prefetcher alone (AVX-512 Q4_K decode
-    /// measured 52–57 → 65–88 tokens/s with it, Q4_0 +5%, Q6_K +3–5%; Q8_0 ahead in 11 rounds
-    /// of 11, +1–56%, median +12%, where one earlier measurement had it 12% slower).
-    const PREFETCH: usize = 9216;
+    /// Bytes ahead of its reads that a group kernel prefetches in the pass that brings a block of
+    /// weights from memory (`PF`): its loop leaves too few loads in flight for the hardware
+    /// prefetcher alone. At one token (decode), AVX-512 Q4_K measured 52–57 → 65–88 tokens/s with
+    /// it, Q4_0 +5%, Q6_K +3–5%, Q8_0 +12% (median of 11 rounds); for the first tile of a batch,
+    /// 16 tokens of a 2048-column matrix streamed from memory ran 25–60% faster (every format),
+    /// 4 tokens 1.6–2.6× (AVX2 alike), and many tokens (prefill) the same.
+    pub(super) const PREFETCH: usize = 9216;
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -832,7 +843,8 @@ mod x86 {
         /// `vpmaddwd`), then one fused multiply-add by the scales into the even- or odd-block
         /// accumulator: the scalar order, the same bits.
         #[target_feature(enable = "avx2,fma,f16c")]
-        pub(in super::super) unsafe fn group<const T: usize>(
+        #[inline(never)] // kept out of `dot_groups`: inlined there, prefill ran slower
+        pub(in super::super) unsafe fn group<const T: usize, const PF: bool>(
             fmt: Format,
             g: *const u8,
             nb: usize,
@@ -849,8 +861,8 @@ mod x86 {
                 macro_rules! block {
                     ($b:expr, $h:literal) => {{
                         let p = g.add($b * gb);
-                        if T == 1 && k == 0 && fmt == Format::Q4_0 {
-                            // decode: a later block's lines (see `PREFETCH`)
+                        if PF && k == 0 {
+                            // a later block's lines (see `PREFETCH`)
                             for q in 0..gb.div_ceil(64) {
                                 _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH + 64 * q) as *const i8);
                             }
@@ -910,7 +922,8 @@ mod x86 {
         /// pairs summed in 16 bits: 8·2·15·127 < 2^15), times its 6-bit scale; the mins times the
         /// activations' sums; then the two fused multiply-adds of the scalar order.
         #[target_feature(enable = "avx2,fma,f16c")]
-        pub(in super::super) unsafe fn group_q4k<const T: usize>(
+        #[inline(never)] // kept out of `dot_groups`: inlined there, prefill ran slower
+        pub(in super::super) unsafe fn group_q4k<const T: usize, const PF: bool>(
             g: *const u8,
             nsb: usize,
             a: &QActs<T>,
@@ -948,8 +961,8 @@ mod x86 {
                     let qp = p.add(256 + 32 * k);
                     let mut isum = [zero; T];
                     for c in 0..4 {
-                        if T == 1 && k == 0 {
-                            // decode: a later super-block's lines (see `PREFETCH`); the second
+                        if PF && k == 0 {
+                            // a later super-block's lines (see `PREFETCH`); the second
                             // half's pass finds this one's in cache
                             for q in 0..9 {
                                 _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH + 576 * c + 64 * q) as *const i8);
@@ -1000,7 +1013,8 @@ mod x86 {
         /// (`vpmaddubsw`, two products summed in 16 bits: 2·2·63·127 < 2^15), times its scale,
         /// then one fused multiply-add as in the scalar order.
         #[target_feature(enable = "avx2,fma,f16c")]
-        pub(in super::super) unsafe fn group_q6k<const T: usize>(
+        #[inline(never)] // kept out of `dot_groups`: inlined there, prefill ran slower
+        pub(in super::super) unsafe fn group_q6k<const T: usize, const PF: bool>(
             g: *const u8,
             nsb: usize,
             a: &QActs<T>,
@@ -1020,8 +1034,8 @@ mod x86 {
                     let mut isum = [_mm256_setzero_si256(); T];
                     for h in 0..2 {
                         for half in 0..2 {
-                            if T == 1 && k == 0 {
-                                // decode: a later super-block's lines, a quarter a pass (see `PREFETCH`)
+                            if PF && k == 0 {
+                                // a later super-block's lines, a quarter a pass (see `PREFETCH`)
                                 for q in 0..14 {
                                     let line = p.wrapping_add(PREFETCH + 896 * (2 * h + half) + 64 * q);
                                     _mm_prefetch::<_MM_HINT_T0>(line as *const i8);
@@ -1083,7 +1097,8 @@ mod x86 {
         /// broadcast), then one fused multiply-add of the group's sums by their scales into the
         /// even- or odd-block accumulator. The weights of a block are unpacked once for all tokens.
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-        pub(in super::super) unsafe fn group<const T: usize>(
+        #[inline(never)] // kept out of `dot_groups`: inlined there, prefill ran slower
+        pub(in super::super) unsafe fn group<const T: usize, const PF: bool>(
             fmt: Format,
             g: *const u8,
             nb: usize,
@@ -1099,8 +1114,8 @@ mod x86 {
             macro_rules! block {
                 ($b:expr, $h:literal) => {{
                     let p = g.add($b * gb);
-                    if T == 1 {
-                        // decode: the lines of a later block (see `PREFETCH`)
+                    if PF {
+                        // the lines of a later block (see `PREFETCH`)
                         for k in 0..gb.div_ceil(64) {
                             _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH + 64 * k) as *const i8);
                         }
@@ -1183,7 +1198,8 @@ mod x86 {
         /// its 6-bit scale; the mins times the activations' sums; then the two fused multiply-adds
         /// of the scalar order.
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-        pub(in super::super) unsafe fn group_q4k<const T: usize>(
+        #[inline(never)] // kept out of `dot_groups`: inlined there, prefill ran slower
+        pub(in super::super) unsafe fn group_q4k<const T: usize, const PF: bool>(
             g: *const u8,
             nsb: usize,
             a: &QActs<T>,
@@ -1214,10 +1230,9 @@ mod x86 {
                     // quad k of chunk c: values 4k.. of sub-block 2c (low nibbles), of 2c+1 (high)
                     let mut lo = [zero; 8];
                     let mut hi = [zero; 8];
-                    if T == 1 {
-                        // decode: ask for the lines PREFETCH bytes on (a later super-block of the
-                        // group, or the next group's): the one-token loop is too short between
-                        // its loads for the hardware prefetcher alone
+                    if PF {
+                        // the lines PREFETCH bytes on (a later super-block of the group, or the
+                        // next group's)
                         for k in 0..9 {
                             let line = p.wrapping_add(PREFETCH + 576 * c + 64 * k) as *const i8;
                             _mm_prefetch::<_MM_HINT_T0>(line);
@@ -1263,7 +1278,8 @@ mod x86 {
         /// sub-block's exact `Σ (q − 32)·a` (the offset as the accumulator's start, `−32·Σa`),
         /// times its scale, then one fused multiply-add as in the scalar order.
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-        pub(in super::super) unsafe fn group_q6k<const T: usize>(
+        #[inline(never)] // kept out of `dot_groups`: inlined there, prefill ran slower
+        pub(in super::super) unsafe fn group_q6k<const T: usize, const PF: bool>(
             g: *const u8,
             nsb: usize,
             a: &QActs<T>,
@@ -1279,8 +1295,8 @@ mod x86 {
                 let mut isum = [zero; T];
                 for h in 0..2 {
                     for half in 0..2 {
-                        if T == 1 {
-                            // decode: the next super-blocks' lines, a quarter a pass (see `PREFETCH`)
+                        if PF {
+                            // the next super-blocks' lines, a quarter a pass (see `PREFETCH`)
                             for k in 0..14 {
                                 let line = p.wrapping_add(PREFETCH + 896 * (2 * h + half) + 64 * k) as *const i8;
                                 _mm_prefetch::<_MM_HINT_T0>(line);
@@ -1714,7 +1730,9 @@ mod tests {
                         }
                         if let Some(g) = grouped.as_ref().filter(|_| tile.len() <= MAX_TILE) {
                             let mut seen = 0;
-                            dot_groups(isa, fmt, g, &acts, &tile, &mut |i, out| {
+                            // prefetching or not, the same bits
+                            let prefetch = tile.len() % 2 == 1;
+                            dot_groups(isa, fmt, g, &acts, &tile, prefetch, &mut |i, out| {
                                 seen += 1;
                                 for (k, &t) in tile.iter().enumerate() {
                                     for r in 0..GROUP {
