@@ -205,8 +205,7 @@ impl Activations {
             .zip(self.sum.chunks_exact_mut(cols / sl))
             .map(|(((x, q), d), s)| (x, q, d, s))
             .collect();
-        // tokens in parallel (a batch's activations are a fifth of a step when quantized serially)
-        team::for_each_mut(&mut rows, &|_, (x, q, d, sum)| {
+        let quantize = |_: usize, (x, q, d, sum): &mut (&[f32], &mut [i8], &mut [f32], &mut [i32])| {
             for ((xs, qs), d) in x.chunks_exact(bl).zip(q.chunks_exact_mut(bl)).zip(d.iter_mut()) {
                 *d = match kind {
                     ActKind::Q8_0 => quantize_q8_0(xs, qs),
@@ -216,7 +215,14 @@ impl Activations {
             for (s, qs) in sum.iter_mut().zip(q.chunks_exact(sl)) {
                 *s = qs.iter().map(|&v| v as i32).sum();
             }
-        });
+        };
+        // tokens in parallel where there are enough of them to pay for the hand-off (a decode
+        // batch's 16 × 2048 values take 8 µs on one core, longer on two)
+        if n * cols >= PARALLEL_VALUES {
+            team::for_each_mut(&mut rows, &quantize);
+        } else {
+            rows.iter_mut().enumerate().for_each(|(i, r)| quantize(i, r));
+        }
         if unsigned {
             for (u, &v) in self.qu.iter_mut().zip(&self.q) {
                 *u = (v as u8) ^ 0x80;
@@ -225,33 +231,52 @@ impl Activations {
     }
 }
 
+/// Values of a batch's activations from which [`Activations::prepare`] quantizes tokens in
+/// parallel.
+const PARALLEL_VALUES: usize = 1 << 17;
+
 /// ggml-cpu's x86 `quantize_row_q8_0` of one block (the activations llama.cpp's matmuls see:
 /// multiplier 127/amax, ties rounded to even — unlike the weights' reference quantizer, which
 /// divides by the f32 scale and rounds ties away from zero); returns the scale as stored (f16).
 fn quantize_q8_0(xs: &[f32], qs: &mut [i8]) -> f32 {
+    // fixed lengths, so that the compiler vectorizes every step
+    let (Ok(xs), Ok(qs)) = (<&[f32; QA]>::try_from(xs), <&mut [i8; QA]>::try_from(qs)) else {
+        unreachable!("Q8_0 activation blocks are {QA} long")
+    };
     let amax = abs_max(xs);
     let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
-    for (q, v) in qs.iter_mut().zip(xs) {
-        // round half to even by the 1.5·2²³ trick (exact for |x| ≤ 2²²; here |x| ≤ 127): the same
-        // as `round_ties_even`, which a build without SSE4.1 turns into a library call per value
-        let x = v * id;
-        *q = ((x + 12_582_912.0) - 12_582_912.0) as i8;
+    for l in 0..QA {
+        // round half to even by the 1.5·2²³ trick (exact for |x| ≤ 2²²; here |x| ≤ 127): the
+        // integer is the sum's low mantissa bits — `round_ties_even` (a library call per value in
+        // a build without SSE4.1), with no saturating float-to-int conversion (which the compiler
+        // does not vectorize); NaN gives 0, as `as i8` did
+        let x = xs[l] * id;
+        let i = ((x + 12_582_912.0).to_bits() & 0x007f_ffff) as i32 - 0x0040_0000;
+        qs[l] = if x.is_nan() { 0 } else { i as i8 };
     }
     f16_to_f32(super::f32_to_f16(amax / 127.0))
 }
 
-/// The largest `|x|` (0 for none; NaNs ignored, as `f32::max` does), in 16 lanes: max is
-/// exact in any order, and a serial fold waits on each comparison.
+/// The largest `|x|` (0 for none; NaNs ignored, as `f32::max` does), in 16 lanes halved to
+/// one: max is exact in any order, and a serial fold waits on each comparison. A comparison
+/// with NaN is false, which ignores NaNs without `f32::max`'s handling (not vectorized).
 fn abs_max(xs: &[f32]) -> f32 {
+    let max = |a: f32, b: f32| if b > a { b } else { a };
     let mut m = [0.0f32; 16];
     let chunks = xs.chunks_exact(16);
-    let tail = chunks.remainder().iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let tail = chunks.remainder().iter().fold(0.0f32, |m, v| max(m, v.abs()));
     for c in chunks {
         for l in 0..16 {
-            m[l] = m[l].max(c[l].abs());
+            m[l] = max(m[l], c[l].abs());
         }
     }
-    m.iter().fold(tail, |a, &b| a.max(b))
+    for l in 0..8 {
+        m[l] = max(m[l], m[l + 8]);
+    }
+    for l in 0..4 {
+        m[l] = max(m[l], m[l + 4]);
+    }
+    max(tail, max(max(m[0], m[2]), max(m[1], m[3])))
 }
 
 /// ggml's `quantize_row_q8_K_ref` of one block of 256; returns the scale (f32).
@@ -264,8 +289,8 @@ fn quantize_q8_k(xs: &[f32], qs: &mut [i8]) -> f32 {
     }
     let max = xs.iter().copied().find(|v| v.abs() == amax).unwrap_or(amax);
     let iscale = -127.0 / max;
-    for (q, v) in qs.iter_mut().zip(xs) {
-        *q = super::nearest_int(iscale * v).min(127) as i8;
+    for l in 0..qs.len().min(xs.len()) {
+        qs[l] = super::nearest_int(iscale * xs[l]).min(127) as i8;
     }
     1.0 / iscale
 }
@@ -1761,11 +1786,19 @@ mod tests {
             xs.extend_from_slice(c);
             xs.extend(std::iter::repeat_n(0.0, 31 - c.len()));
         }
+        // NaNs ignored by the scale and quantized to 0, infinities, a block of NaNs, one of zeros
+        let odd = |f: &dyn Fn(usize) -> f32| (0..32).map(f).collect::<Vec<f32>>();
+        xs.extend(odd(&|i| if i % 5 == 2 { f32::NAN } else { i as f32 - 9.5 }));
+        xs.extend(odd(&|i| if i == 7 { f32::NEG_INFINITY } else { i as f32 }));
+        xs.extend(odd(&|_| f32::NAN));
+        xs.extend(odd(&|_| 0.0));
         for block in xs.chunks(32) {
             let mut q = [0i8; 32];
             let d = quantize_q8_0(block, &mut q[..block.len()]);
             let amax = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
             let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+            let want_d = f16_to_f32(super::super::f32_to_f16(amax / 127.0));
+            assert_eq!(d.to_bits(), want_d.to_bits(), "scale of {block:?}");
             for (v, &q) in block.iter().zip(&q) {
                 assert_eq!(q, (v * id).round_ties_even() as i8, "{v} (scale {d})");
             }
