@@ -16,6 +16,12 @@
 //!   it is added, as f32, with one fused multiply-add by `d·d_a`; Q4_K's mins likewise (their
 //!   exact sum with the activations' sums, by `dmin·d_a`) into a second accumulator, subtracted
 //!   at the end.
+//! - f32, f16, bf16: one chain of 16 lanes per row and token, lane `l` the fused multiply-adds of
+//!   columns `16k + l`, `k` = 0, 1, … (the columns up to a multiple of 16); then lanes `l` and
+//!   `l + 8` added, the columns left 8 at a time into those 8 lanes, the 8 lanes summed pairwise
+//!   (`hsum8`), and the last columns one by one. (One chain a pair: on AVX-512 a tile of four rows
+//!   and six tokens keeps its 24 accumulators in registers, where two chains a pair, measured,
+//!   ran 20% slower.)
 //!
 //! On AVX-512 and AVX2 every quantized format runs sixteen rows together in the [`to_groups`]
 //! layout, one row per lane (AVX2: each half of the sixteen a pass), as llama.cpp's repacked x86
@@ -641,17 +647,14 @@ mod scalar {
             }
         };
         for t in 0..T {
-            let mut acc = [[0.0f32; 8]; 4];
-            let main = cols / 32 * 32;
-            for c in (0..main).step_by(32) {
-                for (k, a) in acc.iter_mut().enumerate() {
-                    for (l, v) in a.iter_mut().enumerate() {
-                        let i = c + 8 * k + l;
-                        *v = wv(i).mul_add(x[t][i], *v);
-                    }
+            let mut acc = [0.0f32; 16];
+            let main = cols / 16 * 16;
+            for c in (0..main).step_by(16) {
+                for (l, v) in acc.iter_mut().enumerate() {
+                    *v = wv(c + l).mul_add(x[t][c + l], *v);
                 }
             }
-            let mut c: [f32; 8] = std::array::from_fn(|l| (acc[0][l] + acc[1][l]) + (acc[2][l] + acc[3][l]));
+            let mut c: [f32; 8] = std::array::from_fn(|l| acc[l] + acc[l + 8]);
             let mut i = main;
             while i + 8 <= cols {
                 for (l, v) in c.iter_mut().enumerate() {
@@ -1527,19 +1530,18 @@ mod x86 {
             }
         }
 
-        /// Half `h` of each 32-column step in `c0..c1` (columns `16h..16h+16` of it: the chains
-        /// of `acc0 | acc1`, or of `acc2 | acc3`) of `R` rows (`R` weight pointers) into their
+        /// The columns `c0..c1` (16 a step) of `R` rows (`R` weight pointers) into their
         /// accumulators `acc[i][t]`: the rows share each load of a token's activations.
         #[inline]
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
         unsafe fn pass_512<const T: usize, const R: usize, const F: u8>(
             wp: [*const u8; R],
             x: &[&[f32]; T],
-            (c0, c1, h): (usize, usize, usize),
+            (c0, c1): (usize, usize),
             acc: &mut [[__m512; T]; R],
         ) {
             let mut a = *acc;
-            let mut c = c0 + 16 * h;
+            let mut c = c0;
             while c < c1 {
                 // a loop, not `array::from_fn`: std's function lacks this function's target
                 // features, and in a build for plain x86-64 the closure was then called, not inlined
@@ -1553,7 +1555,7 @@ mod x86 {
                         a[i][t] = _mm512_fmadd_ps(wv[i], xv, a[i][t]);
                     }
                 }
-                c += 32;
+                c += 16;
             }
             *acc = a;
         }
@@ -1561,10 +1563,9 @@ mod x86 {
         /// Rows of one pass of [`pass_512`] (with six tokens, 24 accumulators of the 32 registers).
         const ROWS_512: usize = 4;
 
-        /// [`float_rows_256`] on AVX-512: the same chains in 512-bit registers (the canonical
-        /// `acc0 | acc1` and `acc2 | acc3` side by side: the same lanes), run
-        /// half by half ([`pass_512`]: the two halves' chains are independent), four rows at a
-        /// time (the same bits; a quarter of the loads of activations a multiply-add).
+        /// [`float_rows_256`] on AVX-512: each pair's chain in one 512-bit register, four rows at
+        /// a time (24 accumulators with six tokens; the same bits; a quarter of the loads of
+        /// activations a multiply-add).
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
         unsafe fn float_rows_512<const T: usize, const F: u8>(
             w: &[u8],
@@ -1574,34 +1575,33 @@ mod x86 {
         ) {
             let cols = x[0].len();
             let rb = w.len() / n.max(1);
-            let main = cols / 32 * 32;
-            // acc[h][row][t]
-            let mut acc = [[[_mm512_setzero_ps(); T]; GROUP]; 2];
+            let main = cols / 16 * 16;
+            // acc[row][t]
+            let mut acc = [[_mm512_setzero_ps(); T]; GROUP];
             let wp = |i: usize| w.as_ptr().add(i * rb);
             let mut c0 = 0;
             while c0 < main {
                 let c1 = (c0 + CHUNK).min(main);
                 for g in (0..n).step_by(ROWS_512) {
                     let m = ROWS_512.min(n - g);
-                    for (h, acc) in acc.iter_mut().enumerate() {
-                        // `m` rows: each arm's conversion to `[_; m]` cannot fail
-                        let rows = &mut acc[g..g + m];
-                        let span = (c0, c1, h);
-                        match m {
-                            4 => pass_512::<T, 4, F>(
-                                [wp(g), wp(g + 1), wp(g + 2), wp(g + 3)],
-                                x,
-                                span,
-                                rows.try_into().unwrap(),
-                            ),
-                            3 => pass_512::<T, 3, F>([wp(g), wp(g + 1), wp(g + 2)], x, span, rows.try_into().unwrap()),
-                            2 => pass_512::<T, 2, F>([wp(g), wp(g + 1)], x, span, rows.try_into().unwrap()),
-                            _ => pass_512::<T, 1, F>([wp(g)], x, span, rows.try_into().unwrap()),
-                        }
+                    // `m` rows: each arm's conversion to `[_; m]` cannot fail
+                    let rows = &mut acc[g..g + m];
+                    let span = (c0, c1);
+                    match m {
+                        4 => pass_512::<T, 4, F>(
+                            [wp(g), wp(g + 1), wp(g + 2), wp(g + 3)],
+                            x,
+                            span,
+                            rows.try_into().unwrap(),
+                        ),
+                        3 => pass_512::<T, 3, F>([wp(g), wp(g + 1), wp(g + 2)], x, span, rows.try_into().unwrap()),
+                        2 => pass_512::<T, 2, F>([wp(g), wp(g + 1)], x, span, rows.try_into().unwrap()),
+                        _ => pass_512::<T, 1, F>([wp(g)], x, span, rows.try_into().unwrap()),
                     }
                 }
                 c0 = c1;
             }
+            // lanes l and l + 8 added: the canonical 8 lanes
             let halves = |v: __m512| {
                 let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
                 _mm256_add_ps(_mm512_castps512_ps256(v), hi)
@@ -1609,16 +1609,15 @@ mod x86 {
             for i in 0..n {
                 let row = &w[i * rb..(i + 1) * rb];
                 for t in 0..T {
-                    let s = _mm256_add_ps(halves(acc[0][i][t]), halves(acc[1][i][t]));
-                    r[t][i] = float_tail::<F>(row, x[t], main, s);
+                    r[t][i] = float_tail::<F>(row, x[t], main, halves(acc[i][t]));
                 }
             }
         }
 
         /// [`float`] of `n` (≤ [`GROUP`]) consecutive rows (`w`: their bytes, concatenated):
-        /// `r[t][i] = row_i · x_t`. Each row's accumulators are the same chains in the same column
-        /// order as [`float`]'s (the same bits); they are kept in memory between chunks of
-        /// [`CHUNK`] columns, and every row passes over a chunk before the next.
+        /// `r[t][i] = row_i · x_t`, in the canonical order (each pair's 16-lane chain as two 8-lane
+        /// halves). The accumulators are kept in memory between chunks of [`CHUNK`] columns, and
+        /// every row passes over a chunk before the next.
         #[target_feature(enable = "avx2,fma,f16c")]
         unsafe fn float_rows_256<const T: usize, const F: u8>(
             w: &[u8],
@@ -1628,8 +1627,9 @@ mod x86 {
         ) {
             let cols = x[0].len();
             let rb = w.len() / n.max(1);
-            let main = cols / 32 * 32;
-            let mut acc = [[[_mm256_setzero_ps(); 4]; T]; GROUP];
+            let main = cols / 16 * 16;
+            // acc[row][t]: the chain's lanes 0..8 and 8..16
+            let mut acc = [[[_mm256_setzero_ps(); 2]; T]; GROUP];
             let mut c0 = 0;
             while c0 < main {
                 let c1 = (c0 + CHUNK).min(main);
@@ -1638,13 +1638,13 @@ mod x86 {
                     let mut a = *acc;
                     let mut c = c0;
                     while c < c1 {
-                        for k in 0..4 {
+                        for k in 0..2 {
                             let wv = load8::<F>(wp, c + 8 * k);
                             for t in 0..T {
                                 a[t][k] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x[t].as_ptr().add(c + 8 * k)), a[t][k]);
                             }
                         }
-                        c += 32;
+                        c += 16;
                     }
                     *acc = a;
                 }
@@ -1653,9 +1653,7 @@ mod x86 {
             for (i, acc) in acc.iter().enumerate().take(n) {
                 let row = &w[i * rb..(i + 1) * rb];
                 for t in 0..T {
-                    let a = &acc[t];
-                    let s = _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]));
-                    r[t][i] = float_tail::<F>(row, x[t], main, s);
+                    r[t][i] = float_tail::<F>(row, x[t], main, _mm256_add_ps(acc[t][0], acc[t][1]));
                 }
             }
         }
