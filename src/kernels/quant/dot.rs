@@ -406,7 +406,7 @@ fn dot_tile<const T: usize>(isa: Isa, fmt: Format, w: &[u8], acts: &Activations,
 /// [`to_groups`] layout, where [`uses_groups`]), `res[k][r]` = row `r` of the group · act
 /// `toks[k]` for the tokens `toks` (at most [`MAX_TILE`]): the same bits as [`dot_row`] on each
 /// row. The tile's activations are looked up once for all the groups. With `prefetch`, the
-/// kernels ask for the lines [`x86::PREFETCH`] bytes ahead of their reads: for the pass that
+/// kernels ask for the lines `PREFETCH` bytes (9 KiB) ahead of their reads: for the pass that
 /// brings the weights from memory (their loop is too short between loads for the hardware
 /// prefetcher alone); later passes over the same rows find them in cache.
 pub fn dot_groups(
