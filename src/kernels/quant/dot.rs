@@ -1773,6 +1773,31 @@ mod tests {
         }
     }
 
+    /// A batch large enough to be quantized in parallel gives each token the bits it gets alone
+    /// (one token is quantized on the calling thread).
+    #[test]
+    fn parallel_activation_quantizing_equals_one_token_at_a_time() {
+        let (n, cols) = (72, 2048);
+        assert!(n * cols >= PARALLEL_VALUES);
+        let x: Vec<f32> = (0..n).flat_map(|t| row(cols, 50 + t as u64)).collect();
+        for fmt in [Format::Q4_0, Format::Q8_0, Format::Q4K] {
+            let mut all = Activations::default();
+            all.prepare(&x, n, cols, fmt);
+            let (nb, ns) = (cols / all.kind.block(), cols / all.kind.sum_block());
+            for t in 0..n {
+                let mut one = Activations::default();
+                one.prepare(&x[t * cols..(t + 1) * cols], 1, cols, fmt);
+                assert_eq!(one.q, all.q[t * cols..(t + 1) * cols], "{fmt} token {t}");
+                let bits = |v: &[f32]| v.iter().map(|d| d.to_bits()).collect::<Vec<u32>>();
+                assert_eq!(bits(&one.d), bits(&all.d[t * nb..(t + 1) * nb]), "{fmt} token {t}");
+                assert_eq!(one.sum, all.sum[t * ns..(t + 1) * ns], "{fmt} token {t}");
+                if !one.qu.is_empty() {
+                    assert_eq!(one.qu, all.qu[t * cols..(t + 1) * cols], "{fmt} token {t}");
+                }
+            }
+        }
+    }
+
     /// The activation quantizer rounds as `round_ties_even` does, ties and all.
     #[test]
     fn activation_rounding_is_ties_to_even() {
