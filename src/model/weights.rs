@@ -10,8 +10,8 @@
 
 use crate::kernels::matmul::matmul;
 use crate::kernels::quant::dot::{
-    dot_float_rows, dot_groups, dot_row, float_tile, from_groups, to_groups, uses_groups, ActKind, Activations, Isa,
-    FLOAT_TILE, GROUP, MAX_TILE,
+    dot_float_groups, dot_float_rows, dot_groups, dot_row, float_tile, from_groups, to_groups, uses_groups,
+    Activations, Isa, FLOAT_TILE, GROUP, MAX_TILE,
 };
 use crate::kernels::quant::Format;
 use crate::kernels::team;
@@ -230,7 +230,7 @@ impl Linear {
         let isa = Isa::detect();
         let mut off = 0;
         for p in &self.parts {
-            if acts.n != n || acts.cols != self.cols || acts.kind != ActKind::for_format(p.format) {
+            if !acts.prepared_for(n, self.cols, p.format) {
                 acts.prepare(x, n, self.cols, p.format);
             }
             matmul_rows(isa, p, acts, y, self.rows, off, accumulate);
@@ -258,11 +258,14 @@ fn matmul_rows(isa: Isa, w: &WeightMatrix, acts: &Activations, y: &mut [f32], ld
     let out = team::Disjoint(y.as_mut_ptr());
     // a few tasks per thread, claimed as threads come free (the machines are shared and noisy)
     let tasks = 4 * rayon::current_num_threads().max(1);
-    let chunk = rows.div_ceil(tasks).next_multiple_of(GROUP).max(GROUP);
-    let block = (BLOCK_BYTES / rb.max(1)).max(1).next_multiple_of(GROUP);
+    // grouped float rows run two groups a kernel call (one alone costs as much as two)
+    let step = if float && w.groups { 2 * GROUP } else { GROUP };
+    let chunk = rows.div_ceil(tasks).next_multiple_of(step);
+    let block = (BLOCK_BYTES / rb.max(1)).max(1).next_multiple_of(step);
     let toks: Vec<usize> = (0..n).collect();
-    // float rows take more tokens a pass where the registers allow (a tile of one goes row by row)
-    let tile_len = if float { float_tile(isa) } else { MAX_TILE };
+    // float rows take more tokens a pass where the registers allow (a tile of one f32 token goes
+    // row by row)
+    let tile_len = if float { float_tile(isa, w.format) } else { MAX_TILE };
     // y[t, off + r..off + r + vals.len()] (+)= vals
     let put = |t: usize, r: usize, vals: &[f32]| {
         // SAFETY: these outputs of token t are written by one task only; in bounds by the assert
@@ -285,14 +288,20 @@ fn matmul_rows(isa: Isa, w: &WeightMatrix, acts: &Activations, y: &mut [f32], ld
                     if r < grouped {
                         // every group of the block at once (r and g1 are multiples of GROUP)
                         let g1 = r1.min(grouped);
-                        // the first pass brings the block from memory (prefetching ahead)
-                        dot_groups(isa, w.format, &bytes[r * rb..g1 * rb], acts, tile, pass == 0, &mut |i, res| {
+                        let mut out = |i: usize, res: &[[f32; GROUP]]| {
                             for (k, &t) in tile.iter().enumerate() {
                                 put(t, r + i * GROUP, &res[k]);
                             }
-                        });
+                        };
+                        let groups = &bytes[r * rb..g1 * rb];
+                        if float {
+                            dot_float_groups(isa, w.format, groups, acts, tile, &mut out);
+                        } else {
+                            // the first pass brings the block from memory (prefetching ahead)
+                            dot_groups(isa, w.format, groups, acts, tile, pass == 0, &mut out);
+                        }
                         r = g1;
-                    } else if float && tile.len() > 1 {
+                    } else if float && (tile.len() > 1 || w.format != Format::F32) {
                         // rows together, so that the tile's activations stay in L1 (one token's
                         // fit anyway, and its rows are then read one after the other)
                         let m = GROUP.min(r1 - r);

@@ -16,16 +16,23 @@
 //!   it is added, as f32, with one fused multiply-add by `d·d_a`; Q4_K's mins likewise (their
 //!   exact sum with the activations' sums, by `dmin·d_a`) into a second accumulator, subtracted
 //!   at the end.
-//! - f32, f16, bf16: one chain of 16 lanes per row and token, lane `l` the fused multiply-adds of
+//! - f32: one chain of 16 lanes per row and token, lane `l` the fused multiply-adds of
 //!   columns `16k + l`, `k` = 0, 1, … (the columns up to a multiple of 16); then lanes `l` and
 //!   `l + 8` added, the columns left 8 at a time into those 8 lanes, the 8 lanes summed pairwise
 //!   (`hsum8`), and the last columns one by one. (One chain a pair: on AVX-512 a tile of four rows
 //!   and six tokens keeps its 24 accumulators in registers, where two chains a pair, measured,
 //!   ran 20% slower.)
+//! - f16, bf16: one fused multiply-add after the other, column by column, from 0 — a chain per
+//!   row and token with no lanes to combine, so that sixteen rows stored column by column
+//!   ([`to_groups`]) run as the sixteen lanes of a vector, each column's activation broadcast to
+//!   them: the outer product BLAS kernels compute, which reads a vector of weights and an
+//!   activation per 12 or 2 multiply-adds (f16 prefill 1.2–1.4× the f32 order's tiles, measured).
+//!   f32 keeps its order because its prompts take the `gemm` crate in ggml's row layout, which a
+//!   training model's shared parameters must keep.
 //!
-//! On AVX-512 and AVX2 every quantized format runs sixteen rows together in the [`to_groups`]
-//! layout, one row per lane (AVX2: each half of the sixteen a pass), as llama.cpp's repacked x86
-//! kernels do.
+//! On AVX-512 and AVX2 every quantized format, f16 and bf16 run sixteen rows together in the
+//! [`to_groups`] layout, one row per lane (AVX2: each half of the sixteen a pass), as llama.cpp's
+//! repacked x86 kernels do.
 //!
 //! AVX-512 VNNI (`vpdpbusd`), AVX2 (`vpmaddubsw` + `vpmaddwd`) and the scalar path all produce the
 //! exact integers, so a result depends neither on the CPU, nor on the thread count, nor on how
@@ -39,18 +46,19 @@ use std::sync::OnceLock;
 
 /// Most tokens that share one pass over a weight row.
 pub const MAX_TILE: usize = 4;
-/// Most tokens that share one pass over a group of float rows ([`dot_float_rows`]): six on
-/// AVX-512 ([`float_tile`]), where the registers hold six tokens' accumulators of four rows.
-pub const FLOAT_TILE: usize = 6;
+/// Most tokens that share one pass over float weights: twelve over grouped f16/bf16 rows on
+/// AVX-512 ([`float_tile`]).
+pub const FLOAT_TILE: usize = 12;
 
-/// Tokens a tile of [`dot_float_rows`] takes on `isa`: [`FLOAT_TILE`] on AVX-512 (one read of a
-/// weight from cache serves more multiply-adds), else [`MAX_TILE`] (the 16 AVX2 registers hold
-/// four tokens' accumulators at most).
-pub fn float_tile(isa: Isa) -> usize {
-    if isa == Isa::Avx512Vnni {
-        FLOAT_TILE
-    } else {
-        MAX_TILE
+/// Tokens a tile of float rows of `fmt` takes on `isa`: grouped f16/bf16 rows
+/// ([`dot_float_groups`]) twelve on AVX-512, where two groups' accumulators for twelve tokens
+/// take 24 of the 32 registers, six on AVX2 (12 of 16); f32 rows ([`dot_float_rows`]) six on
+/// AVX-512 (four rows' accumulators), else [`MAX_TILE`].
+pub fn float_tile(isa: Isa, fmt: Format) -> usize {
+    match (isa, uses_groups(isa, fmt)) {
+        (Isa::Avx512Vnni, true) => FLOAT_TILE,
+        (Isa::Avx512Vnni, false) | (Isa::Avx2, true) => 6,
+        _ => MAX_TILE,
     }
 }
 /// Activation block length.
@@ -173,6 +181,12 @@ pub struct Activations {
     /// Q8_0 kind, on AVX-512 only: `q + 128` as unsigned bytes, what `vpdpbusd` (unsigned ×
     /// signed) needs to multiply signed Q8_0 weights.
     pub qu: Vec<u8>,
+    /// Float kind, for grouped f16/bf16 weights ([`dot_float_groups`]): the tokens in tiles of
+    /// `packed_tile` (the last one shorter), tile `j` at `packed[j · packed_tile · cols..]`
+    /// column-major (`[col][token]`), so that a column's activations of every token of the tile
+    /// lie together. `packed_tile` is 0 where not prepared.
+    pub packed: Vec<f32>,
+    pub packed_tile: usize,
 }
 
 impl Activations {
@@ -181,17 +195,42 @@ impl Activations {
         &self.f[t * self.f_stride..][..self.cols]
     }
 
+    /// Whether these are `n` tokens of `cols` prepared for `fmt` weights on this CPU.
+    pub fn prepared_for(&self, n: usize, cols: usize, fmt: Format) -> bool {
+        let packed = self.packed_tile > 0 || fmt.is_quantized() || !uses_groups(Isa::detect(), fmt);
+        self.n == n && self.cols == cols && self.kind == ActKind::for_format(fmt) && packed
+    }
+
     /// Prepares `x` (`[n, cols]`) for weights of format `fmt`, reusing the buffers.
     pub fn prepare(&mut self, x: &[f32], n: usize, cols: usize, fmt: Format) {
+        self.prepare_isa(Isa::detect(), x, n, cols, fmt)
+    }
+
+    /// [`prepare`](Self::prepare) for the kernels of `isa`.
+    pub fn prepare_isa(&mut self, isa: Isa, x: &[f32], n: usize, cols: usize, fmt: Format) {
         self.n = n;
         self.cols = cols;
         self.kind = ActKind::for_format(fmt);
+        self.packed_tile = 0;
         let x = &x[..n * cols];
         if self.kind == ActKind::F32 {
             self.f_stride = cols + 16;
             self.f.resize(n * self.f_stride, 0.0);
             for (f, x) in self.f.chunks_exact_mut(self.f_stride).zip(x.chunks_exact(cols)) {
                 f[..cols].copy_from_slice(x);
+            }
+            if uses_groups(isa, fmt) {
+                let tile = float_tile(isa, fmt);
+                self.packed.resize(n * cols, 0.0);
+                for (p, x) in self.packed.chunks_mut(tile * cols).zip(x.chunks(tile * cols)) {
+                    let len = x.len() / cols;
+                    for (t, x) in x.chunks_exact(cols).enumerate() {
+                        for (c, &v) in x.iter().enumerate() {
+                            p[c * len + t] = v;
+                        }
+                    }
+                }
+                self.packed_tile = tile;
             }
             return;
         }
@@ -305,9 +344,9 @@ fn quantize_q8_k(xs: &[f32], qs: &mut [i8]) -> f32 {
 pub const GROUP: usize = 16;
 
 /// Whether `isa` reads `fmt` matrices in groups of [`GROUP`] rows ([`to_groups`]) rather than in
-/// ggml's row layout.
+/// ggml's row layout: every format but f32 on AVX2 and AVX-512.
 pub fn uses_groups(isa: Isa, fmt: Format) -> bool {
-    isa != Isa::Scalar && fmt.is_quantized()
+    isa != Isa::Scalar && fmt != Format::F32
 }
 
 /// The pieces of one block of `fmt` in the order the grouped layout stores them, each as
@@ -328,18 +367,31 @@ fn group_chunks(fmt: Format) -> Vec<(usize, usize)> {
             let values = (0..2).flat_map(|h| (0..8).flat_map(move |k| quad(h, k)));
             [(208, 2)].into_iter().chain((192..208).map(|i| (i, 1))).chain(values).collect()
         }
-        _ => Vec::new(),
+        // column by column: the 16 rows' values of a column in one vector
+        Format::F16 | Format::BF16 => vec![(0, 2)],
+        Format::F32 => Vec::new(),
     }
 }
 
-/// [`GROUP`] quantized rows (ggml's layout, concatenated) interleaved for the AVX-512 kernels (not
-/// re-quantized: the same bytes rearranged, the same size). Block by block, piece by piece
+/// [`GROUP`] rows (ggml's layout, concatenated) interleaved for the vector kernels (not
+/// re-quantized: the same bytes rearranged, the same size; f16/bf16: column by column, the 16
+/// rows' values of a column together). Block by block, piece by piece
 /// ([`group_chunks`]): the piece of every row of the group in row order. So the 16
 /// rows' f16 scales lie together, and one 64-byte load gives 4 quant bytes of each row (Q8_0: 4
 /// values; Q4_0: values `4c..4c+4` in the low nibbles and `16+4c..` in the high), one row per
 /// 32-bit lane.
 pub fn to_groups(fmt: Format, rows: &[u8]) -> Vec<u8> {
     let (bb, rb) = (fmt.block_bytes(), rows.len() / GROUP);
+    if matches!(fmt, Format::F16 | Format::BF16) {
+        // the same as the loop below, a value at a time (a 1.1B model's f16 loads in a second)
+        let mut out = vec![0u8; rows.len()];
+        for (r, row) in rows.chunks_exact(rb).enumerate() {
+            for (c, v) in row.chunks_exact(2).enumerate() {
+                out[2 * (GROUP * c + r)..][..2].copy_from_slice(v);
+            }
+        }
+        return out;
+    }
     let mut out = Vec::with_capacity(rows.len());
     let chunks = group_chunks(fmt);
     for b in 0..rb / bb {
@@ -394,9 +446,10 @@ fn dot_tile<const T: usize>(isa: Isa, fmt: Format, w: &[u8], acts: &Activations,
     } else {
         let x: [&[f32]; T] = std::array::from_fn(|t| acts.row(toks[t]));
         match isa {
+            _ if fmt != Format::F32 => (0..T).for_each(|t| r[t] = scalar::float_chain(fmt, w, x[t])),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Vnni | Isa::Avx2 => unsafe { x86::float::<T>(isa, fmt, w, &x, &mut r) },
-            _ => scalar::float::<T>(fmt, w, &x, &mut r),
+            Isa::Avx512Vnni | Isa::Avx2 => unsafe { x86::float::<T>(isa, w, &x, &mut r) },
+            _ => scalar::float::<T>(w, &x, &mut r),
         }
     }
     out[..T].copy_from_slice(&r);
@@ -419,7 +472,8 @@ pub fn dot_groups(
     out: &mut dyn FnMut(usize, &[[f32; GROUP]]),
 ) {
     let gb = GROUP * fmt.row_bytes(acts.cols).unwrap_or(0);
-    assert!(uses_groups(isa, fmt) && toks.len() <= MAX_TILE && gb > 0 && groups.len().is_multiple_of(gb));
+    let fits = toks.len() <= MAX_TILE && gb > 0 && groups.len().is_multiple_of(gb);
+    assert!(uses_groups(isa, fmt) && fmt.is_quantized() && fits);
     #[cfg(target_arch = "x86_64")]
     {
         macro_rules! run {
@@ -462,10 +516,11 @@ pub fn dot_groups(
     let _ = (out, prefetch);
 }
 
-/// `out[k][i] = row_i · act_{toks[k]}` for `n` (≤ [`GROUP`]) consecutive f32/f16/bf16 rows (`rows`:
-/// their bytes, concatenated) and the tokens `toks` (at most [`float_tile`]): the same bits as
-/// [`dot_row`] on each row, the columns taken a chunk at a time for all rows, so that the tokens'
-/// activations are read from L1 rather than once a row from L2.
+/// `out[k][i] = row_i · act_{toks[k]}` for `n` (≤ [`GROUP`]) consecutive float rows in ggml's
+/// layout (`rows`: their bytes, concatenated) and the tokens `toks` (at most [`float_tile`]): the
+/// same bits as [`dot_row`] on each row. f32: the columns taken a chunk at a time for all rows, so
+/// that the tokens' activations are read from L1 rather than once a row from L2. f16/bf16 (rows of
+/// a group that is not full, or any on the scalar path): the plain chains.
 pub fn dot_float_rows(
     isa: Isa,
     fmt: Format,
@@ -475,8 +530,17 @@ pub fn dot_float_rows(
     toks: &[usize],
     out: &mut [[f32; GROUP]],
 ) {
-    assert!(!fmt.is_quantized() && n <= GROUP && toks.len() <= float_tile(isa).min(out.len()));
+    assert!(!fmt.is_quantized() && n <= GROUP && toks.len() <= float_tile(isa, fmt).min(out.len()));
     let rb = rows.len() / n.max(1);
+    if fmt != Format::F32 {
+        // the rows of a group that is not full (grouped f16/bf16 rows take `dot_float_groups`)
+        for (k, &t) in toks.iter().enumerate() {
+            for (i, row) in rows.chunks_exact(rb).take(n).enumerate() {
+                out[k][i] = scalar::float_chain(fmt, row, acts.row(t));
+            }
+        }
+        return;
+    }
     macro_rules! run {
         ($t:literal) => {{
             let x: [&[f32]; $t] = std::array::from_fn(|t| acts.row(toks[t]));
@@ -485,13 +549,13 @@ pub fn dot_float_rows(
                 Isa::Avx512Vnni | Isa::Avx2 => {
                     let mut res = [[0.0f32; GROUP]; $t];
                     // SAFETY: `Isa` values other than Scalar are only produced after the CPU was checked.
-                    unsafe { x86::float_rows::<$t>(isa, fmt, &rows[..n * rb], n, &x, &mut res) };
+                    unsafe { x86::float_rows::<$t>(isa, &rows[..n * rb], n, &x, &mut res) };
                     out[..$t].copy_from_slice(&res);
                 }
                 _ => {
                     for i in 0..n {
                         let mut r = [0.0f32; $t];
-                        scalar::float::<$t>(fmt, &rows[i * rb..(i + 1) * rb], &x, &mut r);
+                        scalar::float::<$t>(&rows[i * rb..(i + 1) * rb], &x, &mut r);
                         (0..$t).for_each(|k| out[k][i] = r[k]);
                     }
                 }
@@ -507,6 +571,69 @@ pub fn dot_float_rows(
         6 => run!(6),
         _ => {}
     }
+}
+
+/// `out(i, res)` for each group `i` of `groups` (consecutive groups of [`GROUP`] f16/bf16 rows in
+/// the [`to_groups`] layout: column after column, the group's 16 values of a column together),
+/// `res[k][r]` = row `r` of the group · act `toks[k]`: one chain of fused multiply-adds per row
+/// and token, column after column, as [`dot_row`] computes it. `toks` is one tile of the
+/// activations' packing ([`Activations::packed`]). The 16 rows of a column are one vector, and a
+/// token's activation of the column is broadcast to it (the outer product BLAS kernels compute):
+/// two groups and twelve tokens take 24 vector registers on AVX-512, and every load of weights or
+/// activations serves 12 or 2 multiply-adds.
+pub fn dot_float_groups(
+    isa: Isa,
+    fmt: Format,
+    groups: &[u8],
+    acts: &Activations,
+    toks: &[usize],
+    out: &mut dyn FnMut(usize, &[[f32; GROUP]]),
+) {
+    let (cols, t0, tile) = (acts.cols, toks[0], acts.packed_tile);
+    let gb = GROUP * fmt.row_bytes(cols).unwrap_or(0);
+    let whole_tile = tile > 0 && t0.is_multiple_of(tile) && toks.len() == tile.min(acts.n - t0);
+    let fits =
+        whole_tile && toks.iter().enumerate().all(|(k, &t)| t == t0 + k) && groups.len().is_multiple_of(gb.max(1));
+    assert!(uses_groups(isa, fmt) && !fmt.is_quantized() && gb > 0 && fits, "float groups: not a packed tile");
+    let xp = &acts.packed[t0 * cols..][..toks.len() * cols];
+    #[cfg(target_arch = "x86_64")]
+    {
+        macro_rules! run {
+            ($t:literal) => {{
+                let mut res = [[[0.0f32; GROUP]; $t]; 2];
+                let mut pairs = groups.chunks_exact(2 * gb);
+                for (i, pair) in pairs.by_ref().enumerate() {
+                    // SAFETY: `uses_groups` holds only for AVX-512 VNNI or AVX2, detected on this
+                    // CPU; the groups' and the tile's lengths are checked above.
+                    unsafe { x86::float_groups::<$t>(isa, fmt, pair, gb, cols, xp, &mut res) };
+                    out(2 * i, &res[0]);
+                    out(2 * i + 1, &res[1]);
+                }
+                if !pairs.remainder().is_empty() {
+                    let one = pairs.remainder();
+                    unsafe { x86::float_groups::<$t>(isa, fmt, one, gb, cols, xp, &mut res) };
+                    out(groups.len() / gb - 1, &res[0]);
+                }
+            }};
+        }
+        match toks.len() {
+            1 => run!(1),
+            2 => run!(2),
+            3 => run!(3),
+            4 => run!(4),
+            5 => run!(5),
+            6 => run!(6),
+            7 => run!(7),
+            8 => run!(8),
+            9 => run!(9),
+            10 => run!(10),
+            11 => run!(11),
+            12 => run!(12),
+            _ => {}
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (out, xp);
 }
 
 /// Quantized activations of the tokens of one tile.
@@ -637,15 +764,19 @@ mod scalar {
         }
     }
 
-    pub(super) fn float<const T: usize>(fmt: Format, w: &[u8], x: &[&[f32]; T], r: &mut [f32; T]) {
-        let cols = x[0].len();
-        let wv = |i: usize| -> f32 {
-            match fmt {
-                Format::F32 => f32::from_le_bytes([w[4 * i], w[4 * i + 1], w[4 * i + 2], w[4 * i + 3]]),
-                Format::F16 => f16le(w, 2 * i),
-                _ => super::super::bf16_to_f32(u16::from_le_bytes([w[2 * i], w[2 * i + 1]])),
-            }
+    /// f16/bf16: one fused multiply-add after the other, column by column.
+    pub(super) fn float_chain(fmt: Format, w: &[u8], x: &[f32]) -> f32 {
+        let value = |v: &[u8]| match fmt {
+            Format::F16 => f16_to_f32(u16::from_le_bytes([v[0], v[1]])),
+            _ => super::super::bf16_to_f32(u16::from_le_bytes([v[0], v[1]])),
         };
+        w.chunks_exact(2).zip(x).fold(0.0f32, |acc, (v, &x)| value(v).mul_add(x, acc))
+    }
+
+    /// f32: the 16-lane chain of the canonical order.
+    pub(super) fn float<const T: usize>(w: &[u8], x: &[&[f32]; T], r: &mut [f32; T]) {
+        let cols = x[0].len();
+        let wv = |i: usize| f32::from_le_bytes([w[4 * i], w[4 * i + 1], w[4 * i + 2], w[4 * i + 3]]);
         for t in 0..T {
             let mut acc = [0.0f32; 16];
             let main = cols / 16 * 16;
@@ -1449,7 +1580,7 @@ mod x86 {
         }
     }
 
-    pub use self::float_impl::{float, float_rows};
+    pub use self::float_impl::{float, float_groups, float_rows};
     mod float_impl {
         use super::*;
 
@@ -1458,17 +1589,6 @@ mod x86 {
         const F32: u8 = 0;
         const F16: u8 = 1;
         const BF16: u8 = 2;
-
-        /// `f(F)` with `fmt`'s constant.
-        macro_rules! by_format {
-            ($fmt:expr, $f:ident :: <$($p:tt),*> ($($a:expr),*)) => {
-                match $fmt {
-                    Format::F32 => $f::<$($p,)* F32>($($a),*),
-                    Format::F16 => $f::<$($p,)* F16>($($a),*),
-                    _ => $f::<$($p,)* BF16>($($a),*),
-                }
-            };
-        }
 
         /// 8 weights as f32.
         #[inline]
@@ -1489,30 +1609,29 @@ mod x86 {
         const CHUNK: usize = 512;
 
         #[target_feature(enable = "avx2,fma,f16c")]
-        pub unsafe fn float<const T: usize>(isa: Isa, fmt: Format, w: &[u8], x: &[&[f32]; T], r: &mut [f32; T]) {
+        pub unsafe fn float<const T: usize>(isa: Isa, w: &[u8], x: &[&[f32]; T], r: &mut [f32; T]) {
             let mut out = [[0.0f32; GROUP]; T];
-            float_rows::<T>(isa, fmt, w, 1, x, &mut out);
+            float_rows::<T>(isa, w, 1, x, &mut out);
             for t in 0..T {
                 r[t] = out[t][0];
             }
         }
 
-        /// [`float_rows_512`] on AVX-512 for tiles of several tokens, else [`float_rows_256`] (the
-        /// same bits): at one token (decode, memory-bound) the 256-bit loop measured a little
-        /// faster, 5% at f32 and f16.
+        /// f32 rows: [`float_rows_512`] on AVX-512 for tiles of several tokens, else
+        /// [`float_rows_256`] (the same bits): at one token (decode, memory-bound) the 256-bit
+        /// loop measured a little faster, 5%.
         #[target_feature(enable = "avx2,fma,f16c")]
         pub unsafe fn float_rows<const T: usize>(
             isa: Isa,
-            fmt: Format,
             w: &[u8],
             n: usize,
             x: &[&[f32]; T],
             r: &mut [[f32; GROUP]; T],
         ) {
             if isa == Isa::Avx512Vnni && T > 1 {
-                by_format!(fmt, float_rows_512::<T>(w, n, x, r))
+                float_rows_512::<T>(w, n, x, r)
             } else {
-                by_format!(fmt, float_rows_256::<T>(w, n, x, r))
+                float_rows_256::<T>(w, n, x, r)
             }
         }
 
@@ -1560,6 +1679,89 @@ mod x86 {
             *acc = a;
         }
 
+        /// `res[i][t][r]` = row `r` of group `i` · token `t` of the packed tile `xp` (`[col][T]`)
+        /// for the first two groups of `groups` (the same group twice where it holds one), each
+        /// group `gb` bytes of f16/bf16 rows in the grouped layout: [`super::scalar::float_chain`]'s
+        /// chains, a vector lane per row.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn float_groups<const T: usize>(
+            isa: Isa,
+            fmt: Format,
+            groups: &[u8],
+            gb: usize,
+            cols: usize,
+            xp: &[f32],
+            res: &mut [[[f32; GROUP]; T]; 2],
+        ) {
+            debug_assert!(groups.len() >= gb && gb >= GROUP * 2 * cols && xp.len() >= T * cols);
+            let g0 = groups.as_ptr();
+            let g1 = if groups.len() >= 2 * gb { g0.add(gb) } else { g0 };
+            let xp = xp.as_ptr();
+            match (isa, fmt) {
+                (Isa::Avx512Vnni, Format::F16) => groups_512::<T, F16>(g0, g1, cols, xp, res),
+                (Isa::Avx512Vnni, _) => groups_512::<T, BF16>(g0, g1, cols, xp, res),
+                (_, Format::F16) => {
+                    group_256::<T, F16>(g0, cols, xp, &mut res[0]);
+                    group_256::<T, F16>(g1, cols, xp, &mut res[1]);
+                }
+                _ => {
+                    group_256::<T, BF16>(g0, cols, xp, &mut res[0]);
+                    group_256::<T, BF16>(g1, cols, xp, &mut res[1]);
+                }
+            }
+        }
+
+        /// [`float_groups`] on AVX-512: two groups' 16 rows a vector each, every token's
+        /// activation broadcast (`2T` accumulators).
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+        unsafe fn groups_512<const T: usize, const F: u8>(
+            g0: *const u8,
+            g1: *const u8,
+            cols: usize,
+            xp: *const f32,
+            res: &mut [[[f32; GROUP]; T]; 2],
+        ) {
+            let mut acc = [[_mm512_setzero_ps(); T]; 2];
+            for c in 0..cols {
+                let (w0, w1) = (load16::<F>(g0, GROUP * c), load16::<F>(g1, GROUP * c));
+                let p = xp.add(T * c);
+                for t in 0..T {
+                    let b = _mm512_set1_ps(*p.add(t));
+                    acc[0][t] = _mm512_fmadd_ps(w0, b, acc[0][t]);
+                    acc[1][t] = _mm512_fmadd_ps(w1, b, acc[1][t]);
+                }
+            }
+            for i in 0..2 {
+                for t in 0..T {
+                    _mm512_storeu_ps(res[i][t].as_mut_ptr(), acc[i][t]);
+                }
+            }
+        }
+
+        /// [`float_groups`] of one group on AVX2: its 16 rows as two vectors of 8.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn group_256<const T: usize, const F: u8>(
+            g: *const u8,
+            cols: usize,
+            xp: *const f32,
+            res: &mut [[f32; GROUP]; T],
+        ) {
+            let mut acc = [[_mm256_setzero_ps(); 2]; T];
+            for c in 0..cols {
+                let (lo, hi) = (load8::<F>(g, GROUP * c), load8::<F>(g, GROUP * c + 8));
+                let p = xp.add(T * c);
+                for t in 0..T {
+                    let b = _mm256_broadcast_ss(&*p.add(t));
+                    acc[t][0] = _mm256_fmadd_ps(lo, b, acc[t][0]);
+                    acc[t][1] = _mm256_fmadd_ps(hi, b, acc[t][1]);
+                }
+            }
+            for t in 0..T {
+                _mm256_storeu_ps(res[t].as_mut_ptr(), acc[t][0]);
+                _mm256_storeu_ps(res[t].as_mut_ptr().add(8), acc[t][1]);
+            }
+        }
+
         /// Rows of one pass of [`pass_512`] (with six tokens, 24 accumulators of the 32 registers).
         const ROWS_512: usize = 4;
 
@@ -1567,12 +1769,7 @@ mod x86 {
         /// a time (24 accumulators with six tokens; the same bits; a quarter of the loads of
         /// activations a multiply-add).
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-        unsafe fn float_rows_512<const T: usize, const F: u8>(
-            w: &[u8],
-            n: usize,
-            x: &[&[f32]; T],
-            r: &mut [[f32; GROUP]; T],
-        ) {
+        unsafe fn float_rows_512<const T: usize>(w: &[u8], n: usize, x: &[&[f32]; T], r: &mut [[f32; GROUP]; T]) {
             let cols = x[0].len();
             let rb = w.len() / n.max(1);
             let main = cols / 16 * 16;
@@ -1588,15 +1785,15 @@ mod x86 {
                     let rows = &mut acc[g..g + m];
                     let span = (c0, c1);
                     match m {
-                        4 => pass_512::<T, 4, F>(
+                        4 => pass_512::<T, 4, F32>(
                             [wp(g), wp(g + 1), wp(g + 2), wp(g + 3)],
                             x,
                             span,
                             rows.try_into().unwrap(),
                         ),
-                        3 => pass_512::<T, 3, F>([wp(g), wp(g + 1), wp(g + 2)], x, span, rows.try_into().unwrap()),
-                        2 => pass_512::<T, 2, F>([wp(g), wp(g + 1)], x, span, rows.try_into().unwrap()),
-                        _ => pass_512::<T, 1, F>([wp(g)], x, span, rows.try_into().unwrap()),
+                        3 => pass_512::<T, 3, F32>([wp(g), wp(g + 1), wp(g + 2)], x, span, rows.try_into().unwrap()),
+                        2 => pass_512::<T, 2, F32>([wp(g), wp(g + 1)], x, span, rows.try_into().unwrap()),
+                        _ => pass_512::<T, 1, F32>([wp(g)], x, span, rows.try_into().unwrap()),
                     }
                 }
                 c0 = c1;
@@ -1609,7 +1806,7 @@ mod x86 {
             for i in 0..n {
                 let row = &w[i * rb..(i + 1) * rb];
                 for t in 0..T {
-                    r[t][i] = float_tail::<F>(row, x[t], main, halves(acc[i][t]));
+                    r[t][i] = float_tail(row, x[t], main, halves(acc[i][t]));
                 }
             }
         }
@@ -1619,12 +1816,7 @@ mod x86 {
         /// halves). The accumulators are kept in memory between chunks of [`CHUNK`] columns, and
         /// every row passes over a chunk before the next.
         #[target_feature(enable = "avx2,fma,f16c")]
-        unsafe fn float_rows_256<const T: usize, const F: u8>(
-            w: &[u8],
-            n: usize,
-            x: &[&[f32]; T],
-            r: &mut [[f32; GROUP]; T],
-        ) {
+        unsafe fn float_rows_256<const T: usize>(w: &[u8], n: usize, x: &[&[f32]; T], r: &mut [[f32; GROUP]; T]) {
             let cols = x[0].len();
             let rb = w.len() / n.max(1);
             let main = cols / 16 * 16;
@@ -1639,7 +1831,7 @@ mod x86 {
                     let mut c = c0;
                     while c < c1 {
                         for k in 0..2 {
-                            let wv = load8::<F>(wp, c + 8 * k);
+                            let wv = load8::<F32>(wp, c + 8 * k);
                             for t in 0..T {
                                 a[t][k] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x[t].as_ptr().add(c + 8 * k)), a[t][k]);
                             }
@@ -1653,7 +1845,7 @@ mod x86 {
             for (i, acc) in acc.iter().enumerate().take(n) {
                 let row = &w[i * rb..(i + 1) * rb];
                 for t in 0..T {
-                    r[t][i] = float_tail::<F>(row, x[t], main, _mm256_add_ps(acc[t][0], acc[t][1]));
+                    r[t][i] = float_tail(row, x[t], main, _mm256_add_ps(acc[t][0], acc[t][1]));
                 }
             }
         }
@@ -1661,20 +1853,16 @@ mod x86 {
         /// The end of a row's canonical order: from the combined accumulator `s` (columns
         /// `..main`), the columns left 8 at a time into it, its lanes summed, then the last ones.
         #[target_feature(enable = "avx2,fma,f16c")]
-        unsafe fn float_tail<const F: u8>(row: &[u8], x: &[f32], main: usize, mut s: __m256) -> f32 {
+        unsafe fn float_tail(row: &[u8], x: &[f32], main: usize, mut s: __m256) -> f32 {
             let cols = x.len();
             let mut j = main;
             while j + 8 <= cols {
-                s = _mm256_fmadd_ps(load8::<F>(row.as_ptr(), j), _mm256_loadu_ps(x.as_ptr().add(j)), s);
+                s = _mm256_fmadd_ps(load8::<F32>(row.as_ptr(), j), _mm256_loadu_ps(x.as_ptr().add(j)), s);
                 j += 8;
             }
             let mut v = hsum8(s);
             for j in j..cols {
-                let wj = match F {
-                    F32 => f32::from_le_bytes([row[4 * j], row[4 * j + 1], row[4 * j + 2], row[4 * j + 3]]),
-                    F16 => f16le(row, 2 * j),
-                    _ => super::super::super::bf16_to_f32(u16::from_le_bytes([row[2 * j], row[2 * j + 1]])),
-                };
+                let wj = f32::from_le_bytes([row[4 * j], row[4 * j + 1], row[4 * j + 2], row[4 * j + 3]]);
                 v = wj.mul_add(x[j], v);
             }
             v
@@ -1698,7 +1886,9 @@ mod tests {
     #[test]
     fn same_bits_on_every_instruction_set_and_tile() {
         for cols in [512usize, 2 * super::super::QK_K, 96, 40, 1064] {
-            let x: Vec<f32> = (0..9).flat_map(|t| row(cols, 10 + t)).collect();
+            // tokens: more than a tile of twelve (grouped float rows)
+            const NT: usize = 14;
+            let x: Vec<f32> = (0..NT as u64).flat_map(|t| row(cols, 10 + t)).collect();
             for fmt in Format::ALL {
                 if cols % fmt.block_len() != 0 {
                     continue;
@@ -1710,10 +1900,10 @@ mod tests {
                     fmt.quantize_row(&row(cols, 3 + r as u64), b);
                 }
                 let mut acts = Activations::default();
-                acts.prepare(&x, 9, cols, fmt);
-                let mut want = [[0.0f32; 9]; 2 * GROUP];
+                acts.prepare(&x, NT, cols, fmt);
+                let mut want = [[0.0f32; NT]; 2 * GROUP];
                 for (r, b) in wb.chunks_exact(rb).enumerate() {
-                    for t in 0..9 {
+                    for t in 0..NT {
                         dot_row(Isa::Scalar, fmt, b, &acts, &[t], &mut want[r][t..]);
                     }
                 }
@@ -1726,10 +1916,9 @@ mod tests {
                         }
                     }
                     let float_tiles = [vec![0usize, 1, 2, 3, 4, 5], vec![8, 1, 5, 0, 2, 7], vec![6, 2, 4, 8, 1]];
-                    for tile in [vec![0usize, 1, 2, 3], vec![4, 2], vec![3, 0, 4], vec![1]]
-                        .into_iter()
-                        .chain(float_tiles.into_iter().filter(|t| !fmt.is_quantized() && t.len() <= float_tile(isa)))
-                    {
+                    for tile in [vec![0usize, 1, 2, 3], vec![4, 2], vec![3, 0, 4], vec![1]].into_iter().chain(
+                        float_tiles.into_iter().filter(|t| !fmt.is_quantized() && t.len() <= float_tile(isa, fmt)),
+                    ) {
                         for (r, b) in wb.chunks_exact(rb).enumerate().filter(|_| tile.len() <= MAX_TILE) {
                             let mut out = [0.0f32; 4];
                             dot_row(isa, fmt, b, &acts, &tile, &mut out);
@@ -1751,7 +1940,7 @@ mod tests {
                                 }
                             }
                         }
-                        if let Some(g) = grouped.as_ref().filter(|_| tile.len() <= MAX_TILE) {
+                        if let Some(g) = grouped.as_ref().filter(|_| tile.len() <= MAX_TILE && fmt.is_quantized()) {
                             let mut seen = 0;
                             // prefetching or not, the same bits
                             let prefetch = tile.len() % 2 == 1;
@@ -1766,6 +1955,33 @@ mod tests {
                                 }
                             });
                             assert_eq!(seen, g.len() / (GROUP * rb), "{fmt} {isa:?}: every group");
+                        }
+                    }
+                    // grouped float rows: every tile length of the packing, each group of one
+                    // group, two and three (a pair, then one alone)
+                    if let Some(g) = grouped.as_ref().filter(|_| !fmt.is_quantized()) {
+                        let gb = GROUP * rb;
+                        let three: Vec<u8> = g.iter().chain(&g[..gb]).copied().collect();
+                        for n in 1..=NT {
+                            let mut acts = Activations::default();
+                            acts.prepare_isa(isa, &x, n, cols, fmt);
+                            let toks: Vec<usize> = (0..n).collect();
+                            for tile in toks.chunks(float_tile(isa, fmt)) {
+                                for groups in [&g[..gb], &g[..], &three[..]] {
+                                    let mut seen = 0;
+                                    dot_float_groups(isa, fmt, groups, &acts, tile, &mut |i, out| {
+                                        seen += 1;
+                                        for (k, &t) in tile.iter().enumerate() {
+                                            for r in 0..GROUP {
+                                                let msg = format!("{fmt} {isa:?} {n} tokens, group {i}, cols {cols} row {r} token {t}");
+                                                let want = want[(i % 2) * GROUP + r][t];
+                                                assert_eq!(out[k][r].to_bits(), want.to_bits(), "{msg}");
+                                            }
+                                        }
+                                    });
+                                    assert_eq!(seen, groups.len() / gb, "{fmt} {isa:?}: every group");
+                                }
+                            }
                         }
                     }
                 }
