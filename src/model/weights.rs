@@ -9,8 +9,9 @@
 //! training forward). Quantized formats run the same integer kernels in both.
 
 use crate::kernels::matmul::matmul;
+use crate::kernels::quant::bf16;
 use crate::kernels::quant::dot::{
-    dot_float_groups, dot_float_rows, dot_groups, dot_row, float_tile, from_groups, to_groups, uses_groups,
+    bf16_dot, dot_float_groups, dot_float_rows, dot_groups, dot_row, float_tile, from_groups, groups_cols, to_groups,
     Activations, Isa, FLOAT_TILE, GROUP, MAX_TILE,
 };
 use crate::kernels::quant::Format;
@@ -52,12 +53,15 @@ pub struct WeightMatrix {
     /// Rows `0..rows / GROUP · GROUP` in the grouped layout the AVX-512 kernels read (see
     /// [`to_groups`]); the rest in ggml's.
     groups: bool,
+    /// Grouped bf16 whose values are all `bf16::plain` (where the CPU lacks `vdpbf16ps`: fused
+    /// multiply-adds then give its bits).
+    plain_bf16: bool,
 }
 
 impl WeightMatrix {
     pub fn new(format: Format, rows: usize, cols: usize, storage: Storage) -> Result<Self> {
         let want = rows * format.row_bytes(cols)?;
-        let m = WeightMatrix { format, rows, cols, storage, groups: false };
+        let m = WeightMatrix { format, rows, cols, storage, groups: false, plain_bf16: false };
         ensure!(m.bytes().len() == want, "{rows}×{cols} {format} needs {want} bytes, got {}", m.bytes().len());
         Ok(m)
     }
@@ -65,7 +69,8 @@ impl WeightMatrix {
     /// Rearranges the rows into the layout this CPU's kernels read fastest, where that differs
     /// from ggml's (the same values), on large pages.
     pub fn for_matmul(mut self) -> Self {
-        let groups = !self.groups && uses_groups(Isa::detect(), self.format);
+        let isa = Isa::detect();
+        let groups = !self.groups && groups_cols(isa, self.format, self.cols);
         if groups || matches!(self.storage, Storage::Bytes(_)) {
             let gb = (GROUP * self.row_bytes()).max(1);
             let full = self.rows / GROUP * gb;
@@ -100,6 +105,9 @@ impl WeightMatrix {
                 self.storage = storage;
                 self.groups |= groups;
             }
+        }
+        if self.groups && self.format == Format::BF16 && !bf16_dot(isa) {
+            self.plain_bf16 = bf16::all_plain(self.bytes());
         }
         self
     }
@@ -295,7 +303,7 @@ fn matmul_rows(isa: Isa, w: &WeightMatrix, acts: &Activations, y: &mut [f32], ld
                         };
                         let groups = &bytes[r * rb..g1 * rb];
                         if float {
-                            dot_float_groups(isa, w.format, groups, acts, tile, &mut out);
+                            dot_float_groups(isa, w.format, groups, acts, tile, w.plain_bf16, &mut out);
                         } else {
                             // the first pass brings the block from memory (prefetching ahead)
                             dot_groups(isa, w.format, groups, acts, tile, pass == 0, &mut out);

@@ -107,7 +107,7 @@ def convert(src, out, text):
                                    input_sentence_size=200000, shuffle_input_sentence=False, minloglevel=2)
     conv = os.path.join(os.environ.get("TINYLLAMA_PYENV", os.path.expanduser("~/.cache/tinyllama/pyenv")),
                         "src/llama.cpp/convert_hf_to_gguf.py")
-    for t in ["f32", "f16", "q8_0"]:
+    for t in ["f32", "f16", "bf16", "q8_0"]:
         r = subprocess.run([sys.executable, conv, out, "--outtype", t, "--outfile", f"{out}/{t}.gguf"], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr[-3000:]
     for name, ftype in [("q4_0", 2), ("q4_k_m", 15)]:

@@ -40,7 +40,7 @@
 
 #![allow(clippy::needless_range_loop)] // kernels index several per-token arrays by one token index
 
-use super::{f16_to_f32, scale_min_k4, Format};
+use super::{bf16, f16_to_f32, scale_min_k4, Format};
 use crate::kernels::team;
 use std::sync::OnceLock;
 
@@ -50,17 +50,29 @@ pub const MAX_TILE: usize = 4;
 /// AVX-512 ([`float_tile`]).
 pub const FLOAT_TILE: usize = 12;
 
-/// Tokens a tile of float rows of `fmt` takes on `isa`: grouped f16/bf16 rows
-/// ([`dot_float_groups`]) twelve on AVX-512, where two groups' accumulators for twelve tokens
-/// take 24 of the 32 registers, six on AVX2 (12 of 16); f32 rows ([`dot_float_rows`]) six on
-/// AVX-512 (four rows' accumulators), else [`MAX_TILE`].
+/// Tokens a tile of float rows of `fmt` takes on `isa`: grouped f16 rows ([`dot_float_groups`])
+/// twelve on AVX-512, where two groups' accumulators for twelve tokens take 24 of the 32 registers,
+/// six on AVX2 (12 of 16); grouped bf16 rows twelve with AVX-512 BF16, else four (8 accumulators
+/// and a pair's four weight vectors); f32 rows ([`dot_float_rows`]) six on AVX-512 (four rows'
+/// accumulators), else [`MAX_TILE`].
 pub fn float_tile(isa: Isa, fmt: Format) -> usize {
-    match (isa, uses_groups(isa, fmt)) {
-        (Isa::Avx512Vnni, true) => FLOAT_TILE,
-        (Isa::Avx512Vnni, false) | (Isa::Avx2, true) => 6,
+    match (isa, uses_groups(isa, fmt), fmt) {
+        (_, true, Format::BF16) if bf16_dot(isa) => FLOAT_TILE,
+        (_, true, Format::BF16) => 4,
+        (Isa::Avx512Vnni, true, _) => FLOAT_TILE,
+        (Isa::Avx512Vnni, false, _) | (Isa::Avx2, true, _) => 6,
         _ => MAX_TILE,
     }
 }
+
+/// Whether `isa` runs bf16 pairs on AVX-512 BF16's `vdpbf16ps` (detected on this CPU).
+pub fn bf16_dot(isa: Isa) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return isa == Isa::Avx512Vnni && bf16::x86::has_bf16_dot();
+    #[cfg(not(target_arch = "x86_64"))]
+    return false;
+}
+
 /// Activation block length.
 pub const QA: usize = 32;
 
@@ -128,8 +140,11 @@ impl Isa {
 /// How activations are prepared for a weight format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum ActKind {
+    /// f32 as given (f32, f16 weights).
     #[default]
     F32,
+    /// Rounded to bf16 (bf16 weights: [`bf16`]).
+    Bf16,
     /// Blocks of 32, f16 scale, with each block's sum (Q8_0, Q4_0 weights).
     Q8_0,
     /// Blocks of 256, f32 scale, with sums of 16 (Q4_K, Q6_K weights).
@@ -139,7 +154,8 @@ pub enum ActKind {
 impl ActKind {
     pub fn for_format(fmt: Format) -> ActKind {
         match fmt {
-            Format::F32 | Format::F16 | Format::BF16 => ActKind::F32,
+            Format::F32 | Format::F16 => ActKind::F32,
+            Format::BF16 => ActKind::Bf16,
             Format::Q8_0 | Format::Q4_0 => ActKind::Q8_0,
             Format::Q4K | Format::Q6K => ActKind::Q8K,
         }
@@ -148,7 +164,7 @@ impl ActKind {
     /// Activations per scale.
     pub fn block(self) -> usize {
         match self {
-            ActKind::F32 => 1,
+            ActKind::F32 | ActKind::Bf16 => 1,
             ActKind::Q8_0 => QA,
             ActKind::Q8K => 256,
         }
@@ -187,6 +203,14 @@ pub struct Activations {
     /// lie together. `packed_tile` is 0 where not prepared.
     pub packed: Vec<f32>,
     pub packed_tile: usize,
+    /// Bf16 kind: token `t`'s rounded activations at `h[t * h_stride..][..cols]` (a zero after an
+    /// odd count), and the packed tiles as `packed` (`[pair][token]`, a pair of rounded
+    /// activations a `u32`, the even column in the low half), with whether each tile's values are
+    /// all [`bf16::plain`].
+    pub h: Vec<u16>,
+    pub h_stride: usize,
+    pub pairs: Vec<u32>,
+    pub plain_tiles: Vec<bool>,
 }
 
 impl Activations {
@@ -195,9 +219,14 @@ impl Activations {
         &self.f[t * self.f_stride..][..self.cols]
     }
 
+    /// Token `t`'s activations rounded to bf16 (Bf16 kind).
+    pub fn bf16_row(&self, t: usize) -> &[u16] {
+        &self.h[t * self.h_stride..][..self.h_stride]
+    }
+
     /// Whether these are `n` tokens of `cols` prepared for `fmt` weights on this CPU.
     pub fn prepared_for(&self, n: usize, cols: usize, fmt: Format) -> bool {
-        let packed = self.packed_tile > 0 || fmt.is_quantized() || !uses_groups(Isa::detect(), fmt);
+        let packed = self.packed_tile > 0 || !packs(Isa::detect(), fmt, cols);
         self.n == n && self.cols == cols && self.kind == ActKind::for_format(fmt) && packed
     }
 
@@ -213,25 +242,62 @@ impl Activations {
         self.kind = ActKind::for_format(fmt);
         self.packed_tile = 0;
         let x = &x[..n * cols];
+        let packing = packs(isa, fmt, cols);
+        let tile = if packing { float_tile(isa, fmt) } else { MAX_TILE };
+        self.packed_tile = if packing { tile } else { 0 };
         if self.kind == ActKind::F32 {
-            self.f_stride = cols + 16;
-            self.f.resize(n * self.f_stride, 0.0);
-            for (f, x) in self.f.chunks_exact_mut(self.f_stride).zip(x.chunks_exact(cols)) {
-                f[..cols].copy_from_slice(x);
+            let fs = cols + 16;
+            self.f_stride = fs;
+            self.f.resize(n * fs, 0.0);
+            self.packed.resize(if packing { n * cols } else { 0 }, 0.0);
+            let mut packed = self.packed.chunks_mut(tile * cols);
+            let mut work: Vec<(&[f32], &mut [f32], &mut [f32])> = x
+                .chunks(tile * cols)
+                .zip(self.f.chunks_mut(tile * fs))
+                .map(|(x, f)| (x, f, packed.next().unwrap_or(&mut [])))
+                .collect();
+            per_tile(&mut work, n * cols, &|_, (x, f, p)| {
+                let len = x.len() / cols;
+                for (t, x) in x.chunks_exact(cols).enumerate() {
+                    f[t * fs..][..cols].copy_from_slice(x);
+                    if !p.is_empty() {
+                        x.iter().enumerate().for_each(|(c, &v)| p[c * len + t] = v);
+                    }
+                }
+            });
+            return;
+        }
+        if self.kind == ActKind::Bf16 {
+            let (hs, np) = (cols.next_multiple_of(2), cols / 2);
+            self.h_stride = hs;
+            if hs != cols {
+                self.h.clear(); // the zero after an odd count
             }
-            if uses_groups(isa, fmt) {
-                let tile = float_tile(isa, fmt);
-                self.packed.resize(n * cols, 0.0);
-                for (p, x) in self.packed.chunks_mut(tile * cols).zip(x.chunks(tile * cols)) {
-                    let len = x.len() / cols;
-                    for (t, x) in x.chunks_exact(cols).enumerate() {
-                        for (c, &v) in x.iter().enumerate() {
-                            p[c * len + t] = v;
+            self.h.resize(n * hs, 0);
+            self.pairs.resize(if packing { n * np } else { 0 }, 0);
+            self.plain_tiles.clear();
+            self.plain_tiles.resize(n.div_ceil(tile), true);
+            let mut pairs = self.pairs.chunks_mut(tile * np);
+            let mut work: Vec<_> = x
+                .chunks(tile * cols)
+                .zip(self.h.chunks_mut(tile * hs))
+                .zip(self.plain_tiles.iter_mut())
+                .map(|((x, h), plain)| (x, h, pairs.next().unwrap_or(&mut []), plain))
+                .collect();
+            per_tile(&mut work, n * cols, &|_, (x, h, p, plain)| {
+                let len = x.len() / cols;
+                for (t, x) in x.chunks_exact(cols).enumerate() {
+                    let h = &mut h[t * hs..][..cols];
+                    h.iter_mut().zip(x).for_each(|(h, &x)| *h = bf16::round_activation(x));
+                    **plain &= h.iter().all(|&v| bf16::plain(v));
+                    if !p.is_empty() {
+                        // (packed only for an even count)
+                        for (j, v) in h.chunks_exact(2).enumerate() {
+                            p[j * len + t] = v[0] as u32 | (v[1] as u32) << 16;
                         }
                     }
                 }
-                self.packed_tile = tile;
-            }
+            });
             return;
         }
         let (bl, sl) = (self.kind.block(), self.kind.sum_block());
@@ -263,11 +329,7 @@ impl Activations {
         };
         // tokens in parallel where there are enough of them to pay for the hand-off (a decode
         // batch's 16 × 2048 values take 8 µs on one core, longer on two)
-        if n * cols >= PARALLEL_VALUES {
-            team::for_each_mut(&mut rows, &quantize);
-        } else {
-            rows.iter_mut().enumerate().for_each(|(i, r)| quantize(i, r));
-        }
+        per_tile(&mut rows, n * cols, &quantize);
         if unsigned {
             for (u, &v) in self.qu.iter_mut().zip(&self.q) {
                 *u = (v as u8) ^ 0x80;
@@ -279,6 +341,16 @@ impl Activations {
 /// Values of a batch's activations from which [`Activations::prepare`] quantizes tokens in
 /// parallel.
 const PARALLEL_VALUES: usize = 1 << 17;
+
+/// `f(i, &mut items[i])` for every tile's work, in parallel for a batch of `values` of at least
+/// [`PARALLEL_VALUES`] (each item is its own tokens: the same bits either way).
+fn per_tile<T: Send>(items: &mut [T], values: usize, f: &(dyn Fn(usize, &mut T) + Sync)) {
+    if values >= PARALLEL_VALUES {
+        team::for_each_mut(items, f);
+    } else {
+        items.iter_mut().enumerate().for_each(|(i, it)| f(i, it));
+    }
+}
 
 /// ggml-cpu's x86 `quantize_row_q8_0` of one block (the activations llama.cpp's matmuls see:
 /// multiplier 127/amax, ties rounded to even — unlike the weights' reference quantizer, which
@@ -349,6 +421,17 @@ pub fn uses_groups(isa: Isa, fmt: Format) -> bool {
     isa != Isa::Scalar && fmt != Format::F32
 }
 
+/// Whether `isa` reads `fmt` matrices of `cols` columns grouped: as [`uses_groups`], bf16 only with
+/// an even column count (its groups hold column pairs).
+pub fn groups_cols(isa: Isa, fmt: Format, cols: usize) -> bool {
+    uses_groups(isa, fmt) && (fmt != Format::BF16 || cols.is_multiple_of(2))
+}
+
+/// Whether activations for grouped float weights are packed in tiles.
+fn packs(isa: Isa, fmt: Format, cols: usize) -> bool {
+    !fmt.is_quantized() && groups_cols(isa, fmt, cols)
+}
+
 /// The pieces of one block of `fmt` in the order the grouped layout stores them, each as
 /// `(offset in ggml's block, length)`: the order in which the kernels read them, so that a group
 /// is read front to back (the hardware prefetcher follows it).
@@ -368,8 +451,9 @@ fn group_chunks(fmt: Format) -> Vec<(usize, usize)> {
             [(208, 2)].into_iter().chain((192..208).map(|i| (i, 1))).chain(values).collect()
         }
         // column by column: the 16 rows' values of a column in one vector
-        Format::F16 | Format::BF16 => vec![(0, 2)],
-        Format::F32 => Vec::new(),
+        Format::F16 => vec![(0, 2)],
+        // (bf16: column pairs, `bf16::to_pairs`)
+        Format::F32 | Format::BF16 => Vec::new(),
     }
 }
 
@@ -382,7 +466,10 @@ fn group_chunks(fmt: Format) -> Vec<(usize, usize)> {
 /// 32-bit lane.
 pub fn to_groups(fmt: Format, rows: &[u8]) -> Vec<u8> {
     let (bb, rb) = (fmt.block_bytes(), rows.len() / GROUP);
-    if matches!(fmt, Format::F16 | Format::BF16) {
+    if fmt == Format::BF16 {
+        return bf16::to_pairs(rows, GROUP);
+    }
+    if fmt == Format::F16 {
         // the same as the loop below, a value at a time (a 1.1B model's f16 loads in a second)
         let mut out = vec![0u8; rows.len()];
         for (r, row) in rows.chunks_exact(rb).enumerate() {
@@ -404,6 +491,9 @@ pub fn to_groups(fmt: Format, rows: &[u8]) -> Vec<u8> {
 
 /// The inverse of [`to_groups`]: the group's rows in ggml's layout, concatenated.
 pub fn from_groups(fmt: Format, group: &[u8]) -> Vec<u8> {
+    if fmt == Format::BF16 {
+        return bf16::from_pairs(group, GROUP);
+    }
     let (bb, rb) = (fmt.block_bytes(), group.len() / GROUP);
     let mut out = vec![0u8; group.len()];
     let mut at = 0;
@@ -444,9 +534,10 @@ fn dot_tile<const T: usize>(isa: Isa, fmt: Format, w: &[u8], acts: &Activations,
             _ => scalar::quant::<T>(fmt, w, &a, &mut r),
         }
     } else {
-        let x: [&[f32]; T] = std::array::from_fn(|t| acts.row(toks[t]));
+        let x: [&[f32]; T] = std::array::from_fn(|t| if fmt == Format::BF16 { &[][..] } else { acts.row(toks[t]) });
         match isa {
-            _ if fmt != Format::F32 => (0..T).for_each(|t| r[t] = scalar::float_chain(fmt, w, x[t])),
+            _ if fmt == Format::BF16 => (0..T).for_each(|t| r[t] = bf16::chain(w, acts.bf16_row(toks[t]))),
+            _ if fmt == Format::F16 => (0..T).for_each(|t| r[t] = scalar::float_chain(w, x[t])),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512Vnni | Isa::Avx2 => unsafe { x86::float::<T>(isa, w, &x, &mut r) },
             _ => scalar::float::<T>(w, &x, &mut r),
@@ -536,7 +627,10 @@ pub fn dot_float_rows(
         // the rows of a group that is not full (grouped f16/bf16 rows take `dot_float_groups`)
         for (k, &t) in toks.iter().enumerate() {
             for (i, row) in rows.chunks_exact(rb).take(n).enumerate() {
-                out[k][i] = scalar::float_chain(fmt, row, acts.row(t));
+                out[k][i] = match fmt {
+                    Format::BF16 => bf16::chain(row, acts.bf16_row(t)),
+                    _ => scalar::float_chain(row, acts.row(t)),
+                };
             }
         }
         return;
@@ -587,6 +681,7 @@ pub fn dot_float_groups(
     groups: &[u8],
     acts: &Activations,
     toks: &[usize],
+    plain_weights: bool,
     out: &mut dyn FnMut(usize, &[[f32; GROUP]]),
 ) {
     let (cols, t0, tile) = (acts.cols, toks[0], acts.packed_tile);
@@ -594,7 +689,10 @@ pub fn dot_float_groups(
     let whole_tile = tile > 0 && t0.is_multiple_of(tile) && toks.len() == tile.min(acts.n - t0);
     let fits =
         whole_tile && toks.iter().enumerate().all(|(k, &t)| t == t0 + k) && groups.len().is_multiple_of(gb.max(1));
-    assert!(uses_groups(isa, fmt) && !fmt.is_quantized() && gb > 0 && fits, "float groups: not a packed tile");
+    assert!(packs(isa, fmt, cols) && gb > 0 && fits, "float groups: not a packed tile");
+    if fmt == Format::BF16 {
+        return bf16_groups(isa, groups, gb, acts, toks, plain_weights, out);
+    }
     let xp = &acts.packed[t0 * cols..][..toks.len() * cols];
     #[cfg(target_arch = "x86_64")]
     {
@@ -634,6 +732,79 @@ pub fn dot_float_groups(
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (out, xp);
+}
+
+/// [`dot_float_groups`] of bf16 groups (pair layout, [`bf16`]): `vdpbf16ps` where the CPU has it,
+/// else fused multiply-adds where the weights (`plain_weights`) and the tile's activations are
+/// [`bf16::plain`], else the scalar chain with its flushes.
+fn bf16_groups(
+    isa: Isa,
+    groups: &[u8],
+    gb: usize,
+    acts: &Activations,
+    toks: &[usize],
+    plain_weights: bool,
+    out: &mut dyn FnMut(usize, &[[f32; GROUP]]),
+) {
+    let (np, t0) = (acts.cols / 2, toks[0]);
+    let xp = &acts.pairs[t0 * np..][..toks.len() * np];
+    let hardware = bf16_dot(isa);
+    let plain = plain_weights && acts.plain_tiles[t0 / acts.packed_tile];
+    #[cfg(target_arch = "x86_64")]
+    if hardware || plain {
+        macro_rules! run {
+            ($t:literal) => {{
+                let mut res = [[[0.0f32; GROUP]; $t]; 2];
+                for (i, two) in groups.chunks(2 * gb).enumerate() {
+                    let g0 = two.as_ptr();
+                    let g1 = if two.len() == 2 * gb { g0.wrapping_add(gb) } else { g0 };
+                    // SAFETY: `bf16_dot` holds only where AVX-512 BF16 was detected, and `packs`
+                    // only on AVX2 or AVX-512 (with AVX2); each group is `gb` = 16 rows of `np`
+                    // pairs (64 bytes a pair), the tile `$t · np` pairs (checked above).
+                    unsafe {
+                        if hardware {
+                            bf16::x86::groups_512::<$t>(g0, g1, np, xp.as_ptr(), &mut res);
+                        } else {
+                            bf16::x86::group_256::<$t>(g0, np, xp.as_ptr(), &mut res[0]);
+                            bf16::x86::group_256::<$t>(g1, np, xp.as_ptr(), &mut res[1]);
+                        }
+                    }
+                    out(2 * i, &res[0]);
+                    if two.len() == 2 * gb {
+                        out(2 * i + 1, &res[1]);
+                    }
+                }
+            }};
+        }
+        match toks.len() {
+            1 => run!(1),
+            2 => run!(2),
+            3 => run!(3),
+            4 => run!(4),
+            5 => run!(5),
+            6 => run!(6),
+            7 => run!(7),
+            8 => run!(8),
+            9 => run!(9),
+            10 => run!(10),
+            11 => run!(11),
+            12 => run!(12),
+            _ => {}
+        }
+        return;
+    }
+    let _ = (hardware, plain, xp);
+    let rb = gb / GROUP;
+    let mut res = [[0.0f32; GROUP]; FLOAT_TILE];
+    for (i, g) in groups.chunks_exact(gb).enumerate() {
+        let rows = bf16::from_pairs(g, GROUP);
+        for (k, &t) in toks.iter().enumerate() {
+            for (r, row) in rows.chunks_exact(rb).enumerate() {
+                res[k][r] = bf16::chain(row, acts.bf16_row(t));
+            }
+        }
+        out(i, &res[..toks.len()]);
+    }
 }
 
 /// Quantized activations of the tokens of one tile.
@@ -764,12 +935,9 @@ mod scalar {
         }
     }
 
-    /// f16/bf16: one fused multiply-add after the other, column by column.
-    pub(super) fn float_chain(fmt: Format, w: &[u8], x: &[f32]) -> f32 {
-        let value = |v: &[u8]| match fmt {
-            Format::F16 => f16_to_f32(u16::from_le_bytes([v[0], v[1]])),
-            _ => super::super::bf16_to_f32(u16::from_le_bytes([v[0], v[1]])),
-        };
+    /// f16: one fused multiply-add after the other, column by column.
+    pub(super) fn float_chain(w: &[u8], x: &[f32]) -> f32 {
+        let value = |v: &[u8]| f16_to_f32(u16::from_le_bytes([v[0], v[1]]));
         w.chunks_exact(2).zip(x).fold(0.0f32, |acc, (v, &x)| value(v).mul_add(x, acc))
     }
 
@@ -1969,7 +2137,8 @@ mod tests {
                             for tile in toks.chunks(float_tile(isa, fmt)) {
                                 for groups in [&g[..gb], &g[..], &three[..]] {
                                     let mut seen = 0;
-                                    dot_float_groups(isa, fmt, groups, &acts, tile, &mut |i, out| {
+                                    let plain = fmt != Format::BF16 || bf16::all_plain(groups);
+                                    dot_float_groups(isa, fmt, groups, &acts, tile, plain, &mut |i, out| {
                                         seen += 1;
                                         for (k, &t) in tile.iter().enumerate() {
                                             for r in 0..GROUP {
@@ -1984,6 +2153,57 @@ mod tests {
                             }
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// bf16 groups give the canonical chain's bits on every instruction set (AVX-512 BF16's
+    /// `vdpbf16ps` where the CPU has it, fused multiply-adds or the flushing scalar chain
+    /// elsewhere): values of every exponent — zeros, numbers below f32's normal range, products
+    /// that overflow — and values at the edges of the plain range.
+    #[test]
+    fn bf16_groups_equal_the_chain_on_any_values() {
+        let cols = 96;
+        let mut r = Rng::new(11);
+        // a bf16 of a random sign and mantissa, biased exponent in `e`
+        let mut value = |e: std::ops::RangeInclusive<u32>| {
+            let bits = r.next_u64();
+            let exp = e.start() + (bits >> 20) as u32 % (e.end() - e.start() + 1);
+            ((bits & 0x8000) as u32 | exp << 7 | (bits >> 8) as u32 & 0x7f) as u16
+        };
+        // (weights' exponents, activations' exponents): anything finite; the plain range's edges
+        for (we, xe) in [(0..=254, 0..=254), (71..=189, 71..=189), (71..=80, 71..=75), (180..=189, 180..=189)] {
+            let w: Vec<u8> = (0..2 * GROUP * cols).flat_map(|_| value(we.clone()).to_le_bytes()).collect();
+            let x: Vec<f32> = (0..9 * cols).map(|_| f32::from_bits((value(xe.clone()) as u32) << 16)).collect();
+            let g = to_groups(Format::BF16, &w[..GROUP * 2 * cols])
+                .into_iter()
+                .chain(to_groups(Format::BF16, &w[GROUP * 2 * cols..]))
+                .collect::<Vec<u8>>();
+            let plain = bf16::all_plain(&w);
+            for isa in Isa::all_supported() {
+                let mut acts = Activations::default();
+                acts.prepare_isa(isa, &x, 9, cols, Format::BF16);
+                let toks: Vec<usize> = (0..9).collect();
+                for tile in toks.chunks(float_tile(isa, Format::BF16)) {
+                    let check = |i: usize, out: &[[f32; GROUP]]| {
+                        for (k, &t) in tile.iter().enumerate() {
+                            for row in 0..GROUP {
+                                let r = i * GROUP + row;
+                                let want = bf16::chain(&w[r * 2 * cols..][..2 * cols], acts.bf16_row(t));
+                                let got = out[k][row];
+                                let msg =
+                                    format!("{isa:?} exponents {we:?}/{xe:?} row {r} token {t}: {got:e} vs {want:e}");
+                                assert!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()), "{msg}");
+                            }
+                        }
+                    };
+                    if uses_groups(isa, Format::BF16) {
+                        dot_float_groups(isa, Format::BF16, &g, &acts, tile, plain, &mut |i, out| check(i, out));
+                    }
+                    let mut out = [[0.0f32; GROUP]; FLOAT_TILE];
+                    dot_float_rows(isa, Format::BF16, &w[..GROUP * 2 * cols], GROUP, &acts, tile, &mut out);
+                    check(0, &out);
                 }
             }
         }
@@ -2060,6 +2280,9 @@ mod tests {
             acts.prepare(&x, 1, cols, fmt);
             let xd: Vec<f64> = if fmt.is_quantized() {
                 (0..cols).map(|i| acts.q[i] as f64 * acts.d[i / acts.kind.block()] as f64).collect()
+            } else if fmt == Format::BF16 {
+                // the activations as rounded for bf16 weights
+                acts.bf16_row(0)[..cols].iter().map(|&h| super::super::bf16_to_f32(h) as f64).collect()
             } else {
                 x.iter().map(|&v| v as f64).collect()
             };

@@ -14,6 +14,7 @@
 //! - Q6_K: 256 weights in 210 bytes: `ql: [u8; 128]`, `qh: [u8; 64]`, `scales: [i8; 16]`, `d: f16`;
 //!   sub-block j of 16: w = d·sc_j·(q − 32), q 6 bits.
 
+pub mod bf16;
 pub mod dot;
 
 use anyhow::{bail, Result};
