@@ -4,7 +4,8 @@
 //! Quantized weights meet activations quantized once per matmul to 8 bits, as llama.cpp does it
 //! (so that both engines compute the same quantities): ggml's `quantize_row_q8_0` (blocks of 32,
 //! f16 scale) for Q8_0 and Q4_0 weights, `quantize_row_q8_K` (blocks of 256, f32 scale, sums of
-//! 16) for the K-quants; the products are integers. f32/f16/bf16 weights meet f32 activations.
+//! 16) for the K-quants; the products are integers. f32 and f16 weights meet f32 activations, bf16
+//! weights activations rounded to bf16 (as llama.cpp rounds them; [`bf16`]).
 //!
 //! Every instruction set computes the same bits, by one canonical order:
 //! - Q8_0, Q4_0: the 32 products of block `b` are summed exactly (an integer); the sum, as f32, is
@@ -22,17 +23,19 @@
 //!   (`hsum8`), and the last columns one by one. (One chain a pair: on AVX-512 a tile of four rows
 //!   and six tokens keeps its 24 accumulators in registers, where two chains a pair, measured,
 //!   ran 20% slower.)
-//! - f16, bf16: one fused multiply-add after the other, column by column, from 0 — a chain per
-//!   row and token with no lanes to combine, so that sixteen rows stored column by column
+//! - f16: one fused multiply-add after the other, column by column, from 0 — a chain per row and
+//!   token with no lanes to combine, so that sixteen rows stored column by column
 //!   ([`to_groups`]) run as the sixteen lanes of a vector, each column's activation broadcast to
 //!   them: the outer product BLAS kernels compute, which reads a vector of weights and an
-//!   activation per 12 or 2 multiply-adds (f16 prefill 1.2–1.4× the f32 order's tiles, measured).
+//!   activation per 12 or 2 multiply-adds (the f16 matrices of a layer 1.2–1.6× faster than with
+//!   the f32 order's tiles, BENCHMARKS.md).
 //!   f32 keeps its order because its prompts take the `gemm` crate in ggml's row layout, which a
 //!   training model's shared parameters must keep.
+//! - bf16: one chain per row and token over column pairs, as `vdpbf16ps` adds them ([`bf16`]).
 //!
-//! On AVX-512 and AVX2 every quantized format, f16 and bf16 run sixteen rows together in the
-//! [`to_groups`] layout, one row per lane (AVX2: each half of the sixteen a pass), as llama.cpp's
-//! repacked x86 kernels do.
+//! On AVX-512 and AVX2 every format but f32 runs sixteen rows together in the [`to_groups`]
+//! layout, one row per lane (AVX2: each half of the sixteen a pass), as llama.cpp's repacked x86
+//! kernels do.
 //!
 //! AVX-512 VNNI (`vpdpbusd`), AVX2 (`vpmaddubsw` + `vpmaddwd`) and the scalar path all produce the
 //! exact integers, so a result depends neither on the CPU, nor on the thread count, nor on how
@@ -46,8 +49,8 @@ use std::sync::OnceLock;
 
 /// Most tokens that share one pass over a weight row.
 pub const MAX_TILE: usize = 4;
-/// Most tokens that share one pass over float weights: twelve over grouped f16/bf16 rows on
-/// AVX-512 ([`float_tile`]).
+/// Most tokens that share one pass over float weights: twelve over grouped f16 rows on AVX-512,
+/// and bf16 with AVX-512 BF16 ([`float_tile`]).
 pub const FLOAT_TILE: usize = 12;
 
 /// Tokens a tile of float rows of `fmt` takes on `isa`: grouped f16 rows ([`dot_float_groups`])
