@@ -670,6 +670,28 @@ pub fn dot_float_rows(
     }
 }
 
+/// `$run!(T)` with the tile length `$n` (1 to [`FLOAT_TILE`]) as a constant.
+#[cfg(target_arch = "x86_64")]
+macro_rules! for_tile_len {
+    ($n:expr, $run:ident) => {
+        match $n {
+            1 => $run!(1),
+            2 => $run!(2),
+            3 => $run!(3),
+            4 => $run!(4),
+            5 => $run!(5),
+            6 => $run!(6),
+            7 => $run!(7),
+            8 => $run!(8),
+            9 => $run!(9),
+            10 => $run!(10),
+            11 => $run!(11),
+            12 => $run!(12),
+            _ => {}
+        }
+    };
+}
+
 /// `out(i, res)` for each group `i` of `groups` (consecutive groups of [`GROUP`] f16/bf16 rows in
 /// the [`to_groups`] layout: column after column, the group's 16 values of a column together),
 /// `res[k][r]` = row `r` of the group · act `toks[k]`: one chain of fused multiply-adds per row
@@ -702,36 +724,18 @@ pub fn dot_float_groups(
         macro_rules! run {
             ($t:literal) => {{
                 let mut res = [[[0.0f32; GROUP]; $t]; 2];
-                let mut pairs = groups.chunks_exact(2 * gb);
-                for (i, pair) in pairs.by_ref().enumerate() {
+                for (i, two) in groups.chunks(2 * gb).enumerate() {
                     // SAFETY: `uses_groups` holds only for AVX-512 VNNI or AVX2, detected on this
                     // CPU; the groups' and the tile's lengths are checked above.
-                    unsafe { x86::float_groups::<$t>(isa, fmt, pair, gb, cols, xp, &mut res) };
+                    unsafe { x86::float_groups::<$t>(isa, fmt, two, gb, cols, xp, &mut res) };
                     out(2 * i, &res[0]);
-                    out(2 * i + 1, &res[1]);
-                }
-                if !pairs.remainder().is_empty() {
-                    let one = pairs.remainder();
-                    unsafe { x86::float_groups::<$t>(isa, fmt, one, gb, cols, xp, &mut res) };
-                    out(groups.len() / gb - 1, &res[0]);
+                    if two.len() == 2 * gb {
+                        out(2 * i + 1, &res[1]);
+                    }
                 }
             }};
         }
-        match toks.len() {
-            1 => run!(1),
-            2 => run!(2),
-            3 => run!(3),
-            4 => run!(4),
-            5 => run!(5),
-            6 => run!(6),
-            7 => run!(7),
-            8 => run!(8),
-            9 => run!(9),
-            10 => run!(10),
-            11 => run!(11),
-            12 => run!(12),
-            _ => {}
-        }
+        for_tile_len!(toks.len(), run);
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (out, xp);
@@ -779,21 +783,7 @@ fn bf16_groups(
                 }
             }};
         }
-        match toks.len() {
-            1 => run!(1),
-            2 => run!(2),
-            3 => run!(3),
-            4 => run!(4),
-            5 => run!(5),
-            6 => run!(6),
-            7 => run!(7),
-            8 => run!(8),
-            9 => run!(9),
-            10 => run!(10),
-            11 => run!(11),
-            12 => run!(12),
-            _ => {}
-        }
+        for_tile_len!(toks.len(), run);
         return;
     }
     let _ = (hardware, plain, xp);
