@@ -120,9 +120,10 @@ pub(super) mod x86 {
 
     /// The same sums for one group with fused multiply-adds (AVX2), for [`super::plain`] weights
     /// and activations only: the odd column's product, then the even one's, into each lane (a
-    /// half of the group's 16 rows a vector).
+    /// half of the group's 16 rows a vector); `xp` the tile's activations as f32, `[pair][T]`, each
+    /// pair (even, odd).
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn group_256<const T: usize>(g: *const u8, pairs: usize, xp: *const u32, res: &mut [[f32; GROUP]; T]) {
+    pub unsafe fn group_256<const T: usize>(g: *const u8, pairs: usize, xp: *const f32, res: &mut [[f32; GROUP]; T]) {
         let hi16 = _mm256_set1_epi32(0xffff_0000u32 as i32);
         let mut acc = [[_mm256_setzero_ps(); 2]; T];
         for p in 0..pairs {
@@ -133,11 +134,9 @@ pub(super) mod x86 {
             ];
             let even = v.map(|v| _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)));
             let odd = v.map(|v| _mm256_castsi256_ps(_mm256_and_si256(v, hi16)));
-            let x = xp.add(T * p);
+            let x = xp.add(2 * T * p);
             for t in 0..T {
-                let b = _mm256_set1_epi32(*x.add(t) as i32);
-                let (xe, xo) =
-                    (_mm256_castsi256_ps(_mm256_slli_epi32(b, 16)), _mm256_castsi256_ps(_mm256_and_si256(b, hi16)));
+                let (xe, xo) = (_mm256_broadcast_ss(&*x.add(2 * t)), _mm256_broadcast_ss(&*x.add(2 * t + 1)));
                 for h in 0..2 {
                     acc[t][h] = _mm256_fmadd_ps(odd[h], xo, acc[t][h]);
                     acc[t][h] = _mm256_fmadd_ps(even[h], xe, acc[t][h]);

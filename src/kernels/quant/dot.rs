@@ -207,9 +207,10 @@ pub struct Activations {
     pub packed: Vec<f32>,
     pub packed_tile: usize,
     /// Bf16 kind: token `t`'s rounded activations at `h[t * h_stride..][..cols]` (a zero after an
-    /// odd count), and the packed tiles as `packed` (`[pair][token]`, a pair of rounded
-    /// activations a `u32`, the even column in the low half), with whether each tile's values are
-    /// all [`bf16::plain`].
+    /// odd count), and the packed tiles as `packed` is packed (`[pair][token]`): for `vdpbf16ps`
+    /// in `pairs`, a pair of rounded activations a `u32` (the even column in the low half), else in
+    /// `packed`, each pair as two f32 (even, odd); with whether each tile's values are all
+    /// [`bf16::plain`].
     pub h: Vec<u16>,
     pub h_stride: usize,
     pub pairs: Vec<u32>,
@@ -277,26 +278,36 @@ impl Activations {
                 self.h.clear(); // the zero after an odd count
             }
             self.h.resize(n * hs, 0);
-            self.pairs.resize(if packing { n * np } else { 0 }, 0);
+            // `vdpbf16ps` broadcasts a pair as one u32; the FMA kernel each value as an f32
+            let hardware = bf16_dot(isa);
+            self.pairs.resize(if packing && hardware { n * np } else { 0 }, 0);
+            self.packed.resize(if packing && !hardware { n * cols } else { 0 }, 0.0);
             self.plain_tiles.clear();
             self.plain_tiles.resize(n.div_ceil(tile), true);
             let mut pairs = self.pairs.chunks_mut(tile * np);
+            let mut floats = self.packed.chunks_mut(tile * cols);
             let mut work: Vec<_> = x
                 .chunks(tile * cols)
                 .zip(self.h.chunks_mut(tile * hs))
                 .zip(self.plain_tiles.iter_mut())
-                .map(|((x, h), plain)| (x, h, pairs.next().unwrap_or(&mut []), plain))
+                .map(|((x, h), plain)| (x, h, pairs.next().unwrap_or(&mut []), floats.next().unwrap_or(&mut []), plain))
                 .collect();
-            per_tile(&mut work, n * cols, &|_, (x, h, p, plain)| {
+            per_tile(&mut work, n * cols, &|_, (x, h, p, f, plain)| {
                 let len = x.len() / cols;
                 for (t, x) in x.chunks_exact(cols).enumerate() {
                     let h = &mut h[t * hs..][..cols];
                     h.iter_mut().zip(x).for_each(|(h, &x)| *h = bf16::round_activation(x));
                     **plain &= h.iter().all(|&v| bf16::plain(v));
-                    if !p.is_empty() {
-                        // (packed only for an even count)
-                        for (j, v) in h.chunks_exact(2).enumerate() {
-                            p[j * len + t] = v[0] as u32 | (v[1] as u32) << 16;
+                    // (packed only for an even count; into one of the two)
+                    let (to_pairs, to_floats) = (!p.is_empty(), !f.is_empty());
+                    for (j, v) in h.chunks_exact(2).enumerate() {
+                        let at = j * len + t;
+                        if to_pairs {
+                            p[at] = v[0] as u32 | (v[1] as u32) << 16;
+                        }
+                        if to_floats {
+                            f[2 * at] = f32::from_bits((v[0] as u32) << 16);
+                            f[2 * at + 1] = f32::from_bits((v[1] as u32) << 16);
                         }
                     }
                 }
@@ -754,8 +765,9 @@ fn bf16_groups(
     out: &mut dyn FnMut(usize, &[[f32; GROUP]]),
 ) {
     let (np, t0) = (acts.cols / 2, toks[0]);
-    let xp = &acts.pairs[t0 * np..][..toks.len() * np];
     let hardware = bf16_dot(isa);
+    let xp = if hardware { &acts.pairs[t0 * np..][..toks.len() * np] } else { &[][..] };
+    let xf = if hardware { &[][..] } else { &acts.packed[t0 * 2 * np..][..toks.len() * 2 * np] };
     let plain = plain_weights && acts.plain_tiles[t0 / acts.packed_tile];
     #[cfg(target_arch = "x86_64")]
     if hardware || plain {
@@ -772,8 +784,8 @@ fn bf16_groups(
                         if hardware {
                             bf16::x86::groups_512::<$t>(g0, g1, np, xp.as_ptr(), &mut res);
                         } else {
-                            bf16::x86::group_256::<$t>(g0, np, xp.as_ptr(), &mut res[0]);
-                            bf16::x86::group_256::<$t>(g1, np, xp.as_ptr(), &mut res[1]);
+                            bf16::x86::group_256::<$t>(g0, np, xf.as_ptr(), &mut res[0]);
+                            bf16::x86::group_256::<$t>(g1, np, xf.as_ptr(), &mut res[1]);
                         }
                     }
                     out(2 * i, &res[0]);
@@ -786,7 +798,7 @@ fn bf16_groups(
         for_tile_len!(toks.len(), run);
         return;
     }
-    let _ = (hardware, plain, xp);
+    let _ = (hardware, plain, xp, xf);
     let rb = gb / GROUP;
     let mut res = [[0.0f32; GROUP]; FLOAT_TILE];
     for (i, g) in groups.chunks_exact(gb).enumerate() {
