@@ -704,12 +704,13 @@ macro_rules! for_tile_len {
 }
 
 /// `out(i, res)` for each group `i` of `groups` (consecutive groups of [`GROUP`] f16/bf16 rows in
-/// the [`to_groups`] layout: column after column, the group's 16 values of a column together),
-/// `res[k][r]` = row `r` of the group · act `toks[k]`: one chain of fused multiply-adds per row
-/// and token, column after column, as [`dot_row`] computes it. `toks` is one tile of the
-/// activations' packing ([`Activations::packed`]). The 16 rows of a column are one vector, and a
-/// token's activation of the column is broadcast to it (the outer product BLAS kernels compute):
-/// two groups and twelve tokens take 24 vector registers on AVX-512, and every load of weights or
+/// the [`to_groups`] layout: column after column — bf16: column pair after pair — the group's 16
+/// values of a column together), `res[k][r]` = row `r` of the group · act `toks[k]`: one chain per
+/// row and token, in the format's canonical order, as [`dot_row`] computes it (`plain_weights`:
+/// the group's bf16 values are all [`bf16::plain`]). `toks` is one tile of the activations'
+/// packing ([`Activations::packed`]). The 16 rows of a column are one vector, and a token's
+/// activation of the column is broadcast to it (the outer product BLAS kernels compute): two
+/// groups and twelve tokens take 24 vector registers on AVX-512, and every load of weights or
 /// activations serves 12 or 2 multiply-adds.
 pub fn dot_float_groups(
     isa: Isa,
