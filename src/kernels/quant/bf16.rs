@@ -18,17 +18,15 @@
 //! runs plain FMAs where weights and activations are all [`plain`] (checked once per matrix and per
 //! packed tile), and otherwise the scalar chain with its flushes.
 
-/// ggml's f32 → bf16 rounding (to nearest even; NaN quieted), with values below the normal range
-/// flushed to a signed zero.
+use super::{bf16_to_f32, f32_to_bf16};
+
+/// ggml's f32 → bf16 rounding ([`f32_to_bf16`]: to nearest even, NaN quieted), with values below
+/// the normal range flushed to a signed zero.
 pub fn round_activation(x: f32) -> u16 {
-    let u = x.to_bits();
-    if u & 0x7fff_ffff > 0x7f80_0000 {
-        return ((u >> 16) | 64) as u16;
+    if x.to_bits() & 0x7f80_0000 == 0 {
+        return ((x.to_bits() >> 16) & 0x8000) as u16;
     }
-    if u & 0x7f80_0000 == 0 {
-        return ((u >> 16) & 0x8000) as u16;
-    }
-    ((u + (0x7fff + ((u >> 16) & 1))) >> 16) as u16
+    f32_to_bf16(x)
 }
 
 /// Whether `v` is 0 or a finite value in `[2^-56, 2^63)` in magnitude, where the plain fused
@@ -42,8 +40,7 @@ pub fn plain(v: u16) -> bool {
 #[inline]
 fn value(v: u16) -> f32 {
     // inputs below the normal range read as (signed) zero
-    let u = (v as u32) << 16;
-    f32::from_bits(if u & 0x7f80_0000 == 0 { u & 0x8000_0000 } else { u })
+    bf16_to_f32(if v & 0x7f80 == 0 { v & 0x8000 } else { v })
 }
 
 #[inline]

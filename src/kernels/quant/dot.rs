@@ -206,13 +206,12 @@ pub struct Activations {
     /// lie together. `packed_tile` is 0 where not prepared.
     pub packed: Vec<f32>,
     pub packed_tile: usize,
-    /// Bf16 kind: token `t`'s rounded activations at `h[t * h_stride..][..cols]` (a zero after an
-    /// odd count), and the packed tiles as `packed` is packed (`[pair][token]`): for `vdpbf16ps`
-    /// in `pairs`, a pair of rounded activations a `u32` (the even column in the low half), else in
-    /// `packed`, each pair as two f32 (even, odd); with whether each tile's values are all
-    /// [`bf16::plain`].
+    /// Bf16 kind: token `t`'s rounded activations at `h[t · cols'..][..cols]`, `cols'` the column
+    /// count rounded up to even (a zero after an odd count), and the packed tiles as `packed` is
+    /// packed (`[pair][token]`): for `vdpbf16ps` in `pairs`, a pair of rounded activations a `u32`
+    /// (the even column in the low half), else in `packed`, each pair as two f32 (even, odd); with
+    /// whether each tile's values are all [`bf16::plain`].
     pub h: Vec<u16>,
-    pub h_stride: usize,
     pub pairs: Vec<u32>,
     pub plain_tiles: Vec<bool>,
 }
@@ -225,7 +224,8 @@ impl Activations {
 
     /// Token `t`'s activations rounded to bf16 (Bf16 kind).
     pub fn bf16_row(&self, t: usize) -> &[u16] {
-        &self.h[t * self.h_stride..][..self.h_stride]
+        let hs = self.cols.next_multiple_of(2);
+        &self.h[t * hs..][..hs]
     }
 
     /// Whether these are `n` tokens of `cols` prepared for `fmt` weights on this CPU.
@@ -273,7 +273,6 @@ impl Activations {
         }
         if self.kind == ActKind::Bf16 {
             let (hs, np) = (cols.next_multiple_of(2), cols / 2);
-            self.h_stride = hs;
             if hs != cols {
                 self.h.clear(); // the zero after an odd count
             }
@@ -2178,8 +2177,17 @@ mod tests {
             let exp = e.start() + (bits >> 20) as u32 % (e.end() - e.start() + 1);
             ((bits & 0x8000) as u32 | exp << 7 | (bits >> 8) as u32 & 0x7f) as u16
         };
-        // (weights' exponents, activations' exponents): anything finite; the plain range's edges
-        for (we, xe) in [(0..=254, 0..=254), (71..=189, 71..=189), (71..=80, 71..=75), (180..=189, 180..=189)] {
+        // (weights' exponents, activations' exponents): anything finite; the plain range's edges;
+        // products below the normal range (the sums' flush); weights below it (read as zero)
+        let cases = [
+            (0..=254, 0..=254),
+            (71..=189, 71..=189),
+            (71..=80, 71..=75),
+            (180..=189, 180..=189),
+            (50..=66, 50..=66),
+            (0..=2, 120..=135),
+        ];
+        for (we, xe) in cases {
             let w: Vec<u8> = (0..2 * GROUP * cols).flat_map(|_| value(we.clone()).to_le_bytes()).collect();
             let x: Vec<f32> = (0..9 * cols).map(|_| f32::from_bits((value(xe.clone()) as u32) << 16)).collect();
             let g = to_groups(Format::BF16, &w[..GROUP * 2 * cols])
