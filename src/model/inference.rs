@@ -394,6 +394,12 @@ impl InferenceModel {
             + self.lm_head.size_bytes()
     }
 
+    /// The bytes of every matrix a decode step reads (see [`matmul_bytes`](Self::matmul_bytes)).
+    pub fn matmul_weights(&self) -> Vec<&[u8]> {
+        let lins = self.layers.iter().flat_map(|l| [&l.wqkv, &l.wo, &l.wgu, &l.wdown]);
+        lins.chain([&self.lm_head]).flat_map(|lin| lin.parts.iter().map(|p| p.bytes())).collect()
+    }
+
     /// Bytes of all weights held.
     pub fn weight_bytes(&self) -> usize {
         self.matmul_bytes() + self.embed.size_bytes() + 4 * self.cfg.hidden_size * (2 * self.cfg.num_hidden_layers + 1)

@@ -236,13 +236,17 @@ impl Linear {
             }
         }
         let isa = Isa::detect();
-        let mut off = 0;
-        for p in &self.parts {
-            if !acts.prepared_for(n, self.cols, p.format) {
-                acts.prepare(x, n, self.cols, p.format);
+        let (mut i, mut off) = (0, 0);
+        while i < self.parts.len() {
+            if !acts.prepared_for(n, self.cols, self.parts[i].format) {
+                acts.prepare(x, n, self.cols, self.parts[i].format);
             }
-            matmul_rows(isa, p, acts, y, self.rows, off, accumulate);
-            off += p.rows;
+            // the parts that read the same activations (q, k and v; gate and up) in one team job
+            let same = self.parts[i..].iter().take_while(|p| acts.prepared_for(n, self.cols, p.format)).count();
+            let parts = &self.parts[i..i + same];
+            matmul_rows(isa, parts, acts, y, self.rows, off, accumulate);
+            off += parts.iter().map(|p| p.rows).sum::<usize>();
+            i += same;
         }
         acts.n = 0; // the next call prepares its own input
     }
@@ -252,44 +256,54 @@ impl Linear {
 /// tile of tokens passes over it).
 const BLOCK_BYTES: usize = 96 << 10;
 
-/// `y[t, off + r] (+)= W[r] · act_t` for every row and token. Rows are split over the threads in a
-/// few tasks per thread. Each task walks its rows in cache blocks of about [`BLOCK_BYTES`]; every
-/// tile of [`MAX_TILE`] tokens ([`float_tile`] for float rows) passes over a block, all its groups
-/// of [`GROUP`] rows in one call where the matrix is grouped, so that one read of the weights serves all
+/// `y[t, off + r] (+)= W[r] · act_t` for every row `r` of the stacked `parts` (one under the other
+/// from column `off` of `y`) and every token. The parts' rows together are split over the threads
+/// in a few tasks per thread, largest first (one job for all: a job's start and its last task
+/// cost as much as a small part such as k or v). Each task walks its rows in cache blocks of about [`BLOCK_BYTES`]; every tile of
+/// [`MAX_TILE`] tokens ([`float_tile`] for float rows) passes over a block, all its groups of
+/// [`GROUP`] rows in one call where the matrix is grouped, so that one read of the weights serves all
 /// tokens.
-fn matmul_rows(isa: Isa, w: &WeightMatrix, acts: &Activations, y: &mut [f32], ld: usize, off: usize, accumulate: bool) {
-    let (rows, n) = (w.rows, acts.n);
-    let rb = w.row_bytes();
-    let bytes = w.bytes();
-    let grouped = if w.groups { rows / GROUP * GROUP } else { 0 };
-    let float = !w.format.is_quantized();
+fn matmul_rows(
+    isa: Isa,
+    parts: &[WeightMatrix],
+    acts: &Activations,
+    y: &mut [f32],
+    ld: usize,
+    off: usize,
+    accumulate: bool,
+) {
+    let n = acts.n;
     let out = team::Disjoint(y.as_mut_ptr());
     // a few tasks per thread, claimed as threads come free (the machines are shared and noisy)
     let tasks = 4 * rayon::current_num_threads().max(1);
+    let total: usize = parts.iter().map(|p| p.rows).sum();
     // grouped float rows run two groups a kernel call (one alone costs as much as two)
-    let step = if float && w.groups { 2 * GROUP } else { GROUP };
-    let chunk = rows.div_ceil(tasks).next_multiple_of(step);
-    let block = (BLOCK_BYTES / rb.max(1)).max(1).next_multiple_of(step);
+    let step = |w: &WeightMatrix| if !w.format.is_quantized() && w.groups { 2 * GROUP } else { GROUP };
     let toks: Vec<usize> = (0..n).collect();
-    // float rows take more tokens a pass where the registers allow (a tile of one f32 token goes
-    // row by row)
-    let tile_len = if float { float_tile(isa, w.format) } else { MAX_TILE };
-    // y[t, off + r..off + r + vals.len()] (+)= vals
+    // y[t, r..r + vals.len()] (+)= vals
     let put = |t: usize, r: usize, vals: &[f32]| {
         // SAFETY: these outputs of token t are written by one task only; in bounds by the assert
         // in `Linear::forward`.
-        let y = unsafe { std::slice::from_raw_parts_mut(out.get().add(t * ld + off + r), vals.len()) };
+        let y = unsafe { std::slice::from_raw_parts_mut(out.get().add(t * ld + r), vals.len()) };
         if accumulate {
             y.iter_mut().zip(vals).for_each(|(y, v)| *y += v);
         } else {
             y.copy_from_slice(vals);
         }
     };
-    team::run(rows.div_ceil(chunk), &|c| {
+    // rows lo..hi of part w, written from column base of y
+    let rows_of = |w: &WeightMatrix, base: usize, lo: usize, hi: usize| {
+        let (rb, bytes) = (w.row_bytes(), w.bytes());
+        let grouped = if w.groups { w.rows / GROUP * GROUP } else { 0 };
+        let float = !w.format.is_quantized();
+        let block = (BLOCK_BYTES / rb.max(1)).max(1).next_multiple_of(step(w));
+        // float rows take more tokens a pass where the registers allow (a tile of one f32 token
+        // goes row by row)
+        let tile_len = if float { float_tile(isa, w.format) } else { MAX_TILE };
+        let put = |t: usize, r: usize, vals: &[f32]| put(t, base + r, vals);
         let mut res = [[0.0f32; GROUP]; FLOAT_TILE];
-        let end = ((c + 1) * chunk).min(rows);
-        for r0 in (c * chunk..end).step_by(block) {
-            let r1 = (r0 + block).min(end);
+        for r0 in (lo..hi).step_by(block) {
+            let r1 = (r0 + block).min(hi);
             for (pass, tile) in toks.chunks(tile_len).enumerate() {
                 let mut r = r0;
                 while r < r1 {
@@ -328,6 +342,23 @@ fn matmul_rows(isa: Isa, w: &WeightMatrix, acts: &Activations, y: &mut [f32], ld
                 }
             }
         }
+    };
+    // task c takes the stacked rows [bound(c), bound(c + 1)), the tasks' sizes falling as
+    // tasks, tasks − 1, …, 1 (guided scheduling): the last ones are small, so that the threads
+    // finish a job together
+    let bound = |c: usize| total * (c * tasks - c * c.saturating_sub(1) / 2) / (tasks * (tasks + 1) / 2);
+    team::run(tasks, &|c| {
+        let mut start = 0;
+        for w in parts {
+            // the task's rows of this part, its bounds rounded up to whole steps of the part (so
+            // that consecutive tasks meet and groups stay whole)
+            let local = |g: usize| g.saturating_sub(start).next_multiple_of(step(w)).min(w.rows);
+            let (lo, hi) = (local(bound(c)), local(bound(c + 1)));
+            if lo < hi {
+                rows_of(w, off + start, lo, hi);
+            }
+            start += w.rows;
+        }
     });
 }
 
@@ -335,6 +366,49 @@ fn matmul_rows(isa: Isa, w: &WeightMatrix, acts: &Activations, y: &mut [f32], ld
 mod tests {
     use super::*;
     use crate::rng::Rng;
+
+    /// Stacked parts split into guided tasks over their rows together: every output is its row's
+    /// product as the scalar kernel computes it alone (ggml's row layout, activations prepared
+    /// for the scalar path), written once in its place, on any thread count; parts whose row
+    /// counts are not whole groups, of formats sharing activations (one job) or not.
+    #[test]
+    fn every_row_once_in_its_place() {
+        let (cols, n) = (256, 5);
+        let parts = [(37, Format::Q8_0), (64, Format::Q4_0), (45, Format::Q6K), (16, Format::F16), (3, Format::Q4K)];
+        let mut r = Rng::new(9);
+        let ws: Vec<Vec<f32>> =
+            parts.iter().map(|&(rows, _)| (0..rows * cols).map(|_| r.normal() as f32 * 0.1).collect()).collect();
+        let x: Vec<f32> = (0..n * cols).map(|_| r.normal() as f32).collect();
+        let lin = Linear::new(
+            parts.iter().zip(&ws).map(|(&(rows, f), w)| WeightMatrix::quantize(w, rows, cols, f).unwrap()).collect(),
+        )
+        .unwrap();
+        let mut want = vec![0.0f32; n * lin.rows];
+        let mut acts = Activations::default();
+        let mut off = 0;
+        for (&(rows, f), w) in parts.iter().zip(&ws) {
+            acts.prepare_isa(Isa::Scalar, &x, n, cols, f);
+            for i in 0..rows {
+                let row = WeightMatrix::quantize(&w[i * cols..(i + 1) * cols], 1, cols, f).unwrap();
+                let mut out = [0.0f32; MAX_TILE];
+                for t in 0..n {
+                    dot_row(Isa::Scalar, f, row.bytes(), &acts, &[t], &mut out);
+                    want[t * lin.rows + off + i] = out[0];
+                }
+            }
+            off += rows;
+        }
+        for threads in [1, 2, 3, 7] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let mut y = vec![f32::NAN; n * lin.rows];
+            let mut acts = Activations::default();
+            pool.install(|| lin.forward(&mut y, &x, n, false, RowMode::Independent, &mut acts));
+            let same = y.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{threads} threads");
+            pool.install(|| lin.forward(&mut y, &x, n, true, RowMode::Independent, &mut acts));
+            assert!(y.iter().zip(&want).all(|(a, b)| *a == 2.0 * b), "{threads} threads, accumulating");
+        }
+    }
 
     /// Independent rows: each token's output equals the token computed alone, bit for bit, for
     /// every format and for stacked parts of different formats.
