@@ -573,7 +573,7 @@ pub fn dot_groups(
     acts: &Activations,
     toks: &[usize],
     prefetch: bool,
-    out: &mut dyn FnMut(usize, &[[f32; GROUP]]),
+    out: &mut impl FnMut(usize, &[[f32; GROUP]]),
 ) {
     let gb = GROUP * fmt.row_bytes(acts.cols).unwrap_or(0);
     let fits = toks.len() <= MAX_TILE && gb > 0 && groups.len().is_multiple_of(gb);
@@ -718,7 +718,7 @@ pub fn dot_float_groups(
     acts: &Activations,
     toks: &[usize],
     plain_weights: bool,
-    out: &mut dyn FnMut(usize, &[[f32; GROUP]]),
+    out: &mut impl FnMut(usize, &[[f32; GROUP]]),
 ) {
     let (cols, t0, tile) = (acts.cols, toks[0], acts.packed_tile);
     let gb = GROUP * fmt.row_bytes(cols).unwrap_or(0);
@@ -762,7 +762,7 @@ fn bf16_groups(
     acts: &Activations,
     toks: &[usize],
     plain_weights: bool,
-    out: &mut dyn FnMut(usize, &[[f32; GROUP]]),
+    out: &mut impl FnMut(usize, &[[f32; GROUP]]),
 ) {
     let (np, t0) = (acts.cols / 2, toks[0]);
     let hardware = bf16_dot(isa);
