@@ -23,12 +23,14 @@ fn fixture() -> PathBuf {
 
 /// The fixture's model directory with the repository's Llama-2 tokenizer.json beside it, made once
 /// per test process.
+/// The fixture model, copied once per test process (the tests run in parallel threads: one test
+/// found another's half-copied tokenizer.json when each checked for it).
 fn model_dir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!("tinyllama-trl-model-{}", std::process::id()));
-    if !d.join("tokenizer.json").exists() {
-        common::trl_model(&d);
-    }
-    d
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        common::trl_model(&std::env::temp_dir().join(format!("tinyllama-trl-model-{}", std::process::id())))
+    })
+    .clone()
 }
 
 fn runs() -> Value {
