@@ -279,7 +279,7 @@ fn matmul_rows(
     let total: usize = parts.iter().map(|p| p.rows).sum();
     // grouped float rows run two groups a kernel call (one alone costs as much as two)
     let step = |w: &WeightMatrix| if !w.format.is_quantized() && w.groups { 2 * GROUP } else { GROUP };
-    let toks: Vec<usize> = (0..n).collect();
+    let toks = &acts.toks[..n];
     // y[t, r..r + vals.len()] (+)= vals
     let put = |t: usize, r: usize, vals: &[f32]| {
         // SAFETY: these outputs of token t are written by one task only; in bounds by the assert

@@ -214,6 +214,8 @@ pub struct Activations {
     pub h: Vec<u16>,
     pub pairs: Vec<u32>,
     pub plain_tiles: Vec<bool>,
+    /// `0..n`, the token indices the matmuls tile (kept, so that a decode step allocates nothing).
+    pub toks: Vec<usize>,
 }
 
 impl Activations {
@@ -245,6 +247,8 @@ impl Activations {
         self.cols = cols;
         self.kind = ActKind::for_format(fmt);
         self.packed_tile = 0;
+        self.toks.clear();
+        self.toks.extend(0..n);
         let x = &x[..n * cols];
         let packing = packs(isa, fmt, cols);
         let tile = if packing { float_tile(isa, fmt) } else { MAX_TILE };
@@ -255,12 +259,11 @@ impl Activations {
             self.f.resize(n * fs, 0.0);
             self.packed.resize(if packing { n * cols } else { 0 }, 0.0);
             let mut packed = self.packed.chunks_mut(tile * cols);
-            let mut work: Vec<(&[f32], &mut [f32], &mut [f32])> = x
+            let work = x
                 .chunks(tile * cols)
                 .zip(self.f.chunks_mut(tile * fs))
-                .map(|(x, f)| (x, f, packed.next().unwrap_or(&mut [])))
-                .collect();
-            per_tile(&mut work, n * cols, &|_, (x, f, p)| {
+                .map(|(x, f)| (x, f, packed.next().unwrap_or(&mut [])));
+            per_tile(work, n * cols, &|_, (x, f, p): &mut (&[f32], &mut [f32], &mut [f32])| {
                 let len = x.len() / cols;
                 for (t, x) in x.chunks_exact(cols).enumerate() {
                     f[t * fs..][..cols].copy_from_slice(x);
@@ -285,13 +288,11 @@ impl Activations {
             self.plain_tiles.resize(n.div_ceil(tile), true);
             let mut pairs = self.pairs.chunks_mut(tile * np);
             let mut floats = self.packed.chunks_mut(tile * cols);
-            let mut work: Vec<_> = x
-                .chunks(tile * cols)
-                .zip(self.h.chunks_mut(tile * hs))
-                .zip(self.plain_tiles.iter_mut())
-                .map(|((x, h), plain)| (x, h, pairs.next().unwrap_or(&mut []), floats.next().unwrap_or(&mut []), plain))
-                .collect();
-            per_tile(&mut work, n * cols, &|_, (x, h, p, f, plain)| {
+            let work = x.chunks(tile * cols).zip(self.h.chunks_mut(tile * hs)).zip(self.plain_tiles.iter_mut()).map(
+                |((x, h), plain)| (x, h, pairs.next().unwrap_or(&mut []), floats.next().unwrap_or(&mut []), plain),
+            );
+            type Tile<'a> = (&'a [f32], &'a mut [u16], &'a mut [u32], &'a mut [f32], &'a mut bool);
+            per_tile(work, n * cols, &|_, (x, h, p, f, plain): &mut Tile| {
                 let len = x.len() / cols;
                 for (t, x) in x.chunks_exact(cols).enumerate() {
                     let h = &mut h[t * hs..][..cols];
@@ -322,13 +323,12 @@ impl Activations {
         self.sum.resize(n * cols / sl, 0);
         self.qu.resize(if unsigned { n * cols } else { 0 }, 0);
         let kind = self.kind;
-        let mut rows: Vec<_> = x
+        let rows = x
             .chunks_exact(cols)
             .zip(self.q.chunks_exact_mut(cols))
             .zip(self.d.chunks_exact_mut(cols / bl))
             .zip(self.sum.chunks_exact_mut(cols / sl))
-            .map(|(((x, q), d), s)| (x, q, d, s))
-            .collect();
+            .map(|(((x, q), d), s)| (x, q, d, s));
         let quantize = |_: usize, (x, q, d, sum): &mut (&[f32], &mut [i8], &mut [f32], &mut [i32])| {
             for ((xs, qs), d) in x.chunks_exact(bl).zip(q.chunks_exact_mut(bl)).zip(d.iter_mut()) {
                 *d = match kind {
@@ -342,7 +342,7 @@ impl Activations {
         };
         // tokens in parallel where there are enough of them to pay for the hand-off (a decode
         // batch's 16 × 2048 values take 8 µs on one core, longer on two)
-        per_tile(&mut rows, n * cols, &quantize);
+        per_tile(rows, n * cols, &quantize);
         if unsigned {
             for (u, &v) in self.qu.iter_mut().zip(&self.q) {
                 *u = (v as u8) ^ 0x80;
@@ -355,13 +355,14 @@ impl Activations {
 /// parallel.
 const PARALLEL_VALUES: usize = 1 << 17;
 
-/// `f(i, &mut items[i])` for every tile's work, in parallel for a batch of `values` of at least
-/// [`PARALLEL_VALUES`] (each item is its own tokens: the same bits either way).
-fn per_tile<T: Send>(items: &mut [T], values: usize, f: &(dyn Fn(usize, &mut T) + Sync)) {
+/// `f(i, &mut item_i)` for every tile's work, in parallel for a batch of `values` of at least
+/// [`PARALLEL_VALUES`] (each item is its own tokens: the same bits either way); a smaller batch
+/// (a decode step) on the calling thread, without collecting the items (no allocation).
+fn per_tile<T: Send>(items: impl Iterator<Item = T>, values: usize, f: &(dyn Fn(usize, &mut T) + Sync)) {
     if values >= PARALLEL_VALUES {
-        team::for_each_mut(items, f);
+        team::for_each_mut(&mut items.collect::<Vec<T>>(), f);
     } else {
-        items.iter_mut().enumerate().for_each(|(i, it)| f(i, it));
+        items.enumerate().for_each(|(i, mut it)| f(i, &mut it));
     }
 }
 
