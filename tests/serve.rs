@@ -433,7 +433,12 @@ fn queue_limit_disconnects_and_sigterm() {
     let last = tries.last().unwrap();
     assert!(last.contains(&429) && last.contains(&200), "never refused with 429 beyond the queue: {tries:?}");
     assert!(metric(&srv, "requests_rejected_total") >= 1);
-    assert_eq!(metric(&srv, "requests_running"), 0);
+    // the server frees a finished request just after its last bytes went out
+    let t = Instant::now();
+    while metric(&srv, "requests_running") > 0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "a finished request still counted as running");
+        std::thread::sleep(Duration::from_millis(1));
+    }
     // SIGTERM during a stream: it ends with [DONE], then the process exits 0
     let h = std::thread::spawn(move || http(&addr, "POST", "/v1/completions", &[], long.as_bytes()));
     std::thread::sleep(Duration::from_millis(200));
