@@ -178,6 +178,16 @@ pub struct GenerateBench {
 /// Matrices of at least this many bytes, far beyond the caches, are their own bandwidth probe.
 pub const PROBE_MIN_BYTES: usize = 256 << 20;
 
+/// About the bytes of a `dtype` model of `cfg` (every parameter in that format).
+pub fn approx_weight_bytes(cfg: &LlamaConfig, dtype: crate::model::ModelDtype) -> usize {
+    use crate::kernels::quant::Format;
+    let f = match dtype {
+        crate::model::ModelDtype::Uniform(f) => f,
+        crate::model::ModelDtype::Q4KM => Format::Q4K,
+    };
+    cfg.num_params() / f.block_len() * f.block_bytes()
+}
+
 /// Read bandwidth (bytes / s) of a 512 MiB buffer held as model weights are (huge pages where
 /// the system gives them): see [`stream_bandwidth`].
 pub fn read_bandwidth() -> f64 {
@@ -241,7 +251,8 @@ fn streamed_sum(xs: &[u8]) -> u64 {
 /// Prefill, decode and batched-decode speed (random weights: speed does not depend on them), of
 /// `model`, or of a random model of `cfg` in `dtype`. `bandwidth`: from [`read_bandwidth`],
 /// measured by the caller before the model was loaded (so that its buffer and the model are not
-/// in memory together and peak RSS is the model's).
+/// in memory together and peak RSS is the model's), needed only for models under
+/// [`PROBE_MIN_BYTES`] (larger ones are probed by reading their own matrices).
 #[allow(clippy::too_many_arguments)]
 pub fn generate_bench(
     name: &str,
@@ -252,7 +263,7 @@ pub fn generate_bench(
     new_tokens: usize,
     batch: usize,
     runs: usize,
-    bandwidth: f64,
+    bandwidth: Option<f64>,
 ) -> Result<GenerateBench> {
     use crate::model::{InferenceModel, KvCache, RowMode, Segment};
     let model = match model {
@@ -271,7 +282,9 @@ pub fn generate_bench(
     // take the caller's probe
     let weights = model.matmul_weights();
     let probe_weights = model.matmul_bytes() >= PROBE_MIN_BYTES;
-    let probe = || if probe_weights { stream_bandwidth(&weights, 3) } else { bandwidth };
+    // (a small model the caller took for a big one, without a probe: measured here after all)
+    let fixed = (!probe_weights).then(|| bandwidth.unwrap_or_else(read_bandwidth));
+    let probe = || fixed.unwrap_or_else(|| stream_bandwidth(&weights, 3));
     let (mut bw, mut fraction) = (vec![], vec![]);
     let per_token = model.matmul_bytes();
     for _ in 0..runs.max(1) {

@@ -822,7 +822,14 @@ fn run() -> Result<()> {
         }
         Cmd::Bench(BenchCmd::Generate { model, gguf, dtype, prompt_len, new_tokens, batch, runs, json, .. }) => {
             let dtype = tinyllama::model::ModelDtype::parse(&dtype)?;
-            let bandwidth = tinyllama::bench::read_bandwidth();
+            // the 512 MiB probe only for models too small to be their own (taken before loading,
+            // so that its buffer and the model are not in memory together)
+            let approx_bytes = match &gguf {
+                Some(p) => std::fs::metadata(p).map(|m| m.len() as usize).unwrap_or(0),
+                None => tinyllama::bench::approx_weight_bytes(&model.resolve("tinyllama-1.1b")?.1, dtype),
+            };
+            let bandwidth =
+                (approx_bytes < 2 * tinyllama::bench::PROBE_MIN_BYTES).then(tinyllama::bench::read_bandwidth);
             let (name, cfg, loaded) = match &gguf {
                 Some(p) => {
                     let m = tinyllama::model::load::load_model(p, None, false)?.model;
