@@ -171,6 +171,8 @@ pub struct GenerateBench {
     /// Median over the decode runs of tokens/s × bytes per token ÷ that run's read bandwidth.
     pub bandwidth_fraction: f64,
     pub weight_bytes: usize,
+    /// The KV caches of the measurements: f16 or f32 elements (`--kv-cache`).
+    pub kv_cache_type: String,
     pub kv_cache_bytes: usize,
     pub peak_rss_bytes: u64,
 }
@@ -264,12 +266,14 @@ pub fn generate_bench(
     batch: usize,
     runs: usize,
     bandwidth: Option<f64>,
+    kv: crate::model::KvCacheType,
 ) -> Result<GenerateBench> {
     use crate::model::{InferenceModel, KvCache, RowMode, Segment};
-    let model = match model {
+    let mut model = match model {
         Some(m) => m,
         None => InferenceModel::from_params(cfg.clone(), Llama::new_init(cfg.clone(), 7).params, dtype)?,
     };
+    model.kv_cache = kv;
     let cfg = model.cfg.clone();
     let prompt_len = prompt_len.min(cfg.max_position_embeddings.saturating_sub(new_tokens + 1)).max(1);
     let mut r = Rng::new(3);
@@ -352,7 +356,8 @@ pub fn generate_bench(
         read_bandwidth_bytes_per_s: med(&mut bw),
         bandwidth_fraction: med(&mut fraction),
         weight_bytes: model.weight_bytes(),
-        kv_cache_bytes: KvCache::bytes_for(&cfg, max_len) * (1 + batch),
+        kv_cache_type: if model.half_kv_cache() { "f16" } else { "f32" }.to_string(),
+        kv_cache_bytes: KvCache::bytes_for(&model, max_len) * (1 + batch),
         peak_rss_bytes: peak_rss_bytes(),
     })
 }

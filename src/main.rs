@@ -355,6 +355,8 @@ struct EvalArgs {
     /// q6_k (quantized at load). GGUF files keep their own.
     #[arg(long, default_value = "f32")]
     dtype: String,
+    #[command(flatten)]
+    kv: KvArgs,
     /// Comma-separated. Zero-shot (lm-evaluation-harness rules): hellaswag, openbookqa, winogrande,
     /// arc_easy, arc_challenge, boolq, piqa, mmlu. Generative (InstructEval's rules): mmlu_instructeval
     /// (5-shot), bbh (3-shot), drop (3-shot), humaneval (0-shot, runs the programs with python3).
@@ -436,6 +438,23 @@ struct SamplingArgs {
     /// q6_k (quantized at load). GGUF files keep their own.
     #[arg(long, default_value = "f32")]
     dtype: String,
+    #[command(flatten)]
+    kv: KvArgs,
+}
+
+/// `--kv-cache`, shared by the commands that run a model.
+#[derive(Args, Clone, Debug)]
+struct KvArgs {
+    /// KV cache elements: f16 (llama.cpp's default: half the memory), f32, or auto — f16 for GGUF
+    /// and quantized models, f32 for f32 models (whose numbers are then the training forward's).
+    #[arg(long, default_value = "auto")]
+    kv_cache: String,
+}
+
+impl KvArgs {
+    fn kind(&self) -> Result<tinyllama::model::KvCacheType> {
+        tinyllama::model::KvCacheType::parse(&self.kv_cache).map_err(|e| anyhow::anyhow!("--kv-cache: {e}"))
+    }
 }
 
 impl SamplingArgs {
@@ -513,6 +532,8 @@ struct ServeArgs {
     /// files keep their own).
     #[arg(long, default_value = "f32")]
     dtype: String,
+    #[command(flatten)]
+    kv: KvArgs,
     /// Address to bind (127.0.0.1: this machine only; 0.0.0.0: every interface).
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -576,6 +597,8 @@ enum BenchCmd {
         /// Weight format of the random model: f32, f16, bf16, q8_0, q4_0, q4_k_m, q4_k, q6_k.
         #[arg(long, default_value = "f32")]
         dtype: String,
+        #[command(flatten)]
+        kv: KvArgs,
         /// Prompt tokens of the prefill measurement.
         #[arg(long, default_value_t = 256)]
         prompt_len: usize,
@@ -735,7 +758,7 @@ fn run() -> Result<()> {
                 ),
                 _ => None,
             };
-            let (model, tok) = load_model_dir(&a.model, &a.sampling.dtype)?;
+            let (model, tok) = load_model_dir(&a.model, &a.sampling.dtype, &a.sampling.kv)?;
             match (text, &a.prompts) {
                 (Some(p), _) => {
                     let prompt: Vec<u32> = std::iter::once(tok.bos_id).chain(tok.encode(&p)?).collect();
@@ -760,11 +783,15 @@ fn run() -> Result<()> {
             ensure!(a.max_batch >= 1, "--max-batch must be at least 1");
             ensure!(a.max_queue >= 1, "--max-queue must be at least 1 (requests wait there for a place in the batch)");
             let dtype = tinyllama::model::ModelDtype::parse(&a.dtype)?;
-            let loaded = tinyllama::model::load::load_model(&a.model, Some(dtype), true)?;
+            let kv = a.kv.kind()?;
+            let mut loaded = tinyllama::model::load::load_model(&a.model, Some(dtype), true)?;
+            loaded.model.kv_cache = kv;
             let draft = match &a.draft {
                 Some(p) => {
                     let dd = tinyllama::model::ModelDtype::parse(&a.draft_dtype)?;
-                    Some(tinyllama::model::load::load_model(p, Some(dd), true)?)
+                    let mut d = tinyllama::model::load::load_model(p, Some(dd), true)?;
+                    d.model.kv_cache = kv;
+                    Some(d)
                 }
                 None => None,
             };
@@ -820,8 +847,11 @@ fn run() -> Result<()> {
             tok.save(&out.join("tokenizer.json"))?;
             println!("wrote {} ({name}, random weights, f32)", out.display());
         }
-        Cmd::Bench(BenchCmd::Generate { model, gguf, dtype, prompt_len, new_tokens, batch, runs, json, .. }) => {
+        Cmd::Bench(BenchCmd::Generate {
+            model, gguf, dtype, kv, prompt_len, new_tokens, batch, runs, json, ..
+        }) => {
             let dtype = tinyllama::model::ModelDtype::parse(&dtype)?;
+            let kv = kv.kind()?;
             // the 512 MiB probe only for models too small to be their own (taken before loading,
             // so that its buffer and the model are not in memory together)
             let approx_bytes = match &gguf {
@@ -841,7 +871,7 @@ fn run() -> Result<()> {
                 }
             };
             let r = tinyllama::bench::generate_bench(
-                &name, loaded, &cfg, dtype, prompt_len, new_tokens, batch, runs, bandwidth,
+                &name, loaded, &cfg, dtype, prompt_len, new_tokens, batch, runs, bandwidth, kv,
             )?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
@@ -871,9 +901,10 @@ fn run() -> Result<()> {
                     );
                 }
                 println!(
-                    "peak RSS       {:.0} MiB (weights {:.0} MiB + KV caches {:.0} MiB)",
+                    "peak RSS       {:.0} MiB (weights {:.0} MiB + {} KV caches {:.0} MiB)",
                     mib(r.peak_rss_bytes as f64),
                     mib(r.weight_bytes as f64),
+                    r.kv_cache_type,
                     mib(r.kv_cache_bytes as f64)
                 );
             }
@@ -1165,9 +1196,14 @@ fn random_model(model: &ModelArg, flag: &str) -> Result<(String, tinyllama::mode
     Ok((name, tinyllama::model::Llama::new_init(cfg, 7), tok))
 }
 
-fn load_model_dir(dir: &std::path::Path, dtype: &str) -> Result<(tinyllama::model::InferenceModel, Tokenizer)> {
-    let dtype = tinyllama::model::ModelDtype::parse(dtype)?;
-    let m = tinyllama::model::load::load_model(dir, Some(dtype), true)?;
+fn load_model_dir(
+    dir: &std::path::Path,
+    dtype: &str,
+    kv: &KvArgs,
+) -> Result<(tinyllama::model::InferenceModel, Tokenizer)> {
+    let (dtype, kv) = (tinyllama::model::ModelDtype::parse(dtype)?, kv.kind()?);
+    let mut m = tinyllama::model::load::load_model(dir, Some(dtype), true)?;
+    m.model.kv_cache = kv;
     Ok((m.model, m.tokenizer))
 }
 
@@ -1197,7 +1233,9 @@ fn stream_generate(
 fn chat(a: ChatArgs) -> Result<()> {
     use std::io::{BufRead, IsTerminal, Write};
     let dtype = tinyllama::model::ModelDtype::parse(&a.sampling.dtype)?;
-    let loaded = tinyllama::model::load::load_model(&a.model, Some(dtype), true)?;
+    let kv = a.sampling.kv.kind()?;
+    let mut loaded = tinyllama::model::load::load_model(&a.model, Some(dtype), true)?;
+    loaded.model.kv_cache = kv;
     let tok = &loaded.tokenizer;
     let name = |id: u32| tok.id_to_token(id).unwrap_or_default();
     let (template, own) = tinyllama::tokenizer::chat_template::ChatTemplate::for_model(
@@ -1382,7 +1420,7 @@ fn eval(a: EvalArgs) -> Result<()> {
         return Ok(());
     }
     let model_path = a.model.clone().context("--model is required")?;
-    let (mut model, tok) = load_model_dir(&model_path, &a.dtype)?;
+    let (mut model, tok) = load_model_dir(&model_path, &a.dtype, &a.kv)?;
     if let Some(path) = &a.perplexity {
         let tokens: Vec<u32> = if path.extension().map(|e| e == "bin").unwrap_or(false) {
             tinyllama::data::shard::Shard::open(path)?.tokens()

@@ -294,11 +294,51 @@ pub fn attention_backward(
 /// of keys is contiguous and one vector per element); values by position (`[n_kv][cap][hd]`).
 /// `cap` is a multiple of [`KEY_LANES`].
 pub struct CachedSeq<'a> {
-    pub k_cache: &'a [f32],
-    pub v_cache: &'a [f32],
+    pub kv: KvSlices<'a>,
     pub cap: usize,
     pub n: usize,
     pub p0: usize,
+}
+
+/// Cached keys and values (laid out as in [`CachedSeq`]): f32, or IEEE half bits — llama.cpp's
+/// default cache type, half the memory and half the reads. Half values are widened exactly to f32
+/// a tile at a time, so attention over them has the bits of attention over an f32 cache holding
+/// the same (rounded) values.
+#[derive(Clone, Copy)]
+pub enum KvSlices<'a> {
+    F32 { k: &'a [f32], v: &'a [f32] },
+    F16 { k: &'a [u16], v: &'a [u16] },
+}
+
+impl<'a> KvSlices<'a> {
+    fn lens(&self) -> (usize, usize) {
+        match self {
+            KvSlices::F32 { k, v } => (k.len(), v.len()),
+            KvSlices::F16 { k, v } => (k.len(), v.len()),
+        }
+    }
+
+    /// Elements `start..start + len` of both (one key/value head's run).
+    fn range(&self, start: usize, len: usize) -> KvSlices<'a> {
+        match *self {
+            KvSlices::F32 { k, v } => KvSlices::F32 { k: &k[start..][..len], v: &v[start..][..len] },
+            KvSlices::F16 { k, v } => KvSlices::F16 { k: &k[start..][..len], v: &v[start..][..len] },
+        }
+    }
+
+    /// Asks for the cache lines of elements `r` of both ahead of their use.
+    fn prefetch(&self, isa: Isa, r: std::ops::Range<usize>) {
+        match self {
+            KvSlices::F32 { k, v } => {
+                prefetch(isa, &k[r.clone()]);
+                prefetch(isa, &v[r]);
+            }
+            KvSlices::F16 { k, v } => {
+                prefetch(isa, &k[r.clone()]);
+                prefetch(isa, &v[r]);
+            }
+        }
+    }
 }
 
 /// Keys scored together, one a vector lane; a cache's capacity is a multiple of it.
@@ -312,8 +352,7 @@ pub fn attention_cached(
     out: &mut [f32],
     qkv: &[f32],
     qkv_stride: usize,
-    k_cache: &[f32],
-    v_cache: &[f32],
+    kv: KvSlices,
     cap: usize,
     n: usize,
     p0: usize,
@@ -321,7 +360,7 @@ pub fn attention_cached(
     n_kv_heads: usize,
     hd: usize,
 ) {
-    let seq = CachedSeq { k_cache, v_cache, cap, n, p0 };
+    let seq = CachedSeq { kv, cap, n, p0 };
     attention_cached_batch(out, qkv, qkv_stride, &[seq], n_heads, n_kv_heads, hd);
 }
 
@@ -355,7 +394,8 @@ pub fn attention_cached_batch(
     for s in seqs {
         let need = n_kv_heads * s.cap * hd;
         assert!(s.cap % KEY_LANES == 0 && s.p0 + s.n <= s.cap, "attention: cache capacity");
-        assert!(s.k_cache.len() >= need && s.v_cache.len() >= need, "attention: cache too small");
+        let (kl, vl) = s.kv.lens();
+        assert!(kl >= need && vl >= need, "attention: cache too small");
     }
     // heads per task: a divisor of `rep`, at most MAX_TASK_HEADS, halved while there are too few
     // tasks for the threads (one token of a model with few key/value heads)
@@ -416,8 +456,9 @@ impl CachedJob<'_> {
         let g = h0 / rep;
         let (seq, last) = self.rows[row];
         let s = &self.seqs[seq];
-        let keys = &s.k_cache[g * s.cap * hd..][..s.cap * hd];
-        let values = &s.v_cache[g * s.cap * hd..][..s.cap * hd];
+        let kv = s.kv.range(g * s.cap * hd, s.cap * hd);
+        // half caches: the current tile widened (keys, then values)
+        let mut wide = if let KvSlices::F16 { .. } = kv { WIDE.take() } else { vec![] };
         let mut acc = [0.0f32; TASK_ACC];
         let mut m = [f32::NEG_INFINITY; MAX_TASK_HEADS];
         let mut l = [0.0f32; MAX_TASK_HEADS];
@@ -427,21 +468,32 @@ impl CachedJob<'_> {
             // would otherwise wait on memory for every line)
             let next = (last + 1).saturating_sub(j0 + KEY_TILE).min(KEY_TILE) * hd;
             let share = next.div_ceil(per);
+            // the tile's keys (whole blocks of KEY_LANES) and values, from j0
+            let (keys, values): (&[f32], &[f32]) = match kv {
+                KvSlices::F32 { k, v } => (&k[j0 * hd..], &v[j0 * hd..]),
+                KvSlices::F16 { k, v } => {
+                    let (kn, vn) = (nk.next_multiple_of(KEY_LANES) * hd, nk * hd);
+                    if wide.len() < kn + vn {
+                        wide.resize(KEY_TILE * hd * 2, 0.0);
+                    }
+                    let (wk, wv) = wide.split_at_mut(kn);
+                    widen_f16(isa, &k[j0 * hd..][..kn], wk);
+                    widen_f16(isa, &v[j0 * hd..][..vn], &mut wv[..vn]);
+                    (&wk[..], &wv[..vn])
+                }
+            };
             let mut sc = [[f32::NEG_INFINITY; KEY_TILE]; MAX_TASK_HEADS];
             for (i, sc) in sc[..per].iter_mut().enumerate() {
                 let at = (j0 + KEY_TILE) * hd;
                 let lines = at + (i * share).min(next)..at + ((i + 1) * share).min(next);
                 if !lines.is_empty() {
-                    prefetch(isa, &keys[lines.clone()]);
-                    prefetch(isa, &values[lines]);
+                    kv.prefetch(isa, lines);
                 }
                 let q = &self.qkv[row * self.qkv_stride + (h0 + i) * hd..][..hd];
                 for k0 in (0..nk).step_by(KEY_LANES) {
-                    let d = dot_keys(isa, q, &keys[(j0 + k0) * hd..][..KEY_LANES * hd]);
+                    let d = dot_keys(isa, q, &keys[k0 * hd..][..KEY_LANES * hd], scale);
                     let n = (nk - k0).min(KEY_LANES);
-                    for (s, d) in sc[k0..k0 + n].iter_mut().zip(d) {
-                        *s = d * scale;
-                    }
+                    sc[k0..k0 + n].copy_from_slice(&d[..n]);
                 }
                 let m_new = m[i].max(lane_max(sc));
                 let corr = exp(m[i] - m_new);
@@ -460,13 +512,16 @@ impl CachedJob<'_> {
             let mut i = 0;
             while i < per {
                 if isa == Isa::Avx512Vnni && per - i >= 4 {
-                    accumulate_rows_heads::<4>(&mut acc[i * hd..], &sc[i..], nk, values, j0 * hd, hd);
+                    accumulate_rows_heads::<4>(&mut acc[i * hd..], &sc[i..], nk, values, 0, hd);
                     i += 4;
                 } else {
-                    accumulate_rows(&mut acc[i * hd..(i + 1) * hd], &sc[i][..nk], values, j0 * hd, hd);
+                    accumulate_rows(&mut acc[i * hd..(i + 1) * hd], &sc[i][..nk], values, 0, hd);
                     i += 1;
                 }
             }
+        }
+        if !wide.is_empty() {
+            WIDE.set(wide);
         }
         // SAFETY: this task alone writes these per·hd elements (heads h0..h0 + per of its row),
         // in bounds by the assert in `attention_cached_batch`.
@@ -520,12 +575,36 @@ fn accumulate_rows_heads<const H: usize>(
     }
 }
 
+thread_local! {
+    /// A task's widened tile of a half cache (kept by each thread: a decode step allocates nothing).
+    static WIDE: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// `dst[i] = src[i]` as f32 (exact: every half is an f32), on any instruction set the same bits.
+pub fn widen_f16(isa: Isa, src: &[u16], dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len());
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `Isa` values other than Scalar are only produced after the CPU was checked (AVX2
+    // comes with F16C there); the lengths are equal.
+    unsafe {
+        match isa {
+            Isa::Avx512Vnni => return x86::widen_f16_avx512(src, dst),
+            Isa::Avx2 => return x86::widen_f16_avx2(src, dst),
+            Isa::Scalar => {}
+        }
+    }
+    let _ = isa;
+    for (d, &h) in dst.iter_mut().zip(src) {
+        *d = crate::kernels::quant::f16_to_f32(h);
+    }
+}
+
 /// Asks for the cache lines of `x` ahead of their use.
 #[inline(always)]
-fn prefetch(isa: Isa, x: &[f32]) {
+fn prefetch<T>(isa: Isa, x: &[T]) {
     #[cfg(target_arch = "x86_64")]
     if isa != Isa::Scalar {
-        for i in (0..x.len()).step_by(16) {
+        for i in (0..x.len()).step_by(64 / std::mem::size_of::<T>().max(1)) {
             // SAFETY: a prefetch of an address inside `x` (SSE, part of x86-64).
             unsafe {
                 std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(x[i..].as_ptr() as *const i8)
@@ -537,17 +616,18 @@ fn prefetch(isa: Isa, x: &[f32]) {
 
 /// `dot(q, key_j)` for the [`KEY_LANES`] keys of a transposed key block (`kt[e·KEY_LANES + j]`),
 /// one key a lane, with the bits of [`dot`]: accumulator `l` sums elements `l, l + 16, …` in order
-/// (multiply, then add), the 16 accumulators are then added in order, then the tail's products.
+/// (multiply, then add), the 16 accumulators are then added in order, then the tail's products;
+/// each dot then times `scale` (in the registers that hold it).
 #[inline(always)]
-fn dot_keys(isa: Isa, q: &[f32], kt: &[f32]) -> [f32; KEY_LANES] {
+fn dot_keys(isa: Isa, q: &[f32], kt: &[f32], scale: f32) -> [f32; KEY_LANES] {
     assert!(kt.len() >= q.len() * KEY_LANES);
     #[cfg(target_arch = "x86_64")]
     // SAFETY: `Isa` values other than Scalar are only produced after the CPU was checked; the
     // block's length is checked above.
     unsafe {
         match isa {
-            Isa::Avx512Vnni => return x86::dot_keys_avx512(q, kt),
-            Isa::Avx2 => return x86::dot_keys_avx2(q, kt),
+            Isa::Avx512Vnni => return x86::dot_keys_avx512(q, kt, scale),
+            Isa::Avx2 => return x86::dot_keys_avx2(q, kt, scale),
             Isa::Scalar => {}
         }
     }
@@ -574,7 +654,7 @@ fn dot_keys(isa: Isa, q: &[f32], kt: &[f32]) -> [f32; KEY_LANES] {
             tail[j] += qe * kt[e * KEY_LANES + j];
         }
     }
-    std::array::from_fn(|j| sum[j] + tail[j])
+    std::array::from_fn(|j| (sum[j] + tail[j]) * scale)
 }
 
 /// [`dot_keys`] in 512- and 256-bit registers (the compiler, left alone, vectorises it across the
@@ -585,9 +665,37 @@ mod x86 {
     use std::arch::x86_64::*;
 
     /// # Safety
+    /// AVX-512F; `src.len() == dst.len()`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn widen_f16_avx512(src: &[u16], dst: &mut [f32]) {
+        let n = src.len() / 16 * 16;
+        for i in (0..n).step_by(16) {
+            let h = _mm256_loadu_si256(src.as_ptr().add(i) as *const __m256i);
+            _mm512_storeu_ps(dst.as_mut_ptr().add(i), _mm512_cvtph_ps(h));
+        }
+        for i in n..src.len() {
+            dst[i] = crate::kernels::quant::f16_to_f32(src[i]);
+        }
+    }
+
+    /// # Safety
+    /// AVX2 and F16C; `src.len() == dst.len()`.
+    #[target_feature(enable = "avx2,f16c")]
+    pub unsafe fn widen_f16_avx2(src: &[u16], dst: &mut [f32]) {
+        let n = src.len() / 8 * 8;
+        for i in (0..n).step_by(8) {
+            let h = _mm_loadu_si128(src.as_ptr().add(i) as *const __m128i);
+            _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+        }
+        for i in n..src.len() {
+            dst[i] = crate::kernels::quant::f16_to_f32(src[i]);
+        }
+    }
+
+    /// # Safety
     /// AVX-512F; `kt.len() >= q.len() * KEY_LANES`.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn dot_keys_avx512(q: &[f32], kt: &[f32]) -> [f32; KEY_LANES] {
+    pub unsafe fn dot_keys_avx512(q: &[f32], kt: &[f32], scale: f32) -> [f32; KEY_LANES] {
         let full = q.len() / 16 * 16;
         let k = |e: usize| _mm512_loadu_ps(kt.as_ptr().add(e * KEY_LANES));
         let mut a = [_mm512_setzero_ps(); 16];
@@ -605,14 +713,14 @@ mod x86 {
             tail = _mm512_add_ps(tail, _mm512_mul_ps(_mm512_set1_ps(qe), k(e)));
         }
         let mut out = [0.0f32; KEY_LANES];
-        _mm512_storeu_ps(out.as_mut_ptr(), _mm512_add_ps(sum, tail));
+        _mm512_storeu_ps(out.as_mut_ptr(), _mm512_mul_ps(_mm512_add_ps(sum, tail), _mm512_set1_ps(scale)));
         out
     }
 
     /// # Safety
     /// AVX2; `kt.len() >= q.len() * KEY_LANES`.
     #[target_feature(enable = "avx2")]
-    pub unsafe fn dot_keys_avx2(q: &[f32], kt: &[f32]) -> [f32; KEY_LANES] {
+    pub unsafe fn dot_keys_avx2(q: &[f32], kt: &[f32], scale: f32) -> [f32; KEY_LANES] {
         let full = q.len() / 16 * 16;
         let mut out = [0.0f32; KEY_LANES];
         // the two halves of the keys one after the other (16 accumulators of 8 keys fill the
@@ -633,7 +741,8 @@ mod x86 {
             for (e, &qe) in q.iter().enumerate().skip(full) {
                 tail = _mm256_add_ps(tail, _mm256_mul_ps(_mm256_set1_ps(qe), k(e)));
             }
-            _mm256_storeu_ps(out.as_mut_ptr().add(8 * half), _mm256_add_ps(sum, tail));
+            let dots = _mm256_mul_ps(_mm256_add_ps(sum, tail), _mm256_set1_ps(scale));
+            _mm256_storeu_ps(out.as_mut_ptr().add(8 * half), dots);
         }
         out
     }
@@ -716,8 +825,8 @@ mod tests {
                 }
             }
             for isa in Isa::all_supported() {
-                for (j, d) in dot_keys(isa, &q, &kt).iter().enumerate() {
-                    let want = dot(&q, &keys[j * hd..][..hd]);
+                for (j, d) in dot_keys(isa, &q, &kt, 0.125).iter().enumerate() {
+                    let want = dot(&q, &keys[j * hd..][..hd]) * 0.125;
                     assert_eq!(d.to_bits(), want.to_bits(), "{isa:?}, hd {hd}, key {j}");
                 }
             }
@@ -743,38 +852,96 @@ mod tests {
         }
     }
 
+    /// GQA 2 (heads one or two a task) and GQA 8 with a head size that is not a multiple of 64
+    /// (four heads' value rows at once, and the tail of each row).
+    fn cached_shapes() -> [AttnShape; 2] {
+        [
+            AttnShape { batch: 1, seq_len: 70, n_heads: 4, n_kv_heads: 2, head_dim: 8 },
+            AttnShape { batch: 1, seq_len: 70, n_heads: 16, n_kv_heads: 2, head_dim: 72 },
+        ]
+    }
+
+    /// The keys and values of `qkv` laid out as a cache: keys [n_kv][cap / 16][hd][16], values
+    /// [n_kv][cap][hd]; unfilled positions NaN (spare lanes score them, and must drop them).
+    fn cache_of(qkv: &[f32], s: AttnShape) -> (Vec<f32>, Vec<f32>, usize) {
+        let (hd, cap, qs) = (s.head_dim, s.seq_len.next_multiple_of(KEY_LANES), s.qkv_stride());
+        let mut kc = vec![f32::NAN; s.n_kv_heads * cap * hd];
+        let mut vc = vec![f32::NAN; s.n_kv_heads * cap * hd];
+        for r in 0..s.seq_len {
+            for g in 0..s.n_kv_heads {
+                for e in 0..hd {
+                    kc[(g * cap + r / KEY_LANES * KEY_LANES) * hd + e * KEY_LANES + r % KEY_LANES] =
+                        qkv[r * qs + s.k_off(g) + e];
+                }
+                vc[(g * cap + r) * hd..][..hd].copy_from_slice(&qkv[r * qs + s.v_off(g)..][..hd]);
+            }
+        }
+        (kc, vc, cap)
+    }
+
     /// Prefill of p0 positions then n more, through the cache, equals one causal pass.
     #[test]
     fn cached_attention_equals_full_attention() {
-        // GQA 2 (heads one or two a task) and GQA 8 with a head size that is not a multiple of 64
-        // (four heads' value rows at once, and the tail of each row)
-        for s in [
-            AttnShape { batch: 1, seq_len: 70, n_heads: 4, n_kv_heads: 2, head_dim: 8 },
-            AttnShape { batch: 1, seq_len: 70, n_heads: 16, n_kv_heads: 2, head_dim: 72 },
-        ] {
+        for s in cached_shapes() {
             let qkv = randn(s.seq_len * s.qkv_stride(), 5, 1.0);
             let (full, _) = forward(&qkv, s);
-            let qs = s.qkv_stride();
-            // keys [n_kv][cap / 16][hd][16], values [n_kv][cap][hd]; unfilled positions NaN (spare
-            // lanes score them, and must drop them)
-            let (hd, cap) = (s.head_dim, s.seq_len.next_multiple_of(KEY_LANES));
-            let mut kc = vec![f32::NAN; s.n_kv_heads * cap * hd];
-            let mut vc = vec![f32::NAN; s.n_kv_heads * cap * hd];
-            for r in 0..s.seq_len {
-                for g in 0..s.n_kv_heads {
-                    for e in 0..hd {
-                        kc[(g * cap + r / KEY_LANES * KEY_LANES) * hd + e * KEY_LANES + r % KEY_LANES] =
-                            qkv[r * qs + s.k_off(g) + e];
-                    }
-                    vc[(g * cap + r) * hd..][..hd].copy_from_slice(&qkv[r * qs + s.v_off(g)..][..hd]);
-                }
-            }
+            let (qs, hd) = (s.qkv_stride(), s.head_dim);
+            let (kc, vc, cap) = cache_of(&qkv, s);
+            let kv = KvSlices::F32 { k: &kc, v: &vc };
             for (p0, n) in [(0, 70), (65, 5), (69, 1)] {
                 let mut out = vec![0.0; n * s.out_stride()];
-                attention_cached(&mut out, &qkv[p0 * qs..], qs, &kc, &vc, cap, n, p0, s.n_heads, s.n_kv_heads, hd);
+                attention_cached(&mut out, &qkv[p0 * qs..], qs, kv, cap, n, p0, s.n_heads, s.n_kv_heads, hd);
                 for (a, b) in out.iter().zip(&full[p0 * s.out_stride()..]) {
                     assert!((a - b).abs() < 1e-5, "{s:?}, p0 {p0}: {a} vs {b}");
                 }
+            }
+        }
+    }
+
+    /// A half cache gives the bits of an f32 cache holding its values (rounded to half), and stays
+    /// close to the unrounded pass.
+    #[test]
+    fn half_cache_equals_f32_cache_of_its_values() {
+        use crate::kernels::quant::{f16_to_f32, f32_to_f16};
+        for s in cached_shapes() {
+            let qkv = randn(s.seq_len * s.qkv_stride(), 6, 1.0);
+            let (full, _) = forward(&qkv, s);
+            let (qs, hd) = (s.qkv_stride(), s.head_dim);
+            let (kc, vc, cap) = cache_of(&qkv, s);
+            let half = |x: &[f32]| x.iter().map(|&x| f32_to_f16(x)).collect::<Vec<u16>>();
+            let (kh, vh) = (half(&kc), half(&vc));
+            let wide = |x: &[u16]| x.iter().map(|&h| f16_to_f32(h)).collect::<Vec<f32>>();
+            let (kr, vr) = (wide(&kh), wide(&vh));
+            for (p0, n) in [(0, 70), (65, 5), (69, 1)] {
+                let run = |kv: KvSlices| {
+                    let mut out = vec![0.0; n * s.out_stride()];
+                    attention_cached(&mut out, &qkv[p0 * qs..], qs, kv, cap, n, p0, s.n_heads, s.n_kv_heads, hd);
+                    out
+                };
+                let from_half = run(KvSlices::F16 { k: &kh, v: &vh });
+                let from_rounded = run(KvSlices::F32 { k: &kr, v: &vr });
+                for (i, (a, b)) in from_half.iter().zip(&from_rounded).enumerate() {
+                    assert_eq!(a.to_bits(), b.to_bits(), "{s:?}, p0 {p0}, output {i}");
+                }
+                for (a, b) in from_half.iter().zip(&full[p0 * s.out_stride()..]) {
+                    assert!((a - b).abs() < 4e-3, "{s:?}, p0 {p0}: {a} vs {b}");
+                }
+            }
+        }
+    }
+
+    /// Widening halves gives IEEE's values on every instruction set: all 65536 bit patterns
+    /// (subnormals, infinities and NaNs included) against the `half` crate's conversion.
+    #[test]
+    fn widened_halves_are_exact_on_every_instruction_set() {
+        let all: Vec<u16> = (0..=u16::MAX).collect();
+        for isa in Isa::all_supported() {
+            // an odd length: the vector loops' tails too
+            let mut out = vec![0.0f32; all.len() - 3];
+            widen_f16(isa, &all[3..], &mut out);
+            for (&h, w) in all[3..].iter().zip(&out) {
+                let want = half::f16::from_bits(h).to_f32();
+                assert_eq!(w.to_bits(), want.to_bits(), "{isa:?}: {h:#06x} widened to {w:e}");
             }
         }
     }

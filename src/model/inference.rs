@@ -10,11 +10,11 @@ use super::llama::Llama;
 use super::weights::{Linear, RowMode, WeightMatrix};
 use crate::config::LlamaConfig;
 use crate::kernels::attention::{
-    attention_cached_batch, attention_forward, attention_scratch_len, AttnShape, CachedSeq, KEY_LANES,
+    attention_cached_batch, attention_forward, attention_scratch_len, AttnShape, CachedSeq, KvSlices, KEY_LANES,
 };
 use crate::kernels::cross_entropy::{head_cross_entropy_forward, log_sum_exp, HEAD_CHUNK_ROWS};
 use crate::kernels::quant::dot::Activations;
-use crate::kernels::quant::Format;
+use crate::kernels::quant::{f16_to_f32, f32_to_f16, Format};
 use crate::kernels::rms_norm::{rms_norm_forward, rms_norm_forward_ggml};
 use crate::kernels::rope::{rope_forward, RopeTable};
 use crate::kernels::swiglu::swiglu_forward;
@@ -24,43 +24,101 @@ use std::sync::Arc;
 /// Keys and values of every layer for positions `0..len` of one sequence, laid out as attention
 /// reads them ([`CachedSeq`]): per layer and key/value head, keys in transposed blocks of
 /// [`KEY_LANES`] positions and values by position, for `cap` positions (`max_len` rounded up to
-/// [`KEY_LANES`]).
+/// [`KEY_LANES`]); f32 or IEEE half elements, as the model's [`KvCacheType`] says.
 pub struct KvCache {
     pub len: usize,
     pub max_len: usize,
     n_kv_heads: usize,
     head_dim: usize,
     /// `[layer][kv head][cap / KEY_LANES][head_dim][KEY_LANES]`
-    k: Vec<f32>,
+    k: KvStore,
     /// `[layer][kv head][cap][head_dim]`
-    v: Vec<f32>,
+    v: KvStore,
     /// The tokens whose keys and values are cached (for prefix reuse).
     pub tokens: Vec<u32>,
 }
 
+/// The elements of a cache: f32, or IEEE half bits.
+#[derive(Clone)]
+enum KvStore {
+    F32(Vec<f32>),
+    F16(Vec<u16>),
+}
+
+impl KvStore {
+    fn zeros(half: bool, n: usize) -> Self {
+        if half {
+            KvStore::F16(vec![0; n])
+        } else {
+            KvStore::F32(vec![0.0; n])
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            KvStore::F32(x) => x.len(),
+            KvStore::F16(x) => x.len(),
+        }
+    }
+
+    fn is_half(&self) -> bool {
+        matches!(self, KvStore::F16(_))
+    }
+
+    /// `self[at + i] = x[i]` (rounded to nearest even for a half store).
+    fn put(&mut self, at: usize, x: &[f32]) {
+        match self {
+            KvStore::F32(d) => d[at..][..x.len()].copy_from_slice(x),
+            KvStore::F16(d) => d[at..][..x.len()].iter_mut().zip(x).for_each(|(d, &x)| *d = f32_to_f16(x)),
+        }
+    }
+
+    /// `self[at] = x`, rounded likewise.
+    fn set(&mut self, at: usize, x: f32) {
+        match self {
+            KvStore::F32(d) => d[at] = x,
+            KvStore::F16(d) => d[at] = f32_to_f16(x),
+        }
+    }
+
+    /// Copies runs of `keep` elements, run `i` from `src[i·src_run..]` to `self[i·dst_run..]`.
+    fn copy_runs(&mut self, src: &KvStore, src_run: usize, dst_run: usize, keep: usize) {
+        fn runs<T: Copy>(d: &mut [T], s: &[T], sr: usize, dr: usize, keep: usize) {
+            for (dst, from) in d.chunks_exact_mut(dr).zip(s.chunks_exact(sr)) {
+                dst[..keep].copy_from_slice(&from[..keep]);
+            }
+        }
+        match (self, src) {
+            (KvStore::F32(d), KvStore::F32(s)) => runs(d, s, src_run, dst_run, keep),
+            (KvStore::F16(d), KvStore::F16(s)) => runs(d, s, src_run, dst_run, keep),
+            _ => unreachable!("a cache copied into one of another element type"),
+        }
+    }
+}
+
 impl KvCache {
     pub fn new(model: &InferenceModel, max_len: usize) -> Self {
-        Self::for_config(&model.cfg, max_len)
+        let c = &model.cfg;
+        Self::empty(c.num_hidden_layers, c.num_key_value_heads, c.head_dim, max_len, model.half_kv_cache())
     }
 
-    pub fn for_config(c: &LlamaConfig, max_len: usize) -> Self {
-        Self::empty(c.num_hidden_layers, c.num_key_value_heads, c.head_dim, max_len)
-    }
-
-    fn empty(layers: usize, n_kv_heads: usize, head_dim: usize, max_len: usize) -> Self {
+    fn empty(layers: usize, n_kv_heads: usize, head_dim: usize, max_len: usize, half: bool) -> Self {
         let cap = Self::capacity(max_len);
         let n = layers * n_kv_heads * cap * head_dim;
-        KvCache { len: 0, max_len, n_kv_heads, head_dim, k: vec![0.0; n], v: vec![0.0; n], tokens: vec![] }
+        let (k, v) = (KvStore::zeros(half, n), KvStore::zeros(half, n));
+        KvCache { len: 0, max_len, n_kv_heads, head_dim, k, v, tokens: vec![] }
     }
 
-    /// Bytes of one cache of `max_len` positions.
-    pub fn bytes_for(c: &LlamaConfig, max_len: usize) -> usize {
-        Self::capacity(max_len) * Self::bytes_per_position(c)
+    /// Bytes of one cache of `max_len` positions for `model`.
+    pub fn bytes_for(model: &InferenceModel, max_len: usize) -> usize {
+        Self::capacity(max_len) * Self::bytes_per_position(model)
     }
 
-    /// Bytes of keys and values a position takes.
-    pub fn bytes_per_position(c: &LlamaConfig) -> usize {
-        2 * 4 * c.num_hidden_layers * c.kv_dim()
+    /// Bytes of keys and values a position takes in `model`'s caches.
+    pub fn bytes_per_position(model: &InferenceModel) -> usize {
+        let c = &model.cfg;
+        let element = if model.half_kv_cache() { 2 } else { 4 };
+        2 * element * c.num_hidden_layers * c.kv_dim()
     }
 
     /// Positions a cache of `max_len` allocates (whole blocks of keys).
@@ -77,14 +135,10 @@ impl KvCache {
         // never used), value rows
         let (src_run, dst_run) = (Self::capacity(src.max_len) * hd, Self::capacity(max_len) * hd);
         let layers = src.k.len() / (src.n_kv_heads * src_run).max(1);
-        let mut c = KvCache::empty(layers, src.n_kv_heads, hd, max_len);
+        let mut c = KvCache::empty(layers, src.n_kv_heads, hd, max_len, src.k.is_half());
         let blocks = len.next_multiple_of(KEY_LANES);
-        for (dst, from) in c.k.chunks_exact_mut(dst_run).zip(src.k.chunks_exact(src_run)) {
-            dst[..blocks * hd].copy_from_slice(&from[..blocks * hd]);
-        }
-        for (dst, from) in c.v.chunks_exact_mut(dst_run).zip(src.v.chunks_exact(src_run)) {
-            dst[..len * hd].copy_from_slice(&from[..len * hd]);
-        }
+        c.k.copy_runs(&src.k, src_run, dst_run, blocks * hd);
+        c.v.copy_runs(&src.v, src_run, dst_run, len * hd);
         c.len = len;
         c.tokens = src.tokens[..len].to_vec();
         c
@@ -101,15 +155,14 @@ impl KvCache {
     fn store(&mut self, l: usize, qkv: &[f32], stride: usize, k_off: usize, p0: usize, k: usize) {
         let (hd, cap, kvd) = (self.head_dim, Self::capacity(self.max_len), self.n_kv_heads * self.head_dim);
         let sz = cap * kvd;
-        let (kc, vc) = (&mut self.k[l * sz..(l + 1) * sz], &mut self.v[l * sz..(l + 1) * sz]);
         for r in 0..k {
             let (p, row) = (p0 + r, &qkv[r * stride + k_off..][..2 * kvd]);
             for g in 0..self.n_kv_heads {
-                let block = &mut kc[(g * cap + p / KEY_LANES * KEY_LANES) * hd..][..KEY_LANES * hd];
+                let block = l * sz + (g * cap + p / KEY_LANES * KEY_LANES) * hd;
                 for (e, &x) in row[g * hd..][..hd].iter().enumerate() {
-                    block[e * KEY_LANES + p % KEY_LANES] = x;
+                    self.k.set(block + e * KEY_LANES + p % KEY_LANES, x);
                 }
-                vc[(g * cap + p) * hd..][..hd].copy_from_slice(&row[kvd + g * hd..][..hd]);
+                self.v.put(l * sz + (g * cap + p) * hd, &row[kvd + g * hd..][..hd]);
             }
         }
     }
@@ -118,8 +171,12 @@ impl KvCache {
     fn seq(&self, l: usize, n: usize) -> CachedSeq<'_> {
         let cap = Self::capacity(self.max_len);
         let sz = cap * self.n_kv_heads * self.head_dim;
-        let (k_cache, v_cache) = (&self.k[l * sz..(l + 1) * sz], &self.v[l * sz..(l + 1) * sz]);
-        CachedSeq { k_cache, v_cache, cap, n, p0: self.len }
+        let kv = match (&self.k, &self.v) {
+            (KvStore::F32(k), KvStore::F32(v)) => KvSlices::F32 { k: &k[l * sz..][..sz], v: &v[l * sz..][..sz] },
+            (KvStore::F16(k), KvStore::F16(v)) => KvSlices::F16 { k: &k[l * sz..][..sz], v: &v[l * sz..][..sz] },
+            _ => unreachable!("keys and values of one cache share their element type"),
+        };
+        CachedSeq { kv, cap, n, p0: self.len }
     }
 }
 
@@ -179,6 +236,12 @@ impl DecoderLayer {
             let qkv = &mut s.qkv[r0 * qs..(r0 + k) * qs];
             rope_forward(qkv, qs, nh + nkv, k, p0, &m.rope);
             seg.cache.store(l, qkv, qs, qd, p0, k);
+            if seg.cache.k.is_half() {
+                // a fresh prompt's attention reads these rows, not the cache: the cache's values
+                for row in qkv.chunks_exact_mut(qs) {
+                    row[qd..].iter_mut().for_each(|x| *x = f16_to_f32(f32_to_f16(*x)));
+                }
+            }
             r0 += k;
         }
         if matches!(&*segs, [seg] if seg.cache.len == 0 && mode == RowMode::Batched) {
@@ -210,6 +273,33 @@ pub struct InferenceModel {
     /// The training forward's arithmetic (f32 models from safetensors: evaluation keeps the
     /// training numbers), or ggml's (GGUF and quantized models: llama.cpp's numbers).
     pub training_numerics: bool,
+    /// The element type of this model's KV caches.
+    pub kv_cache: KvCacheType,
+}
+
+/// The element type of KV caches (`--kv-cache`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum KvCacheType {
+    /// f16 for GGUF and quantized models, as llama.cpp caches them (half the memory, and half the
+    /// reads of a long context's attention); f32 for f32 models, whose numbers are the training
+    /// forward's.
+    #[default]
+    Auto,
+    F32,
+    F16,
+}
+
+impl KvCacheType {
+    pub const NAMES: &'static str = "auto, f16, f32";
+
+    pub fn parse(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(KvCacheType::Auto),
+            "f32" => Ok(KvCacheType::F32),
+            "f16" => Ok(KvCacheType::F16),
+            _ => anyhow::bail!("unknown KV cache type `{s}`: use one of {}", Self::NAMES),
+        }
+    }
 }
 
 /// llama.cpp's rule for Q4_K_M: these layers' `attn_v` and `ffn_down` get Q6_K.
@@ -316,7 +406,16 @@ impl InferenceModel {
             ensure!(l.attn_norm.len() == d && l.mlp_norm.len() == d, "layer {i}: norm weights must have {d} entries");
         }
         let rope = RopeTable::new(cfg.head_dim, cfg.rope_theta, cfg.max_position_embeddings.max(1));
-        Ok(InferenceModel { cfg, embed, layers, final_norm, lm_head, rope, training_numerics: false })
+        Ok(InferenceModel {
+            cfg,
+            embed,
+            layers,
+            final_norm,
+            lm_head,
+            rope,
+            training_numerics: false,
+            kv_cache: KvCacheType::Auto,
+        })
     }
 
     /// RMSNorm of every row, with the arithmetic [`training_numerics`](Self::training_numerics) says.
@@ -383,6 +482,15 @@ impl InferenceModel {
     /// A copy of a training model, in `dtype`.
     pub fn from_llama(model: &Llama, dtype: ModelDtype) -> Result<Self> {
         Self::from_params(model.cfg.clone(), model.params.clone(), dtype)
+    }
+
+    /// Whether this model's KV caches hold IEEE halves rather than f32 ([`KvCacheType`]).
+    pub fn half_kv_cache(&self) -> bool {
+        match self.kv_cache {
+            KvCacheType::Auto => !self.training_numerics,
+            KvCacheType::F16 => true,
+            KvCacheType::F32 => false,
+        }
     }
 
     /// Bytes of weights read per token (every matrix once; the embedding row is negligible).

@@ -7,7 +7,7 @@ pub mod load;
 pub mod params;
 pub mod weights;
 
-pub use inference::{DecoderLayer, InferenceModel, KvCache, ModelDtype, Segment};
+pub use inference::{DecoderLayer, InferenceModel, KvCache, KvCacheType, ModelDtype, Segment};
 pub use llama::{Llama, Workspace};
 pub use params::{HfTensor, ParamLayout};
 pub use weights::{Linear, RowMode, WeightMatrix};

@@ -146,7 +146,7 @@ impl Engine {
     ) -> anyhow::Result<Arc<Engine>> {
         let queue = Arc::new((Mutex::new(Queue { jobs: VecDeque::new(), shutdown: false }), Condvar::new()));
         let metrics = Arc::new(Metrics::default());
-        let kv_per_position = KvCache::bytes_per_position(&model.cfg);
+        let kv_per_position = KvCache::bytes_per_position(&model);
         let engine = Arc::new(Engine {
             queue: queue.clone(),
             metrics: metrics.clone(),
@@ -231,7 +231,7 @@ fn run(
     let v = model.cfg.vocab_size;
     let mut live: Vec<Running> = vec![];
     let mut kv_used = 0usize;
-    let draft_per_position = draft.map(|d| KvCache::bytes_per_position(&d.cfg)).unwrap_or(0);
+    let draft_per_position = draft.map(KvCache::bytes_per_position).unwrap_or(0);
     let seq_bytes = |r: &Running| {
         let positions = KvCache::capacity(r.cache.max_len);
         positions * kv_per_position + r.draft.as_ref().map(|_| positions * draft_per_position).unwrap_or(0)

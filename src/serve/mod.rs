@@ -89,7 +89,7 @@ pub fn serve(loaded: LoadedModel, draft: Option<LoadedModel>, opts: ServeOptions
     let ctx = model.max_positions();
     let stop_ids = crate::generate::stop_ids(&model.cfg, &tok);
     let kv_budget =
-        opts.kv_budget.unwrap_or_else(|| opts.max_batch.max(1) * crate::model::KvCache::bytes_for(&model.cfg, ctx));
+        opts.kv_budget.unwrap_or_else(|| opts.max_batch.max(1) * crate::model::KvCache::bytes_for(&model, ctx));
     let eopts = EngineOptions {
         max_batch: opts.max_batch.max(1),
         draft_tokens: opts.draft_tokens.max(1),

@@ -75,10 +75,12 @@ def formats(d):
         report[fmt] = {"tensors": len(r.tensors), "quantize_equal_gguf_py": n_q, "quantize_equal_ggml": n_k, "dequantize_equal": n_deq}
     print(json.dumps(report))
 
-def llama(path, ids, n):
+def llama(path, ids, n, kv="f32"):
     from llama_cpp import Llama
-    # f32 KV cache (llama.cpp's default is f16), so that only the matmuls' own arithmetic differs
-    m = Llama(model_path=path, n_ctx=256, n_threads=2, n_batch=256, verbose=False, logits_all=True, type_k=0, type_v=0)
+    # an f32 KV cache unless asked (llama.cpp's default is f16), so that only the matmuls' own
+    # arithmetic differs; ggml type ids: 0 f32, 1 f16
+    t = {"f32": 0, "f16": 1}[kv]
+    m = Llama(model_path=path, n_ctx=256, n_threads=2, n_batch=256, verbose=False, logits_all=True, type_k=t, type_v=t)
     ids = json.loads(ids)
     m.eval(ids)
     first = np.array(m.scores[len(ids) - 1], dtype=np.float32)
@@ -119,5 +121,5 @@ def convert(src, out, text):
     print(json.dumps({"vocab": vocab}))
 
 if __name__ == "__main__":
-    {"formats": lambda: formats(sys.argv[2]), "llama": lambda: llama(*sys.argv[2:5]),
+    {"formats": lambda: formats(sys.argv[2]), "llama": lambda: llama(*sys.argv[2:6]),
      "tokenize": lambda: tokenize(*sys.argv[2:4]), "convert": lambda: convert(*sys.argv[2:5])}[sys.argv[1]]()
