@@ -15,7 +15,10 @@ ap.add_argument("--new-tokens", type=int, default=32)
 ap.add_argument("--runs", type=int, default=3)
 ap.add_argument("--threads", type=int, default=2)
 a = ap.parse_args()
-m = llama_cpp.Llama(model_path=a.model, n_ctx=a.prompt_len + a.new_tokens + 8, n_batch=max(512, a.prompt_len),
+# n_batch covers the whole context: without logits_all, llama-cpp-python keeps n_batch rows of
+# scores and writes a token's row at its position (a longer prompt plus its decode would overrun)
+ctx = a.prompt_len + a.new_tokens + 8
+m = llama_cpp.Llama(model_path=a.model, n_ctx=ctx, n_batch=max(512, ctx),
                     n_threads=a.threads, n_threads_batch=a.threads, verbose=False)
 rng = np.random.default_rng(3)
 prompt = [int(x) for x in rng.integers(3, m.n_vocab(), a.prompt_len)]
