@@ -586,15 +586,19 @@ pub fn widen_f16(isa: Isa, src: &[u16], dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: `Isa` values other than Scalar are only produced after the CPU was checked (AVX2
     // comes with F16C there); the lengths are equal.
-    unsafe {
+    let done = unsafe {
         match isa {
-            Isa::Avx512Vnni => return x86::widen_f16_avx512(src, dst),
-            Isa::Avx2 => return x86::widen_f16_avx2(src, dst),
-            Isa::Scalar => {}
+            Isa::Avx512Vnni => x86::widen_f16_avx512(src, dst),
+            Isa::Avx2 => x86::widen_f16_avx2(src, dst),
+            Isa::Scalar => 0,
         }
-    }
-    let _ = isa;
-    for (d, &h) in dst.iter_mut().zip(src) {
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = {
+        let _ = isa;
+        0
+    };
+    for (d, &h) in dst[done..].iter_mut().zip(&src[done..]) {
         *d = crate::kernels::quant::f16_to_f32(h);
     }
 }
@@ -664,32 +668,32 @@ mod x86 {
     use super::KEY_LANES;
     use std::arch::x86_64::*;
 
+    /// The first multiple of 16 of `src` widened into `dst`; returns how many.
+    ///
     /// # Safety
     /// AVX-512F; `src.len() == dst.len()`.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn widen_f16_avx512(src: &[u16], dst: &mut [f32]) {
+    pub unsafe fn widen_f16_avx512(src: &[u16], dst: &mut [f32]) -> usize {
         let n = src.len() / 16 * 16;
         for i in (0..n).step_by(16) {
             let h = _mm256_loadu_si256(src.as_ptr().add(i) as *const __m256i);
             _mm512_storeu_ps(dst.as_mut_ptr().add(i), _mm512_cvtph_ps(h));
         }
-        for i in n..src.len() {
-            dst[i] = crate::kernels::quant::f16_to_f32(src[i]);
-        }
+        n
     }
 
+    /// [`widen_f16_avx512`] 8 at a time.
+    ///
     /// # Safety
     /// AVX2 and F16C; `src.len() == dst.len()`.
     #[target_feature(enable = "avx2,f16c")]
-    pub unsafe fn widen_f16_avx2(src: &[u16], dst: &mut [f32]) {
+    pub unsafe fn widen_f16_avx2(src: &[u16], dst: &mut [f32]) -> usize {
         let n = src.len() / 8 * 8;
         for i in (0..n).step_by(8) {
             let h = _mm_loadu_si128(src.as_ptr().add(i) as *const __m128i);
             _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
         }
-        for i in n..src.len() {
-            dst[i] = crate::kernels::quant::f16_to_f32(src[i]);
-        }
+        n
     }
 
     /// # Safety
