@@ -72,9 +72,14 @@ fn transpose_head(dst: &mut [f32], qkv: &[f32], base: usize, stride: usize, off:
 /// accumulators stay in registers.
 #[inline(always)]
 fn score_tile(q: &[f32], kt: &[f32], tp: usize, j0: usize) -> [f32; KEY_TILE] {
+    // every row's tile checked once, so that nothing in the loop can panic: with a bounds check
+    // inside, the accumulators (the caller's memory) were stored back at every element
+    let rows = &kt[j0..];
+    assert!(q.is_empty() || (q.len() - 1) * tp + KEY_TILE <= rows.len(), "attention: key tile out of bounds");
     let mut s = [0.0f32; KEY_TILE];
     for (e, &qe) in q.iter().enumerate() {
-        let row: &[f32; KEY_TILE] = kt[e * tp + j0..][..KEY_TILE].try_into().unwrap();
+        // SAFETY: `e * tp + KEY_TILE <= rows.len()` by the assert above.
+        let row = unsafe { &*(rows.as_ptr().add(e * tp) as *const [f32; KEY_TILE]) };
         for l in 0..KEY_TILE {
             s[l] += qe * row[l];
         }
@@ -88,11 +93,15 @@ fn score_tile(q: &[f32], kt: &[f32], tp: usize, j0: usize) -> [f32; KEY_TILE] {
 #[inline(always)]
 fn accumulate_rows(acc: &mut [f32], coef: &[f32], data: &[f32], first: usize, stride: usize) {
     let hd = acc.len();
+    // every row checked once, so that nothing in the loop below can panic (see `score_tile`)
+    let rows = data.get(first..).unwrap_or_default();
+    assert!(coef.is_empty() || (coef.len() - 1) * stride + hd <= rows.len(), "attention: rows out of bounds");
     let mut e0 = 0;
     while e0 + 64 <= hd {
         let mut a: [f32; 64] = acc[e0..e0 + 64].try_into().unwrap();
         for (j, &c) in coef.iter().enumerate() {
-            let row: &[f32; 64] = data[first + j * stride + e0..][..64].try_into().unwrap();
+            // SAFETY: `j * stride + e0 + 64 <= rows.len()` by the assert above.
+            let row = unsafe { &*(rows.as_ptr().add(j * stride + e0) as *const [f32; 64]) };
             for l in 0..64 {
                 a[l] += c * row[l];
             }
