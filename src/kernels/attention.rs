@@ -87,6 +87,24 @@ fn score_tile(q: &[f32], kt: &[f32], tp: usize, j0: usize) -> [f32; KEY_TILE] {
     s
 }
 
+/// [`score_tile`] for two queries at once, each with the bits it gets alone.
+#[inline(always)]
+fn score_tile2(q0: &[f32], q1: &[f32], kt: &[f32], tp: usize, j0: usize) -> ([f32; KEY_TILE], [f32; KEY_TILE]) {
+    let rows = &kt[j0..];
+    assert!(q0.len() == q1.len(), "attention: query lengths differ");
+    assert!(q0.is_empty() || (q0.len() - 1) * tp + KEY_TILE <= rows.len(), "attention: key tile out of bounds");
+    let (mut s0, mut s1) = ([0.0f32; KEY_TILE], [0.0f32; KEY_TILE]);
+    for (e, (&a, &b)) in q0.iter().zip(q1).enumerate() {
+        // SAFETY: `e * tp + KEY_TILE <= rows.len()` by the assert above.
+        let row = unsafe { &*(rows.as_ptr().add(e * tp) as *const [f32; KEY_TILE]) };
+        for l in 0..KEY_TILE {
+            s0[l] += a * row[l];
+            s1[l] += b * row[l];
+        }
+    }
+    (s0, s1)
+}
+
 /// `acc += Σ_j coef[j] · row_j`, where row `j` is `acc.len()` floats at `data[first + j·stride..]`:
 /// a probability-weighted sum of value rows (or of key rows, for dQ). The accumulator is held
 /// 64 lanes at a time in registers while the rows stream past.
@@ -187,43 +205,64 @@ pub fn attention_forward(out: &mut [f32], lse: &mut [f32], qkv: &[f32], scratch:
             let kt = &mut scr[..hd * tp];
             transpose_head(kt, qkv, base, qs, s.k_off(g), t_len, hd);
             let vo = s.v_off(g);
-            let mut acc = [0.0f32; MAX_HEAD_DIM];
-            let mut q = [0.0f32; MAX_HEAD_DIM];
+            let mut q = [[0.0f32; MAX_HEAD_DIM]; 2];
+            let mut acc = [[0.0f32; MAX_HEAD_DIM]; 2];
             for (hi, lse_row) in lse_g.chunks_mut(t_len).enumerate() {
                 let h = g * rep + hi;
-                for i in 0..t_len {
-                    let q = &mut q[..hd];
-                    for (qv, &x) in q.iter_mut().zip(&qkv[(base + i) * qs + h * hd..][..hd]) {
-                        *qv = x * scale;
-                    }
-                    let acc = &mut acc[..hd];
-                    acc.fill(0.0);
-                    let (mut m, mut l) = (f32::NEG_INFINITY, 0.0f32);
-                    for j0 in (0..=i).step_by(KEY_TILE) {
-                        let n = (i + 1 - j0).min(KEY_TILE);
-                        let mut sc = score_tile(q, kt, tp, j0);
-                        sc[n..].fill(f32::NEG_INFINITY); // causal mask
-                        let m_new = m.max(lane_max(&sc));
-                        let corr = exp(m - m_new);
-                        for sv in sc.iter_mut() {
-                            *sv = exp(*sv - m_new);
+                // query rows two at a time, so that their scores' chains run side by side on
+                // each key tile (a row's arithmetic is the same as alone)
+                let mut i = 0;
+                while i < t_len {
+                    let rows = if i + 1 < t_len { 2 } else { 1 };
+                    for (r, (q, acc)) in q[..rows].iter_mut().zip(&mut acc).enumerate() {
+                        for (qv, &x) in q.iter_mut().zip(&qkv[(base + i + r) * qs + h * hd..][..hd]) {
+                            *qv = x * scale;
                         }
-                        sc[n..].fill(0.0);
-                        l = l * corr + lane_sum(&sc);
-                        for a in acc.iter_mut() {
-                            *a *= corr;
+                        acc[..hd].fill(0.0);
+                    }
+                    let mut ml = [(f32::NEG_INFINITY, 0.0f32); 2];
+                    for j0 in (0..i + rows).step_by(KEY_TILE) {
+                        // row i + 1 may reach one tile further than row i
+                        let scores = if rows == 2 && j0 <= i {
+                            let (a, b) = score_tile2(&q[0][..hd], &q[1][..hd], kt, tp, j0);
+                            [Some(a), Some(b)]
+                        } else {
+                            let r = rows - 1;
+                            let mut one = [None, None];
+                            one[r] = Some(score_tile(&q[r][..hd], kt, tp, j0));
+                            one
+                        };
+                        for (r, sc) in scores.into_iter().enumerate() {
+                            let Some(mut sc) = sc else { continue };
+                            let n = (i + r + 1 - j0).min(KEY_TILE);
+                            let (m, l) = &mut ml[r];
+                            let acc = &mut acc[r][..hd];
+                            sc[n..].fill(f32::NEG_INFINITY); // causal mask
+                            let m_new = m.max(lane_max(&sc));
+                            let corr = exp(*m - m_new);
+                            for sv in sc.iter_mut() {
+                                *sv = exp(*sv - m_new);
+                            }
+                            sc[n..].fill(0.0);
+                            *l = *l * corr + lane_sum(&sc);
+                            for a in acc.iter_mut() {
+                                *a *= corr;
+                            }
+                            accumulate_rows(acc, &sc[..n], qkv, (base + j0) * qs + vo, qs);
+                            *m = m_new;
                         }
-                        accumulate_rows(acc, &sc[..n], qkv, (base + j0) * qs + vo, qs);
-                        m = m_new;
                     }
-                    let inv = 1.0 / l;
-                    // SAFETY: task (b, g) alone writes rows of batch b in the columns of group g's
-                    // query heads.
-                    let o = unsafe { out_ptr.at((base + i) * os + h * hd, hd) };
-                    for (ov, a) in o.iter_mut().zip(acc.iter()) {
-                        *ov = a * inv;
+                    for (r, &(m, l)) in ml[..rows].iter().enumerate() {
+                        let inv = 1.0 / l;
+                        // SAFETY: task (b, g) alone writes rows of batch b in the columns of group
+                        // g's query heads.
+                        let o = unsafe { out_ptr.at((base + i + r) * os + h * hd, hd) };
+                        for (ov, a) in o.iter_mut().zip(acc[r][..hd].iter()) {
+                            *ov = a * inv;
+                        }
+                        lse_row[i + r] = m + l.ln();
                     }
-                    lse_row[i] = m + l.ln();
+                    i += rows;
                 }
             }
         });
