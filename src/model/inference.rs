@@ -30,68 +30,74 @@ pub struct KvCache {
     pub max_len: usize,
     n_kv_heads: usize,
     head_dim: usize,
-    /// `[layer][kv head][cap / KEY_LANES][head_dim][KEY_LANES]`
-    k: KvStore,
-    /// `[layer][kv head][cap][head_dim]`
-    v: KvStore,
+    /// Keys `[layer][kv head][cap / KEY_LANES][head_dim][KEY_LANES]` and values
+    /// `[layer][kv head][cap][head_dim]`, of one element type.
+    kv: KvStore,
     /// The tokens whose keys and values are cached (for prefix reuse).
     pub tokens: Vec<u32>,
 }
 
-/// The elements of a cache: f32, or IEEE half bits.
+/// A cache's keys and values: f32, or IEEE half bits.
 #[derive(Clone)]
 enum KvStore {
-    F32(Vec<f32>),
-    F16(Vec<u16>),
+    F32 { k: Vec<f32>, v: Vec<f32> },
+    F16 { k: Vec<u16>, v: Vec<u16> },
 }
 
 impl KvStore {
     fn zeros(half: bool, n: usize) -> Self {
         if half {
-            KvStore::F16(vec![0; n])
+            KvStore::F16 { k: vec![0; n], v: vec![0; n] }
         } else {
-            KvStore::F32(vec![0.0; n])
+            KvStore::F32 { k: vec![0.0; n], v: vec![0.0; n] }
         }
     }
 
+    /// Elements of the keys (as many as of the values).
     fn len(&self) -> usize {
         match self {
-            KvStore::F32(x) => x.len(),
-            KvStore::F16(x) => x.len(),
+            KvStore::F32 { k, .. } => k.len(),
+            KvStore::F16 { k, .. } => k.len(),
         }
     }
 
     fn is_half(&self) -> bool {
-        matches!(self, KvStore::F16(_))
+        matches!(self, KvStore::F16 { .. })
     }
 
-    /// `self[at + i] = x[i]` (rounded to nearest even for a half store).
-    fn put(&mut self, at: usize, x: &[f32]) {
+    /// `key[at] = x` (rounded to nearest even in a half store).
+    fn set_key(&mut self, at: usize, x: f32) {
         match self {
-            KvStore::F32(d) => d[at..][..x.len()].copy_from_slice(x),
-            KvStore::F16(d) => d[at..][..x.len()].iter_mut().zip(x).for_each(|(d, &x)| *d = f32_to_f16(x)),
+            KvStore::F32 { k, .. } => k[at] = x,
+            KvStore::F16 { k, .. } => k[at] = f32_to_f16(x),
         }
     }
 
-    /// `self[at] = x`, rounded likewise.
-    fn set(&mut self, at: usize, x: f32) {
+    /// `value[at + i] = x[i]`, rounded likewise.
+    fn put_values(&mut self, at: usize, x: &[f32]) {
         match self {
-            KvStore::F32(d) => d[at] = x,
-            KvStore::F16(d) => d[at] = f32_to_f16(x),
+            KvStore::F32 { v, .. } => v[at..][..x.len()].copy_from_slice(x),
+            KvStore::F16 { v, .. } => v[at..][..x.len()].iter_mut().zip(x).for_each(|(d, &x)| *d = f32_to_f16(x)),
         }
     }
 
-    /// Copies runs of `keep` elements, run `i` from `src[i·src_run..]` to `self[i·dst_run..]`.
-    fn copy_runs(&mut self, src: &KvStore, src_run: usize, dst_run: usize, keep: usize) {
-        fn runs<T: Copy>(d: &mut [T], s: &[T], sr: usize, dr: usize, keep: usize) {
-            for (dst, from) in d.chunks_exact_mut(dr).zip(s.chunks_exact(sr)) {
+    /// A store of `n` elements each, of this one's type, holding the first `k_keep` keys and
+    /// `v_keep` values of each run (run `i` from `i·src_run` here to `i·dst_run` there).
+    fn prefix(&self, n: usize, src_run: usize, dst_run: usize, k_keep: usize, v_keep: usize) -> KvStore {
+        fn runs<T: Copy + Default>(s: &[T], n: usize, src_run: usize, dst_run: usize, keep: usize) -> Vec<T> {
+            let mut d = vec![T::default(); n];
+            for (dst, from) in d.chunks_exact_mut(dst_run).zip(s.chunks_exact(src_run)) {
                 dst[..keep].copy_from_slice(&from[..keep]);
             }
+            d
         }
-        match (self, src) {
-            (KvStore::F32(d), KvStore::F32(s)) => runs(d, s, src_run, dst_run, keep),
-            (KvStore::F16(d), KvStore::F16(s)) => runs(d, s, src_run, dst_run, keep),
-            _ => unreachable!("a cache copied into one of another element type"),
+        match self {
+            KvStore::F32 { k, v } => {
+                KvStore::F32 { k: runs(k, n, src_run, dst_run, k_keep), v: runs(v, n, src_run, dst_run, v_keep) }
+            }
+            KvStore::F16 { k, v } => {
+                KvStore::F16 { k: runs(k, n, src_run, dst_run, k_keep), v: runs(v, n, src_run, dst_run, v_keep) }
+            }
         }
     }
 }
@@ -105,8 +111,7 @@ impl KvCache {
     fn empty(layers: usize, n_kv_heads: usize, head_dim: usize, max_len: usize, half: bool) -> Self {
         let cap = Self::capacity(max_len);
         let n = layers * n_kv_heads * cap * head_dim;
-        let (k, v) = (KvStore::zeros(half, n), KvStore::zeros(half, n));
-        KvCache { len: 0, max_len, n_kv_heads, head_dim, k, v, tokens: vec![] }
+        KvCache { len: 0, max_len, n_kv_heads, head_dim, kv: KvStore::zeros(half, n), tokens: vec![] }
     }
 
     /// Bytes of one cache of `max_len` positions for `model`.
@@ -134,14 +139,12 @@ impl KvCache {
         // one run per (layer, head) in each: whole key blocks (the last one's spare lanes are
         // never used), value rows
         let (src_run, dst_run) = (Self::capacity(src.max_len) * hd, Self::capacity(max_len) * hd);
-        let layers = src.k.len() / (src.n_kv_heads * src_run).max(1);
-        let mut c = KvCache::empty(layers, src.n_kv_heads, hd, max_len, src.k.is_half());
+        let layers = src.kv.len() / (src.n_kv_heads * src_run).max(1);
+        let n = layers * src.n_kv_heads * dst_run;
         let blocks = len.next_multiple_of(KEY_LANES);
-        c.k.copy_runs(&src.k, src_run, dst_run, blocks * hd);
-        c.v.copy_runs(&src.v, src_run, dst_run, len * hd);
-        c.len = len;
-        c.tokens = src.tokens[..len].to_vec();
-        c
+        let kv = src.kv.prefix(n, src_run, dst_run, blocks * hd, len * hd);
+        let tokens = src.tokens[..len].to_vec();
+        KvCache { len, max_len, n_kv_heads: src.n_kv_heads, head_dim: hd, kv, tokens }
     }
 
     /// Forgets positions from `len` on.
@@ -160,9 +163,9 @@ impl KvCache {
             for g in 0..self.n_kv_heads {
                 let block = l * sz + (g * cap + p / KEY_LANES * KEY_LANES) * hd;
                 for (e, &x) in row[g * hd..][..hd].iter().enumerate() {
-                    self.k.set(block + e * KEY_LANES + p % KEY_LANES, x);
+                    self.kv.set_key(block + e * KEY_LANES + p % KEY_LANES, x);
                 }
-                self.v.put(l * sz + (g * cap + p) * hd, &row[kvd + g * hd..][..hd]);
+                self.kv.put_values(l * sz + (g * cap + p) * hd, &row[kvd + g * hd..][..hd]);
             }
         }
     }
@@ -171,10 +174,9 @@ impl KvCache {
     fn seq(&self, l: usize, n: usize) -> CachedSeq<'_> {
         let cap = Self::capacity(self.max_len);
         let sz = cap * self.n_kv_heads * self.head_dim;
-        let kv = match (&self.k, &self.v) {
-            (KvStore::F32(k), KvStore::F32(v)) => KvSlices::F32 { k: &k[l * sz..][..sz], v: &v[l * sz..][..sz] },
-            (KvStore::F16(k), KvStore::F16(v)) => KvSlices::F16 { k: &k[l * sz..][..sz], v: &v[l * sz..][..sz] },
-            _ => unreachable!("keys and values of one cache share their element type"),
+        let kv = match &self.kv {
+            KvStore::F32 { k, v } => KvSlices::F32 { k: &k[l * sz..][..sz], v: &v[l * sz..][..sz] },
+            KvStore::F16 { k, v } => KvSlices::F16 { k: &k[l * sz..][..sz], v: &v[l * sz..][..sz] },
         };
         CachedSeq { kv, cap, n, p0: self.len }
     }
@@ -240,7 +242,7 @@ impl DecoderLayer {
             let qkv = &mut s.qkv[r0 * qs..(r0 + k) * qs];
             rope_forward(qkv, qs, nh + nkv, k, p0, &m.rope);
             seg.cache.store(l, qkv, qs, qd, p0, k);
-            if training && seg.cache.k.is_half() {
+            if training && seg.cache.kv.is_half() {
                 // the training kernel reads these rows, not the cache: the cache's values
                 for row in qkv.chunks_exact_mut(qs) {
                     row[qd..].iter_mut().for_each(|x| *x = f16_to_f32(f32_to_f16(*x)));
