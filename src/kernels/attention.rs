@@ -531,18 +531,37 @@ impl CachedJob<'_> {
                 }
             };
             let mut sc = [[f32::NEG_INFINITY; KEY_TILE]; MAX_TASK_HEADS];
-            for (i, sc) in sc[..per].iter_mut().enumerate() {
-                let at = (j0 + KEY_TILE) * hd;
-                let lines = at + (i * share).min(next)..at + ((i + 1) * share).min(next);
-                if !lines.is_empty() {
-                    kv.prefetch(isa, lines);
-                }
-                let q = &self.qkv[row * self.qkv_stride + (h0 + i) * hd..][..hd];
+            let q = |i: usize| &self.qkv[row * self.qkv_stride + (h0 + i) * hd..][..hd];
+            // the scores: four heads on each key vector where the vector units allow, else head
+            // by head
+            let mut i = 0;
+            while i < per {
+                let heads = if isa != Isa::Scalar && per - i >= 4 { 4 } else { 1 };
                 for k0 in (0..nk).step_by(KEY_LANES) {
-                    let d = dot_keys(isa, q, &keys[k0 * hd..][..KEY_LANES * hd], scale);
+                    // a head's share before each key block, spread through the work (a tile
+                    // followed by another is whole: four blocks for four heads)
+                    let hs = i + k0 / KEY_LANES;
+                    if hs < i + heads {
+                        let at = (j0 + KEY_TILE) * hd;
+                        let lines = at + (hs * share).min(next)..at + ((hs + 1) * share).min(next);
+                        if !lines.is_empty() {
+                            kv.prefetch(isa, lines);
+                        }
+                    }
+                    let block = &keys[k0 * hd..][..KEY_LANES * hd];
                     let n = (nk - k0).min(KEY_LANES);
-                    sc[k0..k0 + n].copy_from_slice(&d[..n]);
+                    if heads == 4 {
+                        let d = dot_keys_heads(isa, [q(i), q(i + 1), q(i + 2), q(i + 3)], block, scale);
+                        for (sc, d) in sc[i..i + 4].iter_mut().zip(&d) {
+                            sc[k0..k0 + n].copy_from_slice(&d[..n]);
+                        }
+                    } else {
+                        sc[i][k0..k0 + n].copy_from_slice(&dot_keys(isa, q(i), block, scale)[..n]);
+                    }
                 }
+                i += heads;
+            }
+            for (i, sc) in sc[..per].iter_mut().enumerate() {
                 let m_new = m[i].max(lane_max(sc));
                 let corr = exp(m[i] - m_new);
                 for s in sc.iter_mut() {
@@ -709,6 +728,27 @@ fn dot_keys(isa: Isa, q: &[f32], kt: &[f32], scale: f32) -> [f32; KEY_LANES] {
     std::array::from_fn(|j| (sum[j] + tail[j]) * scale)
 }
 
+/// [`dot_keys`] of four queries against one key block, each with its bits alone: chunk element
+/// `l` of every query is taken for all four while the key vectors it meets are in registers (a
+/// query's accumulator `l` is complete before `l + 1` starts, so its additions into the sum keep
+/// their order), which loads each key vector once for the four heads rather than once a head.
+#[inline(always)]
+fn dot_keys_heads(isa: Isa, qs: [&[f32]; 4], kt: &[f32], scale: f32) -> [[f32; KEY_LANES]; 4] {
+    let hd = qs[0].len();
+    assert!(qs.iter().all(|q| q.len() == hd) && kt.len() >= hd * KEY_LANES);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `Isa` values other than Scalar are only produced after the CPU was checked; the
+    // lengths are checked above.
+    unsafe {
+        match isa {
+            Isa::Avx512Vnni => return x86::dot_keys_heads_avx512(qs, kt, scale),
+            Isa::Avx2 => return x86::dot_keys_heads_avx2(qs, kt, scale),
+            Isa::Scalar => {}
+        }
+    }
+    qs.map(|q| dot_keys(isa, q, kt, scale))
+}
+
 /// [`dot_keys`] in 512- and 256-bit registers (the compiler, left alone, vectorises it across the
 /// 16 accumulators with gathers).
 #[cfg(target_arch = "x86_64")]
@@ -766,6 +806,82 @@ mod x86 {
         }
         let mut out = [0.0f32; KEY_LANES];
         _mm512_storeu_ps(out.as_mut_ptr(), _mm512_mul_ps(_mm512_add_ps(sum, tail), _mm512_set1_ps(scale)));
+        out
+    }
+
+    /// # Safety
+    /// AVX-512F; every query `hd` long, `kt.len() >= hd * KEY_LANES`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot_keys_heads_avx512(qs: [&[f32]; 4], kt: &[f32], scale: f32) -> [[f32; KEY_LANES]; 4] {
+        let hd = qs[0].len();
+        let full = hd / 16 * 16;
+        let k = |e: usize| _mm512_loadu_ps(kt.as_ptr().add(e * KEY_LANES));
+        let q = |h: usize, e: usize| _mm512_set1_ps(*qs[h].get_unchecked(e));
+        let mut sum = [_mm512_set1_ps(-0.0); 4];
+        for l in 0..16 {
+            let mut a = [_mm512_setzero_ps(); 4];
+            for c in (0..full).step_by(16) {
+                let kv = k(c + l);
+                for (h, a) in a.iter_mut().enumerate() {
+                    *a = _mm512_add_ps(*a, _mm512_mul_ps(q(h, c + l), kv));
+                }
+            }
+            for (s, a) in sum.iter_mut().zip(a) {
+                *s = _mm512_add_ps(*s, a);
+            }
+        }
+        let mut tail = [_mm512_set1_ps(-0.0); 4];
+        for e in full..hd {
+            let kv = k(e);
+            for (h, t) in tail.iter_mut().enumerate() {
+                *t = _mm512_add_ps(*t, _mm512_mul_ps(q(h, e), kv));
+            }
+        }
+        let mut out = [[0.0f32; KEY_LANES]; 4];
+        for h in 0..4 {
+            let dots = _mm512_mul_ps(_mm512_add_ps(sum[h], tail[h]), _mm512_set1_ps(scale));
+            _mm512_storeu_ps(out[h].as_mut_ptr(), dots);
+        }
+        out
+    }
+
+    /// [`dot_keys_heads_avx512`] in two halves of 8 keys.
+    ///
+    /// # Safety
+    /// AVX2; every query `hd` long, `kt.len() >= hd * KEY_LANES`.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn dot_keys_heads_avx2(qs: [&[f32]; 4], kt: &[f32], scale: f32) -> [[f32; KEY_LANES]; 4] {
+        let hd = qs[0].len();
+        let full = hd / 16 * 16;
+        let q = |h: usize, e: usize| _mm256_set1_ps(*qs[h].get_unchecked(e));
+        let mut out = [[0.0f32; KEY_LANES]; 4];
+        for half in 0..2 {
+            let k = |e: usize| _mm256_loadu_ps(kt.as_ptr().add(e * KEY_LANES + 8 * half));
+            let mut sum = [_mm256_set1_ps(-0.0); 4];
+            for l in 0..16 {
+                let mut a = [_mm256_setzero_ps(); 4];
+                for c in (0..full).step_by(16) {
+                    let kv = k(c + l);
+                    for (h, a) in a.iter_mut().enumerate() {
+                        *a = _mm256_add_ps(*a, _mm256_mul_ps(q(h, c + l), kv));
+                    }
+                }
+                for (s, a) in sum.iter_mut().zip(a) {
+                    *s = _mm256_add_ps(*s, a);
+                }
+            }
+            let mut tail = [_mm256_set1_ps(-0.0); 4];
+            for e in full..hd {
+                let kv = k(e);
+                for (h, t) in tail.iter_mut().enumerate() {
+                    *t = _mm256_add_ps(*t, _mm256_mul_ps(q(h, e), kv));
+                }
+            }
+            for h in 0..4 {
+                let dots = _mm256_mul_ps(_mm256_add_ps(sum[h], tail[h]), _mm256_set1_ps(scale));
+                _mm256_storeu_ps(out[h].as_mut_ptr().add(8 * half), dots);
+            }
+        }
         out
     }
 
@@ -864,7 +980,8 @@ mod tests {
         }
     }
 
-    /// Scores of a tile of transposed keys are `dot`'s bits, key by key, tails included.
+    /// Scores of a tile of transposed keys are `dot`'s bits, key by key, tails included, one head at
+    /// a time or four.
     #[test]
     fn key_lane_scores_are_dot_bits() {
         for hd in [8, 20, 64, 100] {
@@ -876,10 +993,19 @@ mod tests {
                     kt[e * KEY_LANES + j] = keys[j * hd + e];
                 }
             }
+            let qs: Vec<Vec<f32>> = (0..4).map(|h| randn(hd, 20 + h, 1.0)).collect();
             for isa in Isa::all_supported() {
                 for (j, d) in dot_keys(isa, &q, &kt, 0.125).iter().enumerate() {
                     let want = dot(&q, &keys[j * hd..][..hd]) * 0.125;
                     assert_eq!(d.to_bits(), want.to_bits(), "{isa:?}, hd {hd}, key {j}");
+                }
+                // four heads on each key vector: each head's bits alone
+                let four = dot_keys_heads(isa, std::array::from_fn(|h| &qs[h][..]), &kt, 0.125);
+                for (h, d) in four.iter().enumerate() {
+                    for (j, d) in d.iter().enumerate() {
+                        let want = dot(&qs[h], &keys[j * hd..][..hd]) * 0.125;
+                        assert_eq!(d.to_bits(), want.to_bits(), "{isa:?}, hd {hd}, head {h}, key {j}");
+                    }
                 }
             }
         }
