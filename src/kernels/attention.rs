@@ -134,6 +134,58 @@ fn accumulate_rows(acc: &mut [f32], coef: &[f32], data: &[f32], first: usize, st
     }
 }
 
+/// [`accumulate_rows`] into two accumulators over the same rows, each row read once for both
+/// (`coef1` may be longer: its further rows are added after), each accumulator with the bits it
+/// gets alone.
+#[inline(always)]
+fn accumulate_rows2(
+    acc0: &mut [f32],
+    acc1: &mut [f32],
+    coef0: &[f32],
+    coef1: &[f32],
+    data: &[f32],
+    first: usize,
+    stride: usize,
+) {
+    let hd = acc0.len();
+    assert!(acc1.len() == hd && coef0.len() <= coef1.len(), "attention: accumulators differ");
+    // every row checked once, so that nothing in the loops below can panic (see `score_tile`)
+    let rows = data.get(first..).unwrap_or_default();
+    assert!(coef1.is_empty() || (coef1.len() - 1) * stride + hd <= rows.len(), "attention: rows out of bounds");
+    let row_at = |j: usize, e0: usize| {
+        // SAFETY: `j < coef1.len()`, so `j * stride + e0 + 64 <= rows.len()` by the assert above.
+        unsafe { &*(rows.as_ptr().add(j * stride + e0) as *const [f32; 64]) }
+    };
+    let mut e0 = 0;
+    while e0 + 64 <= hd {
+        let mut a: [f32; 64] = acc0[e0..e0 + 64].try_into().unwrap();
+        let mut b: [f32; 64] = acc1[e0..e0 + 64].try_into().unwrap();
+        for (j, (&c0, &c1)) in coef0.iter().zip(coef1).enumerate() {
+            let row = row_at(j, e0);
+            for l in 0..64 {
+                a[l] += c0 * row[l];
+                b[l] += c1 * row[l];
+            }
+        }
+        for (j, &c1) in coef1.iter().enumerate().skip(coef0.len()) {
+            let row = row_at(j, e0);
+            for l in 0..64 {
+                b[l] += c1 * row[l];
+            }
+        }
+        acc0[e0..e0 + 64].copy_from_slice(&a);
+        acc1[e0..e0 + 64].copy_from_slice(&b);
+        e0 += 64;
+    }
+    if e0 < hd {
+        for (acc, coef) in [(acc0, coef0), (acc1, coef1)] {
+            for (j, &c) in coef.iter().enumerate() {
+                axpy(&mut acc[e0..], c, &data[first + j * stride + e0..][..hd - e0]);
+            }
+        }
+    }
+}
+
 /// `rows_j += coef[j] · v` for the consecutive `v.len()`-float rows of `rows` (dK and dV of a tile
 /// of keys from one query row); `v` is held 64 lanes at a time in registers.
 #[inline(always)]
@@ -232,11 +284,12 @@ pub fn attention_forward(out: &mut [f32], lse: &mut [f32], qkv: &[f32], scratch:
                             one[r] = Some(score_tile(&q[r][..hd], kt, tp, j0));
                             one
                         };
+                        let scores_of = [scores[0].is_some(), scores[1].is_some()];
+                        let mut probs = [[0.0f32; KEY_TILE]; 2];
                         for (r, sc) in scores.into_iter().enumerate() {
                             let Some(mut sc) = sc else { continue };
                             let n = (i + r + 1 - j0).min(KEY_TILE);
                             let (m, l) = &mut ml[r];
-                            let acc = &mut acc[r][..hd];
                             sc[n..].fill(f32::NEG_INFINITY); // causal mask
                             let m_new = m.max(lane_max(&sc));
                             let corr = exp(*m - m_new);
@@ -245,11 +298,43 @@ pub fn attention_forward(out: &mut [f32], lse: &mut [f32], qkv: &[f32], scratch:
                             }
                             sc[n..].fill(0.0);
                             *l = *l * corr + lane_sum(&sc);
-                            for a in acc.iter_mut() {
+                            for a in acc[r][..hd].iter_mut() {
                                 *a *= corr;
                             }
-                            accumulate_rows(acc, &sc[..n], qkv, (base + j0) * qs + vo, qs);
                             *m = m_new;
+                            probs[r] = sc;
+                        }
+                        // the value rows: both query rows' on each row where both have the tile
+                        let first = (base + j0) * qs + vo;
+                        let [acc0, acc1] = &mut acc;
+                        match scores_of {
+                            [true, true] => {
+                                let (n0, n1) = ((i + 1 - j0).min(KEY_TILE), (i + 2 - j0).min(KEY_TILE));
+                                accumulate_rows2(
+                                    &mut acc0[..hd],
+                                    &mut acc1[..hd],
+                                    &probs[0][..n0],
+                                    &probs[1][..n1],
+                                    qkv,
+                                    first,
+                                    qs,
+                                );
+                            }
+                            [true, false] => accumulate_rows(
+                                &mut acc0[..hd],
+                                &probs[0][..(i + 1 - j0).min(KEY_TILE)],
+                                qkv,
+                                first,
+                                qs,
+                            ),
+                            [false, true] => accumulate_rows(
+                                &mut acc1[..hd],
+                                &probs[1][..(i + 2 - j0).min(KEY_TILE)],
+                                qkv,
+                                first,
+                                qs,
+                            ),
+                            [false, false] => {}
                         }
                     }
                     for (r, &(m, l)) in ml[..rows].iter().enumerate() {
@@ -1026,6 +1111,28 @@ mod tests {
             accumulate_rows(&mut alone, &coef[h][..nk], &data, 0, hd);
             for (a, b) in alone.iter().zip(&together[h * hd..]) {
                 assert_eq!(a.to_bits(), b.to_bits(), "head {h}");
+            }
+        }
+    }
+
+    /// Two query rows' value rows at once (the second one row further) give each row the bits of
+    /// `accumulate_rows` alone.
+    #[test]
+    fn value_rows_for_two_queries_are_each_rows_bits() {
+        let (hd, stride, nk) = (72, 80, 37);
+        let data = randn(nk * stride, 16, 1.0);
+        let start = randn(2 * hd, 17, 1.0);
+        let coef = randn(2 * nk, 18, 1.0);
+        for (n0, n1) in [(nk, nk), (nk - 1, nk), (0, 1)] {
+            let (c0, c1) = (&coef[..n0], &coef[nk..nk + n1]);
+            let (mut a0, mut a1) = (start[..hd].to_vec(), start[hd..].to_vec());
+            accumulate_rows2(&mut a0, &mut a1, c0, c1, &data, 3, stride);
+            for (alone_start, c, together) in [(&start[..hd], c0, &a0), (&start[hd..], c1, &a1)] {
+                let mut alone = alone_start.to_vec();
+                accumulate_rows(&mut alone, c, &data, 3, stride);
+                for (a, b) in alone.iter().zip(together) {
+                    assert_eq!(a.to_bits(), b.to_bits(), "rows {n0}/{n1}");
+                }
             }
         }
     }
