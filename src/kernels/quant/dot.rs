@@ -1447,11 +1447,13 @@ mod x86 {
             macro_rules! block {
                 ($b:expr, $h:literal) => {{
                     let p = g.add($b * gb);
+                    // the lines of a later block (see `PREFETCH`), half before this block's loads
+                    // and half after its arithmetic: all nine of a Q8_0 block in one burst
+                    // streamed its matrices ~10% slower (BENCHMARKS.md, ninth stop)
+                    let (lines, first) = (gb.div_ceil(64), gb.div_ceil(128));
+                    let ahead = |k: usize| _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH + 64 * k) as *const i8);
                     if PF {
-                        // the lines of a later block (see `PREFETCH`)
-                        for k in 0..gb.div_ceil(64) {
-                            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH + 64 * k) as *const i8);
-                        }
+                        (0..first).for_each(ahead);
                     }
                     let dw = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
                     let qp = p.add(2 * GROUP);
@@ -1503,6 +1505,9 @@ mod x86 {
                     for t in 0..T {
                         let scale = _mm512_mul_ps(dw, _mm512_set1_ps(a.d[t][$b]));
                         acc[t][$h] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[t]), scale, acc[t][$h]);
+                    }
+                    if PF {
+                        (first..lines).for_each(ahead);
                     }
                 }};
             }
