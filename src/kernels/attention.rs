@@ -776,18 +776,33 @@ fn prefetch<T>(isa: Isa, x: &[T]) {
 /// each dot then times `scale` (in the registers that hold it).
 #[inline(always)]
 fn dot_keys(isa: Isa, q: &[f32], kt: &[f32], scale: f32) -> [f32; KEY_LANES] {
-    assert!(kt.len() >= q.len() * KEY_LANES);
+    dot_keys_heads(isa, [q], kt, scale)[0]
+}
+
+/// [`dot_keys`] of `H` queries against one key block, each with its bits alone: chunk element `l`
+/// of every query is taken for all of them while the key vectors it meets are in registers (a
+/// query's accumulator `l` is complete before `l + 1` starts, so its additions into the sum keep
+/// their order), which loads each key vector once for the `H` heads rather than once a head.
+#[inline(always)]
+fn dot_keys_heads<const H: usize>(isa: Isa, qs: [&[f32]; H], kt: &[f32], scale: f32) -> [[f32; KEY_LANES]; H] {
+    let hd = qs.first().map_or(0, |q| q.len());
+    assert!(qs.iter().all(|q| q.len() == hd) && kt.len() >= hd * KEY_LANES);
     #[cfg(target_arch = "x86_64")]
     // SAFETY: `Isa` values other than Scalar are only produced after the CPU was checked; the
-    // block's length is checked above.
+    // lengths are checked above.
     unsafe {
         match isa {
-            Isa::Avx512Vnni => return x86::dot_keys_avx512(q, kt, scale),
-            Isa::Avx2 => return x86::dot_keys_avx2(q, kt, scale),
+            Isa::Avx512Vnni => return x86::dot_keys_heads_avx512(qs, kt, scale),
+            Isa::Avx2 => return x86::dot_keys_heads_avx2(qs, kt, scale),
             Isa::Scalar => {}
         }
     }
     let _ = isa;
+    qs.map(|q| dot_keys_scalar(q, kt, scale))
+}
+
+/// [`dot_keys`] in plain Rust, one query (the order the vector kernels reproduce).
+fn dot_keys_scalar(q: &[f32], kt: &[f32], scale: f32) -> [f32; KEY_LANES] {
     let full = q.len() / 16 * 16;
     let mut a = [[0.0f32; KEY_LANES]; 16];
     for (qc, kc) in q[..full].chunks_exact(16).zip(kt.chunks_exact(16 * KEY_LANES)) {
@@ -811,27 +826,6 @@ fn dot_keys(isa: Isa, q: &[f32], kt: &[f32], scale: f32) -> [f32; KEY_LANES] {
         }
     }
     std::array::from_fn(|j| (sum[j] + tail[j]) * scale)
-}
-
-/// [`dot_keys`] of four queries against one key block, each with its bits alone: chunk element
-/// `l` of every query is taken for all four while the key vectors it meets are in registers (a
-/// query's accumulator `l` is complete before `l + 1` starts, so its additions into the sum keep
-/// their order), which loads each key vector once for the four heads rather than once a head.
-#[inline(always)]
-fn dot_keys_heads(isa: Isa, qs: [&[f32]; 4], kt: &[f32], scale: f32) -> [[f32; KEY_LANES]; 4] {
-    let hd = qs[0].len();
-    assert!(qs.iter().all(|q| q.len() == hd) && kt.len() >= hd * KEY_LANES);
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: `Isa` values other than Scalar are only produced after the CPU was checked; the
-    // lengths are checked above.
-    unsafe {
-        match isa {
-            Isa::Avx512Vnni => return x86::dot_keys_heads_avx512(qs, kt, scale),
-            Isa::Avx2 => return x86::dot_keys_heads_avx2(qs, kt, scale),
-            Isa::Scalar => {}
-        }
-    }
-    qs.map(|q| dot_keys(isa, q, kt, scale))
 }
 
 /// [`dot_keys`] in 512- and 256-bit registers (the compiler, left alone, vectorises it across the
@@ -870,41 +864,20 @@ mod x86 {
     }
 
     /// # Safety
-    /// AVX-512F; `kt.len() >= q.len() * KEY_LANES`.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn dot_keys_avx512(q: &[f32], kt: &[f32], scale: f32) -> [f32; KEY_LANES] {
-        let full = q.len() / 16 * 16;
-        let k = |e: usize| _mm512_loadu_ps(kt.as_ptr().add(e * KEY_LANES));
-        let mut a = [_mm512_setzero_ps(); 16];
-        for c in (0..full).step_by(16) {
-            for (l, a) in a.iter_mut().enumerate() {
-                *a = _mm512_add_ps(*a, _mm512_mul_ps(_mm512_set1_ps(q[c + l]), k(c + l)));
-            }
-        }
-        let mut sum = _mm512_set1_ps(-0.0);
-        for a in a {
-            sum = _mm512_add_ps(sum, a);
-        }
-        let mut tail = _mm512_set1_ps(-0.0);
-        for (e, &qe) in q.iter().enumerate().skip(full) {
-            tail = _mm512_add_ps(tail, _mm512_mul_ps(_mm512_set1_ps(qe), k(e)));
-        }
-        let mut out = [0.0f32; KEY_LANES];
-        _mm512_storeu_ps(out.as_mut_ptr(), _mm512_mul_ps(_mm512_add_ps(sum, tail), _mm512_set1_ps(scale)));
-        out
-    }
-
-    /// # Safety
     /// AVX-512F; every query `hd` long, `kt.len() >= hd * KEY_LANES`.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn dot_keys_heads_avx512(qs: [&[f32]; 4], kt: &[f32], scale: f32) -> [[f32; KEY_LANES]; 4] {
-        let hd = qs[0].len();
+    pub unsafe fn dot_keys_heads_avx512<const H: usize>(
+        qs: [&[f32]; H],
+        kt: &[f32],
+        scale: f32,
+    ) -> [[f32; KEY_LANES]; H] {
+        let hd = qs.first().map_or(0, |q| q.len());
         let full = hd / 16 * 16;
         let k = |e: usize| _mm512_loadu_ps(kt.as_ptr().add(e * KEY_LANES));
         let q = |h: usize, e: usize| _mm512_set1_ps(*qs[h].get_unchecked(e));
-        let mut sum = [_mm512_set1_ps(-0.0); 4];
+        let mut sum = [_mm512_set1_ps(-0.0); H];
         for l in 0..16 {
-            let mut a = [_mm512_setzero_ps(); 4];
+            let mut a = [_mm512_setzero_ps(); H];
             for c in (0..full).step_by(16) {
                 let kv = k(c + l);
                 for (h, a) in a.iter_mut().enumerate() {
@@ -915,15 +888,15 @@ mod x86 {
                 *s = _mm512_add_ps(*s, a);
             }
         }
-        let mut tail = [_mm512_set1_ps(-0.0); 4];
+        let mut tail = [_mm512_set1_ps(-0.0); H];
         for e in full..hd {
             let kv = k(e);
             for (h, t) in tail.iter_mut().enumerate() {
                 *t = _mm512_add_ps(*t, _mm512_mul_ps(q(h, e), kv));
             }
         }
-        let mut out = [[0.0f32; KEY_LANES]; 4];
-        for h in 0..4 {
+        let mut out = [[0.0f32; KEY_LANES]; H];
+        for h in 0..H {
             let dots = _mm512_mul_ps(_mm512_add_ps(sum[h], tail[h]), _mm512_set1_ps(scale));
             _mm512_storeu_ps(out[h].as_mut_ptr(), dots);
         }
@@ -935,16 +908,20 @@ mod x86 {
     /// # Safety
     /// AVX2; every query `hd` long, `kt.len() >= hd * KEY_LANES`.
     #[target_feature(enable = "avx2")]
-    pub unsafe fn dot_keys_heads_avx2(qs: [&[f32]; 4], kt: &[f32], scale: f32) -> [[f32; KEY_LANES]; 4] {
-        let hd = qs[0].len();
+    pub unsafe fn dot_keys_heads_avx2<const H: usize>(
+        qs: [&[f32]; H],
+        kt: &[f32],
+        scale: f32,
+    ) -> [[f32; KEY_LANES]; H] {
+        let hd = qs.first().map_or(0, |q| q.len());
         let full = hd / 16 * 16;
         let q = |h: usize, e: usize| _mm256_set1_ps(*qs[h].get_unchecked(e));
-        let mut out = [[0.0f32; KEY_LANES]; 4];
+        let mut out = [[0.0f32; KEY_LANES]; H];
         for half in 0..2 {
             let k = |e: usize| _mm256_loadu_ps(kt.as_ptr().add(e * KEY_LANES + 8 * half));
-            let mut sum = [_mm256_set1_ps(-0.0); 4];
+            let mut sum = [_mm256_set1_ps(-0.0); H];
             for l in 0..16 {
-                let mut a = [_mm256_setzero_ps(); 4];
+                let mut a = [_mm256_setzero_ps(); H];
                 for c in (0..full).step_by(16) {
                     let kv = k(c + l);
                     for (h, a) in a.iter_mut().enumerate() {
@@ -955,47 +932,17 @@ mod x86 {
                     *s = _mm256_add_ps(*s, a);
                 }
             }
-            let mut tail = [_mm256_set1_ps(-0.0); 4];
+            let mut tail = [_mm256_set1_ps(-0.0); H];
             for e in full..hd {
                 let kv = k(e);
                 for (h, t) in tail.iter_mut().enumerate() {
                     *t = _mm256_add_ps(*t, _mm256_mul_ps(q(h, e), kv));
                 }
             }
-            for h in 0..4 {
+            for h in 0..H {
                 let dots = _mm256_mul_ps(_mm256_add_ps(sum[h], tail[h]), _mm256_set1_ps(scale));
                 _mm256_storeu_ps(out[h].as_mut_ptr().add(8 * half), dots);
             }
-        }
-        out
-    }
-
-    /// # Safety
-    /// AVX2; `kt.len() >= q.len() * KEY_LANES`.
-    #[target_feature(enable = "avx2")]
-    pub unsafe fn dot_keys_avx2(q: &[f32], kt: &[f32], scale: f32) -> [f32; KEY_LANES] {
-        let full = q.len() / 16 * 16;
-        let mut out = [0.0f32; KEY_LANES];
-        // the two halves of the keys one after the other (16 accumulators of 8 keys fill the
-        // registers)
-        for half in 0..2 {
-            let k = |e: usize| _mm256_loadu_ps(kt.as_ptr().add(e * KEY_LANES + 8 * half));
-            let mut a = [_mm256_setzero_ps(); 16];
-            for c in (0..full).step_by(16) {
-                for (l, a) in a.iter_mut().enumerate() {
-                    *a = _mm256_add_ps(*a, _mm256_mul_ps(_mm256_set1_ps(q[c + l]), k(c + l)));
-                }
-            }
-            let mut sum = _mm256_set1_ps(-0.0);
-            for a in a {
-                sum = _mm256_add_ps(sum, a);
-            }
-            let mut tail = _mm256_set1_ps(-0.0);
-            for (e, &qe) in q.iter().enumerate().skip(full) {
-                tail = _mm256_add_ps(tail, _mm256_mul_ps(_mm256_set1_ps(qe), k(e)));
-            }
-            let dots = _mm256_mul_ps(_mm256_add_ps(sum, tail), _mm256_set1_ps(scale));
-            _mm256_storeu_ps(out.as_mut_ptr().add(8 * half), dots);
         }
         out
     }
@@ -1066,7 +1013,7 @@ mod tests {
     }
 
     /// Scores of a tile of transposed keys are `dot`'s bits, key by key, tails included, one head at
-    /// a time or four.
+    /// a time, three or four.
     #[test]
     fn key_lane_scores_are_dot_bits() {
         for hd in [8, 20, 64, 100] {
@@ -1084,9 +1031,10 @@ mod tests {
                     let want = dot(&q, &keys[j * hd..][..hd]) * 0.125;
                     assert_eq!(d.to_bits(), want.to_bits(), "{isa:?}, hd {hd}, key {j}");
                 }
-                // four heads on each key vector: each head's bits alone
-                let four = dot_keys_heads(isa, std::array::from_fn(|h| &qs[h][..]), &kt, 0.125);
-                for (h, d) in four.iter().enumerate() {
+                // four or three heads on each key vector: each head's bits alone
+                let four = dot_keys_heads::<4>(isa, std::array::from_fn(|h| &qs[h][..]), &kt, 0.125);
+                let three = dot_keys_heads::<3>(isa, std::array::from_fn(|h| &qs[h][..]), &kt, 0.125);
+                for (h, d) in four.iter().chain(&three).enumerate().map(|(i, d)| (i % 4, d)) {
                     for (j, d) in d.iter().enumerate() {
                         let want = dot(&qs[h], &keys[j * hd..][..hd]) * 0.125;
                         assert_eq!(d.to_bits(), want.to_bits(), "{isa:?}, hd {hd}, head {h}, key {j}");
