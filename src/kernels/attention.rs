@@ -863,6 +863,41 @@ mod x86 {
         n
     }
 
+    /// The lanes of [`super::dot_keys_heads`] from key `off` on, one vector of keys wide: the
+    /// same code for 16 lanes (AVX-512) and for each half of 8 (AVX2), given its intrinsics.
+    macro_rules! dot_keys_lanes {
+        ($qs:ident, $kt:ident, $scale:ident, $out:ident, $off:expr,
+         $load:ident, $set1:ident, $zero:ident, $add:ident, $mul:ident, $store:ident) => {{
+            let hd = $qs.first().map_or(0, |q| q.len());
+            let full = hd / 16 * 16;
+            let k = |e: usize| $load($kt.as_ptr().add(e * KEY_LANES + $off));
+            let q = |h: usize, e: usize| $set1(*$qs[h].get_unchecked(e));
+            let mut sum = [$set1(-0.0); H];
+            for l in 0..16 {
+                let mut a = [$zero(); H];
+                for c in (0..full).step_by(16) {
+                    let kv = k(c + l);
+                    for (h, a) in a.iter_mut().enumerate() {
+                        *a = $add(*a, $mul(q(h, c + l), kv));
+                    }
+                }
+                for (s, a) in sum.iter_mut().zip(a) {
+                    *s = $add(*s, a);
+                }
+            }
+            let mut tail = [$set1(-0.0); H];
+            for e in full..hd {
+                let kv = k(e);
+                for (h, t) in tail.iter_mut().enumerate() {
+                    *t = $add(*t, $mul(q(h, e), kv));
+                }
+            }
+            for h in 0..H {
+                $store($out[h].as_mut_ptr().add($off), $mul($add(sum[h], tail[h]), $set1($scale)));
+            }
+        }};
+    }
+
     /// # Safety
     /// AVX-512F; every query `hd` long, `kt.len() >= hd * KEY_LANES`.
     #[target_feature(enable = "avx512f")]
@@ -871,35 +906,20 @@ mod x86 {
         kt: &[f32],
         scale: f32,
     ) -> [[f32; KEY_LANES]; H] {
-        let hd = qs.first().map_or(0, |q| q.len());
-        let full = hd / 16 * 16;
-        let k = |e: usize| _mm512_loadu_ps(kt.as_ptr().add(e * KEY_LANES));
-        let q = |h: usize, e: usize| _mm512_set1_ps(*qs[h].get_unchecked(e));
-        let mut sum = [_mm512_set1_ps(-0.0); H];
-        for l in 0..16 {
-            let mut a = [_mm512_setzero_ps(); H];
-            for c in (0..full).step_by(16) {
-                let kv = k(c + l);
-                for (h, a) in a.iter_mut().enumerate() {
-                    *a = _mm512_add_ps(*a, _mm512_mul_ps(q(h, c + l), kv));
-                }
-            }
-            for (s, a) in sum.iter_mut().zip(a) {
-                *s = _mm512_add_ps(*s, a);
-            }
-        }
-        let mut tail = [_mm512_set1_ps(-0.0); H];
-        for e in full..hd {
-            let kv = k(e);
-            for (h, t) in tail.iter_mut().enumerate() {
-                *t = _mm512_add_ps(*t, _mm512_mul_ps(q(h, e), kv));
-            }
-        }
         let mut out = [[0.0f32; KEY_LANES]; H];
-        for h in 0..H {
-            let dots = _mm512_mul_ps(_mm512_add_ps(sum[h], tail[h]), _mm512_set1_ps(scale));
-            _mm512_storeu_ps(out[h].as_mut_ptr(), dots);
-        }
+        dot_keys_lanes!(
+            qs,
+            kt,
+            scale,
+            out,
+            0,
+            _mm512_loadu_ps,
+            _mm512_set1_ps,
+            _mm512_setzero_ps,
+            _mm512_add_ps,
+            _mm512_mul_ps,
+            _mm512_storeu_ps
+        );
         out
     }
 
@@ -913,36 +933,21 @@ mod x86 {
         kt: &[f32],
         scale: f32,
     ) -> [[f32; KEY_LANES]; H] {
-        let hd = qs.first().map_or(0, |q| q.len());
-        let full = hd / 16 * 16;
-        let q = |h: usize, e: usize| _mm256_set1_ps(*qs[h].get_unchecked(e));
         let mut out = [[0.0f32; KEY_LANES]; H];
         for half in 0..2 {
-            let k = |e: usize| _mm256_loadu_ps(kt.as_ptr().add(e * KEY_LANES + 8 * half));
-            let mut sum = [_mm256_set1_ps(-0.0); H];
-            for l in 0..16 {
-                let mut a = [_mm256_setzero_ps(); H];
-                for c in (0..full).step_by(16) {
-                    let kv = k(c + l);
-                    for (h, a) in a.iter_mut().enumerate() {
-                        *a = _mm256_add_ps(*a, _mm256_mul_ps(q(h, c + l), kv));
-                    }
-                }
-                for (s, a) in sum.iter_mut().zip(a) {
-                    *s = _mm256_add_ps(*s, a);
-                }
-            }
-            let mut tail = [_mm256_set1_ps(-0.0); H];
-            for e in full..hd {
-                let kv = k(e);
-                for (h, t) in tail.iter_mut().enumerate() {
-                    *t = _mm256_add_ps(*t, _mm256_mul_ps(q(h, e), kv));
-                }
-            }
-            for h in 0..H {
-                let dots = _mm256_mul_ps(_mm256_add_ps(sum[h], tail[h]), _mm256_set1_ps(scale));
-                _mm256_storeu_ps(out[h].as_mut_ptr().add(8 * half), dots);
-            }
+            dot_keys_lanes!(
+                qs,
+                kt,
+                scale,
+                out,
+                8 * half,
+                _mm256_loadu_ps,
+                _mm256_set1_ps,
+                _mm256_setzero_ps,
+                _mm256_add_ps,
+                _mm256_mul_ps,
+                _mm256_storeu_ps
+            );
         }
         out
     }
