@@ -284,8 +284,9 @@ pub fn attention_forward(out: &mut [f32], lse: &mut [f32], qkv: &[f32], scratch:
                             one[r] = Some(score_tile(&q[r][..hd], kt, tp, j0));
                             one
                         };
-                        let scores_of = [scores[0].is_some(), scores[1].is_some()];
+                        // each row's probabilities and how many keys of the tile it sees (0: none)
                         let mut probs = [[0.0f32; KEY_TILE]; 2];
+                        let mut seen = [0usize; 2];
                         for (r, sc) in scores.into_iter().enumerate() {
                             let Some(mut sc) = sc else { continue };
                             let n = (i + r + 1 - j0).min(KEY_TILE);
@@ -303,38 +304,18 @@ pub fn attention_forward(out: &mut [f32], lse: &mut [f32], qkv: &[f32], scratch:
                             }
                             *m = m_new;
                             probs[r] = sc;
+                            seen[r] = n;
                         }
                         // the value rows: both query rows' on each row where both have the tile
                         let first = (base + j0) * qs + vo;
-                        let [acc0, acc1] = &mut acc;
-                        match scores_of {
-                            [true, true] => {
-                                let (n0, n1) = ((i + 1 - j0).min(KEY_TILE), (i + 2 - j0).min(KEY_TILE));
-                                accumulate_rows2(
-                                    &mut acc0[..hd],
-                                    &mut acc1[..hd],
-                                    &probs[0][..n0],
-                                    &probs[1][..n1],
-                                    qkv,
-                                    first,
-                                    qs,
-                                );
-                            }
-                            [true, false] => accumulate_rows(
-                                &mut acc0[..hd],
-                                &probs[0][..(i + 1 - j0).min(KEY_TILE)],
-                                qkv,
-                                first,
-                                qs,
-                            ),
-                            [false, true] => accumulate_rows(
-                                &mut acc1[..hd],
-                                &probs[1][..(i + 2 - j0).min(KEY_TILE)],
-                                qkv,
-                                first,
-                                qs,
-                            ),
-                            [false, false] => {}
+                        if seen[0] > 0 && seen[1] > 0 {
+                            let [acc0, acc1] = &mut acc;
+                            let (p0, p1) = (&probs[0][..seen[0]], &probs[1][..seen[1]]);
+                            accumulate_rows2(&mut acc0[..hd], &mut acc1[..hd], p0, p1, qkv, first, qs);
+                        } else {
+                            // one row has the tile (every tile has at least the later row)
+                            let r = if seen[0] > 0 { 0 } else { 1 };
+                            accumulate_rows(&mut acc[r][..hd], &probs[r][..seen[r]], qkv, first, qs);
                         }
                     }
                     for (r, &(m, l)) in ml[..rows].iter().enumerate() {
