@@ -1640,29 +1640,37 @@ mod x86 {
                                 _mm_prefetch::<_MM_HINT_T0>(line);
                             }
                         }
-                        // quads k = 4·half.. of the 32 values of group j: values 128h + 32j + 4k..
-                        let mut v = [[zero; 4]; 4];
+                        // x[j][t]: sub-block 8h + 2j + half of token t, its chain started at the
+                        // offset; a quad's four unpacked vectors (one a sub-block) serve every
+                        // token while in registers (the quarter's 16 unpacked first went through
+                        // the stack: 4 tokens 12–15% slower, one 5%; BENCHMARKS.md, tenth stop)
+                        let sub = |j: usize| 8 * h + 2 * j + half;
+                        let mut x: [[__m512i; T]; 4] = std::array::from_fn(|j| {
+                            std::array::from_fn(|t| _mm512_set1_epi32(-32 * a.s[t][16 * sb + sub(j)]))
+                        });
                         for i in 0..4 {
-                            let k = 4 * half + i;
-                            let q = quads.add(192 * (8 * h + k));
+                            // quad k = 4·half + i of the 32 values of group j: values 128h + 32j + 4k..
+                            let q = quads.add(192 * (8 * h + 4 * half + i));
                             let (l0, l1, hb) = (load64(q), load64(q.add(64)), load64(q.add(128)));
                             let low = |x: __m512i| _mm512_and_si512(x, m4);
                             let high = |x: __m512i| _mm512_and_si512(_mm512_srli_epi16(x, 4), m4);
-                            v[0][i] = _mm512_or_si512(low(l0), _mm512_and_si512(_mm512_slli_epi16(hb, 4), m30));
-                            v[1][i] = _mm512_or_si512(low(l1), _mm512_and_si512(_mm512_slli_epi16(hb, 2), m30));
-                            v[2][i] = _mm512_or_si512(high(l0), _mm512_and_si512(hb, m30));
-                            v[3][i] = _mm512_or_si512(high(l1), _mm512_and_si512(_mm512_srli_epi16(hb, 2), m30));
-                        }
-                        for (j, vj) in v.iter().enumerate() {
-                            let s = 8 * h + 2 * j + half;
-                            let sc = _mm512_cvtepi8_epi32(_mm_loadu_si128(scales.add(16 * s) as *const __m128i));
-                            for t in 0..T {
-                                let ap = a.q[t].as_ptr().add(sb * 256 + 16 * s) as *const u8;
-                                let mut x = _mm512_set1_epi32(-32 * a.s[t][16 * sb + s]);
-                                for (i, &q) in vj.iter().enumerate() {
-                                    x = _mm512_dpbusd_epi32(x, q, bcast4(ap, i));
+                            let v = [
+                                _mm512_or_si512(low(l0), _mm512_and_si512(_mm512_slli_epi16(hb, 4), m30)),
+                                _mm512_or_si512(low(l1), _mm512_and_si512(_mm512_slli_epi16(hb, 2), m30)),
+                                _mm512_or_si512(high(l0), _mm512_and_si512(hb, m30)),
+                                _mm512_or_si512(high(l1), _mm512_and_si512(_mm512_srli_epi16(hb, 2), m30)),
+                            ];
+                            for j in 0..4 {
+                                for t in 0..T {
+                                    let ap = a.q[t].as_ptr().add(sb * 256 + 16 * sub(j)) as *const u8;
+                                    x[j][t] = _mm512_dpbusd_epi32(x[j][t], v[j], bcast4(ap, i));
                                 }
-                                isum[t] = _mm512_add_epi32(isum[t], _mm512_mullo_epi32(x, sc));
+                            }
+                        }
+                        for j in 0..4 {
+                            let sc = _mm512_cvtepi8_epi32(_mm_loadu_si128(scales.add(16 * sub(j)) as *const __m128i));
+                            for t in 0..T {
+                                isum[t] = _mm512_add_epi32(isum[t], _mm512_mullo_epi32(x[j][t], sc));
                             }
                         }
                     }
