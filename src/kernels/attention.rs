@@ -555,7 +555,7 @@ impl CachedJob<'_> {
             // (AVX-512 VNNI implies AVX-512F).
             match isa {
                 Isa::Avx512Vnni => return unsafe { wide(self, task) },
-                Isa::Avx2 => return unsafe { avx2(self, task) },
+                Isa::Avx2 | Isa::AvxVnni => return unsafe { avx2(self, task) },
                 Isa::Scalar => {}
             }
         }
@@ -722,7 +722,7 @@ pub fn widen_f16(isa: Isa, src: &[u16], dst: &mut [f32]) {
     let done = unsafe {
         match isa {
             Isa::Avx512Vnni => x86::widen_f16_avx512(src, dst),
-            Isa::Avx2 => x86::widen_f16_avx2(src, dst),
+            Isa::Avx2 | Isa::AvxVnni => x86::widen_f16_avx2(src, dst),
             Isa::Scalar => 0,
         }
     };
@@ -774,7 +774,7 @@ fn dot_keys_heads<const H: usize>(isa: Isa, qs: [&[f32]; H], kt: &[f32], scale: 
     unsafe {
         match isa {
             Isa::Avx512Vnni => return x86::dot_keys_heads_avx512(qs, kt, scale),
-            Isa::Avx2 => return x86::dot_keys_heads_avx2(qs, kt, scale),
+            Isa::Avx2 | Isa::AvxVnni => return x86::dot_keys_heads_avx2(qs, kt, scale),
             Isa::Scalar => {}
         }
     }

@@ -63,7 +63,7 @@ pub fn float_tile(isa: Isa, fmt: Format) -> usize {
         (_, true, Format::BF16) if bf16_dot(isa) => FLOAT_TILE,
         (_, true, Format::BF16) => 4,
         (Isa::Avx512Vnni, true, _) => FLOAT_TILE,
-        (Isa::Avx512Vnni, false, _) | (Isa::Avx2, true, _) => 6,
+        (Isa::Avx512Vnni, false, _) | (Isa::Avx2 | Isa::AvxVnni, true, _) => 6,
         _ => MAX_TILE,
     }
 }
@@ -86,20 +86,23 @@ pub enum Isa {
     Avx512Vnni,
     /// AVX2 with FMA and F16C.
     Avx2,
+    /// AVX2 with AVX-VNNI (`vpdpbusd` on 256-bit vectors), as Intel's client cores since Alder
+    /// Lake and its E-core Xeons have it without AVX-512: the AVX2 kernels, but Q8_0/Q4_0 integer
+    /// sums in one instruction where AVX2 takes `vpmaddubsw` and `vpmaddwd`.
+    AvxVnni,
     Scalar,
 }
 
 impl Isa {
-    /// The best this CPU supports, or `TINYLLAMA_ISA` (`avx512vnni`, `avx2`, `scalar`) if lower.
+    /// The best this CPU supports, or `TINYLLAMA_ISA` (`avx512vnni`, `avxvnni`, `avx2`,
+    /// `scalar`) where this CPU has it.
     pub fn detect() -> Isa {
         static ISA: OnceLock<Isa> = OnceLock::new();
         *ISA.get_or_init(|| {
-            let best = Isa::best_supported();
-            match std::env::var("TINYLLAMA_ISA").ok().as_deref() {
-                Some("scalar") => Isa::Scalar,
-                Some("avx2") if best != Isa::Scalar => Isa::Avx2,
-                _ => best,
-            }
+            let all = Isa::all_supported();
+            let forced =
+                std::env::var("TINYLLAMA_ISA").ok().and_then(|v| all.iter().copied().find(|i| i.env_name() == v));
+            forced.unwrap_or(all[0])
         })
     }
 
@@ -115,6 +118,9 @@ impl Isa {
             {
                 return Isa::Avx512Vnni;
             }
+            if avx2 && is_x86_feature_detected!("avxvnni") {
+                return Isa::AvxVnni;
+            }
             if avx2 {
                 return Isa::Avx2;
             }
@@ -122,18 +128,32 @@ impl Isa {
         Isa::Scalar
     }
 
-    /// Every instruction set this CPU can run (for tests that compare them).
+    /// Every instruction set this CPU can run, best first (for tests that compare them).
     pub fn all_supported() -> Vec<Isa> {
-        match Isa::best_supported() {
-            Isa::Avx512Vnni => vec![Isa::Avx512Vnni, Isa::Avx2, Isa::Scalar],
-            Isa::Avx2 => vec![Isa::Avx2, Isa::Scalar],
-            Isa::Scalar => vec![Isa::Scalar],
-        }
+        let best = Isa::best_supported();
+        #[cfg(target_arch = "x86_64")]
+        let vnni = best != Isa::Scalar && is_x86_feature_detected!("avxvnni");
+        #[cfg(not(target_arch = "x86_64"))]
+        let vnni = false;
+        let all = [Isa::Avx512Vnni, Isa::AvxVnni, Isa::Avx2, Isa::Scalar];
+        let below = all.iter().position(|&i| i == best).unwrap_or(all.len() - 1);
+        all[below..].iter().copied().filter(|&i| i != Isa::AvxVnni || vnni).collect()
     }
 
     pub fn name(self) -> &'static str {
         match self {
             Isa::Avx512Vnni => "avx512-vnni",
+            Isa::AvxVnni => "avx-vnni",
+            Isa::Avx2 => "avx2",
+            Isa::Scalar => "scalar",
+        }
+    }
+
+    /// The `TINYLLAMA_ISA` value that asks for this instruction set.
+    pub fn env_name(self) -> &'static str {
+        match self {
+            Isa::Avx512Vnni => "avx512vnni",
+            Isa::AvxVnni => "avxvnni",
             Isa::Avx2 => "avx2",
             Isa::Scalar => "scalar",
         }
@@ -544,7 +564,7 @@ fn dot_tile<const T: usize>(isa: Isa, fmt: Format, w: &[u8], acts: &Activations,
             // SAFETY: `Isa` values other than Scalar are only produced after the CPU was checked.
             Isa::Avx512Vnni => unsafe { x86::vnni::quant::<T>(fmt, w, &a, &mut r) },
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { x86::avx2::quant::<T>(fmt, w, &a, &mut r) },
+            Isa::Avx2 | Isa::AvxVnni => unsafe { x86::avx2::quant::<T>(fmt, w, &a, &mut r) },
             _ => scalar::quant::<T>(fmt, w, &a, &mut r),
         }
     } else {
@@ -553,7 +573,7 @@ fn dot_tile<const T: usize>(isa: Isa, fmt: Format, w: &[u8], acts: &Activations,
             _ if fmt == Format::BF16 => (0..T).for_each(|t| r[t] = bf16::chain(w, acts.bf16_row(toks[t]))),
             _ if fmt == Format::F16 => (0..T).for_each(|t| r[t] = scalar::float_chain(w, x[t])),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Vnni | Isa::Avx2 => unsafe { x86::float::<T>(isa, w, &x, &mut r) },
+            Isa::Avx512Vnni | Isa::Avx2 | Isa::AvxVnni => unsafe { x86::float::<T>(isa, w, &x, &mut r) },
             _ => scalar::float::<T>(w, &x, &mut r),
         }
     }
@@ -587,14 +607,19 @@ pub fn dot_groups(
                 let nb = acts.cols / fmt.block_len();
                 for (i, group) in groups.chunks_exact(gb).enumerate() {
                     let mut res = [[0.0f32; GROUP]; $t];
-                    // SAFETY: `uses_groups` holds only for AVX-512 VNNI or AVX2, detected on this
+                    // SAFETY: `uses_groups` holds only for AVX-512 VNNI or AVX2 (± AVX-VNNI), detected on this
                     // CPU; the group's length is checked above and the activations' in `QActs::of`.
                     unsafe {
                         let g = group.as_ptr();
                         match (isa, fmt) {
-                            (Isa::Avx2, Format::Q4K) => x86::avx2::group_q4k::<$t, $pf>(g, nb, &a, &mut res),
-                            (Isa::Avx2, Format::Q6K) => x86::avx2::group_q6k::<$t, $pf>(g, nb, &a, &mut res),
+                            (Isa::Avx2 | Isa::AvxVnni, Format::Q4K) => {
+                                x86::avx2::group_q4k::<$t, $pf>(g, nb, &a, &mut res)
+                            }
+                            (Isa::Avx2 | Isa::AvxVnni, Format::Q6K) => {
+                                x86::avx2::group_q6k::<$t, $pf>(g, nb, &a, &mut res)
+                            }
                             (Isa::Avx2, _) => x86::avx2::group::<$t, $pf>(fmt, g, nb, &a, &mut res),
+                            (Isa::AvxVnni, _) => x86::avx2::group_vnni::<$t, $pf>(fmt, g, nb, &a, &mut res),
                             (_, Format::Q4K) => x86::vnni::group_q4k::<$t, $pf>(g, nb, &a, &mut res),
                             (_, Format::Q6K) => x86::vnni::group_q6k::<$t, $pf>(g, nb, &a, &mut res),
                             _ => x86::vnni::group::<$t, $pf>(fmt, g, nb, &a, &mut res),
@@ -654,7 +679,7 @@ pub fn dot_float_rows(
             let x: [&[f32]; $t] = std::array::from_fn(|t| acts.row(toks[t]));
             match isa {
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx512Vnni | Isa::Avx2 => {
+                Isa::Avx512Vnni | Isa::Avx2 | Isa::AvxVnni => {
                     let mut res = [[0.0f32; GROUP]; $t];
                     // SAFETY: `Isa` values other than Scalar are only produced after the CPU was checked.
                     unsafe { x86::float_rows::<$t>(isa, &rows[..n * rb], n, &x, &mut res) };
@@ -737,7 +762,7 @@ pub fn dot_float_groups(
             ($t:literal) => {{
                 let mut res = [[[0.0f32; GROUP]; $t]; 2];
                 for (i, two) in groups.chunks(2 * gb).enumerate() {
-                    // SAFETY: `uses_groups` holds only for AVX-512 VNNI or AVX2, detected on this
+                    // SAFETY: `uses_groups` holds only for AVX-512 VNNI or AVX2 (± AVX-VNNI), detected on this
                     // CPU; the groups' and the tile's lengths are checked above.
                     unsafe { x86::float_groups::<$t>(isa, fmt, two, gb, cols, xp, &mut res) };
                     out(2 * i, &res[0]);
@@ -1169,86 +1194,132 @@ mod x86 {
             }
         }
 
-        /// [`vnni::group`] on AVX2 for Q8_0 and Q4_0: the same layout, each half of the group
-        /// (rows `8k..8k + 8`, the `k`-th 32 bytes of every 64-byte piece) in its own pass, lane
-        /// `i` being row `8k + i`. Per block, each row's exact integer sum (`vpmaddubsw` of 4
-        /// weight bytes a row with the token's 4 activations broadcast, pairs to 32 bits by
+        /// `$name`: [`vnni::group`] on AVX2 for Q8_0 and Q4_0 (`$features`; `$vnni`: with AVX-VNNI).
+        /// The same layout, each half of the group (rows `8k..8k + 8`, the `k`-th 32 bytes of
+        /// every 64-byte piece) in its own pass, lane `i` being row `8k + i`. Per block, each
+        /// row's exact integer sum (4 weight bytes a row with the token's 4 activations
+        /// broadcast: `vpdpbusd` with AVX-VNNI, else `vpmaddubsw`, pairs to 32 bits by
         /// `vpmaddwd`), then one fused multiply-add by the scales into the even- or odd-block
         /// accumulator: the scalar order, the same bits.
-        #[target_feature(enable = "avx2,fma,f16c")]
-        #[inline(never)] // kept out of `dot_groups`: inlined there, prefill ran slower
-        pub(in super::super) unsafe fn group<const T: usize, const PF: bool>(
-            fmt: Format,
-            g: *const u8,
-            nb: usize,
-            a: &QActs<T>,
-            r: &mut [[f32; GROUP]; T],
-        ) {
-            let gb = GROUP * fmt.block_bytes();
-            let zero = _mm256_setzero_si256();
-            let (m4, ones) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi16(1));
-            let bcast = |p: *const i8, i: usize| _mm256_set1_epi32((p as *const i32).add(i).read_unaligned());
-            for k in 0..2 {
-                let mut acc = [[_mm256_setzero_ps(); 2]; T];
-                // a macro, not a loop over `b % 2`: the accumulators must stay in registers
-                macro_rules! block {
-                    ($b:expr, $h:literal) => {{
-                        let p = g.add($b * gb);
-                        if PF && k == 0 {
-                            // a later block's lines (see `PREFETCH`)
-                            for q in 0..gb.div_ceil(64) {
-                                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH + 64 * q) as *const i8);
-                            }
-                        }
-                        let dw = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * k) as *const __m128i));
-                        let qp = p.add(2 * GROUP + 32 * k);
-                        let mut sums = [zero; T];
-                        if fmt == Format::Q4_0 {
-                            // chunk c: values 4c..4c+4 (low nibbles) and 16+4c.. (high) of each
-                            // row; Σ(q − 8)·a = Σq·a − 8·Σa. The products of one block, pairs
-                            // summed in 16 bits, stay below 8·2·15·127 < 2^15.
-                            let mut p16 = [zero; T];
-                            for c in 0..4 {
-                                let v = _mm256_loadu_si256(qp.add(64 * c) as *const __m256i);
-                                let lo = _mm256_and_si256(v, m4);
-                                let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-                                for t in 0..T {
-                                    let ap = a.q[t].as_ptr().add($b * QA);
-                                    let both = _mm256_add_epi16(
-                                        _mm256_maddubs_epi16(lo, bcast(ap, c)),
-                                        _mm256_maddubs_epi16(hi, bcast(ap, 4 + c)),
-                                    );
-                                    p16[t] = _mm256_add_epi16(p16[t], both);
+        macro_rules! q8_group {
+            ($name:ident, $features:literal, $vnni:tt) => {
+                #[target_feature(enable = $features)]
+                #[inline(never)] // kept out of `dot_groups`: inlined there, prefill ran slower
+                pub(in super::super) unsafe fn $name<const T: usize, const PF: bool>(
+                    fmt: Format,
+                    g: *const u8,
+                    nb: usize,
+                    a: &QActs<T>,
+                    r: &mut [[f32; GROUP]; T],
+                ) {
+                    let gb = GROUP * fmt.block_bytes();
+                    let zero = _mm256_setzero_si256();
+                    let (m4, ones) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi16(1));
+                    let bcast = |p: *const i8, i: usize| _mm256_set1_epi32((p as *const i32).add(i).read_unaligned());
+                    for k in 0..2 {
+                        let mut acc = [[_mm256_setzero_ps(); 2]; T];
+                        // a macro, not a loop over `b % 2`: the accumulators must stay in registers
+                        macro_rules! block {
+                            ($b:expr, $h:literal) => {{
+                                let p = g.add($b * gb);
+                                if PF && k == 0 {
+                                    // a later block's lines (see `PREFETCH`)
+                                    for q in 0..gb.div_ceil(64) {
+                                        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH + 64 * q) as *const i8);
+                                    }
                                 }
-                            }
-                            for t in 0..T {
-                                let s = _mm256_madd_epi16(p16[t], ones);
-                                sums[t] = _mm256_add_epi32(s, _mm256_set1_epi32(-8 * a.s[t][$b]));
-                            }
-                        } else {
-                            // chunk c: values 4c..4c+4 of each row; |w| times a signed by w
-                            for c in 0..8 {
-                                let w = _mm256_loadu_si256(qp.add(64 * c) as *const __m256i);
-                                let aw = _mm256_sign_epi8(w, w);
-                                for t in 0..T {
-                                    let ap = a.q[t].as_ptr().add($b * QA);
-                                    let p16 = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(bcast(ap, c), w));
-                                    sums[t] = _mm256_add_epi32(sums[t], _mm256_madd_epi16(p16, ones));
+                                let dw = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * k) as *const __m128i));
+                                let qp = p.add(2 * GROUP + 32 * k);
+                                let mut sums = [zero; T];
+                                if fmt == Format::Q4_0 && $vnni {
+                                    // chunk c: values 4c..4c+4 (low nibbles) and 16+4c.. (high)
+                                    // of each row; Σ(q − 8)·a = Σq·a − 8·Σa, two chains
+                                    let mut s1 = [zero; T];
+                                    for t in 0..T {
+                                        sums[t] = _mm256_set1_epi32(-8 * a.s[t][$b]);
+                                    }
+                                    for c in 0..4 {
+                                        let v = _mm256_loadu_si256(qp.add(64 * c) as *const __m256i);
+                                        let lo = _mm256_and_si256(v, m4);
+                                        let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                                        for t in 0..T {
+                                            let ap = a.q[t].as_ptr().add($b * QA);
+                                            sums[t] = dpbusd!($vnni, sums[t], lo, bcast(ap, c));
+                                            s1[t] = dpbusd!($vnni, s1[t], hi, bcast(ap, 4 + c));
+                                        }
+                                    }
+                                    for t in 0..T {
+                                        sums[t] = _mm256_add_epi32(sums[t], s1[t]);
+                                    }
+                                } else if fmt == Format::Q4_0 {
+                                    // as above; the products of one block, pairs summed in 16
+                                    // bits, stay below 8·2·15·127 < 2^15
+                                    let mut p16 = [zero; T];
+                                    for c in 0..4 {
+                                        let v = _mm256_loadu_si256(qp.add(64 * c) as *const __m256i);
+                                        let lo = _mm256_and_si256(v, m4);
+                                        let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                                        for t in 0..T {
+                                            let ap = a.q[t].as_ptr().add($b * QA);
+                                            let both = _mm256_add_epi16(
+                                                _mm256_maddubs_epi16(lo, bcast(ap, c)),
+                                                _mm256_maddubs_epi16(hi, bcast(ap, 4 + c)),
+                                            );
+                                            p16[t] = _mm256_add_epi16(p16[t], both);
+                                        }
+                                    }
+                                    for t in 0..T {
+                                        let s = _mm256_madd_epi16(p16[t], ones);
+                                        sums[t] = _mm256_add_epi32(s, _mm256_set1_epi32(-8 * a.s[t][$b]));
+                                    }
+                                } else {
+                                    // chunk c: values 4c..4c+4 of each row; |w| times a signed by w
+                                    for c in 0..8 {
+                                        let w = _mm256_loadu_si256(qp.add(64 * c) as *const __m256i);
+                                        let aw = _mm256_sign_epi8(w, w);
+                                        for t in 0..T {
+                                            let ap = a.q[t].as_ptr().add($b * QA);
+                                            let x = _mm256_sign_epi8(bcast(ap, c), w);
+                                            sums[t] = if $vnni {
+                                                dpbusd!($vnni, sums[t], aw, x)
+                                            } else {
+                                                _mm256_add_epi32(
+                                                    sums[t],
+                                                    _mm256_madd_epi16(_mm256_maddubs_epi16(aw, x), ones),
+                                                )
+                                            };
+                                        }
+                                    }
                                 }
-                            }
+                                for t in 0..T {
+                                    let scale = _mm256_mul_ps(dw, _mm256_set1_ps(a.d[t][$b]));
+                                    acc[t][$h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[t]), scale, acc[t][$h]);
+                                }
+                            }};
                         }
+                        even_odd_blocks!(nb, block);
                         for t in 0..T {
-                            let scale = _mm256_mul_ps(dw, _mm256_set1_ps(a.d[t][$b]));
-                            acc[t][$h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[t]), scale, acc[t][$h]);
+                            _mm256_storeu_ps(r[t].as_mut_ptr().add(8 * k), _mm256_add_ps(acc[t][0], acc[t][1]));
                         }
-                    }};
+                    }
                 }
-                even_odd_blocks!(nb, block);
-                for t in 0..T {
-                    _mm256_storeu_ps(r[t].as_mut_ptr().add(8 * k), _mm256_add_ps(acc[t][0], acc[t][1]));
-                }
-            }
+            };
         }
+
+        /// `vpdpbusd` (unsigned × signed bytes, 4 a lane, added to `acc`) where `$vnni`; the
+        /// AVX2-only kernel never reaches it (its `$vnni` branches are constant false).
+        macro_rules! dpbusd {
+            (true, $acc:expr, $u:expr, $s:expr) => {
+                _mm256_dpbusd_avx_epi32($acc, $u, $s)
+            };
+            (false, $acc:expr, $u:expr, $s:expr) => {{
+                let _ = ($u, $s);
+                $acc
+            }};
+        }
+
+        q8_group!(group, "avx2,fma,f16c", false);
+        q8_group!(group_vnni, "avx2,fma,f16c,avxvnni", true);
 
         /// [`vnni::group_q4k`] on AVX2: each half of the group (rows `8k..8k + 8`) in its own
         /// pass; per super-block and row (lane), each sub-block's exact `Σ q·a` (`vpmaddubsw`,
