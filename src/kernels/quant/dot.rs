@@ -1231,12 +1231,16 @@ mod x86 {
                                 let dw = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * k) as *const __m128i));
                                 let qp = p.add(2 * GROUP + 32 * k);
                                 let mut sums = [zero; T];
-                                if fmt == Format::Q4_0 && $vnni {
+                                if fmt == Format::Q4_0 {
                                     // chunk c: values 4c..4c+4 (low nibbles) and 16+4c.. (high)
-                                    // of each row; Σ(q − 8)·a = Σq·a − 8·Σa, two chains
-                                    let mut s1 = [zero; T];
-                                    for t in 0..T {
-                                        sums[t] = _mm256_set1_epi32(-8 * a.s[t][$b]);
+                                    // of each row; Σ(q − 8)·a = Σq·a − 8·Σa. AVX-VNNI: two 32-bit
+                                    // chains from −8·Σa; AVX2: pairs summed in 16 bits (a block's
+                                    // stay below 8·2·15·127 < 2^15), then to 32 bits
+                                    let (mut s0, mut s1) = ([zero; T], [zero; T]);
+                                    if $vnni {
+                                        for t in 0..T {
+                                            s0[t] = _mm256_set1_epi32(-8 * a.s[t][$b]);
+                                        }
                                     }
                                     for c in 0..4 {
                                         let v = _mm256_loadu_si256(qp.add(64 * c) as *const __m256i);
@@ -1244,33 +1248,26 @@ mod x86 {
                                         let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
                                         for t in 0..T {
                                             let ap = a.q[t].as_ptr().add($b * QA);
-                                            sums[t] = dpbusd!($vnni, sums[t], lo, bcast(ap, c));
-                                            s1[t] = dpbusd!($vnni, s1[t], hi, bcast(ap, 4 + c));
+                                            let (x0, x1) = (bcast(ap, c), bcast(ap, 4 + c));
+                                            if $vnni {
+                                                s0[t] = dpbusd!($vnni, s0[t], lo, x0);
+                                                s1[t] = dpbusd!($vnni, s1[t], hi, x1);
+                                            } else {
+                                                let both = _mm256_add_epi16(
+                                                    _mm256_maddubs_epi16(lo, x0),
+                                                    _mm256_maddubs_epi16(hi, x1),
+                                                );
+                                                s0[t] = _mm256_add_epi16(s0[t], both);
+                                            }
                                         }
                                     }
                                     for t in 0..T {
-                                        sums[t] = _mm256_add_epi32(sums[t], s1[t]);
-                                    }
-                                } else if fmt == Format::Q4_0 {
-                                    // as above; the products of one block, pairs summed in 16
-                                    // bits, stay below 8·2·15·127 < 2^15
-                                    let mut p16 = [zero; T];
-                                    for c in 0..4 {
-                                        let v = _mm256_loadu_si256(qp.add(64 * c) as *const __m256i);
-                                        let lo = _mm256_and_si256(v, m4);
-                                        let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-                                        for t in 0..T {
-                                            let ap = a.q[t].as_ptr().add($b * QA);
-                                            let both = _mm256_add_epi16(
-                                                _mm256_maddubs_epi16(lo, bcast(ap, c)),
-                                                _mm256_maddubs_epi16(hi, bcast(ap, 4 + c)),
-                                            );
-                                            p16[t] = _mm256_add_epi16(p16[t], both);
-                                        }
-                                    }
-                                    for t in 0..T {
-                                        let s = _mm256_madd_epi16(p16[t], ones);
-                                        sums[t] = _mm256_add_epi32(s, _mm256_set1_epi32(-8 * a.s[t][$b]));
+                                        sums[t] = if $vnni {
+                                            _mm256_add_epi32(s0[t], s1[t])
+                                        } else {
+                                            let s = _mm256_madd_epi16(s0[t], ones);
+                                            _mm256_add_epi32(s, _mm256_set1_epi32(-8 * a.s[t][$b]))
+                                        };
                                     }
                                 } else {
                                     // chunk c: values 4c..4c+4 of each row; |w| times a signed by w
