@@ -1633,9 +1633,6 @@ mod x86 {
                 let qp = p.add(256);
                 let mut isum = [zero; T];
                 for c in 0..4 {
-                    // quad k of chunk c: values 4k.. of sub-block 2c (low nibbles), of 2c+1 (high)
-                    let mut lo = [zero; 8];
-                    let mut hi = [zero; 8];
                     if PF {
                         // the lines PREFETCH bytes on (a later super-block of the group, or the
                         // next group's)
@@ -1644,19 +1641,24 @@ mod x86 {
                             _mm_prefetch::<_MM_HINT_T0>(line);
                         }
                     }
+                    // x[h][t]: token t's sums of sub-block 2c + h/2 (low nibbles, then high) over
+                    // the even (h even) or odd quads; each quad unpacked once serves every token
+                    // while in registers
+                    let mut x = [[zero; T]; 4];
                     for k in 0..8 {
+                        // quad k of chunk c: values 4k.. of sub-block 2c (low nibbles), of 2c+1 (high)
                         let v = load64(qp.add(64 * (8 * c + k)));
-                        lo[k] = _mm512_and_si512(v, m4);
-                        hi[k] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+                        let lo = _mm512_and_si512(v, m4);
+                        let hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+                        for t in 0..T {
+                            let ap = a.q[t].as_ptr().add(sb * 256 + 64 * c) as *const u8;
+                            x[k % 2][t] = _mm512_dpbusd_epi32(x[k % 2][t], lo, bcast4(ap, k));
+                            x[2 + k % 2][t] = _mm512_dpbusd_epi32(x[2 + k % 2][t], hi, bcast4(ap, 8 + k));
+                        }
                     }
                     let (s0, s1) = (lanes(2 * c), lanes(2 * c + 1));
                     for t in 0..T {
-                        let ap = a.q[t].as_ptr().add(sb * 256 + 64 * c) as *const u8;
-                        let (mut x0, mut x1) = (zero, zero);
-                        for k in 0..8 {
-                            x0 = _mm512_dpbusd_epi32(x0, lo[k], bcast4(ap, k));
-                            x1 = _mm512_dpbusd_epi32(x1, hi[k], bcast4(ap, 8 + k));
-                        }
+                        let (x0, x1) = (_mm512_add_epi32(x[0][t], x[1][t]), _mm512_add_epi32(x[2][t], x[3][t]));
                         let scaled = _mm512_add_epi32(_mm512_mullo_epi32(x0, s0), _mm512_mullo_epi32(x1, s1));
                         isum[t] = _mm512_add_epi32(isum[t], scaled);
                     }
