@@ -612,12 +612,10 @@ pub fn dot_groups(
                     unsafe {
                         let g = group.as_ptr();
                         match (isa, fmt) {
-                            (Isa::Avx2 | Isa::AvxVnni, Format::Q4K) => {
-                                x86::avx2::group_q4k::<$t, $pf>(g, nb, &a, &mut res)
-                            }
-                            (Isa::Avx2 | Isa::AvxVnni, Format::Q6K) => {
-                                x86::avx2::group_q6k::<$t, $pf>(g, nb, &a, &mut res)
-                            }
+                            (Isa::Avx2, Format::Q4K) => x86::avx2::group_q4k::<$t, $pf>(g, nb, &a, &mut res),
+                            (Isa::Avx2, Format::Q6K) => x86::avx2::group_q6k::<$t, $pf>(g, nb, &a, &mut res),
+                            (Isa::AvxVnni, Format::Q4K) => x86::avx2::group_q4k_vnni::<$t, $pf>(g, nb, &a, &mut res),
+                            (Isa::AvxVnni, Format::Q6K) => x86::avx2::group_q6k_vnni::<$t, $pf>(g, nb, &a, &mut res),
                             (Isa::Avx2, _) => x86::avx2::group::<$t, $pf>(fmt, g, nb, &a, &mut res),
                             (Isa::AvxVnni, _) => x86::avx2::group_vnni::<$t, $pf>(fmt, g, nb, &a, &mut res),
                             (_, Format::Q4K) => x86::vnni::group_q4k::<$t, $pf>(g, nb, &a, &mut res),
@@ -1318,173 +1316,219 @@ mod x86 {
         q8_group!(group, "avx2,fma,f16c", false);
         q8_group!(group_vnni, "avx2,fma,f16c,avxvnni", true);
 
-        /// [`vnni::group_q4k`] on AVX2: each half of the group (rows `8k..8k + 8`) in its own
-        /// pass; per super-block and row (lane), each sub-block's exact `Σ q·a` (`vpmaddubsw`,
-        /// pairs summed in 16 bits: 8·2·15·127 < 2^15), times its 6-bit scale; the mins times the
+        /// `$name`: [`vnni::group_q4k`] on AVX2 (`$features`; `$vnni`: with AVX-VNNI), each half of
+        /// the group (rows `8k..8k + 8`) in its own pass; per super-block and row (lane), each
+        /// sub-block's exact `Σ q·a` (`vpdpbusd` with AVX-VNNI, else `vpmaddubsw` with pairs
+        /// summed in 16 bits: 8·2·15·127 < 2^15), times its 6-bit scale; the mins times the
         /// activations' sums; then the two fused multiply-adds of the scalar order.
-        #[target_feature(enable = "avx2,fma,f16c")]
-        #[inline(never)] // kept out of `dot_groups`: inlined there, prefill ran slower
-        pub(in super::super) unsafe fn group_q4k<const T: usize, const PF: bool>(
-            g: *const u8,
-            nsb: usize,
-            a: &QActs<T>,
-            r: &mut [[f32; GROUP]; T],
-        ) {
-            let zero = _mm256_setzero_si256();
-            let (m4, m63, m30) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(63), _mm256_set1_epi8(0x30));
-            let ones = _mm256_set1_epi16(1);
-            let bcast = |p: *const i8, i: usize| _mm256_set1_epi32((p as *const i32).add(i).read_unaligned());
-            let load = |p: *const u8| _mm256_loadu_si256(p as *const __m256i);
-            for k in 0..2 {
-                let (mut sum, mut mins) = ([_mm256_setzero_ps(); T], [_mm256_setzero_ps(); T]);
-                // the 16 rows' scales (sub-blocks 0..8), then mins, as bytes
-                let mut sm = [0u8; 256];
-                for sb in 0..nsb {
-                    let p = g.add(sb * GROUP * 144);
-                    let d = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * k) as *const __m128i));
-                    let dmin = _mm256_cvtph_ps(_mm_loadu_si128(p.add(32 + 16 * k) as *const __m128i));
-                    // packed bytes 0..4, 4..8 and 8..12 of the 16 rows, 32 bytes at a time
-                    for h in 0..2 {
-                        let (q0, q4, q8) =
-                            (load(p.add(64 + 32 * h)), load(p.add(128 + 32 * h)), load(p.add(192 + 32 * h)));
-                        let sp = sm.as_mut_ptr().add(32 * h) as *mut __m256i;
-                        let hi2 = |v: __m256i| _mm256_and_si256(_mm256_srli_epi16(v, 2), m30);
-                        sp.write_unaligned(_mm256_and_si256(q0, m63));
-                        sp.add(2).write_unaligned(_mm256_or_si256(_mm256_and_si256(q8, m4), hi2(q0)));
-                        sp.add(4).write_unaligned(_mm256_and_si256(q4, m63));
-                        let q8h = _mm256_and_si256(_mm256_srli_epi16(q8, 4), m4);
-                        sp.add(6).write_unaligned(_mm256_or_si256(q8h, hi2(q4)));
-                    }
-                    // scale or min j of the half's 8 rows, one per lane
-                    let lanes = |j: usize| {
-                        _mm256_cvtepu8_epi32(_mm_loadl_epi64(sm.as_ptr().add(16 * j + 8 * k) as *const __m128i))
-                    };
-                    let qp = p.add(256 + 32 * k);
-                    let mut isum = [zero; T];
-                    for c in 0..4 {
-                        if PF && k == 0 {
-                            // a later super-block's lines (see `PREFETCH`); the second
-                            // half's pass finds this one's in cache
-                            for q in 0..9 {
-                                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH + 576 * c + 64 * q) as *const i8);
+        macro_rules! q4k_group {
+            ($name:ident, $features:literal, $vnni:tt) => {
+                #[target_feature(enable = $features)]
+                #[inline(never)] // kept out of `dot_groups`: inlined there, prefill ran slower
+                pub(in super::super) unsafe fn $name<const T: usize, const PF: bool>(
+                    g: *const u8,
+                    nsb: usize,
+                    a: &QActs<T>,
+                    r: &mut [[f32; GROUP]; T],
+                ) {
+                    let zero = _mm256_setzero_si256();
+                    let (m4, m63, m30) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(63), _mm256_set1_epi8(0x30));
+                    let ones = _mm256_set1_epi16(1);
+                    let bcast = |p: *const i8, i: usize| _mm256_set1_epi32((p as *const i32).add(i).read_unaligned());
+                    let load = |p: *const u8| _mm256_loadu_si256(p as *const __m256i);
+                    for k in 0..2 {
+                        let (mut sum, mut mins) = ([_mm256_setzero_ps(); T], [_mm256_setzero_ps(); T]);
+                        // the 16 rows' scales (sub-blocks 0..8), then mins, as bytes
+                        let mut sm = [0u8; 256];
+                        for sb in 0..nsb {
+                            let p = g.add(sb * GROUP * 144);
+                            let d = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * k) as *const __m128i));
+                            let dmin = _mm256_cvtph_ps(_mm_loadu_si128(p.add(32 + 16 * k) as *const __m128i));
+                            // packed bytes 0..4, 4..8 and 8..12 of the 16 rows, 32 bytes at a time
+                            for h in 0..2 {
+                                let (q0, q4, q8) =
+                                    (load(p.add(64 + 32 * h)), load(p.add(128 + 32 * h)), load(p.add(192 + 32 * h)));
+                                let sp = sm.as_mut_ptr().add(32 * h) as *mut __m256i;
+                                let hi2 = |v: __m256i| _mm256_and_si256(_mm256_srli_epi16(v, 2), m30);
+                                sp.write_unaligned(_mm256_and_si256(q0, m63));
+                                sp.add(2).write_unaligned(_mm256_or_si256(_mm256_and_si256(q8, m4), hi2(q0)));
+                                sp.add(4).write_unaligned(_mm256_and_si256(q4, m63));
+                                let q8h = _mm256_and_si256(_mm256_srli_epi16(q8, 4), m4);
+                                sp.add(6).write_unaligned(_mm256_or_si256(q8h, hi2(q4)));
                             }
-                        }
-                        // quad q of chunk c: values 4q.. of sub-block 2c (low nibbles), of 2c+1 (high)
-                        let (mut x0, mut x1) = ([zero; T], [zero; T]);
-                        for q in 0..8 {
-                            let v = load(qp.add(64 * (8 * c + q)));
-                            let lo = _mm256_and_si256(v, m4);
-                            let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                            // scale or min j of the half's 8 rows, one per lane
+                            let lanes = |j: usize| {
+                                _mm256_cvtepu8_epi32(_mm_loadl_epi64(sm.as_ptr().add(16 * j + 8 * k) as *const __m128i))
+                            };
+                            let qp = p.add(256 + 32 * k);
+                            let mut isum = [zero; T];
+                            for c in 0..4 {
+                                if PF && k == 0 {
+                                    // a later super-block's lines (see `PREFETCH`); the second
+                                    // half's pass finds this one's in cache
+                                    for q in 0..9 {
+                                        _mm_prefetch::<_MM_HINT_T0>(
+                                            p.wrapping_add(PREFETCH + 576 * c + 64 * q) as *const i8
+                                        );
+                                    }
+                                }
+                                // quad q of chunk c: values 4q.. of sub-block 2c (low nibbles), of 2c+1 (high)
+                                let (mut x0, mut x1) = ([zero; T], [zero; T]);
+                                for q in 0..8 {
+                                    let v = load(qp.add(64 * (8 * c + q)));
+                                    let lo = _mm256_and_si256(v, m4);
+                                    let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                                    for t in 0..T {
+                                        let ap = a.q[t].as_ptr().add(sb * 256 + 64 * c);
+                                        let (a0, a1) = (bcast(ap, q), bcast(ap, 8 + q));
+                                        if $vnni {
+                                            x0[t] = dpbusd!($vnni, x0[t], lo, a0);
+                                            x1[t] = dpbusd!($vnni, x1[t], hi, a1);
+                                        } else {
+                                            x0[t] = _mm256_add_epi16(x0[t], _mm256_maddubs_epi16(lo, a0));
+                                            x1[t] = _mm256_add_epi16(x1[t], _mm256_maddubs_epi16(hi, a1));
+                                        }
+                                    }
+                                }
+                                let (s0, s1) = (lanes(2 * c), lanes(2 * c + 1));
+                                for t in 0..T {
+                                    let (y0, y1) = if $vnni {
+                                        (x0[t], x1[t])
+                                    } else {
+                                        (_mm256_madd_epi16(x0[t], ones), _mm256_madd_epi16(x1[t], ones))
+                                    };
+                                    let scaled =
+                                        _mm256_add_epi32(_mm256_mullo_epi32(y0, s0), _mm256_mullo_epi32(y1, s1));
+                                    isum[t] = _mm256_add_epi32(isum[t], scaled);
+                                }
+                            }
+                            let mut msum = [zero; T];
+                            for j in 0..8 {
+                                let m = lanes(8 + j);
+                                for t in 0..T {
+                                    let bs = &a.s[t][16 * sb + 2 * j..];
+                                    msum[t] = _mm256_add_epi32(
+                                        msum[t],
+                                        _mm256_mullo_epi32(m, _mm256_set1_epi32(bs[0] + bs[1])),
+                                    );
+                                }
+                            }
                             for t in 0..T {
-                                let ap = a.q[t].as_ptr().add(sb * 256 + 64 * c);
-                                x0[t] = _mm256_add_epi16(x0[t], _mm256_maddubs_epi16(lo, bcast(ap, q)));
-                                x1[t] = _mm256_add_epi16(x1[t], _mm256_maddubs_epi16(hi, bcast(ap, 8 + q)));
+                                let ad = _mm256_set1_ps(a.d[t][sb]);
+                                sum[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(d, ad), sum[t]);
+                                mins[t] =
+                                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum[t]), _mm256_mul_ps(dmin, ad), mins[t]);
                             }
                         }
-                        let (s0, s1) = (lanes(2 * c), lanes(2 * c + 1));
                         for t in 0..T {
-                            let (y0, y1) = (_mm256_madd_epi16(x0[t], ones), _mm256_madd_epi16(x1[t], ones));
-                            let scaled = _mm256_add_epi32(_mm256_mullo_epi32(y0, s0), _mm256_mullo_epi32(y1, s1));
-                            isum[t] = _mm256_add_epi32(isum[t], scaled);
+                            _mm256_storeu_ps(r[t].as_mut_ptr().add(8 * k), _mm256_sub_ps(sum[t], mins[t]));
                         }
                     }
-                    let mut msum = [zero; T];
-                    for j in 0..8 {
-                        let m = lanes(8 + j);
-                        for t in 0..T {
-                            let bs = &a.s[t][16 * sb + 2 * j..];
-                            msum[t] =
-                                _mm256_add_epi32(msum[t], _mm256_mullo_epi32(m, _mm256_set1_epi32(bs[0] + bs[1])));
-                        }
-                    }
-                    for t in 0..T {
-                        let ad = _mm256_set1_ps(a.d[t][sb]);
-                        sum[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(d, ad), sum[t]);
-                        mins[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum[t]), _mm256_mul_ps(dmin, ad), mins[t]);
-                    }
                 }
-                for t in 0..T {
-                    _mm256_storeu_ps(r[t].as_mut_ptr().add(8 * k), _mm256_sub_ps(sum[t], mins[t]));
-                }
-            }
+            };
         }
 
-        /// [`vnni::group_q6k`] on AVX2, each half of the group (rows `8k..8k + 8`) in its own
-        /// pass: per super-block and row (lane), each 16-value sub-block's exact `Σ (q − 32)·a`
-        /// (`vpmaddubsw`, two products summed in 16 bits: 2·2·63·127 < 2^15), times its scale,
-        /// then one fused multiply-add as in the scalar order.
-        #[target_feature(enable = "avx2,fma,f16c")]
-        #[inline(never)] // kept out of `dot_groups`: inlined there, prefill ran slower
-        pub(in super::super) unsafe fn group_q6k<const T: usize, const PF: bool>(
-            g: *const u8,
-            nsb: usize,
-            a: &QActs<T>,
-            r: &mut [[f32; GROUP]; T],
-        ) {
-            let (m4, m30, ones) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(0x30), _mm256_set1_epi16(1));
-            let bcast = |p: *const i8, i: usize| _mm256_set1_epi32((p as *const i32).add(i).read_unaligned());
-            let load = |p: *const u8| _mm256_loadu_si256(p as *const __m256i);
-            let low = |x: __m256i| _mm256_and_si256(x, m4);
-            let high = |x: __m256i| _mm256_and_si256(_mm256_srli_epi16(x, 4), m4);
-            for k in 0..2 {
-                let mut sum = [_mm256_setzero_ps(); T];
-                for sb in 0..nsb {
-                    let p = g.add(sb * GROUP * 210);
-                    let d = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * k) as *const __m128i));
-                    let (scales, quads) = (p.add(32 + 8 * k), p.add(288 + 32 * k));
-                    let mut isum = [_mm256_setzero_si256(); T];
-                    for h in 0..2 {
-                        for half in 0..2 {
-                            if PF && k == 0 {
-                                // a later super-block's lines, a quarter a pass (see `PREFETCH`)
-                                for q in 0..14 {
-                                    let line = p.wrapping_add(PREFETCH + 896 * (2 * h + half) + 64 * q);
-                                    _mm_prefetch::<_MM_HINT_T0>(line as *const i8);
+        q4k_group!(group_q4k, "avx2,fma,f16c", false);
+        q4k_group!(group_q4k_vnni, "avx2,fma,f16c,avxvnni", true);
+
+        /// `$name`: [`vnni::group_q6k`] on AVX2 (`$features`; `$vnni`: with AVX-VNNI), each half of
+        /// the group (rows `8k..8k + 8`) in its own pass: per super-block and row (lane), each
+        /// 16-value sub-block's exact `Σ (q − 32)·a` (`vpdpbusd` with AVX-VNNI, else `vpmaddubsw`
+        /// with two products summed in 16 bits: 2·2·63·127 < 2^15), times its scale, then one
+        /// fused multiply-add as in the scalar order.
+        macro_rules! q6k_group {
+            ($name:ident, $features:literal, $vnni:tt) => {
+                #[target_feature(enable = $features)]
+                #[inline(never)] // kept out of `dot_groups`: inlined there, prefill ran slower
+                pub(in super::super) unsafe fn $name<const T: usize, const PF: bool>(
+                    g: *const u8,
+                    nsb: usize,
+                    a: &QActs<T>,
+                    r: &mut [[f32; GROUP]; T],
+                ) {
+                    let (m4, m30, ones) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(0x30), _mm256_set1_epi16(1));
+                    let bcast = |p: *const i8, i: usize| _mm256_set1_epi32((p as *const i32).add(i).read_unaligned());
+                    let load = |p: *const u8| _mm256_loadu_si256(p as *const __m256i);
+                    let low = |x: __m256i| _mm256_and_si256(x, m4);
+                    let high = |x: __m256i| _mm256_and_si256(_mm256_srli_epi16(x, 4), m4);
+                    for k in 0..2 {
+                        let mut sum = [_mm256_setzero_ps(); T];
+                        for sb in 0..nsb {
+                            let p = g.add(sb * GROUP * 210);
+                            let d = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * k) as *const __m128i));
+                            let (scales, quads) = (p.add(32 + 8 * k), p.add(288 + 32 * k));
+                            let mut isum = [_mm256_setzero_si256(); T];
+                            for h in 0..2 {
+                                for half in 0..2 {
+                                    if PF && k == 0 {
+                                        // a later super-block's lines, a quarter a pass (see `PREFETCH`)
+                                        for q in 0..14 {
+                                            let line = p.wrapping_add(PREFETCH + 896 * (2 * h + half) + 64 * q);
+                                            _mm_prefetch::<_MM_HINT_T0>(line as *const i8);
+                                        }
+                                    }
+                                    for j in 0..4 {
+                                        // quads 4·half.. of the 32 values of group j: values 128h + 32j + 4i..
+                                        // a loop, not `array::from_fn` (see `pass_512`)
+                                        let mut v = [_mm256_setzero_si256(); 4];
+                                        for (i, v) in v.iter_mut().enumerate() {
+                                            let q = quads.add(192 * (8 * h + 4 * half + i));
+                                            let hb = load(q.add(128));
+                                            let (l0, l1) = (load(q), load(q.add(64)));
+                                            *v = match j {
+                                                0 => _mm256_or_si256(
+                                                    low(l0),
+                                                    _mm256_and_si256(_mm256_slli_epi16(hb, 4), m30),
+                                                ),
+                                                1 => _mm256_or_si256(
+                                                    low(l1),
+                                                    _mm256_and_si256(_mm256_slli_epi16(hb, 2), m30),
+                                                ),
+                                                2 => _mm256_or_si256(high(l0), _mm256_and_si256(hb, m30)),
+                                                _ => _mm256_or_si256(
+                                                    high(l1),
+                                                    _mm256_and_si256(_mm256_srli_epi16(hb, 2), m30),
+                                                ),
+                                            };
+                                        }
+                                        let s = 8 * h + 2 * j + half;
+                                        let sc =
+                                            _mm256_cvtepi8_epi32(_mm_loadl_epi64(scales.add(16 * s) as *const __m128i));
+                                        for t in 0..T {
+                                            let ap = a.q[t].as_ptr().add(sb * 256 + 16 * s);
+                                            let pair = |i: usize| {
+                                                let p16 = _mm256_add_epi16(
+                                                    _mm256_maddubs_epi16(v[i], bcast(ap, i)),
+                                                    _mm256_maddubs_epi16(v[i + 1], bcast(ap, i + 1)),
+                                                );
+                                                _mm256_madd_epi16(p16, ones)
+                                            };
+                                            let init = _mm256_set1_epi32(-32 * a.s[t][16 * sb + s]);
+                                            let x = if $vnni {
+                                                (0..4).fold(init, |x, i| dpbusd!($vnni, x, v[i], bcast(ap, i)))
+                                            } else {
+                                                _mm256_add_epi32(_mm256_add_epi32(init, pair(0)), pair(2))
+                                            };
+                                            isum[t] = _mm256_add_epi32(isum[t], _mm256_mullo_epi32(x, sc));
+                                        }
+                                    }
                                 }
                             }
-                            for j in 0..4 {
-                                // quads 4·half.. of the 32 values of group j: values 128h + 32j + 4i..
-                                // a loop, not `array::from_fn` (see `pass_512`)
-                                let mut v = [_mm256_setzero_si256(); 4];
-                                for (i, v) in v.iter_mut().enumerate() {
-                                    let q = quads.add(192 * (8 * h + 4 * half + i));
-                                    let hb = load(q.add(128));
-                                    let (l0, l1) = (load(q), load(q.add(64)));
-                                    *v = match j {
-                                        0 => _mm256_or_si256(low(l0), _mm256_and_si256(_mm256_slli_epi16(hb, 4), m30)),
-                                        1 => _mm256_or_si256(low(l1), _mm256_and_si256(_mm256_slli_epi16(hb, 2), m30)),
-                                        2 => _mm256_or_si256(high(l0), _mm256_and_si256(hb, m30)),
-                                        _ => _mm256_or_si256(high(l1), _mm256_and_si256(_mm256_srli_epi16(hb, 2), m30)),
-                                    };
-                                }
-                                let s = 8 * h + 2 * j + half;
-                                let sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(scales.add(16 * s) as *const __m128i));
-                                for t in 0..T {
-                                    let ap = a.q[t].as_ptr().add(sb * 256 + 16 * s);
-                                    let pair = |i: usize| {
-                                        let p16 = _mm256_add_epi16(
-                                            _mm256_maddubs_epi16(v[i], bcast(ap, i)),
-                                            _mm256_maddubs_epi16(v[i + 1], bcast(ap, i + 1)),
-                                        );
-                                        _mm256_madd_epi16(p16, ones)
-                                    };
-                                    let x = _mm256_add_epi32(_mm256_set1_epi32(-32 * a.s[t][16 * sb + s]), pair(0));
-                                    let x = _mm256_add_epi32(x, pair(2));
-                                    isum[t] = _mm256_add_epi32(isum[t], _mm256_mullo_epi32(x, sc));
-                                }
+                            for t in 0..T {
+                                let scale = _mm256_mul_ps(d, _mm256_set1_ps(a.d[t][sb]));
+                                sum[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), scale, sum[t]);
                             }
                         }
-                    }
-                    for t in 0..T {
-                        let scale = _mm256_mul_ps(d, _mm256_set1_ps(a.d[t][sb]));
-                        sum[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), scale, sum[t]);
+                        for t in 0..T {
+                            _mm256_storeu_ps(r[t].as_mut_ptr().add(8 * k), sum[t]);
+                        }
                     }
                 }
-                for t in 0..T {
-                    _mm256_storeu_ps(r[t].as_mut_ptr().add(8 * k), sum[t]);
-                }
-            }
+            };
         }
+
+        q6k_group!(group_q6k, "avx2,fma,f16c", false);
+        q6k_group!(group_q6k_vnni, "avx2,fma,f16c,avxvnni", true);
     }
 
     pub mod vnni {
