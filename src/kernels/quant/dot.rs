@@ -87,8 +87,8 @@ pub enum Isa {
     /// AVX2 with FMA and F16C.
     Avx2,
     /// AVX2 with AVX-VNNI (`vpdpbusd` on 256-bit vectors), as Intel's client cores since Alder
-    /// Lake and its E-core Xeons have it without AVX-512: the AVX2 kernels, but Q8_0/Q4_0 integer
-    /// sums in one instruction where AVX2 takes `vpmaddubsw` and `vpmaddwd`.
+    /// Lake and its E-core Xeons have it without AVX-512: the AVX2 kernels, but the quantized
+    /// formats' integer sums in one instruction where AVX2 takes `vpmaddubsw` and `vpmaddwd`.
     AvxVnni,
     Scalar,
 }
