@@ -1687,17 +1687,22 @@ mod x86 {
                     }
                     // x[h][t]: token t's sums of sub-block 2c + h/2 (low nibbles, then high) over
                     // the even (h even) or odd quads; each quad unpacked once serves every token
-                    // while in registers
+                    // while in registers (the indices constant, so that they stay there whatever
+                    // the compiler unrolls)
                     let mut x = [[zero; T]; 4];
-                    for k in 0..8 {
-                        // quad k of chunk c: values 4k.. of sub-block 2c (low nibbles), of 2c+1 (high)
-                        let v = load64(qp.add(64 * (8 * c + k)));
-                        let lo = _mm512_and_si512(v, m4);
-                        let hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+                    for k in (0..8).step_by(2) {
+                        // quads k, k + 1 of chunk c: values 4k.. of sub-block 2c (low nibbles),
+                        // of 2c+1 (high)
+                        let (ve, vo) = (load64(qp.add(64 * (8 * c + k))), load64(qp.add(64 * (8 * c + k + 1))));
+                        let (le, lo) = (_mm512_and_si512(ve, m4), _mm512_and_si512(vo, m4));
+                        let he = _mm512_and_si512(_mm512_srli_epi16(ve, 4), m4);
+                        let ho = _mm512_and_si512(_mm512_srli_epi16(vo, 4), m4);
                         for t in 0..T {
                             let ap = a.q[t].as_ptr().add(sb * 256 + 64 * c) as *const u8;
-                            x[k % 2][t] = _mm512_dpbusd_epi32(x[k % 2][t], lo, bcast4(ap, k));
-                            x[2 + k % 2][t] = _mm512_dpbusd_epi32(x[2 + k % 2][t], hi, bcast4(ap, 8 + k));
+                            x[0][t] = _mm512_dpbusd_epi32(x[0][t], le, bcast4(ap, k));
+                            x[1][t] = _mm512_dpbusd_epi32(x[1][t], lo, bcast4(ap, k + 1));
+                            x[2][t] = _mm512_dpbusd_epi32(x[2][t], he, bcast4(ap, 8 + k));
+                            x[3][t] = _mm512_dpbusd_epi32(x[3][t], ho, bcast4(ap, 9 + k));
                         }
                     }
                     let (s0, s1) = (lanes(2 * c), lanes(2 * c + 1));
@@ -1754,37 +1759,61 @@ mod x86 {
                                 _mm_prefetch::<_MM_HINT_T0>(line);
                             }
                         }
-                        // x[j][t]: sub-block 8h + 2j + half of token t, its chain started at the
-                        // offset; a quad's four unpacked vectors (one a sub-block) serve every
-                        // token while in registers (the quarter's 16 unpacked first went through
-                        // the stack: 4 tokens 12–15% slower, one 5%; BENCHMARKS.md, tenth stop)
-                        let sub = |j: usize| 8 * h + 2 * j + half;
-                        let mut x: [[__m512i; T]; 4] = std::array::from_fn(|j| {
-                            std::array::from_fn(|t| _mm512_set1_epi32(-32 * a.s[t][16 * sb + sub(j)]))
-                        });
-                        for i in 0..4 {
-                            // quad k = 4·half + i of the 32 values of group j: values 128h + 32j + 4k..
-                            let q = quads.add(192 * (8 * h + 4 * half + i));
-                            let (l0, l1, hb) = (load64(q), load64(q.add(64)), load64(q.add(128)));
-                            let low = |x: __m512i| _mm512_and_si512(x, m4);
-                            let high = |x: __m512i| _mm512_and_si512(_mm512_srli_epi16(x, 4), m4);
-                            let v = [
-                                _mm512_or_si512(low(l0), _mm512_and_si512(_mm512_slli_epi16(hb, 4), m30)),
-                                _mm512_or_si512(low(l1), _mm512_and_si512(_mm512_slli_epi16(hb, 2), m30)),
-                                _mm512_or_si512(high(l0), _mm512_and_si512(hb, m30)),
-                                _mm512_or_si512(high(l1), _mm512_and_si512(_mm512_srli_epi16(hb, 2), m30)),
-                            ];
-                            for j in 0..4 {
+                        // Two passes over the quarter's quads, groups 2·pass, 2·pass + 1.
+                        // x[j][t]: sub-block 8h + 2(2·pass + j) + half of token t, its chain started
+                        // at the offset; a quad's unpacked vectors serve every token while in
+                        // registers (the quarter's 16 unpacked first went through the stack: 4
+                        // tokens 12–15% slower, one 5%; BENCHMARKS.md, tenth stop). Eight chains
+                        // a pass for 4 tokens, not sixteen: they fit in the registers whatever the
+                        // compiler's tuning (a generic x86-64 build spilled them, prefill −45%).
+                        for pass in 0..2 {
+                            let sub = [8 * h + 4 * pass + half, 8 * h + 4 * pass + 2 + half];
+                            let mut x = [[zero; T]; 2];
+                            for j in 0..2 {
                                 for t in 0..T {
-                                    let ap = a.q[t].as_ptr().add(sb * 256 + 16 * sub(j)) as *const u8;
-                                    x[j][t] = _mm512_dpbusd_epi32(x[j][t], v[j], bcast4(ap, i));
+                                    x[j][t] = _mm512_set1_epi32(-32 * a.s[t][16 * sb + sub[j]]);
                                 }
                             }
-                        }
-                        for j in 0..4 {
-                            let sc = _mm512_cvtepi8_epi32(_mm_loadu_si128(scales.add(16 * sub(j)) as *const __m128i));
-                            for t in 0..T {
-                                isum[t] = _mm512_add_epi32(isum[t], _mm512_mullo_epi32(x[j][t], sc));
+                            for i in 0..4 {
+                                // quad k = 4·half + i of the 32 values of group j: values
+                                // 128h + 32j + 4k..
+                                let q = quads.add(192 * (8 * h + 4 * half + i));
+                                let (l0, l1, hb) = (load64(q), load64(q.add(64)), load64(q.add(128)));
+                                let (v0, v1) = if pass == 0 {
+                                    (
+                                        _mm512_or_si512(
+                                            _mm512_and_si512(l0, m4),
+                                            _mm512_and_si512(_mm512_slli_epi16(hb, 4), m30),
+                                        ),
+                                        _mm512_or_si512(
+                                            _mm512_and_si512(l1, m4),
+                                            _mm512_and_si512(_mm512_slli_epi16(hb, 2), m30),
+                                        ),
+                                    )
+                                } else {
+                                    (
+                                        _mm512_or_si512(
+                                            _mm512_and_si512(_mm512_srli_epi16(l0, 4), m4),
+                                            _mm512_and_si512(hb, m30),
+                                        ),
+                                        _mm512_or_si512(
+                                            _mm512_and_si512(_mm512_srli_epi16(l1, 4), m4),
+                                            _mm512_and_si512(_mm512_srli_epi16(hb, 2), m30),
+                                        ),
+                                    )
+                                };
+                                for t in 0..T {
+                                    let ap = a.q[t].as_ptr().add(sb * 256) as *const u8;
+                                    x[0][t] = _mm512_dpbusd_epi32(x[0][t], v0, bcast4(ap.add(16 * sub[0]), i));
+                                    x[1][t] = _mm512_dpbusd_epi32(x[1][t], v1, bcast4(ap.add(16 * sub[1]), i));
+                                }
+                            }
+                            for j in 0..2 {
+                                let sc =
+                                    _mm512_cvtepi8_epi32(_mm_loadu_si128(scales.add(16 * sub[j]) as *const __m128i));
+                                for t in 0..T {
+                                    isum[t] = _mm512_add_epi32(isum[t], _mm512_mullo_epi32(x[j][t], sc));
+                                }
                             }
                         }
                     }
