@@ -1027,7 +1027,10 @@ mod x86 {
     /// prefetcher alone. At one token (decode), AVX-512 Q4_K measured 52–57 → 65–88 tokens/s with
     /// it, Q4_0 +5%, Q6_K +3–5%, Q8_0 +12% (median of 11 rounds); for the first tile of a batch,
     /// 16 tokens of a 2048-column matrix streamed from memory ran 25–60% faster (every format),
-    /// 4 tokens 1.6–2.6× (AVX2 alike), and many tokens (prefill) the same.
+    /// 4 tokens 1.6–2.6× (AVX2 alike), and many tokens (prefill) the same. The K-quant kernels
+    /// prefetch into L2 (`_MM_HINT_T1`): into L1, on a machine whose memory streamed ~30 GB/s,
+    /// their decode waited on memory (Q6_K 0.5–0.6 of the bandwidth, 0.9 with T1; BENCHMARKS.md,
+    /// eleventh stop); Q4_0's kernel keeps T0 (T1 measured 3–7% slower there).
     pub(super) const PREFETCH: usize = 9216;
 
     #[inline]
@@ -1367,7 +1370,7 @@ mod x86 {
                                     // a later super-block's lines (see `PREFETCH`); the second
                                     // half's pass finds this one's in cache
                                     for q in 0..9 {
-                                        _mm_prefetch::<_MM_HINT_T0>(
+                                        _mm_prefetch::<_MM_HINT_T1>(
                                             p.wrapping_add(PREFETCH + 576 * c + 64 * q) as *const i8
                                         );
                                     }
@@ -1464,7 +1467,7 @@ mod x86 {
                                         // a later super-block's lines, a quarter a pass (see `PREFETCH`)
                                         for q in 0..14 {
                                             let line = p.wrapping_add(PREFETCH + 896 * (2 * h + half) + 64 * q);
-                                            _mm_prefetch::<_MM_HINT_T0>(line as *const i8);
+                                            _mm_prefetch::<_MM_HINT_T1>(line as *const i8);
                                         }
                                     }
                                     for j in 0..4 {
@@ -1682,7 +1685,7 @@ mod x86 {
                         // next group's)
                         for k in 0..9 {
                             let line = p.wrapping_add(PREFETCH + 576 * c + 64 * k) as *const i8;
-                            _mm_prefetch::<_MM_HINT_T0>(line);
+                            _mm_prefetch::<_MM_HINT_T1>(line);
                         }
                     }
                     // x[h][t]: token t's sums of sub-block 2c + h/2 (low nibbles, then high) over
@@ -1756,7 +1759,7 @@ mod x86 {
                             // the next super-blocks' lines, a quarter a pass (see `PREFETCH`)
                             for k in 0..14 {
                                 let line = p.wrapping_add(PREFETCH + 896 * (2 * h + half) + 64 * k) as *const i8;
-                                _mm_prefetch::<_MM_HINT_T0>(line);
+                                _mm_prefetch::<_MM_HINT_T1>(line);
                             }
                         }
                         // Two passes over the quarter's quads, groups 2·pass, 2·pass + 1.
