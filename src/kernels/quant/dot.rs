@@ -95,14 +95,35 @@ pub enum Isa {
 
 impl Isa {
     /// The best this CPU supports, or `TINYLLAMA_ISA` (`avx512vnni`, `avxvnni`, `avx2`,
-    /// `scalar`) where this CPU has it.
+    /// `scalar`) where this CPU has it; a value it cannot honour is said on stderr, once.
     pub fn detect() -> Isa {
         static ISA: OnceLock<Isa> = OnceLock::new();
         *ISA.get_or_init(|| {
             let all = Isa::all_supported();
-            let forced =
-                std::env::var("TINYLLAMA_ISA").ok().and_then(|v| all.iter().copied().find(|i| i.env_name() == v));
-            forced.unwrap_or(all[0])
+            match Isa::requested(&all, std::env::var("TINYLLAMA_ISA").ok().as_deref()) {
+                Ok(isa) => isa,
+                Err(why) => {
+                    eprintln!("warning: {why}; using {}", all[0].name());
+                    all[0]
+                }
+            }
+        })
+    }
+
+    /// The instruction set `TINYLLAMA_ISA` asks for among `all` (this CPU's, best first): the
+    /// best where unset, an error naming the value where it is unknown or not on this CPU (so
+    /// that a run asked to measure one path does not silently measure another).
+    fn requested(all: &[Isa], value: Option<&str>) -> Result<Isa, String> {
+        let Some(v) = value else { return Ok(all[0]) };
+        if let Some(&isa) = all.iter().find(|i| i.env_name() == v) {
+            return Ok(isa);
+        }
+        let known = [Isa::Avx512Vnni, Isa::AvxVnni, Isa::Avx2, Isa::Scalar];
+        let names = |isas: &[Isa]| isas.iter().map(|i| i.env_name()).collect::<Vec<_>>().join(", ");
+        Err(if known.iter().any(|i| i.env_name() == v) {
+            format!("TINYLLAMA_ISA={v}: this CPU lacks it (it runs {})", names(all))
+        } else {
+            format!("TINYLLAMA_ISA={v}: unknown (one of {})", names(&known))
         })
     }
 
@@ -2211,6 +2232,20 @@ mod tests {
     fn row(n: usize, seed: u64) -> Vec<f32> {
         let mut r = Rng::new(seed);
         (0..n).map(|_| r.normal() as f32).collect()
+    }
+
+    /// `TINYLLAMA_ISA` picks among the CPU's instruction sets; a value naming one it lacks, or
+    /// none at all, is an error that says so rather than a silent fallback.
+    #[test]
+    fn tinyllama_isa_is_honoured_or_refused_by_name() {
+        let all = [Isa::Avx2, Isa::Scalar];
+        assert_eq!(Isa::requested(&all, None), Ok(Isa::Avx2));
+        assert_eq!(Isa::requested(&all, Some("scalar")), Ok(Isa::Scalar));
+        assert_eq!(Isa::requested(&all, Some("avx2")), Ok(Isa::Avx2));
+        let lacks = Isa::requested(&all, Some("avxvnni")).unwrap_err();
+        assert!(lacks.contains("avxvnni") && lacks.contains("lacks") && lacks.contains("avx2, scalar"), "{lacks}");
+        let unknown = Isa::requested(&all, Some("sse4")).unwrap_err();
+        assert!(unknown.contains("sse4") && unknown.contains("unknown"), "{unknown}");
     }
 
     /// Every instruction set gives the same bits, for every tile size, one row at a time or in a
