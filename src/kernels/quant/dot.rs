@@ -1048,10 +1048,10 @@ mod x86 {
     /// prefetcher alone. At one token (decode), AVX-512 Q4_K measured 52–57 → 65–88 tokens/s with
     /// it, Q4_0 +5%, Q6_K +3–5%, Q8_0 +12% (median of 11 rounds); for the first tile of a batch,
     /// 16 tokens of a 2048-column matrix streamed from memory ran 25–60% faster (every format),
-    /// 4 tokens 1.6–2.6× (AVX2 alike), and many tokens (prefill) the same. The K-quant kernels
-    /// prefetch into L2 (`_MM_HINT_T1`): into L1, on a machine whose memory streamed ~30 GB/s,
-    /// their decode waited on memory (Q6_K 0.5–0.6 of the bandwidth, 0.9 with T1; BENCHMARKS.md,
-    /// eleventh stop); Q4_0's kernel keeps T0 (T1 measured 3–7% slower there).
+    /// 4 tokens 1.6–2.6× (AVX2 alike), and many tokens (prefill) the same. Every group kernel
+    /// prefetches into L2 (`_MM_HINT_T1`): into L1, on machines whose memory streamed ~30 GB/s,
+    /// decode waited on memory (Q6_K 0.5–0.6 of the bandwidth, 0.9 with T1; Q8_0 +2–8%, AVX2
+    /// Q4_0 +16%, 16 Q4_0 sequences +15%; BENCHMARKS.md, eleventh and twelfth stops).
     pub(super) const PREFETCH: usize = 9216;
 
     #[inline]
@@ -1247,7 +1247,7 @@ mod x86 {
                                 if PF && k == 0 {
                                     // a later block's lines (see `PREFETCH`)
                                     for q in 0..gb.div_ceil(64) {
-                                        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH + 64 * q) as *const i8);
+                                        _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(PREFETCH + 64 * q) as *const i8);
                                     }
                                 }
                                 let dw = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * k) as *const __m128i));
@@ -1587,7 +1587,7 @@ mod x86 {
                     // and half after its arithmetic: all nine of a Q8_0 block in one burst
                     // streamed its matrices ~10% slower (BENCHMARKS.md, ninth stop)
                     let (lines, first) = (gb.div_ceil(64), gb.div_ceil(128));
-                    let ahead = |k: usize| _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH + 64 * k) as *const i8);
+                    let ahead = |k: usize| _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(PREFETCH + 64 * k) as *const i8);
                     if PF {
                         (0..first).for_each(ahead);
                     }
