@@ -238,9 +238,6 @@ pub struct Activations {
     pub q: Vec<i8>,
     pub d: Vec<f32>,
     pub sum: Vec<i32>,
-    /// Q8_0 kind, on AVX-512 only: `q + 128` as unsigned bytes, what `vpdpbusd` (unsigned ×
-    /// signed) needs to multiply signed Q8_0 weights.
-    pub qu: Vec<u8>,
     /// Float kind, for grouped f16/bf16 weights ([`dot_float_groups`]): the tokens in tiles of
     /// `packed_tile` (the last one shorter), tile `j` at `packed[j · packed_tile · cols..]`
     /// column-major (`[col][token]`), so that a column's activations of every token of the tile
@@ -357,12 +354,9 @@ impl Activations {
         }
         let (bl, sl) = (self.kind.block(), self.kind.sum_block());
         debug_assert_eq!(cols % bl, 0);
-        // the extra only the AVX-512 kernels read (they run on a CPU that has them)
-        let unsigned = self.kind == ActKind::Q8_0 && Isa::best_supported() == Isa::Avx512Vnni;
         self.q.resize(n * cols, 0);
         self.d.resize(n * cols / bl, 0.0);
         self.sum.resize(n * cols / sl, 0);
-        self.qu.resize(if unsigned { n * cols } else { 0 }, 0);
         let kind = self.kind;
         let rows = x
             .chunks_exact(cols)
@@ -384,11 +378,6 @@ impl Activations {
         // tokens in parallel where there are enough of them to pay for the hand-off (a decode
         // batch's 16 × 2048 values take 8 µs on one core, longer on two)
         per_tile(rows, n * cols, &quantize);
-        if unsigned {
-            for (u, &v) in self.qu.iter_mut().zip(&self.q) {
-                *u = (v as u8) ^ 0x80;
-            }
-        }
     }
 }
 
@@ -862,8 +851,6 @@ struct QActs<'a, const T: usize> {
     q: [&'a [i8]; T],
     d: [&'a [f32]; T],
     s: [&'a [i32]; T],
-    /// Q8_0 kind only (else empty).
-    qu: [&'a [u8]; T],
 }
 
 impl<'a, const T: usize> QActs<'a, T> {
@@ -875,10 +862,7 @@ impl<'a, const T: usize> QActs<'a, T> {
         let q = std::array::from_fn(|t| &acts.q[toks[t] * cols..][..cols]);
         let d = std::array::from_fn(|t| &acts.d[toks[t] * nb..][..nb]);
         let s = std::array::from_fn(|t| &acts.sum[toks[t] * ns..][..ns]);
-        // the AVX-512 extras, where they were prepared
-        let q8 = acts.kind == ActKind::Q8_0 && !acts.qu.is_empty();
-        let qu = std::array::from_fn(|t| if q8 { &acts.qu[toks[t] * cols..][..cols] } else { &[][..] });
-        QActs { q, d, s, qu }
+        QActs { q, d, s }
     }
 }
 
@@ -1563,8 +1547,10 @@ mod x86 {
         /// `r[t][i] = row_i · act_t` for one group of [`GROUP`] Q8_0/Q4_0 rows in the
         /// [`to_groups`] layout, lane `i` of every vector being row `i`. Per block: each row's
         /// exact integer sum (`vpdpbusd` of 4 weight bytes a row with the token's 4 activations
-        /// broadcast), then one fused multiply-add of the group's sums by their scales into the
-        /// even- or odd-block accumulator. The weights of a block are unpacked once for all tokens.
+        /// broadcast; the weights made unsigned, Q4_0's by its offset of 8, Q8_0's by 128, and the
+        /// offset times the activations' sum taken off), then one fused multiply-add of the
+        /// group's sums by their scales into the even- or odd-block accumulator. The weights of a
+        /// block are unpacked once for all tokens.
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
         #[inline(never)] // kept out of `dot_groups`: inlined there, prefill ran slower
         pub(in super::super) unsafe fn group<const T: usize, const PF: bool>(
@@ -1593,7 +1579,13 @@ mod x86 {
                     }
                     let dw = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
                     let qp = p.add(2 * GROUP);
-                    let mut sums = [zero; T];
+                    // token t's exact sum, times the block's scales, into its accumulator
+                    macro_rules! fold {
+                        ($t:expr, $sum:expr) => {{
+                            let scale = _mm512_mul_ps(dw, _mm512_set1_ps(a.d[$t][$b]));
+                            acc[$t][$h] = _mm512_fmadd_ps(_mm512_cvtepi32_ps($sum), scale, acc[$t][$h]);
+                        }};
+                    }
                     if fmt == Format::Q4_0 {
                         // chunk c: values 4c..4c+4 (low nibbles) and 16+4c.. (high) of each row
                         let mut lo = [zero; 4];
@@ -1612,35 +1604,26 @@ mod x86 {
                                 s0 = _mm512_dpbusd_epi32(s0, lo[c], bcast(ap, c));
                                 s1 = _mm512_dpbusd_epi32(s1, hi[c], bcast(ap, 4 + c));
                             }
-                            sums[t] = _mm512_add_epi32(s0, s1);
+                            fold!(t, _mm512_add_epi32(s0, s1));
                         }
                     } else {
-                        // chunk c: values 4c..4c+4 of each row; Σ(a + 128)·w − 128·Σw
-                        let mut wv = [zero; 8];
-                        let (mut c0, mut c1) = (zero, zero);
+                        // chunk c: values 4c..4c+4 of each row; Σ(w + 128)·a − 128·Σa, w + 128 by
+                        // flipping the sign bit (once a block for all tokens)
+                        let mut wu = [zero; 8];
                         let k128 = _mm512_set1_epi8(-128i8);
                         // loaded in address order (the hardware prefetcher follows it)
-                        for (c, v) in wv.iter_mut().enumerate() {
-                            *v = _mm512_loadu_si512(qp.add(64 * c) as *const __m512i);
+                        for (c, v) in wu.iter_mut().enumerate() {
+                            *v = _mm512_xor_si512(_mm512_loadu_si512(qp.add(64 * c) as *const __m512i), k128);
                         }
-                        for c in 0..4 {
-                            c0 = _mm512_dpbusd_epi32(c0, k128, wv[c]);
-                            c1 = _mm512_dpbusd_epi32(c1, k128, wv[4 + c]);
-                        }
-                        let init = _mm512_sub_epi32(zero, _mm512_add_epi32(c0, c1));
                         for t in 0..T {
-                            let ap = a.qu[t].as_ptr().add($b * QA);
-                            let (mut s0, mut s1) = (init, zero);
+                            let ap = a.q[t].as_ptr().add($b * QA) as *const u8;
+                            let (mut s0, mut s1) = (_mm512_set1_epi32(-128 * a.s[t][$b]), zero);
                             for c in 0..4 {
-                                s0 = _mm512_dpbusd_epi32(s0, bcast(ap, c), wv[c]);
-                                s1 = _mm512_dpbusd_epi32(s1, bcast(ap, 4 + c), wv[4 + c]);
+                                s0 = _mm512_dpbusd_epi32(s0, wu[c], bcast(ap, c));
+                                s1 = _mm512_dpbusd_epi32(s1, wu[4 + c], bcast(ap, 4 + c));
                             }
-                            sums[t] = _mm512_add_epi32(s0, s1);
+                            fold!(t, _mm512_add_epi32(s0, s1));
                         }
-                    }
-                    for t in 0..T {
-                        let scale = _mm512_mul_ps(dw, _mm512_set1_ps(a.d[t][$b]));
-                        acc[t][$h] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[t]), scale, acc[t][$h]);
                     }
                     if PF {
                         (first..lines).for_each(ahead);
@@ -2436,9 +2419,6 @@ mod tests {
                 let bits = |v: &[f32]| v.iter().map(|d| d.to_bits()).collect::<Vec<u32>>();
                 assert_eq!(bits(&one.d), bits(&all.d[t * nb..(t + 1) * nb]), "{fmt} token {t}");
                 assert_eq!(one.sum, all.sum[t * ns..(t + 1) * ns], "{fmt} token {t}");
-                if !one.qu.is_empty() {
-                    assert_eq!(one.qu, all.qu[t * cols..(t + 1) * cols], "{fmt} token {t}");
-                }
             }
         }
     }
