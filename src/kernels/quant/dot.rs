@@ -1070,23 +1070,31 @@ mod x86 {
         _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m), _mm_and_si128(v, m))
     }
 
+    /// Group `j` (0..4) of a Q6_K 128-weight half's six-bit values (0..63), from its low-nibble
+    /// bytes `l0` (groups 0 and 2) and `l1` (1 and 3) and its high-bit bytes `hb` (two bits for
+    /// each group): the one place the layout is unpacked in 256 bits.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q6_value(j: usize, l0: __m256i, l1: __m256i, hb: __m256i) -> __m256i {
+        let (m4, m30) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(0x30));
+        let low = |x: __m256i| _mm256_and_si256(x, m4);
+        let high = |x: __m256i| _mm256_and_si256(_mm256_srli_epi16(x, 4), m4);
+        match j {
+            0 => _mm256_or_si256(low(l0), _mm256_and_si256(_mm256_slli_epi16(hb, 4), m30)),
+            1 => _mm256_or_si256(low(l1), _mm256_and_si256(_mm256_slli_epi16(hb, 2), m30)),
+            2 => _mm256_or_si256(high(l0), _mm256_and_si256(hb, m30)),
+            _ => _mm256_or_si256(high(l1), _mm256_and_si256(_mm256_srli_epi16(hb, 2), m30)),
+        }
+    }
+
     /// The 4 groups of 32 six-bit Q6_K values (0..63) of one 128-weight half of a super-block.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn q6_groups(blk: *const u8, h: usize) -> [__m256i; 4] {
-        let (m4, m30) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(0x30));
         let ql0 = _mm256_loadu_si256(blk.add(64 * h) as *const __m256i);
         let ql1 = _mm256_loadu_si256(blk.add(64 * h + 32) as *const __m256i);
         let qh = _mm256_loadu_si256(blk.add(128 + 32 * h) as *const __m256i);
-        [
-            _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30)),
-            _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30)),
-            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), _mm256_and_si256(qh, m30)),
-            _mm256_or_si256(
-                _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30),
-            ),
-        ]
+        [0, 1, 2, 3].map(|j| q6_value(j, ql0, ql1, qh))
     }
 
     /// `32·Σ_j sc_j·bsum_j` of a Q6_K super-block: the `−32` offset of its values, applied in integers.
@@ -1454,11 +1462,9 @@ mod x86 {
                     a: &QActs<T>,
                     r: &mut [[f32; GROUP]; T],
                 ) {
-                    let (m4, m30, ones) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(0x30), _mm256_set1_epi16(1));
+                    let ones = _mm256_set1_epi16(1);
                     let bcast = |p: *const i8, i: usize| _mm256_set1_epi32((p as *const i32).add(i).read_unaligned());
                     let load = |p: *const u8| _mm256_loadu_si256(p as *const __m256i);
-                    let low = |x: __m256i| _mm256_and_si256(x, m4);
-                    let high = |x: __m256i| _mm256_and_si256(_mm256_srli_epi16(x, 4), m4);
                     for k in 0..2 {
                         let mut sum = [_mm256_setzero_ps(); T];
                         for sb in 0..nsb {
@@ -1481,23 +1487,7 @@ mod x86 {
                                         let mut v = [_mm256_setzero_si256(); 4];
                                         for (i, v) in v.iter_mut().enumerate() {
                                             let q = quads.add(192 * (8 * h + 4 * half + i));
-                                            let hb = load(q.add(128));
-                                            let (l0, l1) = (load(q), load(q.add(64)));
-                                            *v = match j {
-                                                0 => _mm256_or_si256(
-                                                    low(l0),
-                                                    _mm256_and_si256(_mm256_slli_epi16(hb, 4), m30),
-                                                ),
-                                                1 => _mm256_or_si256(
-                                                    low(l1),
-                                                    _mm256_and_si256(_mm256_slli_epi16(hb, 2), m30),
-                                                ),
-                                                2 => _mm256_or_si256(high(l0), _mm256_and_si256(hb, m30)),
-                                                _ => _mm256_or_si256(
-                                                    high(l1),
-                                                    _mm256_and_si256(_mm256_srli_epi16(hb, 2), m30),
-                                                ),
-                                            };
+                                            *v = q6_value(j, load(q), load(q.add(64)), load(q.add(128)));
                                         }
                                         let s = 8 * h + 2 * j + half;
                                         let sc =
@@ -1643,6 +1633,22 @@ mod x86 {
             _mm512_set1_epi32((p as *const i32).add(i).read_unaligned())
         }
 
+        /// [`q6_value`](super::q6_value) in 512 bits: group `j` of the six-bit values from the
+        /// low-nibble bytes `l0`/`l1` and the high-bit bytes `hb`.
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+        unsafe fn q6_value(j: usize, l0: __m512i, l1: __m512i, hb: __m512i) -> __m512i {
+            let (m4, m30) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(0x30));
+            let low = |x: __m512i| _mm512_and_si512(x, m4);
+            let high = |x: __m512i| _mm512_and_si512(_mm512_srli_epi16(x, 4), m4);
+            match j {
+                0 => _mm512_or_si512(low(l0), _mm512_and_si512(_mm512_slli_epi16(hb, 4), m30)),
+                1 => _mm512_or_si512(low(l1), _mm512_and_si512(_mm512_slli_epi16(hb, 2), m30)),
+                2 => _mm512_or_si512(high(l0), _mm512_and_si512(hb, m30)),
+                _ => _mm512_or_si512(high(l1), _mm512_and_si512(_mm512_srli_epi16(hb, 2), m30)),
+            }
+        }
+
         /// 64 bytes at `p`.
         #[inline]
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
@@ -1750,7 +1756,6 @@ mod x86 {
             r: &mut [[f32; GROUP]; T],
         ) {
             let zero = _mm512_setzero_si512();
-            let (m4, m30) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(0x30));
             let mut sum = [_mm512_setzero_ps(); T];
             for sb in 0..nsb {
                 let p = g.add(sb * GROUP * 210);
@@ -1786,28 +1791,11 @@ mod x86 {
                                 // 128h + 32j + 4k..
                                 let q = quads.add(192 * (8 * h + 4 * half + i));
                                 let (l0, l1, hb) = (load64(q), load64(q.add(64)), load64(q.add(128)));
+                                // constant groups in each arm (one branch a quad, as the compiler keeps it)
                                 let (v0, v1) = if pass == 0 {
-                                    (
-                                        _mm512_or_si512(
-                                            _mm512_and_si512(l0, m4),
-                                            _mm512_and_si512(_mm512_slli_epi16(hb, 4), m30),
-                                        ),
-                                        _mm512_or_si512(
-                                            _mm512_and_si512(l1, m4),
-                                            _mm512_and_si512(_mm512_slli_epi16(hb, 2), m30),
-                                        ),
-                                    )
+                                    (q6_value(0, l0, l1, hb), q6_value(1, l0, l1, hb))
                                 } else {
-                                    (
-                                        _mm512_or_si512(
-                                            _mm512_and_si512(_mm512_srli_epi16(l0, 4), m4),
-                                            _mm512_and_si512(hb, m30),
-                                        ),
-                                        _mm512_or_si512(
-                                            _mm512_and_si512(_mm512_srli_epi16(l1, 4), m4),
-                                            _mm512_and_si512(_mm512_srli_epi16(hb, 2), m30),
-                                        ),
-                                    )
+                                    (q6_value(2, l0, l1, hb), q6_value(3, l0, l1, hb))
                                 };
                                 for t in 0..T {
                                     let ap = a.q[t].as_ptr().add(sb * 256) as *const u8;
