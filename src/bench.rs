@@ -175,6 +175,9 @@ pub struct GenerateBench {
     pub kv_cache_type: String,
     pub kv_cache_bytes: usize,
     pub peak_rss_bytes: u64,
+    /// Whether one-token decode prefetches, per weight format, as measured during the decode runs
+    /// and in force at their end (`model::prefetch`).
+    pub decode_prefetch: std::collections::BTreeMap<String, bool>,
 }
 
 /// Matrices of at least this many bytes, far beyond the caches, are their own bandwidth probe.
@@ -359,6 +362,7 @@ pub fn generate_bench(
         kv_cache_type: if model.half_kv_cache() { "f16" } else { "f32" }.to_string(),
         kv_cache_bytes: KvCache::bytes_for(&model, max_len) * (1 + batch),
         peak_rss_bytes: peak_rss_bytes(),
+        decode_prefetch: crate::model::prefetch::PREFETCH_CHOICE.lock().unwrap_or_else(|e| e.into_inner()).decisions(),
     })
 }
 

@@ -900,6 +900,14 @@ fn run() -> Result<()> {
                         r.batched_decode_tokens_per_s / r.decode_tokens_per_s
                     );
                 }
+                if !r.decode_prefetch.is_empty() {
+                    let ways: Vec<String> = r
+                        .decode_prefetch
+                        .iter()
+                        .map(|(f, &on)| format!("{f} {}", if on { "on" } else { "off" }))
+                        .collect();
+                    println!("prefetch       {} (one-token decode, the faster way as measured)", ways.join(", "));
+                }
                 println!(
                     "peak RSS       {:.0} MiB (weights {:.0} MiB + {} KV caches {:.0} MiB)",
                     mib(r.peak_rss_bytes as f64),

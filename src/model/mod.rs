@@ -5,6 +5,7 @@ pub mod inference;
 pub mod llama;
 pub mod load;
 pub mod params;
+pub mod prefetch;
 pub mod weights;
 
 pub use inference::{DecoderLayer, InferenceModel, KvCache, KvCacheType, ModelDtype, Segment};

@@ -8,6 +8,7 @@
 //! matrix take the `gemm` crate (a prompt's prefill; evaluation, whose numbers stay those of the
 //! training forward). Quantized formats run the same integer kernels in both.
 
+use super::prefetch::PREFETCH_CHOICE;
 use crate::kernels::matmul::matmul;
 use crate::kernels::quant::bf16;
 use crate::kernels::quant::dot::{
@@ -20,6 +21,7 @@ use anyhow::{ensure, Result};
 use rayon::prelude::*;
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::Instant;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RowMode {
@@ -291,6 +293,11 @@ fn matmul_rows(
             y.copy_from_slice(vals);
         }
     };
+    // one token: prefetch or not as measured on this machine (`super::prefetch`), timing the job for it
+    let (fmt, matrix) = (parts[0].format, parts[0].bytes().as_ptr() as usize);
+    let one_token = n == 1 && fmt.is_quantized();
+    let choice = || PREFETCH_CHOICE.lock().unwrap_or_else(|e| e.into_inner());
+    let prefetch = !one_token || choice().choose(fmt, matrix);
     // rows lo..hi of part w, written from column base of y
     let rows_of = |w: &WeightMatrix, base: usize, lo: usize, hi: usize| {
         let (rb, bytes) = (w.row_bytes(), w.bytes());
@@ -319,8 +326,9 @@ fn matmul_rows(
                         if float {
                             dot_float_groups(isa, w.format, groups, acts, tile, w.plain_bf16, &mut out);
                         } else {
-                            // the first pass brings the block from memory (prefetching ahead)
-                            dot_groups(isa, w.format, groups, acts, tile, pass == 0, &mut out);
+                            // the first pass brings the block from memory (prefetching ahead,
+                            // at one token where that measured faster)
+                            dot_groups(isa, w.format, groups, acts, tile, pass == 0 && prefetch, &mut out);
                         }
                         r = g1;
                     } else if float && (tile.len() > 1 || w.format != Format::F32) {
@@ -347,6 +355,7 @@ fn matmul_rows(
     // tasks, tasks − 1, …, 1 (guided scheduling): the last ones are small, so that the threads
     // finish a job together
     let bound = |c: usize| total * (c * tasks - c * c.saturating_sub(1) / 2) / (tasks * (tasks + 1) / 2);
+    let began = Instant::now();
     team::run(tasks, &|c| {
         let mut start = 0;
         for w in parts {
@@ -360,6 +369,10 @@ fn matmul_rows(
             start += w.rows;
         }
     });
+    if one_token {
+        let bytes = parts.iter().map(|p| p.bytes().len()).sum();
+        choice().record(fmt, matrix, prefetch, began.elapsed().as_secs_f64(), bytes);
+    }
 }
 
 #[cfg(test)]

@@ -1035,7 +1035,9 @@ mod x86 {
     /// 4 tokens 1.6–2.6× (AVX2 alike), and many tokens (prefill) the same. Every group kernel
     /// prefetches into L2 (`_MM_HINT_T1`): into L1, on machines whose memory streamed ~30 GB/s,
     /// decode waited on memory (Q6_K 0.5–0.6 of the bandwidth, 0.9 with T1; Q8_0 +2–8%, AVX2
-    /// Q4_0 +16%, 16 Q4_0 sequences +15%; BENCHMARKS.md, eleventh and twelfth stops).
+    /// Q4_0 +16%, 16 Q4_0 sequences +15%; BENCHMARKS.md, eleventh and twelfth stops). At one
+    /// token another machine ran Q4_0 and Q4_K faster without it: decode measures both
+    /// (`model::prefetch`).
     pub(super) const PREFETCH: usize = 9216;
 
     #[inline]
