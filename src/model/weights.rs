@@ -355,7 +355,7 @@ fn matmul_rows(
     // tasks, tasks − 1, …, 1 (guided scheduling): the last ones are small, so that the threads
     // finish a job together
     let bound = |c: usize| total * (c * tasks - c * c.saturating_sub(1) / 2) / (tasks * (tasks + 1) / 2);
-    let began = Instant::now();
+    let began = one_token.then(Instant::now);
     team::run(tasks, &|c| {
         let mut start = 0;
         for w in parts {
@@ -369,7 +369,7 @@ fn matmul_rows(
             start += w.rows;
         }
     });
-    if one_token {
+    if let Some(began) = began {
         let bytes = parts.iter().map(|p| p.bytes().len()).sum();
         choice().record(fmt, matrix, prefetch, began.elapsed().as_secs_f64(), bytes);
     }

@@ -94,6 +94,9 @@ pub enum Isa {
 }
 
 impl Isa {
+    /// Every instruction set, best first.
+    const ALL: [Isa; 4] = [Isa::Avx512Vnni, Isa::AvxVnni, Isa::Avx2, Isa::Scalar];
+
     /// The best this CPU supports, or `TINYLLAMA_ISA` (`avx512vnni`, `avxvnni`, `avx2`,
     /// `scalar`) where this CPU has it; a value it cannot honour is said on stderr, once.
     pub fn detect() -> Isa {
@@ -118,12 +121,11 @@ impl Isa {
         if let Some(&isa) = all.iter().find(|i| i.env_name() == v) {
             return Ok(isa);
         }
-        let known = [Isa::Avx512Vnni, Isa::AvxVnni, Isa::Avx2, Isa::Scalar];
         let names = |isas: &[Isa]| isas.iter().map(|i| i.env_name()).collect::<Vec<_>>().join(", ");
-        Err(if known.iter().any(|i| i.env_name() == v) {
+        Err(if Isa::ALL.iter().any(|i| i.env_name() == v) {
             format!("TINYLLAMA_ISA={v}: this CPU lacks it (it runs {})", names(all))
         } else {
-            format!("TINYLLAMA_ISA={v}: unknown (one of {})", names(&known))
+            format!("TINYLLAMA_ISA={v}: unknown (one of {})", names(&Isa::ALL))
         })
     }
 
@@ -156,9 +158,8 @@ impl Isa {
         let vnni = best != Isa::Scalar && is_x86_feature_detected!("avxvnni");
         #[cfg(not(target_arch = "x86_64"))]
         let vnni = false;
-        let all = [Isa::Avx512Vnni, Isa::AvxVnni, Isa::Avx2, Isa::Scalar];
-        let below = all.iter().position(|&i| i == best).unwrap_or(all.len() - 1);
-        all[below..].iter().copied().filter(|&i| i != Isa::AvxVnni || vnni).collect()
+        let below = Isa::ALL.iter().position(|&i| i == best).unwrap_or(Isa::ALL.len() - 1);
+        Isa::ALL[below..].iter().copied().filter(|&i| i != Isa::AvxVnni || vnni).collect()
     }
 
     pub fn name(self) -> &'static str {
