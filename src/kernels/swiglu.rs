@@ -1,6 +1,7 @@
 //! SwiGLU: `h = silu(g) ⊙ u`, where each row of the fused buffer `gu[rows, 2F]` holds the gate
 //! projection `g` then the up projection `u` (one GEMM computes both).
 
+use super::team::{self, Disjoint};
 use rayon::prelude::*;
 
 #[inline]
@@ -9,12 +10,27 @@ fn sigmoid(x: f32) -> f32 {
 }
 
 pub fn swiglu_forward(h: &mut [f32], gu: &[f32], ffn: usize) {
-    h.par_chunks_mut(ffn).zip(gu.par_chunks(2 * ffn)).for_each(|(h, gu)| {
-        let (g, u) = gu.split_at(ffn);
-        for ((o, &gi), &ui) in h.iter_mut().zip(g).zip(u) {
-            *o = gi * sigmoid(gi) * ui;
-        }
+    h.par_chunks_mut(ffn).zip(gu.par_chunks(2 * ffn)).for_each(|(h, gu)| swiglu_row(h, gu));
+}
+
+/// [`swiglu_forward`] of the few rows of a decode step, on the [`team`] (awake after the matmul
+/// before, where rayon's workers have to be woken; one row on the calling thread).
+pub fn swiglu_forward_rows(h: &mut [f32], gu: &[f32], ffn: usize) {
+    let rows = (h.len() / ffn.max(1)).min(gu.len() / (2 * ffn).max(1));
+    let out = Disjoint(h.as_mut_ptr());
+    team::run(rows, &|r| {
+        // SAFETY: row r < rows is written by task r only; in bounds of `h` by `rows`.
+        let h = unsafe { std::slice::from_raw_parts_mut(out.get().add(r * ffn), ffn) };
+        swiglu_row(h, &gu[r * 2 * ffn..][..2 * ffn]);
     });
+}
+
+/// `h = silu(g) ⊙ u` for one row, `gu = [g, u]`.
+fn swiglu_row(h: &mut [f32], gu: &[f32]) {
+    let (g, u) = gu.split_at(h.len());
+    for ((o, &gi), &ui) in h.iter_mut().zip(g).zip(u) {
+        *o = gi * sigmoid(gi) * ui;
+    }
 }
 
 /// `dgu = ∂L/∂[g, u]` from `dh = ∂L/∂h`.
@@ -52,6 +68,12 @@ mod tests {
             let (r, c) = (i / ffn, i % ffn);
             let (g, u) = (gu[r * 2 * ffn + c] as f64, gu[r * 2 * ffn + ffn + c] as f64);
             assert!((v as f64 - g / (1.0 + (-g).exp()) * u).abs() < 1e-5);
+        }
+        for rows in [1, 3] {
+            let mut team_h = vec![f32::NAN; rows * ffn + 2];
+            swiglu_forward_rows(&mut team_h, &gu[..rows * 2 * ffn], ffn);
+            assert!(team_h[..rows * ffn].iter().zip(&h).all(|(a, b)| a.to_bits() == b.to_bits()), "{rows} rows");
+            assert!(team_h[rows * ffn..].iter().all(|v| v.is_nan()), "{rows} rows: wrote past them");
         }
         let mut dgu = vec![0.0; gu.len()];
         swiglu_backward(&mut dgu, &probe, &gu, ffn);

@@ -17,7 +17,8 @@ use crate::kernels::quant::dot::Activations;
 use crate::kernels::quant::{f16_to_f32, f32_to_f16, Format};
 use crate::kernels::rms_norm::{rms_norm_forward, rms_norm_forward_ggml};
 use crate::kernels::rope::{rope_forward, RopeTable};
-use crate::kernels::swiglu::swiglu_forward;
+use crate::kernels::swiglu::swiglu_forward_rows;
+use crate::kernels::team::{self, Disjoint};
 use anyhow::{ensure, Result};
 use std::sync::Arc;
 
@@ -236,10 +237,15 @@ impl DecoderLayer {
         // are the training forward's; everything else the cached kernel, which is also the faster
         // one (Q4_0 prefill 1.2× at 256 tokens, 1.8× at 1,900: BENCHMARKS.md)
         let training = m.training_numerics && matches!(&*segs, [seg] if seg.cache.len == 0 && mode == RowMode::Batched);
-        let mut r0 = 0;
-        for seg in segs.iter_mut() {
+        // each segment's rows rotated and cached, the segments of a decode batch in parallel (a
+        // prompt's rows in parallel inside `rope_forward`)
+        let starts: Vec<usize> =
+            segs.iter().scan(0, |r0, seg| Some(std::mem::replace(r0, *r0 + seg.tokens.len()))).collect();
+        let rows = Disjoint(s.qkv.as_mut_ptr());
+        team::for_each_mut(segs, &|i, seg| {
             let (k, p0) = (seg.tokens.len(), seg.cache.len);
-            let qkv = &mut s.qkv[r0 * qs..(r0 + k) * qs];
+            // SAFETY: segment i's rows, written by this task only; in bounds as `s.qkv` holds n rows.
+            let qkv = unsafe { std::slice::from_raw_parts_mut(rows.get().add(starts[i] * qs), k * qs) };
             rope_forward(qkv, qs, nh + nkv, k, p0, &m.rope);
             seg.cache.store(l, qkv, qs, qd, p0, k);
             if training && seg.cache.kv.is_half() {
@@ -248,8 +254,7 @@ impl DecoderLayer {
                     row[qd..].iter_mut().for_each(|x| *x = f16_to_f32(f32_to_f16(*x)));
                 }
             }
-            r0 += k;
-        }
+        });
         if training {
             let shape = AttnShape { batch: 1, seq_len: n, n_heads: nh, n_kv_heads: nkv, head_dim: hd };
             let mut lse = vec![0.0f32; nh * n];
@@ -262,7 +267,7 @@ impl DecoderLayer {
         self.wo.forward(x, &s.att, n, true, mode, &mut s.acts);
         m.norm(&mut s.xn, &mut s.rstd, x, &self.mlp_norm);
         self.wgu.forward(&mut s.gu, &s.xn, n, false, mode, &mut s.acts);
-        swiglu_forward(&mut s.h, &s.gu, f);
+        swiglu_forward_rows(&mut s.h, &s.gu, f);
         self.wdown.forward(x, &s.h, n, true, mode, &mut s.acts);
     }
 }
