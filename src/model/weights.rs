@@ -294,6 +294,7 @@ fn matmul_rows(
         }
     };
     // one token: prefetch or not as measured on this machine (`super::prefetch`), timing the job for it
+    // (a job whose parts differ in format, Q4_K_M's Q4_K q/k with a Q6_K v, counts under its first)
     let (fmt, matrix) = (parts[0].format, parts[0].bytes().as_ptr() as usize);
     let one_token = n == 1 && fmt.is_quantized();
     let choice = || PREFETCH_CHOICE.lock().unwrap_or_else(|e| e.into_inner());
