@@ -278,7 +278,15 @@ pub fn generate_bench(
     };
     model.kv_cache = kv;
     let cfg = model.cfg.clone();
-    let prompt_len = prompt_len.min(cfg.max_position_embeddings.saturating_sub(new_tokens + 1)).max(1);
+    let fits = prompt_len.min(cfg.max_position_embeddings.saturating_sub(new_tokens + 1)).max(1);
+    if fits != prompt_len {
+        eprintln!(
+            "note: --prompt-len {prompt_len} with --new-tokens {new_tokens} does not fit the model's context of {}: \
+             measuring a {fits}-token prompt",
+            cfg.max_position_embeddings
+        );
+    }
+    let prompt_len = fits;
     let mut r = Rng::new(3);
     let prompts: Vec<Vec<u32>> =
         (0..batch.max(1)).map(|_| (0..prompt_len).map(|_| r.below(cfg.vocab_size as u64) as u32).collect()).collect();

@@ -10,6 +10,53 @@ use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Result};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+/// Ctrl-C during a reply: while a guard lives, SIGINT sets [`InterruptDuringReply::flag`] instead
+/// of ending the process; dropping it puts the previous handler back. Installed around each reply,
+/// after the line editor has read the line: rustyline installs its own SIGINT handler when it
+/// starts and keeps it while it lives, so a handler installed once at start-up never runs.
+pub struct InterruptDuringReply {
+    previous: libc::sigaction,
+}
+
+static REPLY_INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    // an atomic store is async-signal-safe
+    REPLY_INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+impl InterruptDuringReply {
+    pub fn install() -> Result<Self> {
+        REPLY_INTERRUPTED.store(false, Ordering::SeqCst);
+        // SAFETY: sigaction with a zeroed, then filled struct; the handler only stores an atomic
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_sigint as *const () as libc::sighandler_t;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            let mut previous: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(libc::SIGINT, &action, &mut previous) != 0 {
+                bail!("cannot install the Ctrl-C handler: {}", std::io::Error::last_os_error());
+            }
+            Ok(InterruptDuringReply { previous })
+        }
+    }
+
+    /// Set once Ctrl-C was pressed since [`install`](Self::install).
+    pub fn flag(&self) -> &'static AtomicBool {
+        &REPLY_INTERRUPTED
+    }
+}
+
+impl Drop for InterruptDuringReply {
+    fn drop(&mut self) {
+        // SAFETY: restores the handler saved by `install`
+        unsafe {
+            libc::sigaction(libc::SIGINT, &self.previous, std::ptr::null_mut());
+        }
+    }
+}
+
 pub struct ChatSession<'m> {
     model: &'m InferenceModel,
     tok: &'m Tokenizer,
@@ -78,12 +125,7 @@ impl<'m> ChatSession<'m> {
             msgs.push(Message { role: "assistant".into(), content: a.clone() });
         }
         msgs.push(Message { role: "user".into(), content: user.into() });
-        let ids = self.tok.encode(&self.template.render(&msgs, true)?)?;
-        Ok(if ids.first() == Some(&self.tok.bos_id) {
-            ids
-        } else {
-            std::iter::once(self.tok.bos_id).chain(ids).collect()
-        })
+        Ok(self.tok.with_bos(self.tok.encode(&self.template.render(&msgs, true)?)?))
     }
 
     /// The assistant's reply to `user`, its text streamed to `on_text` as it comes. `stop` set

@@ -11,6 +11,7 @@ pub mod config;
 pub mod data;
 pub mod dist;
 pub mod eval;
+pub mod export;
 pub mod files;
 pub mod generate;
 pub mod gguf;

@@ -71,25 +71,7 @@ enum Cmd {
         max_mb: usize,
     },
     /// Write a training checkpoint or HF model as a Hugging Face directory, or as a llama.cpp GGUF.
-    Export {
-        /// A checkpoint directory (runs/NAME/checkpoints/step-N) or any HF model directory.
-        #[arg(long)]
-        checkpoint: PathBuf,
-        /// Output directory for a Hugging Face model (LlamaForCausalLM + tokenizer).
-        #[arg(long, required_unless_present = "gguf", conflicts_with = "gguf")]
-        hf: Option<PathBuf>,
-        /// Output GGUF file for llama.cpp (tokenizer with SentencePiece scores and chat template embedded).
-        #[arg(long)]
-        gguf: Option<PathBuf>,
-        /// Weight format: f32, bf16 or f16 for --hf; f32, f16, bf16, q8_0, q4_0, q4_k_m (llama.cpp's
-        /// mix: Q4_K, with Q6_K for the head and some layers' attn_v/ffn_down), q4_k or q6_k for --gguf.
-        #[arg(long, default_value = "f32")]
-        dtype: String,
-        /// A LoRA checkpoint (`sft`/`dpo --lora-rank`) as a plain model, the adapters merged into
-        /// the weights. Without it, --hf writes the adapter alone, as PEFT saves one.
-        #[arg(long)]
-        merge_lora: bool,
-    },
+    Export(ExportArgs),
     /// Zero-shot evaluation with lm-evaluation-harness v0.4's rules (or perplexity of a file).
     ///
     /// Scores acc and acc_norm (with standard errors) as lm-eval does.
@@ -116,6 +98,34 @@ enum Cmd {
     /// Benchmarks: `bench train` (training step, MFU), `bench generate` (prefill and decode).
     #[command(subcommand)]
     Bench(BenchCmd),
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("output").required(true).args(["hf", "gguf"])))]
+struct ExportArgs {
+    /// What to export: a checkpoint (runs/NAME/checkpoints/step-N; `step-400` for step-00000400), a
+    /// run directory (its latest checkpoint) or any Hugging Face model directory. GGUF files are
+    /// not read here.
+    #[arg(long, short = 'm', alias = "model")]
+    checkpoint: PathBuf,
+    /// Output directory for a Hugging Face model (LlamaForCausalLM + tokenizer).
+    #[arg(long, conflicts_with = "gguf")]
+    hf: Option<PathBuf>,
+    /// Output GGUF file for llama.cpp (tokenizer with SentencePiece scores and chat template embedded).
+    #[arg(long)]
+    gguf: Option<PathBuf>,
+    /// Weight format: auto (the source's own: a bf16 checkpoint stays bf16; f32 when mixed); f32,
+    /// bf16 or f16 for --hf; f32, f16, bf16, q8_0, q4_0, q4_k_m (llama.cpp's mix: Q4_K, with Q6_K
+    /// for the head and some layers' attn_v/ffn_down), q4_k or q6_k for --gguf.
+    #[arg(long, default_value = "auto")]
+    dtype: String,
+    /// A LoRA checkpoint (`sft`/`dpo --lora-rank`) as a plain model, the adapters merged into
+    /// the weights. Without it, --hf writes the adapter alone, as PEFT saves one.
+    #[arg(long)]
+    merge_lora: bool,
+    /// Replace an existing output (without it, an existing --hf directory or --gguf file is refused).
+    #[arg(long)]
+    overwrite: bool,
 }
 
 #[derive(Args)]
@@ -351,9 +361,9 @@ struct EvalArgs {
     /// Not needed with `--completions`.
     #[arg(long, required_unless_present = "completions")]
     model: Option<PathBuf>,
-    /// Weight format for a safetensors model: f32 (default), f16, bf16, q8_0, q4_0, q4_k_m, q4_k,
-    /// q6_k (quantized at load). GGUF files keep their own.
-    #[arg(long, default_value = "f32")]
+    /// Weight format for a safetensors model: auto (as stored: bf16 and f16 stay so, else f32),
+    /// f32, f16, bf16, q8_0, q4_0, q4_k_m, q4_k, q6_k (quantized at load). GGUF files keep their own.
+    #[arg(long, default_value = "auto")]
     dtype: String,
     #[command(flatten)]
     kv: KvArgs,
@@ -434,9 +444,9 @@ struct SamplingArgs {
     /// How many recent tokens (prompt included) --repeat-penalty looks at.
     #[arg(long, default_value_t = 64)]
     repeat_last_n: usize,
-    /// Weight format for a safetensors model: f32 (default), f16, bf16, q8_0, q4_0, q4_k_m, q4_k,
-    /// q6_k (quantized at load). GGUF files keep their own.
-    #[arg(long, default_value = "f32")]
+    /// Weight format for a safetensors model: auto (as stored: bf16 and f16 stay so, else f32),
+    /// f32, f16, bf16, q8_0, q4_0, q4_k_m, q4_k, q6_k (quantized at load). GGUF files keep their own.
+    #[arg(long, default_value = "auto")]
     dtype: String,
     #[command(flatten)]
     kv: KvArgs,
@@ -528,9 +538,9 @@ struct ServeArgs {
     /// A Hugging Face model directory (or training checkpoint) with tokenizer.json, or a GGUF file.
     #[arg(long, short = 'm')]
     model: PathBuf,
-    /// Weight format for safetensors models: f32, bf16, f16, q8_0, q4_0, q4_k_m, q4_k, q6_k (GGUF
-    /// files keep their own).
-    #[arg(long, default_value = "f32")]
+    /// Weight format for a safetensors model: auto (as stored: bf16 and f16 stay so, else f32),
+    /// f32, f16, bf16, q8_0, q4_0, q4_k_m, q4_k, q6_k (quantized at load). GGUF files keep their own.
+    #[arg(long, default_value = "auto")]
     dtype: String,
     #[command(flatten)]
     kv: KvArgs,
@@ -563,8 +573,9 @@ struct ServeArgs {
     /// quantized): greedy requests decode speculatively — the same tokens, faster when it agrees.
     #[arg(long)]
     draft: Option<PathBuf>,
-    /// Weight format of the draft (safetensors drafts; GGUF files keep their own).
-    #[arg(long, default_value = "f32")]
+    /// Weight format of the draft (safetensors drafts: auto keeps the stored format, as --dtype;
+    /// GGUF files keep their own).
+    #[arg(long, default_value = "auto")]
     draft_dtype: String,
     /// Tokens the draft proposes per step.
     #[arg(long, default_value_t = 4)]
@@ -591,10 +602,12 @@ enum BenchCmd {
     Generate {
         #[command(flatten)]
         model: ModelArg,
-        /// A GGUF file to measure instead of random weights.
-        #[arg(long = "model", conflicts_with_all = ["preset", "config"])]
+        /// A model to measure instead of random weights: a GGUF file, or a Hugging Face directory
+        /// or training checkpoint (converted to --dtype at load).
+        #[arg(long = "model", short = 'm', conflicts_with_all = ["preset", "config"])]
         gguf: Option<PathBuf>,
-        /// Weight format of the random model: f32, f16, bf16, q8_0, q4_0, q4_k_m, q4_k, q6_k.
+        /// Weight format of the random model (or of a --model directory): f32, f16, bf16, q8_0, q4_0,
+        /// q4_k_m, q4_k, q6_k. GGUF files keep their own.
         #[arg(long, default_value = "f32")]
         dtype: String,
         #[command(flatten)]
@@ -651,6 +664,13 @@ enum BenchCmd {
 
 fn main() {
     if let Err(e) = run() {
+        // a reader that went away (`generate … | head -1`) ends the output, quietly
+        let broken_pipe = e
+            .chain()
+            .any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe));
+        if broken_pipe {
+            std::process::exit(0);
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
@@ -688,54 +708,23 @@ fn run() -> Result<()> {
                 tok.eos_id
             );
         }
-        Cmd::Export { checkpoint, merge_lora: true, .. } if !checkpoint.join("adapter_model.safetensors").exists() => {
-            bail!("--merge-lora: {} holds no LoRA adapter (adapter_model.safetensors)", checkpoint.display())
-        }
-        Cmd::Export { checkpoint, hf: Some(hf), merge_lora: false, .. }
-            if checkpoint.join("adapter_model.safetensors").exists() =>
-        {
-            // the adapter as PEFT saves it, with the tokenizer and chat template
-            ensure!(!hf.exists(), "{} exists; choose a new directory", hf.display());
-            std::fs::create_dir_all(&hf).with_context(|| format!("cannot create {}", hf.display()))?;
-            for f in ["adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "tokenizer_config.json"] {
-                let from = checkpoint.join(f);
-                if from.exists() {
-                    let bytes = std::fs::read(&from).with_context(|| format!("cannot read {}", from.display()))?;
-                    tinyllama::files::write_atomically(&hf.join(f), |w| Ok(std::io::Write::write_all(w, &bytes)?))?;
-                }
-            }
-            println!(
-                "wrote the LoRA adapter to {} (PEFT's files; --merge-lora writes a plain model instead)",
-                hf.display()
-            );
-        }
-        Cmd::Export { checkpoint, hf: None, gguf: Some(out), dtype, .. } => {
-            let dtype = tinyllama::model::ModelDtype::parse(&dtype)?;
-            let model = tinyllama::checkpoint::hf::load_hf(&checkpoint)?;
-            let tok = Tokenizer::from_file(&checkpoint.join("tokenizer.json"))
-                .with_context(|| format!("{}: needs its tokenizer.json", checkpoint.display()))?;
-            let template = tinyllama::model::load::chat_template_of(&checkpoint);
-            let name = checkpoint.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-            eprintln!("writing {} as {}…", out.display(), dtype.name());
-            tinyllama::gguf::llama::export(&model.cfg, &model.params, &tok, template.as_deref(), dtype, &name, &out)?;
-            let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
-            println!("wrote {} ({}, {}, {:.1} MB)", out.display(), model.cfg, dtype.name(), size as f64 / 1e6);
-        }
-        Cmd::Export { hf: None, .. } => anyhow::bail!("export needs --hf DIR or --gguf FILE"),
-        Cmd::Export { checkpoint, hf: Some(hf), gguf: _, dtype, .. } => {
-            let dtype = match dtype.as_str() {
-                "f32" => Dtype::F32,
-                "bf16" => Dtype::BF16,
-                "f16" => Dtype::F16,
-                other => {
-                    anyhow::bail!("--dtype {other}: use f32, bf16 or f16 with --hf (quantized formats with --gguf)")
-                }
+        Cmd::Export(a) => {
+            use tinyllama::export::{export, Existing, ExportOptions, ExportTarget, Lora};
+            let target = match (a.hf, a.gguf) {
+                (Some(hf), _) => ExportTarget::Hf(hf),
+                (None, Some(g)) => ExportTarget::Gguf(g),
+                (None, None) => bail!("export needs --hf DIR or --gguf FILE"),
             };
-            let model = tinyllama::checkpoint::hf::load_hf(&checkpoint)?;
-            let tok = Tokenizer::from_file(&checkpoint.join("tokenizer.json"))?;
-            let template = tinyllama::model::load::chat_template_of(&checkpoint);
-            tinyllama::train::checkpoint::export_hf(&model, &tok, &hf, dtype, template.as_deref())?;
-            println!("wrote {} ({}, {} parameters)", hf.display(), model.cfg, model.cfg.num_params());
+            let lines = export(&ExportOptions {
+                source: a.checkpoint,
+                target,
+                dtype: (a.dtype != "auto").then_some(a.dtype),
+                lora: if a.merge_lora { Lora::Merge } else { Lora::AdapterOnly },
+                existing: if a.overwrite { Existing::Replace } else { Existing::Refuse },
+            })?;
+            for l in lines {
+                println!("{l}");
+            }
         }
         Cmd::Eval(a) => eval(a)?,
         Cmd::Generate(a) => {
@@ -745,14 +734,27 @@ fn run() -> Result<()> {
                 std::io::stdin().read_to_string(&mut t).with_context(|| format!("cannot read {what} from stdin"))?;
                 Ok(t)
             };
+            // every flag is checked before the model loads
+            a.sampling.options()?;
+            ensure!(a.max_batch >= 1, "--max-batch must be at least 1");
+            let nonempty = |text: String, from: &str| -> Result<String> {
+                ensure!(
+                    !text.is_empty(),
+                    "{from} holds no prompt text (pass --prompt \"\" to generate from BOS alone)"
+                );
+                Ok(text)
+            };
             let text = match (&a.prompt, &a.prompt_file, &a.prompts) {
-                (Some(p), _, _) if p == "-" => Some(from_stdin("the prompt")?),
+                (Some(p), _, _) if p == "-" => Some(nonempty(from_stdin("the prompt")?, "stdin")?),
                 (Some(p), _, _) => Some(p.clone()),
-                (None, Some(f), _) => Some(
+                (None, Some(f), _) => Some(nonempty(
                     std::fs::read_to_string(f)
                         .with_context(|| format!("cannot read the prompt file {}", f.display()))?,
-                ),
-                (None, None, None) if !std::io::stdin().is_terminal() => Some(from_stdin("the prompt")?),
+                    &f.display().to_string(),
+                )?),
+                (None, None, None) if !std::io::stdin().is_terminal() => {
+                    Some(nonempty(from_stdin("the prompt")?, "stdin")?)
+                }
                 (None, None, None) => anyhow::bail!(
                     "generate needs --prompt TEXT, --prompt-file FILE, --prompts FILE or a prompt on stdin"
                 ),
@@ -761,17 +763,33 @@ fn run() -> Result<()> {
             let (model, tok) = load_model_dir(&a.model, &a.sampling.dtype, &a.sampling.kv)?;
             match (text, &a.prompts) {
                 (Some(p), _) => {
-                    let prompt: Vec<u32> = std::iter::once(tok.bos_id).chain(tok.encode(&p)?).collect();
-                    print!("{p}");
+                    let prompt: Vec<u32> = tok.encode_prompt(&p)?;
+                    let ctx = model.max_positions();
+                    ensure!(
+                        prompt.len() < ctx,
+                        "the prompt has {} tokens and fills the model's context of {ctx}: shorten it",
+                        prompt.len()
+                    );
+                    use std::io::Write;
+                    let mut stdout = std::io::stdout();
+                    write!(stdout, "{p}")?;
                     let t0 = std::time::Instant::now();
                     let (_, n) = stream_generate(&model, &tok, &prompt, &a.sampling, &a.stop)?;
-                    println!();
+                    writeln!(stdout)?;
                     let dt = t0.elapsed().as_secs_f64();
                     eprintln!(
                         "{} prompt + {n} generated tokens in {dt:.2} s ({:.1} tokens/s)",
                         prompt.len(),
                         n as f64 / dt.max(1e-9)
                     );
+                    if prompt.len() + n >= ctx && n < a.sampling.max_new_tokens {
+                        eprintln!(
+                            "note: stopped after {n} of --max-new-tokens {}: the {}-token prompt and the reply fill \
+                             the model's context of {ctx} tokens",
+                            a.sampling.max_new_tokens,
+                            prompt.len()
+                        );
+                    }
                 }
                 (None, Some(file)) => generate_many(&model, &tok, file, a.max_batch, &a.sampling)?,
                 (None, None) => bail!("generate needs a prompt"), // refused above; kept an error, not a panic
@@ -782,14 +800,14 @@ fn run() -> Result<()> {
         Cmd::Serve(a) => {
             ensure!(a.max_batch >= 1, "--max-batch must be at least 1");
             ensure!(a.max_queue >= 1, "--max-queue must be at least 1 (requests wait there for a place in the batch)");
-            let dtype = tinyllama::model::ModelDtype::parse(&a.dtype)?;
+            let dtype = tinyllama::model::ModelDtype::parse_or_auto(&a.dtype)?;
             let kv = a.kv.kind()?;
-            let mut loaded = tinyllama::model::load::load_model(&a.model, Some(dtype), true)?;
+            let mut loaded = tinyllama::model::load::load_model(&a.model, dtype, true)?;
             loaded.model.kv_cache = kv;
             let draft = match &a.draft {
                 Some(p) => {
-                    let dd = tinyllama::model::ModelDtype::parse(&a.draft_dtype)?;
-                    let mut d = tinyllama::model::load::load_model(p, Some(dd), true)?;
+                    let dd = tinyllama::model::ModelDtype::parse_or_auto(&a.draft_dtype)?;
+                    let mut d = tinyllama::model::load::load_model(p, dd, true)?;
                     d.model.kv_cache = kv;
                     Some(d)
                 }
@@ -862,7 +880,8 @@ fn run() -> Result<()> {
                 (approx_bytes < 2 * tinyllama::bench::PROBE_MIN_BYTES).then(tinyllama::bench::read_bandwidth);
             let (name, cfg, loaded) = match &gguf {
                 Some(p) => {
-                    let m = tinyllama::model::load::load_model(p, None, false)?.model;
+                    let dtype = (!tinyllama::model::load::is_gguf(p)).then_some(dtype);
+                    let m = tinyllama::model::load::load_model(p, dtype, false)?.model;
                     (p.display().to_string(), m.cfg.clone(), Some(m))
                 }
                 None => {
@@ -1209,8 +1228,8 @@ fn load_model_dir(
     dtype: &str,
     kv: &KvArgs,
 ) -> Result<(tinyllama::model::InferenceModel, Tokenizer)> {
-    let (dtype, kv) = (tinyllama::model::ModelDtype::parse(dtype)?, kv.kind()?);
-    let mut m = tinyllama::model::load::load_model(dir, Some(dtype), true)?;
+    let (dtype, kv) = (tinyllama::model::ModelDtype::parse_or_auto(dtype)?, kv.kind()?);
+    let mut m = tinyllama::model::load::load_model(dir, dtype, true)?;
     m.model.kv_cache = kv;
     Ok((m.model, m.tokenizer))
 }
@@ -1240,9 +1259,9 @@ fn stream_generate(
 /// oldest turns make room when the context fills.
 fn chat(a: ChatArgs) -> Result<()> {
     use std::io::{BufRead, IsTerminal, Write};
-    let dtype = tinyllama::model::ModelDtype::parse(&a.sampling.dtype)?;
+    let dtype = tinyllama::model::ModelDtype::parse_or_auto(&a.sampling.dtype)?;
     let kv = a.sampling.kv.kind()?;
-    let mut loaded = tinyllama::model::load::load_model(&a.model, Some(dtype), true)?;
+    let mut loaded = tinyllama::model::load::load_model(&a.model, dtype, true)?;
     loaded.model.kv_cache = kv;
     let tok = &loaded.tokenizer;
     let name = |id: u32| tok.id_to_token(id).unwrap_or_default();
@@ -1256,15 +1275,11 @@ fn chat(a: ChatArgs) -> Result<()> {
     }
     let sampling = a.sampling.options_announced()?;
     let mut session = tinyllama::chat::ChatSession::new(&loaded.model, tok, template, a.system.clone());
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("cannot install the Ctrl-C handler")?;
     let interactive = std::io::stdin().is_terminal();
     eprintln!("chat with {} — /help for commands; Ctrl-C stops a reply; Ctrl-D or /exit quits", a.model.display());
     let mut editor = if interactive { rustyline::DefaultEditor::new().ok() } else { None };
     let mut lines = std::io::stdin().lock().lines();
     loop {
-        stop.store(false, Ordering::SeqCst);
         let line = match editor.as_mut() {
             Some(ed) => match ed.readline("> ") {
                 Ok(l) => {
@@ -1308,11 +1323,13 @@ fn chat(a: ChatArgs) -> Result<()> {
             _ => {}
         }
         let mut out = std::io::stdout();
-        let r = session.reply(line, &sampling, a.sampling.max_new_tokens, &stop, &mut |t| {
+        let interrupt = tinyllama::chat::InterruptDuringReply::install()?;
+        let r = session.reply(line, &sampling, a.sampling.max_new_tokens, interrupt.flag(), &mut |t| {
             write!(out, "{t}")?;
             out.flush()?;
             Ok(())
         });
+        drop(interrupt);
         println!();
         match r {
             Ok(r) => {
@@ -1345,25 +1362,24 @@ fn generate_many(
         .map(|(i, p)| {
             let mut sampling = base.clone();
             sampling.seed = base.seed.wrapping_add(i as u64);
-            Ok(tinyllama::generate::Request {
-                prompt: std::iter::once(tok.bos_id).chain(tok.encode(p)?).collect(),
-                max_new: s.max_new_tokens,
-                sampling,
-            })
+            Ok(tinyllama::generate::Request { prompt: tok.encode_prompt(p)?, max_new: s.max_new_tokens, sampling })
         })
         .collect::<Result<_>>()?;
     let t0 = std::time::Instant::now();
     let stops = tinyllama::generate::stop_ids(&model.cfg, tok);
     let outs = tinyllama::generate::generate_batch(model, &reqs, &stops, max_batch, &mut |_, _| Ok(()))?;
     let n: usize = outs.iter().map(|o| o.len()).sum();
+    use std::io::Write;
+    let mut stdout = std::io::stdout();
     for ((p, r), o) in prompts.iter().zip(&reqs).zip(&outs) {
         let ids: Vec<u32> = o.iter().copied().filter(|t| !stops.contains(t)).collect();
         let finish = if o.last().is_some_and(|t| stops.contains(t)) { "stop" } else { "length" };
         let completion = tok.decode_after(*r.prompt.last().expect("BOS at least"), &ids)?;
-        println!(
+        writeln!(
+            stdout,
             "{}",
             serde_json::json!({"prompt": p, "completion": completion, "tokens": ids.len(), "finish_reason": finish})
-        );
+        )?;
     }
     let dt = t0.elapsed().as_secs_f64();
     eprintln!("{} prompts, {n} tokens in {dt:.1} s ({:.1} tokens/s)", prompts.len(), n as f64 / dt);

@@ -33,6 +33,27 @@ fn model_dir() -> PathBuf {
     .clone()
 }
 
+/// The model directory of a run: the fixture model, or for runs that name a tokenizer directory
+/// (TinyLlama-Chat's `LlamaTokenizer` settings) a copy of it with that directory's
+/// `tokenizer_config.json` and chat template.
+fn model_dir_for(run: &Value) -> PathBuf {
+    let Some(name) = run["tokenizer"].as_str() else { return model_dir() };
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let dir = DIR
+        .get_or_init(|| {
+            let d = std::env::temp_dir().join(format!("tinyllama-trl-model-{name}-{}", std::process::id()));
+            common::trl_model(&d);
+            for e in std::fs::read_dir(fixture().join(name)).unwrap() {
+                let p = e.unwrap().path();
+                std::fs::copy(&p, d.join(p.file_name().unwrap())).unwrap();
+            }
+            d
+        })
+        .clone();
+    assert!(dir.ends_with(format!("tinyllama-trl-model-{name}-{}", std::process::id())), "one tokenizer directory");
+    dir
+}
+
 fn runs() -> Value {
     serde_json::from_slice(&std::fs::read(fixture().join("runs.json")).unwrap()).unwrap()
 }
@@ -43,7 +64,7 @@ fn config(run: &Value, n: usize, out: &Path) -> (Mode, FinetuneConfig) {
     let mode = if run["trainer"] == "sft" { Mode::Sft } else { Mode::Dpo };
     let opts = &run["options"];
     let mut c = FinetuneConfig::defaults(mode);
-    c.model = Some(model_dir());
+    c.model = Some(model_dir_for(run));
     c.data = Some(fixture().join(run["data"].as_str().unwrap()));
     c.out = out.to_path_buf();
     c.max_lr = meta["learning_rate"].as_f64().unwrap();
@@ -90,12 +111,14 @@ fn close(got: f64, want: f64, what: &str) {
 fn tokenization_and_masks_equal_trl() {
     let test = "tokenization_and_masks_equal_trl";
     let Some(_) = common::require(test, &fixture().join("runs.json")) else { return };
-    let model = model_dir();
-    let tok = Tokenizer::from_file(&model.join("tokenizer.json")).unwrap();
-    let (template, _) = template_for(None, &model, &tok).unwrap();
-    assert!(template.has_generation_marks);
-    let r = Renderer::new(&tok, &template);
+    let mut llama_tokenizer_runs = 0;
     for (name, run) in runs()["runs"].as_object().unwrap() {
+        let model = model_dir_for(run);
+        let tok = Tokenizer::from_model_dir(&model).unwrap();
+        let (template, _) = template_for(None, &model, &tok).unwrap();
+        assert!(template.has_generation_marks);
+        let r = Renderer::new(&tok, &template);
+        llama_tokenizer_runs += run["tokenizer"].is_string() as usize;
         let (mode, c) = config(run, 1, Path::new("unused"));
         let data = c.data.clone().unwrap();
         let want = run["examples"].as_array().unwrap();
@@ -131,6 +154,7 @@ fn tokenization_and_masks_equal_trl() {
             }
         }
     }
+    assert!(llama_tokenizer_runs >= 2, "the fixture has runs with TinyLlama-Chat's tokenizer settings");
     // without generation marks, what each assistant turn adds: here the same tokens and the
     // newline the unmarked template puts after each turn
     let plain = tinyllama::tokenizer::chat_template::ChatTemplate::new(
@@ -139,6 +163,7 @@ fn tokenization_and_masks_equal_trl() {
         "</s>",
     )
     .unwrap();
+    let tok = Tokenizer::from_model_dir(&model_dir()).unwrap();
     let rp = Renderer::new(&tok, &plain);
     let runs = runs();
     let run = &runs["runs"]["sft_messages_assistant"];

@@ -68,3 +68,100 @@ fn gguf_vocabulary_tokenizes_like_sentencepiece() {
     assert_eq!((pieces, types), (p2, t2));
     assert!(scores.iter().zip(&s2).all(|(a, b)| a.to_bits() == b.to_bits()));
 }
+
+/// A model directory's tokenizer (`Tokenizer::from_model_dir`) against transformers' own
+/// `AutoTokenizer` over the same files: TinyLlama-1.1B-Chat-v1.0's `tokenizer_config.json`
+/// (`LlamaTokenizer`, `legacy: false`: no "▁" after a special token), the same with `legacy: true`,
+/// with `add_prefix_space: false`, and the generic backend (`tokenizer.json` as it is), over
+/// chat-template-rendered conversations full of special tokens and over plain text. Ids with the
+/// special tokens the tokenizer adds, and the decoded text.
+#[test]
+fn model_dir_tokenizer_equals_transformers() {
+    let test = "model_dir_tokenizer_equals_transformers";
+    let Some(py) = common::python(test, "transformers") else { return };
+    use tinyllama::tokenizer::chat_template::{ChatTemplate, Message, ZEPHYR};
+    let template = ChatTemplate::new(ZEPHYR, "<s>", "</s>").unwrap();
+    let msg = |role: &str, content: &str| Message { role: role.into(), content: content.into() };
+    let conversations = [
+        vec![msg("system", "You are a friendly chatbot."), msg("user", "What is 2+2?"), msg("assistant", "4.")],
+        vec![msg("user", " leading space?"), msg("assistant", "  two spaces\nand a newline ")],
+        vec![msg("user", "Ünïcödé ½ 🦙 日本語"), msg("assistant", "a literal <s> and </s> inside\n\n")],
+        vec![msg("system", ""), msg("user", "\ttab\n"), msg("assistant", "def f(x):\n    return x")],
+    ];
+    let mut texts: Vec<String> = vec![];
+    for c in &conversations {
+        texts.push(template.render(c, false).unwrap());
+        texts.push(template.render(&c[..c.len() - 1], true).unwrap());
+    }
+    texts.extend(
+        ["Hello world", " Hello", "  two", "Hi?</s>\n<|assistant|>\nHello", "</s> x", "<s>Hi", "a\n</s>\n b", "", "▁x"]
+            .map(String::from),
+    );
+    let llama_chat = serde_json::json!({
+        "add_bos_token": true, "add_eos_token": false, "bos_token": "<s>", "eos_token": "</s>",
+        "clean_up_tokenization_spaces": false, "legacy": false, "model_max_length": 2048, "pad_token": "</s>",
+        "padding_side": "right", "sp_model_kwargs": {}, "tokenizer_class": "LlamaTokenizer", "unk_token": "<unk>",
+        "use_default_system_prompt": false
+    });
+    let with = |key: &str, v: serde_json::Value| {
+        let mut c = llama_chat.clone();
+        c[key] = v;
+        c
+    };
+    let configs = [
+        ("tinyllama-chat", Some(llama_chat.clone())),
+        ("legacy-true", Some(with("legacy", true.into()))),
+        ("no-prefix-space", Some(with("add_prefix_space", false.into()))),
+        ("fast-class", Some(with("tokenizer_class", "LlamaTokenizerFast".into()))),
+        (
+            "generic",
+            Some(
+                serde_json::json!({"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}),
+            ),
+        ),
+        ("no-config", None),
+    ];
+    let d = common::tmpdir("tok-hf");
+    let input = serde_json::to_string(&texts).unwrap();
+    let mut legacy_differs = false;
+    for (name, config) in configs {
+        let dir = d.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy("data/tokenizer/llama2/tokenizer.json", dir.join("tokenizer.json")).unwrap();
+        if let Some(c) = &config {
+            std::fs::write(dir.join("tokenizer_config.json"), c.to_string()).unwrap();
+        }
+        let mut child = std::process::Command::new(&py)
+            .arg("tests/reference/hf_tokenize.py")
+            .arg(&dir)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).unwrap();
+        let o = child.wait_with_output().unwrap();
+        assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stderr));
+        let reference: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let tok = Tokenizer::from_model_dir(&dir).unwrap();
+        for (text, want) in texts.iter().zip(reference["results"].as_array().unwrap()) {
+            let want_ids: Vec<u32> =
+                want["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+            let got = tok.encode_prompt(text).unwrap();
+            assert_eq!(got, want_ids, "{name} ({}): {text:?}", reference["class"]);
+            assert_eq!(tok.decode(&got).unwrap(), want["decoded"].as_str().unwrap(), "{name}: decode of {text:?}");
+            // the word-at-a-time path equals the full pipeline under every setting
+            assert_eq!(tok.encode(text).unwrap(), tok.encode_pipeline(text).unwrap(), "{name}: {text:?}");
+            if name == "tinyllama-chat" {
+                legacy_differs |= got != Tokenizer::llama2().encode_prompt(text).unwrap();
+            }
+        }
+    }
+    assert!(legacy_differs, "TinyLlama-Chat's settings change some of these texts' ids");
+    // the example: `</s>` then a newline is `2, 13`, not `2, 29871, 13`
+    let chat = Tokenizer::from_model_dir(&d.join("tinyllama-chat")).unwrap();
+    let ids = chat.encode("Hi?</s>\n<|assistant|>\n").unwrap();
+    let at = ids.iter().position(|&t| t == 2).unwrap();
+    assert_eq!(ids[at + 1], 13, "{ids:?}");
+    std::fs::remove_dir_all(d).unwrap();
+}

@@ -49,6 +49,15 @@ pub fn load_hf(dir: &Path) -> Result<Llama> {
     Ok(model)
 }
 
+/// The format every weight of a checkpoint directory is stored in, where they share one (what
+/// export and inference keep unless asked for another).
+pub fn stored_dtype(dir: &Path) -> Result<Option<Dtype>> {
+    let files = open_weight_files(dir)?;
+    let mut dtypes = files.iter().flat_map(|f| f.tensors.values().map(|t| t.dtype));
+    let first = dtypes.next().flatten();
+    Ok(if dtypes.all(|d| d == first) { first } else { None })
+}
+
 fn open_weight_files(dir: &Path) -> Result<Vec<SafeTensorsFile>> {
     let index = dir.join(INDEX);
     if index.exists() {

@@ -1,5 +1,7 @@
 //! Checkpoints on disk: the safetensors format ([`safetensors`]) and Hugging Face model
-//! directories (`config.json` + one or several safetensors files) ([`hf`]).
+//! directories (`config.json` + one or several safetensors files) ([`hf`]), and the names of checkpoints
+//! in a run directory ([`paths`]).
 
 pub mod hf;
+pub mod paths;
 pub mod safetensors;

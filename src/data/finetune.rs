@@ -99,11 +99,9 @@ impl<'a> Renderer<'a> {
         Renderer { tok, template, bos: name(tok.bos_id), eos: name(tok.eos_id) }
     }
 
-    /// Plain text as `tokenizer(text)`: BOS first.
+    /// Plain text as `tokenizer(text)`: BOS first (where the tokenizer adds it).
     fn plain(&self, text: &str) -> Result<Vec<u32>> {
-        let mut ids = vec![self.tok.bos_id];
-        ids.extend(self.tok.encode(text)?);
-        Ok(ids)
+        self.tok.encode_prompt(text)
     }
 
     /// A conversation as `apply_chat_template(messages, tokenize=True)`.

@@ -147,7 +147,13 @@ pub fn tokenizer(g: &GgufFile, vocab_size: usize) -> Result<Tokenizer> {
         id("tokenizer.ggml.unknown_token_id", 0)?,
     );
     let add_space = g.get("tokenizer.ggml.add_space_prefix").and_then(|v| v.as_i64()).map(|v| v != 0).unwrap_or(true);
-    Ok(Tokenizer::from_spm(SpmVocab::new(pieces, scores, types, unk, add_space), bos, eos))
+    let flag = |k: &str, default: bool| g.get(k).and_then(|v| v.as_i64()).map(|v| v != 0).unwrap_or(default);
+    let config = crate::tokenizer::TokenizerConfig {
+        add_bos_token: flag("tokenizer.ggml.add_bos_token", true),
+        add_eos_token: flag("tokenizer.ggml.add_eos_token", false),
+        ..Default::default()
+    };
+    Ok(Tokenizer::from_spm(SpmVocab::new(pieces, scores, types, unk, add_space), bos, eos, config))
 }
 
 /// Loads a llama model from a GGUF file, its tensors used as stored (mapped, except q/k whose rows
@@ -240,6 +246,49 @@ fn file_type(dtype: ModelDtype) -> u32 {
 /// `convert_hf_to_gguf.py` writes it, the tokenizer (with SentencePiece scores for the Llama-2
 /// vocabulary) and chat template embedded, matrices quantized with ggml's reference quantizers,
 /// norms in f32.
+/// A matrix written in another format than asked, because its rows are not a whole number of
+/// the format's blocks (as llama-quantize falls back: K-quants to Q8_0, then to f16).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fallback {
+    pub tensor: String,
+    pub wanted: Format,
+    pub written: Format,
+    pub cols: usize,
+}
+
+/// What [`export`] did beyond what it was asked.
+#[derive(Debug, Default)]
+pub struct GgufExport {
+    pub fallbacks: Vec<Fallback>,
+}
+
+impl GgufExport {
+    /// One line a kind of fallback ("12 tensors (blk.0.attn_q.weight, …) as Q8_0 instead of Q4_K: rows of 64 columns, not a multiple of 256").
+    pub fn fallback_notes(&self) -> Vec<String> {
+        let mut groups: Vec<(Format, Format, usize, Vec<&str>)> = vec![];
+        for f in &self.fallbacks {
+            match groups.iter_mut().find(|g| g.0 == f.wanted && g.1 == f.written && g.2 == f.cols) {
+                Some(g) => g.3.push(&f.tensor),
+                None => groups.push((f.wanted, f.written, f.cols, vec![&f.tensor])),
+            }
+        }
+        groups
+            .into_iter()
+            .map(|(wanted, written, cols, names)| {
+                let more = if names.len() > 1 { ", …" } else { "" };
+                format!(
+                    "{} tensor(s) ({}{more}) written as {} instead of {}: rows of {cols} columns are not whole {}-value blocks",
+                    names.len(),
+                    names[0],
+                    written.name(),
+                    wanted.name(),
+                    wanted.block_len()
+                )
+            })
+            .collect()
+    }
+}
+
 pub fn export(
     cfg: &LlamaConfig,
     params: &[f32],
@@ -248,7 +297,7 @@ pub fn export(
     dtype: ModelDtype,
     name: &str,
     out: &std::path::Path,
-) -> Result<()> {
+) -> Result<GgufExport> {
     let layout = ParamLayout::new(cfg);
     ensure!(params.len() == layout.total, "parameter buffer does not match the config");
     let mut w = GgufWriter::default();
@@ -282,15 +331,24 @@ pub fn export(
     w.set("tokenizer.ggml.bos_token_id", Value::U32(tok.bos_id));
     w.set("tokenizer.ggml.eos_token_id", Value::U32(tok.eos_id));
     w.set("tokenizer.ggml.unknown_token_id", Value::U32(0));
-    w.set("tokenizer.ggml.add_bos_token", Value::Bool(true));
-    w.set("tokenizer.ggml.add_eos_token", Value::Bool(false));
+    w.set("tokenizer.ggml.add_bos_token", Value::Bool(tok.config.add_bos_token));
+    w.set("tokenizer.ggml.add_eos_token", Value::Bool(tok.config.add_eos_token));
     if let Some(t) = chat_template {
         w.set("tokenizer.chat_template", Value::Str(t.into()));
     }
     let nl = cfg.num_hidden_layers;
+    let mut fallbacks = vec![];
     let mut add =
         |gname: &str, kind: &str, layer: usize, range: std::ops::Range<usize>, rows: usize, cols: usize, perm: bool| {
             let fmt = if kind == "norm" { Format::F32 } else { dtype.format_for(kind, layer, nl, cols) };
+            if kind != "norm" && fmt != dtype.wanted_format(kind, layer, nl) {
+                fallbacks.push(Fallback {
+                    tensor: gname.to_string(),
+                    wanted: dtype.wanted_format(kind, layer, nl),
+                    written: fmt,
+                    cols,
+                });
+            }
             let rb = fmt.row_bytes(cols).expect("format_for picks a format that fits the row");
             let mut bytes = vec![0u8; rows * rb];
             {
@@ -321,7 +379,8 @@ pub fn export(
     }
     add("output_norm.weight", "norm", 0, layout.final_norm.clone(), 1, d, false);
     add("output.weight", "head", 0, layout.lm_head.clone(), cfg.vocab_size, d, false);
-    w.write(out)
+    w.write(out)?;
+    Ok(GgufExport { fallbacks })
 }
 
 #[cfg(test)]
@@ -360,7 +419,7 @@ mod tests {
                 }
             })
             .collect();
-        let tok = Tokenizer::from_spm(SpmVocab::new(pieces, vec![0.0; 300], types, 0, true), 1, 2);
+        let tok = Tokenizer::from_spm(SpmVocab::new(pieces, vec![0.0; 300], types, 0, true), 1, 2, Default::default());
         for dtype in [ModelDtype::Uniform(Format::F32), ModelDtype::Uniform(Format::Q8_0), ModelDtype::Q4KM] {
             let p = dir.join("m.gguf");
             export(&cfg, &llama.params, &tok, Some("{{ x }}"), dtype, "test", &p).unwrap();

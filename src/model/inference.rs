@@ -336,6 +336,14 @@ impl ModelDtype {
             .ok_or_else(|| anyhow::anyhow!("unknown weight format `{s}`: use one of {}", Self::NAMES))
     }
 
+    /// `--dtype` of a command that loads a model: `auto` (`None`) keeps the source's format.
+    pub fn parse_or_auto(s: &str) -> Result<Option<Self>> {
+        if s.eq_ignore_ascii_case("auto") {
+            return Ok(None);
+        }
+        Self::parse(s).map(Some).map_err(|e| anyhow::anyhow!("{e}, or auto (the source's own)"))
+    }
+
     pub fn name(self) -> String {
         match self {
             ModelDtype::Uniform(f) => f.name().to_string(),
@@ -347,14 +355,7 @@ impl ModelDtype {
     /// `down`) of `cols` columns in `layer`, falling back (as llama-quantize does) where the row
     /// is not a whole number of blocks: K-quants to Q8_0, then anything to f16.
     pub fn format_for(self, kind: &str, layer: usize, n_layers: usize, cols: usize) -> Format {
-        let want = match self {
-            ModelDtype::Uniform(f) => f,
-            ModelDtype::Q4KM => match kind {
-                "head" => Format::Q6K,
-                "v" | "down" if q4_k_m_more_bits(layer, n_layers) => Format::Q6K,
-                _ => Format::Q4K,
-            },
-        };
+        let want = self.wanted_format(kind, layer, n_layers);
         if cols.is_multiple_of(want.block_len()) {
             want
         } else if cols.is_multiple_of(32) && want.is_quantized() {
@@ -363,6 +364,18 @@ impl ModelDtype {
             Format::F16
         } else {
             want
+        }
+    }
+
+    /// The format a matrix gets where its rows are whole blocks (before [`format_for`](Self::format_for)'s fallbacks).
+    pub fn wanted_format(self, kind: &str, layer: usize, n_layers: usize) -> Format {
+        match self {
+            ModelDtype::Uniform(f) => f,
+            ModelDtype::Q4KM => match kind {
+                "head" => Format::Q6K,
+                "v" | "down" if q4_k_m_more_bits(layer, n_layers) => Format::Q6K,
+                _ => Format::Q4K,
+            },
         }
     }
 }

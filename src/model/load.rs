@@ -2,6 +2,7 @@
 //! `model.safetensors`), a training checkpoint, or a llama.cpp GGUF file.
 
 use super::{InferenceModel, ModelDtype};
+use crate::checkpoint::safetensors::Dtype;
 use crate::kernels::quant::Format;
 use crate::tokenizer::Tokenizer;
 use anyhow::{Context, Result};
@@ -43,9 +44,15 @@ fn check_vocabulary(tok: &Tokenizer, cfg: &crate::config::LlamaConfig, source: &
     Ok(())
 }
 
-/// Loads `path`. Safetensors weights are converted to `dtype` (default f32); GGUF files keep
-/// the formats they store. `progress`: say on stderr what is being done.
+/// Loads `path` (any name `checkpoint::paths::resolve_model_path` reads: a run directory takes
+/// its latest checkpoint, said on stderr). Safetensors weights are converted to `dtype` (`None`:
+/// kept as stored where that is bf16 or f16, else f32); GGUF files keep the formats they store. `progress`: say on stderr what is being done.
 pub fn load_model(path: &Path, dtype: Option<ModelDtype>, progress: bool) -> Result<LoadedModel> {
+    let resolved = crate::checkpoint::paths::resolve_model_path(path)?;
+    if let Some(note) = &resolved.note {
+        eprintln!("{note}");
+    }
+    let path = resolved.path.as_path();
     if is_gguf(path) {
         let g = crate::gguf::llama::load(path)?;
         if progress {
@@ -67,13 +74,20 @@ pub fn load_model(path: &Path, dtype: Option<ModelDtype>, progress: bool) -> Res
     }
     let dir = if path.is_file() { path.parent().unwrap_or(Path::new(".")).to_path_buf() } else { path.to_path_buf() };
     let llama = crate::checkpoint::hf::load_hf(&dir)?;
-    let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))
+    let tokenizer = Tokenizer::from_model_dir(&dir)
         .with_context(|| format!("{}: a model directory needs its tokenizer.json", dir.display()))?;
     check_vocabulary(&tokenizer, &llama.cfg, &dir)?;
     let chat_template = chat_template_of(&dir);
-    let dtype = dtype.unwrap_or(ModelDtype::Uniform(Format::F32));
+    let dtype = match dtype {
+        Some(d) => d,
+        None => match crate::checkpoint::hf::stored_dtype(&dir)? {
+            Some(Dtype::BF16) => ModelDtype::Uniform(Format::BF16),
+            Some(Dtype::F16) => ModelDtype::Uniform(Format::F16),
+            _ => ModelDtype::Uniform(Format::F32),
+        },
+    };
     if progress && dtype != ModelDtype::Uniform(Format::F32) {
-        eprintln!("quantizing {} parameters to {}…", llama.cfg.num_params(), dtype.name());
+        eprintln!("converting {} parameters to {}…", llama.cfg.num_params(), dtype.name());
     }
     let cfg = llama.cfg.clone();
     let model = InferenceModel::from_params(cfg, llama.params, dtype)?;

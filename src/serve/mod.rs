@@ -362,10 +362,7 @@ async fn completions(
     check_model(&st, model)?;
     let prompt = match prompt {
         Prompt::Tokens(t) => t,
-        Prompt::Text(s) => {
-            let ids = st.tok.encode(&s).map_err(|e| ApiError::invalid(format!("{e:#}"), Some("prompt")))?;
-            std::iter::once(st.tok.bos_id).chain(ids).collect()
-        }
+        Prompt::Text(s) => st.tok.encode_prompt(&s).map_err(|e| ApiError::invalid(format!("{e:#}"), Some("prompt")))?,
     };
     let after = prompt.last().copied();
     respond(st, prompt, p, after, Kind::Completion).await
@@ -382,9 +379,7 @@ async fn chat_completions(
     let text =
         st.template.render(&messages, true).map_err(|e| ApiError::invalid(format!("{e:#}"), Some("messages")))?;
     let ids = st.tok.encode(&text).map_err(|e| ApiError::invalid(format!("{e:#}"), Some("messages")))?;
-    // BOS unless the template wrote it (as llama.cpp's server does)
-    let prompt: Vec<u32> =
-        if ids.first() == Some(&st.tok.bos_id) { ids } else { std::iter::once(st.tok.bos_id).chain(ids).collect() };
+    let prompt = st.tok.with_bos(ids);
     respond(st, prompt, p, None, Kind::Chat).await
 }
 

@@ -19,6 +19,24 @@ pub struct Tokenizer {
     backend: Backend,
     pub bos_id: u32,
     pub eos_id: u32,
+    /// The settings it was read with (`tokenizer_config.json`; for GGUF vocabularies
+    /// `tokenizer.ggml.add_bos_token` / `add_eos_token`).
+    pub config: TokenizerConfig,
+}
+
+/// Where a Llama-2 tokenizer puts SentencePiece's "▁" before a text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SpacePrefix {
+    /// The legacy `tokenizer.json` normalizer (SentencePiece's `add_dummy_prefix`): before every
+    /// piece of text, also after a special token and before a leading space.
+    EveryText,
+    /// transformers' `LlamaTokenizer` with `legacy: false`, and with `legacy: true` (its `Metaspace`
+    /// pre-tokenizer, `prepend_scheme` first / always): before the input's first text unless that
+    /// starts with a space; for `First` never after a special token.
+    UnlessSpaceFirst,
+    UnlessSpaceAlways,
+    /// `add_prefix_space: false`.
+    Never,
 }
 
 enum Backend {
@@ -36,6 +54,7 @@ enum Backend {
 /// `tokenizers` pipeline treats a whole document as one BPE word, which is far slower.
 struct LlamaWords {
     bpe: tokenizers::models::bpe::BPE,
+    prefix: SpacePrefix,
     /// Added tokens (`<s>`, …) are matched in raw text by `tokenizers`: texts holding one take
     /// the full pipeline.
     added: Vec<String>,
@@ -48,13 +67,23 @@ thread_local! {
 
 impl LlamaWords {
     fn detect(json: &serde_json::Value, inner: &tokenizers::Tokenizer) -> Option<Self> {
-        let want_norm = serde_json::json!({"type": "Sequence", "normalizers": [
+        let legacy_norm = serde_json::json!({"type": "Sequence", "normalizers": [
             {"type": "Prepend", "prepend": "▁"},
             {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]});
-        if json.get("normalizer") != Some(&want_norm) || !json.get("pre_tokenizer").map(|p| p.is_null()).unwrap_or(true)
-        {
+        let null = serde_json::Value::Null;
+        let (norm, pre) = (json.get("normalizer").unwrap_or(&null), json.get("pre_tokenizer").unwrap_or(&null));
+        let prefix = if *norm == legacy_norm && pre.is_null() {
+            SpacePrefix::EveryText
+        } else if norm.is_null() && pre["type"] == "Metaspace" && pre["replacement"] == "▁" && pre["split"] == false {
+            match pre["prepend_scheme"].as_str()? {
+                "first" => SpacePrefix::UnlessSpaceFirst,
+                "always" => SpacePrefix::UnlessSpaceAlways,
+                "never" => SpacePrefix::Never,
+                _ => return None,
+            }
+        } else {
             return None;
-        }
+        };
         let tokenizers::ModelWrapper::BPE(bpe) = inner.get_model() else { return None };
         if bpe.dropout.is_some() || bpe.ignore_merges {
             return None;
@@ -64,7 +93,7 @@ impl LlamaWords {
             return None;
         }
         let added = inner.get_added_tokens_decoder().values().map(|t| t.content.clone()).collect();
-        Some(LlamaWords { bpe: bpe.clone(), added })
+        Some(LlamaWords { bpe: bpe.clone(), prefix, added })
     }
 
     fn encode(&self, text: &str) -> Option<Result<Vec<u32>>> {
@@ -74,7 +103,15 @@ impl LlamaWords {
         if text.is_empty() {
             return Some(Ok(vec![]));
         }
-        let norm: String = std::iter::once('▁').chain(text.chars().map(|c| if c == ' ' { '▁' } else { c })).collect();
+        // a text without special tokens is one piece, the input's first: every scheme but `Never`
+        // puts "▁" before it, the Metaspace ones only where it does not start with one already
+        let spaced = text.chars().map(|c| if c == ' ' { '▁' } else { c });
+        let prefixed = match self.prefix {
+            SpacePrefix::EveryText => true,
+            SpacePrefix::UnlessSpaceFirst | SpacePrefix::UnlessSpaceAlways => !text.starts_with([' ', '▁']),
+            SpacePrefix::Never => false,
+        };
+        let norm: String = prefixed.then_some('▁').into_iter().chain(spaced).collect();
         let mut ids = Vec::with_capacity(text.len() / 3);
         let mut start = 0;
         let mut prev = '▁';
@@ -132,10 +169,36 @@ impl Tokenizer {
         }
     }
 
+    /// The tokenizer of a model directory: its `tokenizer.json`, read as transformers reads it
+    /// with the `tokenizer_config.json` beside it (see [`TokenizerConfig`]).
+    pub fn from_model_dir(dir: &Path) -> Result<Self> {
+        let path = dir.join("tokenizer.json");
+        let bytes = std::fs::read(&path).with_context(|| format!("cannot read tokenizer {}", path.display()))?;
+        let config = TokenizerConfig::of_model_dir(dir)?;
+        Self::from_bytes_with_config(&bytes, &config)
+            .with_context(|| format!("{} is not a valid tokenizer.json", path.display()))
+    }
+
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        Self::from_bytes_with_config(bytes, &TokenizerConfig::default())
+    }
+
+    /// A `tokenizer.json` with the settings of its `tokenizer_config.json`.
+    pub fn from_bytes_with_config(bytes: &[u8], config: &TokenizerConfig) -> Result<Self> {
         // JSON syntax first: the tokenizers crate panics on some malformed files (found by
         // tests/fuzz_readers.rs); whatever else it panics on becomes an error too
-        let json: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| anyhow!("not valid JSON: {e}"))?;
+        let mut json: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| anyhow!("not valid JSON: {e}"))?;
+        let rewritten;
+        let bytes = match config.llama_pipeline(&json) {
+            Some(pipeline) => {
+                for (key, value) in pipeline {
+                    json[key] = value;
+                }
+                rewritten = serde_json::to_vec(&json)?;
+                &rewritten[..]
+            }
+            None => bytes,
+        };
         let inner = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(bytes))
             .map_err(|_| anyhow!("not a tokenizer the `tokenizers` library can read"))?
             .map_err(|e| anyhow!("{e}"))?;
@@ -143,12 +206,35 @@ impl Tokenizer {
         let bos_id = id(&["<s>", "<|begin_of_text|>", "<|endoftext|>"], 1);
         let eos_id = id(&["</s>", "<|end_of_text|>", "<|endoftext|>"], 2);
         let words = LlamaWords::detect(&json, &inner).map(Box::new);
-        Ok(Tokenizer { backend: Backend::Hf { inner: Box::new(inner), words }, bos_id, eos_id })
+        Ok(Tokenizer { backend: Backend::Hf { inner: Box::new(inner), words }, bos_id, eos_id, config: config.clone() })
     }
 
     /// A tokenizer over a GGUF vocabulary (llama.cpp's SentencePiece algorithm).
-    pub fn from_spm(vocab: spm::SpmVocab, bos_id: u32, eos_id: u32) -> Self {
-        Tokenizer { backend: Backend::Spm(Box::new(vocab)), bos_id, eos_id }
+    pub fn from_spm(vocab: spm::SpmVocab, bos_id: u32, eos_id: u32, config: TokenizerConfig) -> Self {
+        Tokenizer { backend: Backend::Spm(Box::new(vocab)), bos_id, eos_id, config }
+    }
+
+    /// `ids` (a rendered chat, say) with BOS put first where the tokenizer adds one and the text
+    /// did not hold it already (as llama.cpp's server does).
+    pub fn with_bos(&self, ids: Vec<u32>) -> Vec<u32> {
+        if !self.config.add_bos_token || ids.first() == Some(&self.bos_id) {
+            return ids;
+        }
+        std::iter::once(self.bos_id).chain(ids).collect()
+    }
+
+    /// The ids of a prompt as transformers' `tokenizer(text)` gives them: BOS first and EOS last
+    /// where the tokenizer's settings add them.
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids = Vec::with_capacity(text.len() / 3 + 2);
+        if self.config.add_bos_token {
+            ids.push(self.bos_id);
+        }
+        ids.extend(self.encode(text)?);
+        if self.config.add_eos_token {
+            ids.push(self.eos_id);
+        }
+        Ok(ids)
     }
 
     /// Token ids of `text`, without BOS or EOS.
@@ -284,6 +370,99 @@ impl Tokenizer {
             w.write_all(text.as_bytes())?;
             Ok(())
         })
+    }
+}
+
+/// What `tokenizer_config.json` says about tokenizing, as transformers (5) reads it.
+///
+/// For `tokenizer_class` `LlamaTokenizer` / `LlamaTokenizerFast` (TinyLlama-Chat's), transformers
+/// takes the vocabulary and merges of `tokenizer.json` but builds its own pipeline: no normalizer,
+/// a `Metaspace` pre-tokenizer whose "▁" goes before the input's first text only (`legacy: false`,
+/// the default) or before every text after a special token (`legacy: true`), never with
+/// `add_prefix_space: false`, and not before a text that starts with a space. Any other class
+/// (`PreTrainedTokenizerFast`, `TokenizersBackend`, none) keeps `tokenizer.json`'s own pipeline.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenizerConfig {
+    pub tokenizer_class: Option<String>,
+    pub legacy: bool,
+    pub add_prefix_space: bool,
+    pub add_bos_token: bool,
+    pub add_eos_token: bool,
+}
+
+impl Default for TokenizerConfig {
+    fn default() -> Self {
+        TokenizerConfig {
+            tokenizer_class: None,
+            legacy: false,
+            add_prefix_space: true,
+            add_bos_token: true,
+            add_eos_token: false,
+        }
+    }
+}
+
+impl TokenizerConfig {
+    /// The settings of a parsed `tokenizer_config.json`; absent keys take transformers' defaults.
+    pub fn from_json(v: &serde_json::Value) -> Result<Self> {
+        let d = TokenizerConfig::default();
+        let flag = |key: &str, default: bool| -> Result<bool> {
+            match v.get(key) {
+                None | Some(serde_json::Value::Null) => Ok(default),
+                Some(serde_json::Value::Bool(b)) => Ok(*b),
+                Some(other) => Err(anyhow!("\"{key}\" must be true or false, not {other}")),
+            }
+        };
+        Ok(TokenizerConfig {
+            tokenizer_class: v.get("tokenizer_class").and_then(|c| c.as_str()).map(str::to_string),
+            legacy: flag("legacy", d.legacy)?,
+            add_prefix_space: flag("add_prefix_space", d.add_prefix_space)?,
+            add_bos_token: flag("add_bos_token", d.add_bos_token)?,
+            add_eos_token: flag("add_eos_token", d.add_eos_token)?,
+        })
+    }
+
+    /// The `tokenizer_config.json` of a model directory (defaults where there is none).
+    pub fn of_model_dir(dir: &Path) -> Result<Self> {
+        let path = dir.join("tokenizer_config.json");
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        let v: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| anyhow!("{} is not valid JSON: {e}", path.display()))?;
+        Self::from_json(&v).with_context(|| path.display().to_string())
+    }
+
+    /// For a Llama tokenizer class over a BPE `tokenizer.json`: the normalizer, pre-tokenizer and
+    /// decoder transformers' `LlamaTokenizer` builds instead of the file's.
+    fn llama_pipeline(&self, json: &serde_json::Value) -> Option<[(&'static str, serde_json::Value); 3]> {
+        let class = self.tokenizer_class.as_deref()?;
+        if !matches!(class, "LlamaTokenizer" | "LlamaTokenizerFast") || json.pointer("/model/type")? != "BPE" {
+            return None;
+        }
+        let scheme = match (self.add_prefix_space, self.legacy) {
+            (false, _) => "never",
+            (true, true) => "always",
+            (true, false) => "first",
+        };
+        let mut decoders = vec![
+            serde_json::json!({"type": "Replace", "pattern": {"String": "▁"}, "content": " "}),
+            serde_json::json!({"type": "ByteFallback"}),
+            serde_json::json!({"type": "Fuse"}),
+        ];
+        if self.add_prefix_space {
+            decoders.push(serde_json::json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+        }
+        Some([
+            ("normalizer", serde_json::Value::Null),
+            (
+                "pre_tokenizer",
+                serde_json::json!({"type": "Metaspace", "replacement": "▁", "prepend_scheme": scheme, "split": false}),
+            ),
+            ("decoder", serde_json::json!({"type": "Sequence", "decoders": decoders})),
+        ])
     }
 }
 

@@ -34,31 +34,8 @@ pub struct TrainerState {
     pub examples: Option<serde_json::Value>,
 }
 
-pub fn step_dir(root: &Path, step: u64) -> PathBuf {
-    root.join(format!("step-{step:08}"))
-}
-
-fn step_of(p: &Path) -> Option<u64> {
-    p.file_name()?.to_str()?.strip_prefix("step-")?.parse().ok()
-}
-
-/// Complete checkpoints under `root`, oldest first.
-pub fn list_checkpoints(root: &Path) -> Vec<(u64, PathBuf)> {
-    let mut v: Vec<(u64, PathBuf)> = std::fs::read_dir(root)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.join("trainer_state.json").exists())
-                .filter_map(|p| step_of(&p).map(|s| (s, p)))
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
-pub fn latest_checkpoint(root: &Path) -> Option<PathBuf> {
-    list_checkpoints(root).pop().map(|(_, p)| p)
-}
+use crate::checkpoint::paths::step_of;
+pub use crate::checkpoint::paths::{latest_checkpoint, list_checkpoints, step_dir};
 
 /// The newest checkpoint under `root` that loads whole, and why each newer one was passed over
 /// (a step directory without trainer_state.json, a truncated safetensors file, …).
@@ -192,12 +169,15 @@ pub fn write_tokenizer_config(dir: &Path, tok: &Tokenizer, max_len: usize, chat_
         "bos_token": name(tok.bos_id),
         "eos_token": name(tok.eos_id),
         "unk_token": tok.id_to_token(0).unwrap_or_default(),
-        "add_bos_token": true,
-        "add_eos_token": false,
+        "add_bos_token": tok.config.add_bos_token,
+        "add_eos_token": tok.config.add_eos_token,
         "clean_up_tokenization_spaces": false,
-        "legacy": false,
+        "legacy": tok.config.legacy,
         "model_max_length": max_len,
     });
+    if !tok.config.add_prefix_space {
+        config["add_prefix_space"] = false.into();
+    }
     if let Some(t) = chat_template {
         config["chat_template"] = t.into();
     }

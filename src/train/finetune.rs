@@ -329,8 +329,7 @@ pub fn finetune(
     let data = fc.data.clone().unwrap_or_default();
     claim_run_dir(&fc.out, &resume, rank, verbose && rank == 0)?;
     let model = load_hf(&model_dir)?;
-    let tok = Tokenizer::from_file(&model_dir.join("tokenizer.json"))
-        .with_context(|| format!("{}: no tokenizer.json", model_dir.display()))?;
+    let tok = Tokenizer::from_model_dir(&model_dir)?;
     ensure!(
         tok.vocab_size() <= model.cfg.vocab_size,
         "the tokenizer has {} tokens but the model's vocabulary is {}",

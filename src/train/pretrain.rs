@@ -38,8 +38,8 @@ fn initial_model(cfg: &TrainConfig) -> Result<(Llama, Tokenizer)> {
         let model = load_hf(dir)?;
         let tok = match &cfg.tokenizer {
             Some(p) => Tokenizer::from_file(p)?,
-            None => Tokenizer::from_file(&dir.join("tokenizer.json"))
-                .with_context(|| format!("{}: checkpoint without tokenizer.json (pass --tokenizer)", dir.display()))?,
+            None => Tokenizer::from_model_dir(dir)
+                .with_context(|| format!("{}: the checkpoint's tokenizer (or pass --tokenizer)", dir.display()))?,
         };
         return Ok((model, tok));
     }
