@@ -3,7 +3,7 @@
 //! prefilled), the oldest turns dropped when the context would overflow, and a reply that can be
 //! stopped mid-way.
 
-use crate::generate::{Sampler, SamplingOptions};
+use crate::generate::{Sampler, SamplingOptions, TextStream};
 use crate::model::{InferenceModel, KvCache, RowMode};
 use crate::tokenizer::chat_template::{ChatTemplate, Message};
 use crate::tokenizer::Tokenizer;
@@ -66,6 +66,8 @@ pub struct ChatSession<'m> {
     turns: Vec<(String, String)>,
     cache: KvCache,
     stops: Vec<u32>,
+    /// `--stop`: a reply ends before the first of these strings.
+    stop_strings: Vec<String>,
 }
 
 /// What one reply did.
@@ -94,7 +96,14 @@ impl<'m> ChatSession<'m> {
             turns: vec![],
             cache: KvCache::new(model, ctx),
             stops: crate::generate::stop_ids(&model.cfg, tok),
+            stop_strings: vec![],
         }
+    }
+
+    /// Replies end before the first of `stops` (not shown, not kept).
+    pub fn with_stop_strings(mut self, stops: Vec<String>) -> Self {
+        self.stop_strings = stops;
+        self
     }
 
     /// Forgets the conversation (the system prompt stays).
@@ -159,8 +168,7 @@ impl<'m> ChatSession<'m> {
         let mut logits = self.model.next_token_logits(&prompt[common..], &mut self.cache, RowMode::Batched)?;
         let mut sampler = Sampler::new(sampling.clone());
         sampler.remember(&prompt);
-        let mut ids = vec![];
-        let mut shown = 0;
+        let mut text = TextStream::new(self.stop_strings.clone(), None);
         while r.tokens < max_new {
             if stop.load(Ordering::Relaxed) {
                 r.interrupted = true;
@@ -171,21 +179,16 @@ impl<'m> ChatSession<'m> {
             if self.stops.contains(&t) {
                 break;
             }
-            ids.push(t);
-            let text = self.tok.decode(&ids)?;
-            let ready = text.trim_end_matches('\u{fffd}');
-            if ready.len() > shown && ready.is_char_boundary(shown) {
-                on_text(&ready[shown..])?;
-                shown = ready.len();
+            on_text(&text.push(self.tok, t)?)?;
+            if text.stopped {
+                break;
             }
             if r.tokens < max_new {
                 logits = self.model.next_token_logits(&[t], &mut self.cache, RowMode::Independent)?;
             }
         }
-        r.text = self.tok.decode(&ids)?;
-        if r.text.len() > shown && r.text.is_char_boundary(shown) {
-            on_text(&r.text[shown..])?;
-        }
+        on_text(&text.finish())?;
+        r.text = text.text().to_string();
         self.turns.push((user.to_string(), r.text.trim().to_string()));
         Ok(r)
     }

@@ -21,11 +21,32 @@ pub struct SamplingOptions {
     /// positive logit divided by it, a negative one multiplied (1: off).
     pub repeat_penalty: f32,
     pub repeat_last_n: usize,
+    /// OpenAI's penalties over the tokens generated so far (0: off): a token's logit minus
+    /// `frequency_penalty` × its count and `presence_penalty` once it has appeared.
+    pub frequency_penalty: f32,
+    pub presence_penalty: f32,
 }
 
 impl Default for SamplingOptions {
     fn default() -> Self {
-        SamplingOptions { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0, repeat_penalty: 1.0, repeat_last_n: 64 }
+        SamplingOptions {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+            repeat_penalty: 1.0,
+            repeat_last_n: 64,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
+        }
+    }
+}
+
+impl SamplingOptions {
+    /// Whether any penalty changes the logits (then the draft of speculative decoding, which
+    /// proposes by plain argmax, does not follow).
+    pub fn penalizes(&self) -> bool {
+        self.repeat_penalty != 1.0 || self.frequency_penalty != 0.0 || self.presence_penalty != 0.0
     }
 }
 
@@ -34,13 +55,15 @@ pub struct Sampler {
     rng: Rng,
     /// Recent tokens, for the repetition penalty.
     history: Vec<u32>,
+    /// How often each token was generated, for the frequency and presence penalties.
+    generated: std::collections::HashMap<u32, u32>,
     scratch: Vec<f32>,
 }
 
 impl Sampler {
     pub fn new(opts: SamplingOptions) -> Self {
         let rng = Rng::new(opts.seed);
-        Sampler { opts, rng, history: vec![], scratch: vec![] }
+        Sampler { opts, rng, history: vec![], generated: Default::default(), scratch: vec![] }
     }
 
     /// Tokens already in the context (the prompt), which the repetition penalty counts.
@@ -51,25 +74,36 @@ impl Sampler {
     }
 
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
-        if self.opts.repeat_penalty == 1.0 {
+        if !self.opts.penalizes() {
             return self.sample_from(logits);
         }
         let mut l = std::mem::take(&mut self.scratch);
         l.clear();
         l.extend_from_slice(logits);
-        let p = self.opts.repeat_penalty;
-        let recent = &self.history[self.history.len().saturating_sub(self.opts.repeat_last_n)..];
-        let mut seen = std::collections::HashSet::new();
         let v = l.len();
-        for &t in recent.iter().filter(|&&t| (t as usize) < v) {
-            if seen.insert(t) {
-                let x = &mut l[t as usize];
-                *x = if *x <= 0.0 { *x * p } else { *x / p };
+        let p = self.opts.repeat_penalty;
+        if p != 1.0 {
+            let recent = &self.history[self.history.len().saturating_sub(self.opts.repeat_last_n)..];
+            let mut seen = std::collections::HashSet::new();
+            for &t in recent.iter().filter(|&&t| (t as usize) < v) {
+                if seen.insert(t) {
+                    let x = &mut l[t as usize];
+                    *x = if *x <= 0.0 { *x * p } else { *x / p };
+                }
             }
+        }
+        let (fp, pp) = (self.opts.frequency_penalty, self.opts.presence_penalty);
+        for (&t, &count) in self.generated.iter().filter(|(&t, _)| (t as usize) < v) {
+            l[t as usize] -= fp * count as f32 + pp;
         }
         let t = self.sample_from(&l);
         self.scratch = l;
-        self.history.push(t);
+        if p != 1.0 {
+            self.history.push(t);
+        }
+        if fp != 0.0 || pp != 0.0 {
+            *self.generated.entry(t).or_insert(0) += 1;
+        }
         t
     }
 
@@ -434,6 +468,8 @@ mod tests {
                         seed: i as u64,
                         repeat_penalty: if i % 3 == 0 { 1.3 } else { 1.0 },
                         repeat_last_n: 64,
+                        frequency_penalty: if i % 4 == 1 { 0.5 } else { 0.0 },
+                        presence_penalty: if i % 5 == 2 { 0.3 } else { 0.0 },
                     },
                 })
                 .collect();
@@ -579,5 +615,24 @@ mod tests {
         assert_eq!(s.sample(&[2.0, -1.0, 1.5, 0.9]), 0);
         // and the chosen token joins the window: 2.0 → 1.0 the next time
         assert_eq!(s.sample(&[2.0, -1.0, 1.5, 0.9]), 2);
+    }
+
+    /// OpenAI's definition: a logit minus frequency_penalty × the token's count in the output so
+    /// far, minus presence_penalty once it occurred; the prompt does not count.
+    #[test]
+    fn frequency_and_presence_penalties_as_openai_defines_them() {
+        let logits = [2.0f32, 1.9, 0.0];
+        let run = |frequency_penalty: f32, presence_penalty: f32| -> Vec<u32> {
+            let mut s = Sampler::new(SamplingOptions { frequency_penalty, presence_penalty, ..Default::default() });
+            s.remember(&[0, 0, 0]);
+            (0..5).map(|_| s.sample(&logits)).collect()
+        };
+        assert_eq!(run(0.0, 0.0), [0, 0, 0, 0, 0]);
+        // 0 (2.0 → 1.5), 1 (1.9 → 1.4), 0 (1.5 → 1.0), 1 (1.4 → 0.9), 0
+        assert_eq!(run(0.5, 0.0), [0, 1, 0, 1, 0]);
+        // 0 (2.0 → 1.85 once), 1 (1.9 → 1.75), then 0 for good
+        assert_eq!(run(0.0, 0.15), [0, 1, 0, 0, 0]);
+        // a negative penalty favours what was said
+        assert_eq!(run(-1.0, 0.0), [0, 0, 0, 0, 0]);
     }
 }

@@ -42,6 +42,15 @@ enum Loaded {
     Generative(instruct::GenTask),
 }
 
+impl Loaded {
+    fn name(&self) -> &str {
+        match self {
+            Loaded::ZeroShot(t) => &t.name,
+            Loaded::Generative(t) => &t.name,
+        }
+    }
+}
+
 /// Runs `names` on `model`: every task is loaded and checked first (a bad file fails before
 /// hours of scoring), then each is scored; `after_each` sees the results so far (to write them
 /// as they come).
@@ -57,14 +66,30 @@ pub fn run_tasks(
     after_each: &mut AfterEachTask,
 ) -> Result<(Vec<TaskResult>, Vec<GenResult>)> {
     let mut loaded = vec![];
+    let mut missing = vec![];
     for name in names {
-        loaded.push(if instruct::GenTask::is_generative(name) {
-            let t = instruct::load_gen_task(name, data_dir, limit, Some(tok))?;
-            model.extend_positions(t.positions_needed());
-            Loaded::Generative(t)
+        let task = if instruct::GenTask::is_generative(name) {
+            instruct::load_gen_task(name, data_dir, limit, Some(tok)).map(Loaded::Generative)
         } else {
-            Loaded::ZeroShot(tasks::load_task(name, data_dir, limit)?)
-        });
+            tasks::load_task(name, data_dir, limit).map(Loaded::ZeroShot)
+        };
+        match task {
+            Ok(t) => loaded.push(t),
+            Err(e) => missing.push(format!("task {name}: {e:#}")),
+        }
+    }
+    if !missing.is_empty() {
+        let ready: Vec<&str> = loaded.iter().map(Loaded::name).collect();
+        let hint = match ready.is_empty() {
+            true => String::new(),
+            false => format!("\nto run the tasks whose files are there: --tasks {}", ready.join(",")),
+        };
+        anyhow::bail!("{}{hint}", missing.join("\n"));
+    }
+    for t in &loaded {
+        if let Loaded::Generative(g) = t {
+            model.extend_positions(g.positions_needed());
+        }
     }
     let sandbox = if names.iter().any(|n| n == "humaneval") { Some(humaneval::Sandbox::detect()?) } else { None };
     let (mut results, mut gen_results) = (vec![], vec![]);
@@ -176,7 +201,14 @@ pub fn generative_table(rs: &[GenResult]) -> String {
             let _ = writeln!(s, "{}: {}; {}", r.task, r.sampling, sb);
         }
         if let Some(e) = &r.excluded {
-            let _ = writeln!(s, "{}: excluded {e}", r.task);
+            let n = |k: &str| e.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+            let _ = writeln!(
+                s,
+                "{}: excluded {} items whose annotators' answers differ and {} whose passage a shot shows",
+                r.task,
+                n("answers_differ"),
+                n("shares_a_shot_passage")
+            );
         }
         if r.over_input_limit > 0 {
             let _ = writeln!(

@@ -59,6 +59,68 @@ fn unpermute_rows(bytes: &[u8], rows: usize, row_bytes: usize, head_dim: usize) 
 }
 
 /// The config a GGUF file describes.
+/// What llama.cpp says of a model file when it loads it: its tensors' formats, size and bits per
+/// weight, and the memory a run at the full context needs.
+#[derive(Debug, Clone)]
+pub struct FileSummary {
+    pub file_bytes: u64,
+    /// Per format: tensors and bytes, largest share first.
+    pub formats: Vec<(Format, usize, usize)>,
+    pub weight_bytes: usize,
+    pub weights: usize,
+    /// K and V of one token in every layer, at f16 (llama.cpp's and `--kv-cache auto`'s type for GGUF).
+    pub kv_bytes_per_token: usize,
+    pub context: usize,
+}
+
+impl FileSummary {
+    pub fn of(g: &GgufFile, cfg: &LlamaConfig) -> Result<Self> {
+        let file_bytes = std::fs::metadata(&g.path).map(|m| m.len())?;
+        let mut formats: Vec<(Format, usize, usize)> = vec![];
+        for t in &g.tensors {
+            match formats.iter_mut().find(|f| f.0 == t.format) {
+                Some(f) => (f.1, f.2) = (f.1 + 1, f.2 + t.size),
+                None => formats.push((t.format, 1, t.size)),
+            }
+        }
+        formats.sort_by(|a, b| b.2.cmp(&a.2).then(a.1.cmp(&b.1)));
+        let weights = g.tensors.iter().map(|t| t.dims.iter().product::<usize>()).sum();
+        Ok(FileSummary {
+            file_bytes,
+            weight_bytes: formats.iter().map(|f| f.2).sum(),
+            formats,
+            weights,
+            kv_bytes_per_token: 2 * cfg.num_hidden_layers * cfg.kv_dim() * 2,
+            context: cfg.max_position_embeddings,
+        })
+    }
+}
+
+impl std::fmt::Display for FileSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = |b: usize| b as f64 / (1u64 << 20) as f64;
+        let types: Vec<String> = self.formats.iter().map(|(t, n, _)| format!("{}: {n} tensors", t.name())).collect();
+        writeln!(f, "tensor types: {}", types.join(", "))?;
+        writeln!(
+            f,
+            "file size: {:.2} MiB ({:.2} bits per weight, {} weights)",
+            mib(self.file_bytes as usize),
+            8.0 * self.weight_bytes as f64 / self.weights.max(1) as f64,
+            self.weights
+        )?;
+        writeln!(f, "KV cache: {} bytes per token (f16 K and V, every layer)", self.kv_bytes_per_token)?;
+        let kv = self.kv_bytes_per_token * self.context;
+        write!(
+            f,
+            "memory at the full context of {}: {:.1} MiB (weights {:.1} MiB + KV cache {:.1} MiB)",
+            self.context,
+            mib(self.weight_bytes + kv),
+            mib(self.weight_bytes),
+            mib(kv)
+        )
+    }
+}
+
 pub fn config(g: &GgufFile) -> Result<LlamaConfig> {
     let p = g.path.display();
     let arch = g.get("general.architecture").and_then(|v| v.as_str()).unwrap_or("");

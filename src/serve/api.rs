@@ -59,6 +59,9 @@ pub struct CompletionRequest {
     pub best_of: Option<i64>,
     pub frequency_penalty: Option<f64>,
     pub presence_penalty: Option<f64>,
+    /// vLLM's and llama.cpp's extension: a positive logit of a token of the prompt or output so
+    /// far is divided by it, a negative one multiplied (1: off).
+    pub repetition_penalty: Option<f64>,
     pub logit_bias: Option<serde_json::Map<String, Value>>,
     pub suffix: Option<String>,
     pub user: Option<String>,
@@ -84,6 +87,9 @@ pub struct ChatRequest {
     pub top_logprobs: Option<i64>,
     pub frequency_penalty: Option<f64>,
     pub presence_penalty: Option<f64>,
+    /// vLLM's and llama.cpp's extension: a positive logit of a token of the prompt or output so
+    /// far is divided by it, a negative one multiplied (1: off).
+    pub repetition_penalty: Option<f64>,
     pub logit_bias: Option<serde_json::Map<String, Value>>,
     pub response_format: Option<Value>,
     pub user: Option<String>,
@@ -143,6 +149,7 @@ fn common(
     stream: Option<bool>,
     stream_options: Option<StreamOptions>,
     penalties: [(Option<f64>, &str); 2],
+    repetition_penalty: Option<f64>,
     logit_bias: &Option<serde_json::Map<String, Value>>,
     fresh_seed: u64,
 ) -> Result<GenParams, ApiError> {
@@ -168,10 +175,21 @@ fn common(
     if let Some(n) = n.filter(|&n| n != 1) {
         return Err(ApiError::invalid(format!("`n` is {n}: this server returns one choice per request"), Some("n")));
     }
+    let [(frequency_penalty, _), (presence_penalty, _)] = penalties;
     for (p, name) in penalties {
-        if p.is_some_and(|p| p != 0.0) {
-            return Err(ApiError::invalid(format!("`{name}` is not supported (only 0)"), Some(name)));
+        if p.is_some_and(|p| !(-2.0..=2.0).contains(&p)) {
+            return Err(ApiError::invalid(
+                format!("`{name}` is {}: it must be in [-2, 2]", p.unwrap_or_default()),
+                Some(name),
+            ));
         }
+    }
+    let repetition_penalty = repetition_penalty.unwrap_or(1.0);
+    if !(repetition_penalty.is_finite() && repetition_penalty > 0.0) {
+        return Err(ApiError::invalid(
+            format!("`repetition_penalty` is {repetition_penalty}: it must be a positive number (1: off)"),
+            Some("repetition_penalty"),
+        ));
     }
     if logit_bias.as_ref().is_some_and(|b| !b.is_empty()) {
         return Err(ApiError::invalid("`logit_bias` is not supported", Some("logit_bias")));
@@ -211,7 +229,11 @@ fn common(
             top_k,
             top_p: top_p as f32,
             seed,
-            ..Default::default()
+            // vLLM's repetition_penalty: every token of the prompt and the output so far
+            repeat_penalty: repetition_penalty as f32,
+            repeat_last_n: usize::MAX,
+            frequency_penalty: frequency_penalty.unwrap_or(0.0) as f32,
+            presence_penalty: presence_penalty.unwrap_or(0.0) as f32,
         },
         stop,
         logprobs: None,
@@ -265,6 +287,7 @@ impl CompletionRequest {
             self.stream,
             self.stream_options,
             [(self.frequency_penalty, "frequency_penalty"), (self.presence_penalty, "presence_penalty")],
+            self.repetition_penalty,
             &self.logit_bias,
             fresh_seed,
         )?;
@@ -345,6 +368,7 @@ impl ChatRequest {
             self.stream,
             self.stream_options,
             [(self.frequency_penalty, "frequency_penalty"), (self.presence_penalty, "presence_penalty")],
+            self.repetition_penalty,
             &self.logit_bias,
             fresh_seed,
         )?;
@@ -393,7 +417,9 @@ mod tests {
             (r#"{"model": "m", "prompt": "x", "n": 2}"#, "n"),
             (r#"{"model": "m", "prompt": "x", "logprobs": 6}"#, "logprobs"),
             (r#"{"model": "m", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}"#, "stop"),
-            (r#"{"model": "m", "prompt": "x", "presence_penalty": 0.5}"#, "presence_penalty"),
+            (r#"{"model": "m", "prompt": "x", "presence_penalty": 2.5}"#, "presence_penalty"),
+            (r#"{"model": "m", "prompt": "x", "frequency_penalty": -3}"#, "frequency_penalty"),
+            (r#"{"model": "m", "prompt": "x", "repetition_penalty": 0}"#, "repetition_penalty"),
             (r#"{"model": "m", "prompt": "x", "frobnicate": 1}"#, "frobnicate"),
             (r#"{"model": "m", "prompt": ["a", "b"]}"#, "prompt"),
             (r#"{"model": "m"}"#, "prompt"),

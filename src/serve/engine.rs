@@ -264,7 +264,8 @@ fn run(
                 }
                 Ok(logits) => {
                     // the draft follows greedy requests only (sampled ones decode normally)
-                    let draft_cache = match draft.filter(|_| job.sampling.temperature <= 0.0) {
+                    let plain_greedy = job.sampling.temperature <= 0.0 && !job.sampling.penalizes();
+                    let draft_cache = match draft.filter(|_| plain_greedy) {
                         Some(d) => {
                             let mut c = KvCache::new(d, job.prompt.len() + job.max_new);
                             d.forward_cached_hidden(&job.prompt, &mut c, RowMode::Batched).ok().map(|_| (c, vec![]))
@@ -272,6 +273,7 @@ fn run(
                         None => None,
                     };
                     let mut sampler = Sampler::new(job.sampling.clone());
+                    sampler.remember(&job.prompt);
                     let t = sampler.sample(&logits);
                     let lp = job.logprobs.map(|k| logprobs(&logits, t, k));
                     let ttft = job.submitted.elapsed().as_micros() as u64;

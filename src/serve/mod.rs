@@ -109,11 +109,11 @@ pub fn serve(loaded: LoadedModel, draft: Option<LoadedModel>, opts: ServeOptions
         next_id: AtomicU64::new(1),
     });
     let app = Router::new()
-        .route("/v1/completions", post(completions))
-        .route("/v1/chat/completions", post(chat_completions))
-        .route("/v1/models", get(models))
-        .route("/health", get(health))
-        .route("/metrics", get(metrics))
+        .route("/v1/completions", post(completions).fallback(method_not_allowed))
+        .route("/v1/chat/completions", post(chat_completions).fallback(method_not_allowed))
+        .route("/v1/models", get(models).fallback(method_not_allowed))
+        .route("/health", get(health).fallback(method_not_allowed))
+        .route("/metrics", get(metrics).fallback(method_not_allowed))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(opts.max_body))
         .with_state(state);
@@ -195,7 +195,16 @@ fn check_model(st: &AppState, model: Option<String>) -> Result<(), ApiError> {
 }
 
 /// Submits `prompt` and returns the receiver of its tokens and the token budget.
-fn submit(st: &AppState, prompt: &[u32], p: &GenParams) -> Result<(UnboundedReceiver<Event>, usize), ApiError> {
+fn submit(
+    st: &AppState,
+    prompt: &[u32],
+    p: &GenParams,
+    kind: Kind,
+) -> Result<(UnboundedReceiver<Event>, usize), ApiError> {
+    let prompt_param = match kind {
+        Kind::Completion => "prompt",
+        Kind::Chat => "messages",
+    };
     let v = st.tok.vocab_size().max(1) as u32;
     if let Some(&t) = prompt.iter().find(|&&t| t >= v) {
         return Err(ApiError::invalid(format!("token id {t} is outside the vocabulary ({v})"), Some("prompt")));
@@ -207,7 +216,7 @@ fn submit(st: &AppState, prompt: &[u32], p: &GenParams) -> Result<(UnboundedRece
                 st.ctx,
                 prompt.len()
             ),
-            Some("messages"),
+            Some(prompt_param),
         )
         .with_code(400, "context_length_exceeded"));
     }
@@ -336,6 +345,7 @@ fn usage(prompt: usize, completion: usize) -> Value {
     json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
 }
 
+#[derive(Clone, Copy)]
 enum Kind {
     Completion,
     Chat,
@@ -395,7 +405,7 @@ async fn respond(
     after: Option<u32>,
     kind: Kind,
 ) -> Result<Response, ApiError> {
-    let (rx, max_new) = submit(&st, &prompt, &p)?;
+    let (rx, max_new) = submit(&st, &prompt, &p, kind)?;
     let n = st.next_id.fetch_add(1, Ordering::Relaxed);
     let (id, object) = match kind {
         Kind::Completion => (format!("cmpl-{n}"), "text_completion"),
@@ -519,9 +529,9 @@ fn stream_response(
                                 return Some((chunk(Some(text_delta(delta)), None, lp, None), s));
                             }
                             s.rx.close(); // the engine drops the sequence at its next step
+                                          // usage comes once, in its own chunk, and only when asked for
                             s.phase = if include_usage { 2 } else { 3 };
-                            let u = usage(prompt_len, s.ts.generated);
-                            return Some((chunk(Some(text_delta(delta)), s.ts.finish, lp, Some(u)), s));
+                            return Some((chunk(Some(text_delta(delta)), s.ts.finish, lp, None), s));
                         }
                     }
                 },
@@ -605,6 +615,18 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         format!("{:.4}", if proposed > 0 { accepted as f64 / proposed as f64 } else { 0.0 }),
     );
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// A known endpoint asked with another method: 405 with the error object (axum's own has no body).
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    let allowed = if uri.path().ends_with("completions") { "POST" } else { "GET" };
+    ApiError {
+        status: 405,
+        message: format!("{} does not take {method}: use {allowed}", uri.path()),
+        kind: "invalid_request_error",
+        param: None,
+        code: Some("method_not_allowed"),
+    }
 }
 
 async fn not_found() -> ApiError {

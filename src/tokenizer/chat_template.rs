@@ -10,6 +10,17 @@ use serde::{Deserialize, Serialize};
 /// The `chat_template` of TinyLlama/TinyLlama-1.1B-Chat-v1.0 (Zephyr style).
 pub const ZEPHYR: &str = "{% for message in messages %}\n{% if message['role'] == 'user' %}\n{{ '<|user|>\n' + message['content'] + eos_token }}\n{% elif message['role'] == 'system' %}\n{{ '<|system|>\n' + message['content'] + eos_token }}\n{% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n{% endif %}\n{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}";
 
+/// Where the chosen template came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TemplateSource {
+    /// `--chat-template` named it (`zephyr` or a file).
+    Flag(String),
+    /// The model's own (`tokenizer_config.json`, `chat_template.jinja` or GGUF metadata).
+    Model,
+    /// Zephyr's, because the model has none.
+    ZephyrDefault,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     pub role: String,
@@ -88,10 +99,32 @@ impl ChatTemplate {
 
     /// The model's own template, or Zephyr's (TinyLlama-Chat) when it has none; says which.
     pub fn for_model(template: Option<&str>, bos_token: &str, eos_token: &str) -> Result<(Self, bool)> {
-        match template {
-            Some(t) => Ok((Self::new(t, bos_token, eos_token)?, true)),
-            None => Ok((Self::new(ZEPHYR, bos_token, eos_token)?, false)),
-        }
+        let (t, from) = Self::choose(None, template, bos_token, eos_token)?;
+        Ok((t, from == TemplateSource::Model))
+    }
+
+    /// The template that renders a conversation: `--chat-template` (`zephyr`, or a file holding a
+    /// Jinja template) where given, else the model's own, else Zephyr's (TinyLlama-Chat's).
+    pub fn choose(
+        flag: Option<&str>,
+        model_template: Option<&str>,
+        bos_token: &str,
+        eos_token: &str,
+    ) -> Result<(Self, TemplateSource)> {
+        let (source, from) = match (flag, model_template) {
+            (Some(name), _) if name.eq_ignore_ascii_case("zephyr") => {
+                (ZEPHYR.to_string(), TemplateSource::Flag(name.into()))
+            }
+            (Some(file), _) => (
+                std::fs::read_to_string(file).map_err(|e| {
+                    anyhow::anyhow!("--chat-template {file}: not `zephyr`, and not a readable file ({e})")
+                })?,
+                TemplateSource::Flag(file.into()),
+            ),
+            (None, Some(t)) => (t.to_string(), TemplateSource::Model),
+            (None, None) => (ZEPHYR.to_string(), TemplateSource::ZephyrDefault),
+        };
+        Ok((Self::new(&source, bos_token, eos_token)?, from))
     }
 
     /// The prompt text for `messages`, ending with the assistant's header when

@@ -21,7 +21,7 @@ use crate::files::write_json;
 use crate::kernels::cross_entropy::IGNORE_INDEX;
 use crate::model::{Llama, Workspace};
 use crate::rng::Rng;
-use crate::tokenizer::chat_template::{ChatTemplate, ZEPHYR};
+use crate::tokenizer::chat_template::{ChatTemplate, TemplateSource};
 use crate::tokenizer::Tokenizer;
 use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -145,6 +145,21 @@ impl FinetuneConfig {
         }
     }
 
+    /// The settings a run in `out` recorded (`train_config.json`'s "finetune"), for a resumed run
+    /// that does not repeat its flags; `None` where there is no such run.
+    pub fn recorded(out: &Path) -> Result<Option<Self>> {
+        let path = out.join("train_config.json");
+        let Ok(text) = std::fs::read_to_string(&path) else { return Ok(None) };
+        let v: Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+        match v.get("finetune") {
+            Some(f) => Ok(Some(
+                serde_json::from_value(f.clone())
+                    .with_context(|| format!("{}: the recorded settings cannot be read", path.display()))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
     /// The mode's defaults overlaid with a TOML file; an unknown key names the nearest known one.
     pub fn from_toml_file(mode: Mode, path: &Path) -> Result<Self> {
         super::config::overlay_toml_file(&Self::defaults(mode), path)
@@ -186,18 +201,14 @@ pub struct FinetuneOutcome {
 pub fn template_for(choice: Option<&str>, model_dir: &Path, tok: &Tokenizer) -> Result<(ChatTemplate, String)> {
     let name = |id| tok.id_to_token(id).unwrap_or_default();
     let (bos, eos) = (name(tok.bos_id), name(tok.eos_id));
-    let (source, what) = match choice {
-        Some("zephyr") => (ZEPHYR.to_string(), "zephyr (--chat-template)".to_string()),
-        Some(file) => (
-            std::fs::read_to_string(file).with_context(|| format!("--chat-template: cannot read {file}"))?,
-            file.to_string(),
-        ),
-        None => match crate::model::load::chat_template_of(model_dir) {
-            Some(t) => (t, format!("{}/tokenizer_config.json", model_dir.display())),
-            None => (ZEPHYR.to_string(), "zephyr (the model has none)".to_string()),
-        },
+    let own = crate::model::load::chat_template_of(model_dir);
+    let (template, from) = ChatTemplate::choose(choice, own.as_deref(), &bos, &eos)?;
+    let what = match from {
+        TemplateSource::Flag(f) => format!("{f} (--chat-template)"),
+        TemplateSource::Model => format!("{}/tokenizer_config.json", model_dir.display()),
+        TemplateSource::ZephyrDefault => "zephyr (the model has none)".to_string(),
     };
-    Ok((ChatTemplate::new(&source, &bos, &eos)?, what))
+    Ok((template, what))
 }
 
 /// The examples step `step` (0-based) reads: epoch `step / steps_per_epoch` in its seeded order.
@@ -325,7 +336,17 @@ pub fn finetune(
         ensure!(fc.loss_on == LossOn::Completion, "loss_on is an SFT setting: DPO scores the completions");
     }
     let (world, rank) = (comm.world(), comm.rank());
-    let model_dir = fc.model.clone().unwrap_or_default();
+    let named = crate::checkpoint::paths::resolve_model_path(fc.model.as_deref().unwrap_or(Path::new("")))?;
+    if let (Some(note), true) = (&named.note, verbose && comm.rank() == 0) {
+        eprintln!("{note}");
+    }
+    ensure!(
+        !crate::model::load::is_gguf(&named.path),
+        "{}: fine-tuning starts from a Hugging Face model directory or checkpoint, not a GGUF file",
+        named.path.display()
+    );
+    let model_dir =
+        if named.path.is_file() { named.path.parent().unwrap_or(Path::new(".")).to_path_buf() } else { named.path };
     let data = fc.data.clone().unwrap_or_default();
     claim_run_dir(&fc.out, &resume, rank, verbose && rank == 0)?;
     let model = load_hf(&model_dir)?;
@@ -458,12 +479,16 @@ pub fn finetune(
     if let Some(state) = t.resume(&resume)? {
         check_resumable(&state, &data_digest, fc, world, t.resumed_from.as_deref().unwrap_or(Path::new("")))?;
     }
-    let resolved = resolved_config(
+    let mut resolved = resolved_config(
         &t,
         json!({"mode": if mode == Mode::Sft { "sft" } else { "dpo" }, "finetune": fc, "examples": n, "max_length": max_len,
             "truncated": truncated, "dropped": dropped, "steps_per_epoch": per_epoch, "chat_template": template_from,
             "data_digest": data_digest}),
     );
+    // "finetune" and "schedule" hold the settings: the pretraining ones (mixture, shards, …) mean nothing here
+    if let Some(m) = resolved.as_object_mut() {
+        m.remove("train");
+    }
     t.begin(&resolved)?;
     if mode == Mode::Dpo && rank == 0 {
         write_json(&ref_path, &json!({"data_digest": data_digest, "logps": refs}))?;
@@ -592,7 +617,10 @@ pub fn finetune(
             }
         }
         out.rows.push(row.clone());
-        t.record(row, format!("loss {loss:.4}{progress} | lr {lr:.2e} | gnorm {norm:.3} | {tps:.0} tok/s"))?;
+        t.record(
+            row,
+            format!("loss {loss:.4}{progress} | lr {} | gnorm {norm:.3} | {tps:.0} tok/s", super::format_lr(lr)),
+        )?;
         if t.checkpoint_due(stop.load(Ordering::Relaxed)) {
             out.checkpoint = Some(save(&mut t)?);
         }

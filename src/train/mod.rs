@@ -15,4 +15,4 @@ pub mod schedule;
 pub mod trainer;
 
 pub use adamw::{clip_grad_norm, clip_to_norm, global_grad_norm, grad_sum_squares, AdamW, AdamWConfig};
-pub use schedule::CosineSchedule;
+pub use schedule::{format_lr, CosineSchedule};

@@ -224,7 +224,11 @@ pub fn pretrain(
         t.record(
             json!({"step": step, "loss": loss, "lr": lr, "grad_norm": norm, "tokens": t.tokens_seen,
                 "tokens_per_s": tps, "mfu": mfu, "comm_s": comm_s, "elapsed_s": elapsed, "skipped": s.skipped}),
-            format!("loss {loss:.4} | lr {lr:.2e} | gnorm {norm:.3} | {tps:.0} tok/s | MFU {:.0}%", 100.0 * mfu),
+            format!(
+                "loss {loss:.4} | lr {} | gnorm {norm:.3} | {tps:.0} tok/s | MFU {:.0}%",
+                super::format_lr(lr),
+                100.0 * mfu
+            ),
         )?;
         let interrupted = stop.load(Ordering::Relaxed);
         if let (Some(vo), 0) = (&val_opts, rank) {

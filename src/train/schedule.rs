@@ -11,7 +11,28 @@ pub struct CosineSchedule {
     pub decay_iters: u64,
 }
 
+/// A learning rate for a log line: `0` for zero (the first warmup step), else two decimals of
+/// scientific notation.
+pub fn format_lr(lr: f64) -> String {
+    if lr == 0.0 {
+        "0".into()
+    } else {
+        format!("{lr:.2e}")
+    }
+}
+
 impl CosineSchedule {
+    /// The schedule in words, for a note that it changed.
+    pub fn describe(&self) -> String {
+        format!(
+            "warmup {} steps, then cosine {} → {} at step {}",
+            self.warmup_iters,
+            format_lr(self.max_lr),
+            format_lr(self.min_lr),
+            self.decay_iters
+        )
+    }
+
     pub fn lr(&self, it: u64) -> f64 {
         if it < self.warmup_iters {
             return self.max_lr * it as f64 / self.warmup_iters as f64;

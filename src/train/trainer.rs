@@ -259,7 +259,33 @@ impl<'a> Trainer<'a> {
         self.bad = ck.state.consecutive_bad_steps;
         self.last_saved = Some(self.step);
         self.resumed_from = Some(dir);
+        if self.verbose {
+            if let Some(note) = self.schedule_change_note() {
+                eprintln!("{note}");
+            }
+        }
         Ok(Some(ck.state))
+    }
+
+    /// A resumed run whose schedule differs from the one its `train_config.json` recorded (a raised
+    /// `--max-steps` re-plans the cosine): the old and the new schedule, and the lr at this step.
+    fn schedule_change_note(&self) -> Option<String> {
+        let text = std::fs::read_to_string(self.cfg.out.join("train_config.json")).ok()?;
+        let recorded: Value = serde_json::from_str(&text).ok()?;
+        let before: CosineSchedule = serde_json::from_value(recorded.get("schedule")?.clone()).ok()?;
+        if before == self.sched {
+            return None;
+        }
+        Some(format!(
+            "note: the learning-rate schedule is re-planned for {} steps (the run had {}): {} (was {}); lr at step {} is now {} (was {})",
+            self.cfg.max_steps,
+            recorded.pointer("/train/max_steps").map(|v| v.to_string()).unwrap_or_else(|| "?".into()),
+            self.sched.describe(),
+            before.describe(),
+            self.step,
+            super::format_lr(self.sched.lr(self.step)),
+            super::format_lr(before.lr(self.step))
+        ))
     }
 
     /// Writes the resolved configuration (`train_config.json`), prints it, opens the metrics and
@@ -564,7 +590,7 @@ fn progress_bar(verbose: bool, max: u64, at: u64) -> Option<indicatif::ProgressB
 
 /// The resolved configuration a run writes and prints, with the fields every mode shares.
 pub fn resolved_config(t: &Trainer, extra: Value) -> Value {
-    let mut v = json!({"train": t.cfg, "model": t.model.cfg, "world": t.world,
+    let mut v = json!({"train": t.cfg, "schedule": t.sched, "model": t.model.cfg, "world": t.world,
         "threads_per_rank": rayon::current_num_threads(), "resumed_from": t.resumed_from,
         "tinyllama_version": env!("CARGO_PKG_VERSION")});
     if let (Value::Object(m), Value::Object(e)) = (&mut v, extra) {

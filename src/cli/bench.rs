@@ -1,0 +1,210 @@
+//! `tinyllama bench generate` and `bench train`: flags and reports.
+
+use super::{KvArgs, ModelArg};
+use anyhow::{ensure, Result};
+use clap::Subcommand;
+use std::path::PathBuf;
+use tinyllama::checkpoint::safetensors::Dtype;
+use tinyllama::tokenizer::Tokenizer;
+
+#[derive(Subcommand)]
+pub enum BenchCmd {
+    /// Prefill, decode and batched-decode speed (tokens/s) with the KV cache, against the read
+    /// bandwidth measured in the same run; random weights of a preset/config, or a GGUF file.
+    Generate {
+        #[command(flatten)]
+        model: ModelArg,
+        /// A model to measure instead of random weights: a GGUF file, or a Hugging Face directory
+        /// or training checkpoint (converted to --dtype at load).
+        #[arg(long = "model", short = 'm', conflicts_with_all = ["preset", "config"])]
+        gguf: Option<PathBuf>,
+        /// Weight format of the random model (or of a --model directory): f32, f16, bf16, q8_0, q4_0,
+        /// q4_k_m, q4_k, q6_k. GGUF files keep their own.
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+        #[command(flatten)]
+        kv: KvArgs,
+        /// Prompt tokens of the prefill measurement.
+        #[arg(long, default_value_t = 256)]
+        prompt_len: usize,
+        /// Tokens decoded per measurement.
+        #[arg(long, default_value_t = 32)]
+        new_tokens: usize,
+        /// Sequences decoded together in the batched measurement (1: skip it).
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        /// Repetitions (medians are reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Instead of measuring: write the random model as a GGUF file in --dtype (for measuring
+        /// llama.cpp and us on the same file: benches/compare_generate.sh).
+        #[arg(long, value_name = "FILE")]
+        write_gguf: Option<PathBuf>,
+        /// Instead of measuring: write the random model as a Hugging Face directory (config.json,
+        /// f32 model.safetensors, tokenizer.json), for `eval` and `generate` benchmarks.
+        #[arg(long, value_name = "DIR", conflicts_with = "write_gguf")]
+        write_hf: Option<PathBuf>,
+    },
+    /// Time training steps (forward, backward, clip, AdamW) on random tokens and report tokens/s,
+    /// MFU against the GEMM peak measured in the same run, and peak memory.
+    Train {
+        #[command(flatten)]
+        model: ModelArg,
+        /// Sequences per step.
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// Tokens per sequence [default: 256, capped at the model's context].
+        #[arg(long)]
+        seq_len: Option<usize>,
+        /// Timed steps (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        /// Untimed steps first.
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Also report the time of each kernel per step.
+        #[arg(long)]
+        profile: bool,
+    },
+}
+
+pub fn run(cmd: BenchCmd) -> Result<()> {
+    match cmd {
+        BenchCmd::Generate { model, gguf: None, dtype, write_gguf: Some(out), .. } => {
+            let dtype = tinyllama::model::ModelDtype::parse(&dtype)?;
+            let (name, m, tok) = random_model(&model, "--write-gguf")?;
+            tinyllama::gguf::llama::export(&m.cfg, &m.params, &tok, None, dtype, &name, &out)?;
+            println!("wrote {} ({name}, random weights, {})", out.display(), dtype.name());
+        }
+        BenchCmd::Generate { model, gguf: None, write_hf: Some(out), .. } => {
+            let (name, m, tok) = random_model(&model, "--write-hf")?;
+            anyhow::ensure!(!out.exists(), "{} exists; choose a new directory", out.display());
+            tinyllama::checkpoint::hf::save_hf(&m, &out, Dtype::F32, u64::MAX)?;
+            tok.save(&out.join("tokenizer.json"))?;
+            println!("wrote {} ({name}, random weights, f32)", out.display());
+        }
+        BenchCmd::Generate { model, gguf, dtype, kv, prompt_len, new_tokens, batch, runs, json, .. } => {
+            let dtype = tinyllama::model::ModelDtype::parse(&dtype)?;
+            let kv = kv.kind()?;
+            // the 512 MiB probe only for models too small to be their own (taken before loading,
+            // so that its buffer and the model are not in memory together)
+            let approx_bytes = match &gguf {
+                Some(p) => std::fs::metadata(p).map(|m| m.len() as usize).unwrap_or(0),
+                None => tinyllama::bench::approx_weight_bytes(&model.resolve("tinyllama-1.1b")?.1, dtype),
+            };
+            let bandwidth =
+                (approx_bytes < 2 * tinyllama::bench::PROBE_MIN_BYTES).then(tinyllama::bench::read_bandwidth);
+            let (name, cfg, loaded) = match &gguf {
+                Some(p) => {
+                    let dtype = (!tinyllama::model::load::is_gguf(p)).then_some(dtype);
+                    let m = tinyllama::model::load::load_model(p, dtype, false)?.model;
+                    (p.display().to_string(), m.cfg.clone(), Some(m))
+                }
+                None => {
+                    let (name, cfg) = model.resolve("tinyllama-1.1b")?;
+                    (name, cfg, None)
+                }
+            };
+            let r = tinyllama::bench::generate_bench(
+                &name, loaded, &cfg, dtype, prompt_len, new_tokens, batch, runs, bandwidth, kv,
+            )?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                let mib = |b: f64| b / (1u64 << 20) as f64;
+                println!("{name} [{}], {} threads, {}", r.dtype, r.threads, r.isa);
+                println!("prefill        {:.1} tokens/s ({}-token prompt)", r.prefill_tokens_per_s, r.prompt_len);
+                // weights that fit in the caches are not read from memory each token
+                let cached = if r.weight_bytes_per_token < tinyllama::bench::PROBE_MIN_BYTES {
+                    ", which the caches may partly serve"
+                } else {
+                    ""
+                };
+                println!(
+                    "decode         {:.2} tokens/s ({:.0} MB of weights a token{cached}: {:.0}% of the {:.1} GB/s read bandwidth)",
+                    r.decode_tokens_per_s,
+                    r.weight_bytes_per_token as f64 / 1e6,
+                    100.0 * r.bandwidth_fraction,
+                    r.read_bandwidth_bytes_per_s / 1e9
+                );
+                if r.batch > 1 {
+                    println!(
+                        "batched decode {:.1} tokens/s ({} sequences, {:.1}× one)",
+                        r.batched_decode_tokens_per_s,
+                        r.batch,
+                        r.batched_decode_tokens_per_s / r.decode_tokens_per_s
+                    );
+                }
+                if !r.decode_prefetch.is_empty() {
+                    let ways: Vec<String> = r
+                        .decode_prefetch
+                        .iter()
+                        .map(|(f, &on)| format!("{f} {}", if on { "on" } else { "off" }))
+                        .collect();
+                    println!("prefetch       {} (one-token decode, the faster way as measured)", ways.join(", "));
+                }
+                println!(
+                    "peak RSS       {:.0} MiB (weights {:.0} MiB + {} KV caches {:.0} MiB)",
+                    mib(r.peak_rss_bytes as f64),
+                    mib(r.weight_bytes as f64),
+                    r.kv_cache_type,
+                    mib(r.kv_cache_bytes as f64)
+                );
+            }
+        }
+        BenchCmd::Train { model, batch, seq_len, steps, warmup, json, profile } => {
+            let (name, cfg) = model.resolve("bench-50m")?;
+            let seq = seq_len.unwrap_or(256.min(cfg.max_position_embeddings));
+            if !json {
+                eprintln!("model {name}: {cfg}");
+                eprintln!(
+                    "batch {batch} × seq {seq}, {} threads; measuring GEMM peak, then {warmup}+{steps} steps…",
+                    rayon::current_num_threads()
+                );
+            }
+            let r = tinyllama::bench::train_bench(&name, &cfg, batch, seq, steps.max(1), warmup, profile)?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!("step time     {:.0} ms (median of {}, min {:.0} ms)", r.step_ms, r.steps, r.step_ms_min);
+                println!("tokens/s      {:.0}", r.tokens_per_s);
+                println!(
+                    "throughput    {:.1} GFLOP/s ({:.1} GFLOP/step: 6 × matmul params × tokens + attention)",
+                    r.achieved_gflops, r.gflop_per_step
+                );
+                println!(
+                    "GEMM peak     {:.1} GFLOP/s (best of the model's GEMM shapes, {})",
+                    r.gemm_peak_gflops, r.gemm_peak_shape
+                );
+                println!("MFU           {:.1}% of the measured GEMM peak", 100.0 * r.mfu);
+                println!("peak memory   {:.0} MiB (VmHWM)", r.peak_rss_bytes as f64 / (1 << 20) as f64);
+                println!("CPU use       {:.2} cores of {} threads", r.cpu_utilisation, r.threads);
+                println!("loss          {:.4} → {:.4}", r.loss_first, r.loss_last);
+                if !r.profile.is_empty() {
+                    println!("\nper step: kernel                          ms   calls   share");
+                    let total: f64 = r.profile.iter().map(|p| p.1).sum();
+                    for (name, ms, calls) in &r.profile {
+                        println!("  {name:32} {ms:8.1} {calls:7.0} {:6.1}%", 100.0 * ms / total);
+                    }
+                    println!("  {:32} {total:8.1}", "total");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The random model (seed 7) of a preset/config for `bench generate --write-*`, with the built-in
+/// tokenizer, which its vocabulary must match.
+fn random_model(model: &ModelArg, flag: &str) -> Result<(String, tinyllama::model::Llama, Tokenizer)> {
+    let (name, cfg) = model.resolve("tinyllama-1.1b")?;
+    let tok = Tokenizer::llama2();
+    ensure!(cfg.vocab_size == tok.vocab_size(), "{flag} needs a model with the Llama-2 vocabulary (32000)");
+    Ok((name, tinyllama::model::Llama::new_init(cfg, 7), tok))
+}

@@ -1,0 +1,157 @@
+//! `tinyllama generate`: text from a prompt, or many prompts decoded together.
+
+use super::{load_model_dir, SamplingArgs};
+use anyhow::{bail, ensure, Context, Result};
+use clap::Args;
+use std::path::PathBuf;
+use tinyllama::tokenizer::Tokenizer;
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// A Hugging Face model directory (or a training checkpoint) with tokenizer.json, or a GGUF file.
+    #[arg(long, short = 'm')]
+    model: PathBuf,
+    /// The prompt (BOS is prepended); `-` reads it from stdin, as does no prompt flag with text
+    /// piped in.
+    #[arg(long, short = 'p', conflicts_with_all = ["prompts", "prompt_file"])]
+    prompt: Option<String>,
+    /// A file holding the prompt.
+    #[arg(long, conflicts_with = "prompts")]
+    prompt_file: Option<PathBuf>,
+    /// Stop when the text contains this string (not printed); may be given several times.
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Many prompts, decoded together (one per line, or JSONL with a "prompt" field); prints one
+    /// JSON line per prompt with the completion.
+    #[arg(long)]
+    prompts: Option<PathBuf>,
+    /// Sequences decoding together with --prompts.
+    #[arg(long, default_value_t = 16)]
+    max_batch: usize,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+}
+
+pub fn run(a: GenerateArgs) -> Result<()> {
+    use std::io::{IsTerminal, Read};
+    let from_stdin = |what: &str| -> Result<String> {
+        let mut t = String::new();
+        std::io::stdin().read_to_string(&mut t).with_context(|| format!("cannot read {what} from stdin"))?;
+        Ok(t)
+    };
+    // every flag is checked before the model loads
+    a.sampling.options()?;
+    ensure!(a.max_batch >= 1, "--max-batch must be at least 1");
+    let nonempty = |text: String, from: &str| -> Result<String> {
+        ensure!(!text.is_empty(), "{from} holds no prompt text (pass --prompt \"\" to generate from BOS alone)");
+        Ok(text)
+    };
+    let text = match (&a.prompt, &a.prompt_file, &a.prompts) {
+        (Some(p), _, _) if p == "-" => Some(nonempty(from_stdin("the prompt")?, "stdin")?),
+        (Some(p), _, _) => Some(p.clone()),
+        (None, Some(f), _) => Some(nonempty(
+            std::fs::read_to_string(f).with_context(|| format!("cannot read the prompt file {}", f.display()))?,
+            &f.display().to_string(),
+        )?),
+        (None, None, None) if !std::io::stdin().is_terminal() => Some(nonempty(from_stdin("the prompt")?, "stdin")?),
+        (None, None, None) => {
+            anyhow::bail!("generate needs --prompt TEXT, --prompt-file FILE, --prompts FILE or a prompt on stdin")
+        }
+        _ => None,
+    };
+    let (model, tok) = load_model_dir(&a.model, &a.sampling.dtype, &a.sampling.kv)?;
+    match (text, &a.prompts) {
+        (Some(p), _) => {
+            let prompt: Vec<u32> = tok.encode_prompt(&p)?;
+            let ctx = model.max_positions();
+            ensure!(
+                prompt.len() < ctx,
+                "the prompt has {} tokens and fills the model's context of {ctx}: shorten it",
+                prompt.len()
+            );
+            use std::io::Write;
+            let mut stdout = std::io::stdout();
+            write!(stdout, "{p}")?;
+            let t0 = std::time::Instant::now();
+            let (_, n) = stream_generate(&model, &tok, &prompt, &a.sampling, &a.stop)?;
+            writeln!(stdout)?;
+            let dt = t0.elapsed().as_secs_f64();
+            eprintln!(
+                "{} prompt + {n} generated tokens in {dt:.2} s ({:.1} tokens/s)",
+                prompt.len(),
+                n as f64 / dt.max(1e-9)
+            );
+            if prompt.len() + n >= ctx && n < a.sampling.max_new_tokens {
+                eprintln!(
+                    "note: stopped after {n} of --max-new-tokens {}: the {}-token prompt and the reply fill \
+                     the model's context of {ctx} tokens",
+                    a.sampling.max_new_tokens,
+                    prompt.len()
+                );
+            }
+        }
+        (None, Some(file)) => generate_many(&model, &tok, file, a.max_batch, &a.sampling)?,
+        (None, None) => bail!("generate needs a prompt"), // refused above; kept an error, not a panic
+    }
+    Ok(())
+}
+
+/// Generates and prints text as it comes (decoded after the prompt's last token, so that a leading
+/// space is kept; characters split across tokens appear whole; text from a `--stop` string on is
+/// neither printed nor kept). Returns the text and the number of tokens generated. The tokens
+/// are those of `generate::generate` (prefill, then one independent row per step).
+fn stream_generate(
+    model: &tinyllama::model::InferenceModel,
+    tok: &Tokenizer,
+    prompt: &[u32],
+    s: &SamplingArgs,
+    stop: &[String],
+) -> Result<(String, usize)> {
+    use std::io::Write;
+    let mut sampler = tinyllama::generate::Sampler::new(s.options_announced()?);
+    let mut out = std::io::stdout();
+    tinyllama::generate::generate_text(model, tok, prompt, &mut sampler, s.max_new_tokens, stop, &mut |piece| {
+        write!(out, "{piece}")?;
+        Ok(out.flush()?)
+    })
+}
+
+/// `generate --prompts`: every prompt decoded in one batch; one JSON line per prompt, in order.
+fn generate_many(
+    model: &tinyllama::model::InferenceModel,
+    tok: &Tokenizer,
+    file: &std::path::Path,
+    max_batch: usize,
+    s: &SamplingArgs,
+) -> Result<()> {
+    let prompts = tinyllama::generate::read_prompts(file)?;
+    let base = s.options_announced()?;
+    let reqs: Vec<tinyllama::generate::Request> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let mut sampling = base.clone();
+            sampling.seed = base.seed.wrapping_add(i as u64);
+            Ok(tinyllama::generate::Request { prompt: tok.encode_prompt(p)?, max_new: s.max_new_tokens, sampling })
+        })
+        .collect::<Result<_>>()?;
+    let t0 = std::time::Instant::now();
+    let stops = tinyllama::generate::stop_ids(&model.cfg, tok);
+    let outs = tinyllama::generate::generate_batch(model, &reqs, &stops, max_batch, &mut |_, _| Ok(()))?;
+    let n: usize = outs.iter().map(|o| o.len()).sum();
+    use std::io::Write;
+    let mut stdout = std::io::stdout();
+    for ((p, r), o) in prompts.iter().zip(&reqs).zip(&outs) {
+        let ids: Vec<u32> = o.iter().copied().filter(|t| !stops.contains(t)).collect();
+        let finish = if o.last().is_some_and(|t| stops.contains(t)) { "stop" } else { "length" };
+        let completion = tok.decode_after(*r.prompt.last().expect("BOS at least"), &ids)?;
+        writeln!(
+            stdout,
+            "{}",
+            serde_json::json!({"prompt": p, "completion": completion, "tokens": ids.len(), "finish_reason": finish})
+        )?;
+    }
+    let dt = t0.elapsed().as_secs_f64();
+    eprintln!("{} prompts, {n} tokens in {dt:.1} s ({:.1} tokens/s)", prompts.len(), n as f64 / dt);
+    Ok(())
+}

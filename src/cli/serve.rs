@@ -1,0 +1,95 @@
+//! `tinyllama serve`: the OpenAI-compatible server's flags.
+
+use super::KvArgs;
+use anyhow::{ensure, Result};
+use clap::Args;
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// A Hugging Face model directory (or training checkpoint) with tokenizer.json, or a GGUF file.
+    #[arg(long, short = 'm')]
+    model: PathBuf,
+    /// Weight format for a safetensors model: auto (as stored: bf16 and f16 stay so, else f32),
+    /// f32, f16, bf16, q8_0, q4_0, q4_k_m, q4_k, q6_k (quantized at load). GGUF files keep their own.
+    #[arg(long, default_value = "auto")]
+    dtype: String,
+    #[command(flatten)]
+    kv: KvArgs,
+    /// Address to bind (127.0.0.1: this machine only; 0.0.0.0: every interface).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port (0: any free one; the address is printed).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// The model's name in the API (`model` of requests, /v1/models) [default: the file or
+    /// directory name].
+    #[arg(long)]
+    model_name: Option<String>,
+    /// Sequences decoding together.
+    #[arg(long, default_value_t = 16)]
+    max_batch: usize,
+    /// Requests that may wait for a place in the batch; more are answered 429.
+    #[arg(long, default_value_t = 64)]
+    max_queue: usize,
+    /// KV-cache memory for all running sequences, in MiB [default: --max-batch full contexts].
+    #[arg(long)]
+    kv_budget_mib: Option<usize>,
+    /// Require `Authorization: Bearer KEY` on /v1/ requests (also TINYLLAMA_API_KEY).
+    #[arg(long, env = "TINYLLAMA_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Largest request body, in KiB.
+    #[arg(long, default_value_t = 1024)]
+    max_body_kib: usize,
+    /// A draft model with the same tokenizer (e.g. TinyLlama for a larger Llama-2, or this model
+    /// quantized): greedy requests decode speculatively — the same tokens, faster when it agrees.
+    #[arg(long)]
+    draft: Option<PathBuf>,
+    /// Weight format of the draft (safetensors drafts: auto keeps the stored format, as --dtype;
+    /// GGUF files keep their own).
+    #[arg(long, default_value = "auto")]
+    draft_dtype: String,
+    /// Tokens the draft proposes per step.
+    #[arg(long, default_value_t = 4)]
+    draft_tokens: usize,
+}
+
+pub fn run(a: ServeArgs) -> Result<()> {
+    ensure!(a.max_batch >= 1, "--max-batch must be at least 1");
+    ensure!(a.max_queue >= 1, "--max-queue must be at least 1 (requests wait there for a place in the batch)");
+    let dtype = tinyllama::model::ModelDtype::parse_or_auto(&a.dtype)?;
+    let kv = a.kv.kind()?;
+    let mut loaded = tinyllama::model::load::load_model(&a.model, dtype, true)?;
+    loaded.model.kv_cache = kv;
+    let draft = match &a.draft {
+        Some(p) => {
+            let dd = tinyllama::model::ModelDtype::parse_or_auto(&a.draft_dtype)?;
+            let mut d = tinyllama::model::load::load_model(p, dd, true)?;
+            d.model.kv_cache = kv;
+            Some(d)
+        }
+        None => None,
+    };
+    ensure!(a.draft_tokens >= 1, "--draft-tokens must be at least 1");
+    let model_name = a.model_name.clone().unwrap_or_else(|| {
+        let p = if a.model.file_name().is_some_and(|n| n == "model.safetensors") {
+            a.model.parent().unwrap_or(&a.model)
+        } else {
+            &a.model
+        };
+        p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "tinyllama".into())
+    });
+    let opts = tinyllama::serve::ServeOptions {
+        host: a.host.clone(),
+        port: a.port,
+        model_name,
+        api_key: a.api_key.clone(),
+        max_batch: a.max_batch,
+        max_queue: a.max_queue,
+        kv_budget: a.kv_budget_mib.map(|m| m << 20),
+        max_body: a.max_body_kib << 10,
+        draft_tokens: a.draft_tokens,
+    };
+    tinyllama::serve::serve(loaded, draft, opts)?;
+    Ok(())
+}
