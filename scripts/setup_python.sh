@@ -8,8 +8,18 @@
 set -euo pipefail
 ENV="${TINYLLAMA_PYENV:-$HOME/.cache/tinyllama/pyenv}"
 LLAMA_CPP_PYTHON=0.3.36
+# On CPUs with AMX, llama.cpp built for the native CPU puts Q4_0/Q8_0 weights in its AMX buffers,
+# which crash (SIGSEGV in ggml_backend_amx_mul_mat, llama.cpp issue 20824) on the tests' small
+# models: there it is built for AVX-512 without AMX, and marked so in the environment.
+LLAMA_CMAKE_ARGS=""
+LLAMA_MARK="native"
+if grep -qw amx_int8 /proc/cpuinfo 2>/dev/null; then
+  LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON"
+  LLAMA_MARK="no-amx"
+fi
+llama_built_as_wanted() { [ "$(cat "$ENV/.llama-cpp-build" 2>/dev/null || echo native)" = "$LLAMA_MARK" ]; }
 if [ -x "$ENV/bin/python" ] && "$ENV/bin/python" -c "import gguf, numpy, safetensors, sentencepiece, llama_cpp, torch, transformers, openai" 2>/dev/null \
-   && [ -f "$ENV/src/llama.cpp/convert_hf_to_gguf.py" ]; then
+   && [ -f "$ENV/src/llama.cpp/convert_hf_to_gguf.py" ] && llama_built_as_wanted; then
   echo "python references ready in $ENV"; exit 0
 fi
 command -v python3 >/dev/null || { apt-get update -qq && apt-get install -y -qq python3 python3-venv python3-pip; }
@@ -33,5 +43,10 @@ if [ ! -f "$ENV/src/llama.cpp/convert_hf_to_gguf.py" ]; then
   rm -rf "$tmp"
 fi
 "$PY" -m pip install -q "$ENV/src/llama.cpp/gguf-py"
-"$PY" -c "import llama_cpp" 2>/dev/null || CMAKE_BUILD_PARALLEL_LEVEL=2 "$PY" -m pip install -q --no-cache-dir "llama-cpp-python==$LLAMA_CPP_PYTHON"
+if ! "$PY" -c "import llama_cpp" 2>/dev/null || ! llama_built_as_wanted; then
+  CMAKE_ARGS="$LLAMA_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL=2 "$PY" -m pip install -q --no-cache-dir --force-reinstall --no-deps \
+    "llama-cpp-python==$LLAMA_CPP_PYTHON"
+  "$PY" -m pip install -q "llama-cpp-python==$LLAMA_CPP_PYTHON"  # its dependencies, if the line above skipped them
+  echo "$LLAMA_MARK" > "$ENV/.llama-cpp-build"
+fi
 echo "python references ready in $ENV"

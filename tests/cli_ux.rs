@@ -87,3 +87,69 @@ fn chat_commands_over_a_pipe() {
     assert!(out(&o).trim_start().starts_with(&want), "{:?} does not start with {want:?}", out(&o));
     std::fs::remove_dir_all(d).unwrap();
 }
+
+/// Ctrl-C in `chat` on a real terminal (tmux) stops the reply and keeps the session: the line
+/// editor's own SIGINT handler must not swallow it. The model has a long context so that a reply
+/// runs for many seconds unless stopped.
+#[test]
+fn ctrl_c_on_a_terminal_stops_the_reply() {
+    let test = "ctrl_c_on_a_terminal_stops_the_reply";
+    if Command::new("tmux").arg("-V").output().map(|o| !o.status.success()).unwrap_or(true) {
+        return common::skip(test, "tmux not found (apt-get install tmux)");
+    }
+    let d = common::tmpdir("ux-ctrl-c");
+    let tiny = common::tiny_model(&d);
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tiny.join("config.json")).unwrap()).unwrap();
+    cfg["max_position_embeddings"] = 32768.into();
+    let cfg_path = d.join("long.json");
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let m = d.join("long");
+    let o = Command::new(BIN)
+        .args(["bench", "generate", "--config"])
+        .arg(&cfg_path)
+        .arg("--write-hf")
+        .arg(&m)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", err(&o));
+    let socket = format!("tinyllama-test-{}", std::process::id());
+    let tmux = |args: &[&str]| Command::new("tmux").args(["-L", &socket]).args(args).output().unwrap();
+    let cmd = format!("'{BIN}' chat -m '{}' -n 30000; echo CHAT-EXITED $?; sleep 60", m.display());
+    assert!(tmux(&["new-session", "-d", "-s", "chat", "-x", "160", "-y", "40", &cmd]).status.success());
+    let screen =
+        || String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", "chat", "-S", "-200"]).stdout).into_owned();
+    let wait_for = |what: &dyn Fn(&str) -> bool, secs: u64| -> Option<String> {
+        let t = std::time::Instant::now();
+        while t.elapsed() < std::time::Duration::from_secs(secs) {
+            let s = screen();
+            if what(&s) {
+                return Some(s);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        None
+    };
+    let result = (|| {
+        wait_for(&|s| s.lines().any(|l| l.starts_with('>')), 60).ok_or_else(|| format!("no prompt:\n{}", screen()))?;
+        tmux(&["send-keys", "-t", "chat", "Hello there", "Enter"]);
+        // the reply has begun: text after the line typed
+        let started = |s: &str| s.split("Hello there").nth(1).is_some_and(|r| r.trim().len() > 20);
+        wait_for(&started, 30).ok_or_else(|| format!("the reply did not start:\n{}", screen()))?;
+        tmux(&["send-keys", "-t", "chat", "C-c"]);
+        let s = wait_for(&|s| s.contains("(stopped)"), 20).ok_or_else(|| "Ctrl-C did not stop the reply".to_string());
+        let s = s.map_err(|e| format!("{e}:\n{}", screen()))?;
+        if s.contains("CHAT-EXITED") {
+            return Err(format!("Ctrl-C ended the session:\n{s}"));
+        }
+        // the session goes on: a command is answered, /exit quits with 0
+        tmux(&["send-keys", "-t", "chat", "/exit", "Enter"]);
+        wait_for(&|s| s.contains("CHAT-EXITED 0"), 20).ok_or_else(|| format!("no clean exit:\n{}", screen()))?;
+        Ok::<(), String>(())
+    })();
+    tmux(&["kill-server"]);
+    std::fs::remove_dir_all(d).unwrap();
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}

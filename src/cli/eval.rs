@@ -9,7 +9,7 @@ use std::path::PathBuf;
 pub struct EvalArgs {
     /// A Hugging Face model directory (or a training checkpoint) with tokenizer.json, or a GGUF file.
     /// Not needed with `--completions`.
-    #[arg(long, required_unless_present = "completions")]
+    #[arg(long, short = 'm', required_unless_present = "completions")]
     model: Option<PathBuf>,
     /// Weight format for a safetensors model: auto (as stored: bf16 and f16 stay so, else f32),
     /// f32, f16, bf16, q8_0, q4_0, q4_k_m, q4_k, q6_k (quantized at load). GGUF files keep their own.

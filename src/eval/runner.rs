@@ -256,4 +256,33 @@ mod tests {
         let t = zero_shot_table(&[r]);
         assert!(t.ends_with("| piqa | 10 | 50.00 | 10.00 | — | — | 2.00 |\n"), "{t}");
     }
+    /// DROP's exclusions in words, not as the JSON object the results file keeps.
+    #[test]
+    fn drop_exclusions_read_as_a_sentence() {
+        let r = GenResult {
+            task: "drop".into(),
+            metric: "exact_match".into(),
+            score: 0.25,
+            n: 40,
+            files: vec![],
+            subtasks: vec![],
+            pass_at_k: Default::default(),
+            shots: 3,
+            shrunk_prompts: 0,
+            over_input_limit: 0,
+            past_context: 0,
+            excluded: Some(serde_json::json!({"answers_differ": 2, "shares_a_shot_passage": 1})),
+            sampling: "greedy".into(),
+            sandbox: None,
+            work: None,
+            seconds: 1.0,
+            items_per_s: 40.0,
+        };
+        let t = generative_table(&[r]);
+        assert!(
+            t.contains("drop: excluded 2 items whose annotators' answers differ and 1 whose passage a shot shows"),
+            "{t}"
+        );
+        assert!(!t.contains('{'), "{t}");
+    }
 }

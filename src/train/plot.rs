@@ -138,7 +138,7 @@ mod tests {
         std::fs::create_dir_all(&d).unwrap();
         let path = d.join("loss.svg");
         let narrow = Curves {
-            train: (1..=30).map(|s| (s, 0.6931 - 0.00015 * s as f64)).collect(),
+            train: (1..=30).map(|s| (s, std::f64::consts::LN_2 - 0.00015 * s as f64)).collect(),
             val: vec![],
             lr: (1..=30).map(|s| (s, 5e-7)).collect(),
         };

@@ -279,7 +279,7 @@ impl<'a> Trainer<'a> {
         Some(format!(
             "note: the learning-rate schedule is re-planned for {} steps (the run had {}): {} (was {}); lr at step {} is now {} (was {})",
             self.cfg.max_steps,
-            recorded.pointer("/train/max_steps").map(|v| v.to_string()).unwrap_or_else(|| "?".into()),
+            recorded.get("max_steps").map(|v| v.to_string()).unwrap_or_else(|| "?".into()),
             self.sched.describe(),
             before.describe(),
             self.step,
@@ -590,7 +590,7 @@ fn progress_bar(verbose: bool, max: u64, at: u64) -> Option<indicatif::ProgressB
 
 /// The resolved configuration a run writes and prints, with the fields every mode shares.
 pub fn resolved_config(t: &Trainer, extra: Value) -> Value {
-    let mut v = json!({"train": t.cfg, "schedule": t.sched, "model": t.model.cfg, "world": t.world,
+    let mut v = json!({"train": t.cfg, "max_steps": t.cfg.max_steps, "schedule": t.sched, "model": t.model.cfg, "world": t.world,
         "threads_per_rank": rayon::current_num_threads(), "resumed_from": t.resumed_from,
         "tinyllama_version": env!("CARGO_PKG_VERSION")});
     if let (Value::Object(m), Value::Object(e)) = (&mut v, extra) {
