@@ -356,7 +356,7 @@ pub fn generate_bench(
         dtype: model.format_summary(),
         params: cfg.num_params(),
         threads: rayon::current_num_threads(),
-        isa: crate::kernels::quant::dot::Isa::detect().name().to_string(),
+        isa: crate::kernels::isa::Isa::detect().name().to_string(),
         prompt_len,
         new_tokens,
         prefill_tokens_per_s: med(&mut pre),

@@ -44,7 +44,7 @@ pub fn export(o: &ExportOptions) -> Result<Vec<String>> {
     let resolved = resolve_model_path(&o.source)?;
     let mut lines: Vec<String> = resolved.note.iter().cloned().collect();
     let mut dir = resolved.path;
-    if crate::model::load::is_gguf(&dir) {
+    if crate::loader::is_gguf(&dir) {
         bail!(
             "{} is a GGUF file: export reads Hugging Face directories and training checkpoints, not GGUF \
              (run the file directly: `tinyllama generate -m {}`)",
@@ -77,7 +77,7 @@ pub fn export(o: &ExportOptions) -> Result<Vec<String>> {
             let dtype = hf_dtype(o.dtype.as_deref(), &dir)?;
             let model = crate::checkpoint::hf::load_hf(&dir)?;
             let tok = Tokenizer::from_model_dir(&dir)?;
-            let template = crate::model::load::chat_template_of(&dir);
+            let template = crate::loader::chat_template_of(&dir);
             write_replacing(hf, |tmp| {
                 crate::train::checkpoint::export_hf(&model, &tok, tmp, dtype, template.as_deref())
             })?;
@@ -99,7 +99,7 @@ pub fn export(o: &ExportOptions) -> Result<Vec<String>> {
             let model = crate::checkpoint::hf::load_hf(&dir)?;
             let tok = Tokenizer::from_model_dir(&dir)
                 .with_context(|| format!("{}: needs its tokenizer.json", dir.display()))?;
-            let template = crate::model::load::chat_template_of(&dir);
+            let template = crate::loader::chat_template_of(&dir);
             let name = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
             eprintln!("writing {} as {}…", file.display(), dtype.name());
             let done =

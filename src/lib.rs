@@ -16,6 +16,7 @@ pub mod files;
 pub mod generate;
 pub mod gguf;
 pub mod kernels;
+pub mod loader;
 pub mod model;
 pub mod perf;
 pub mod profile;

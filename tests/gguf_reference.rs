@@ -159,7 +159,7 @@ fn exported_gguf_matches_gguf_py_and_llama_cpp() {
 /// may part at a step where our two best logits are within `tie` (relative) of each other — a
 /// near-tie that the engines' different summation orders may break either way.
 fn compare_with_llama_cpp(py: &Path, file: &Path, text: &str, new_tokens: usize, tie: f64) -> f64 {
-    let mut m = tinyllama::model::load::load_model(file, None, false).unwrap();
+    let mut m = tinyllama::loader::load_model(file, None, false).unwrap();
     m.model.kv_cache = KvCacheType::F32; // as llama.cpp runs here
     let tok = &m.tokenizer;
     // tokenization from the file's own vocabulary, as llama.cpp does it

@@ -102,8 +102,8 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
                 (approx_bytes < 2 * tinyllama::bench::PROBE_MIN_BYTES).then(tinyllama::bench::read_bandwidth);
             let (name, cfg, loaded) = match &gguf {
                 Some(p) => {
-                    let dtype = (!tinyllama::model::load::is_gguf(p)).then_some(dtype);
-                    let m = tinyllama::model::load::load_model(p, dtype, false)?.model;
+                    let dtype = (!tinyllama::loader::is_gguf(p)).then_some(dtype);
+                    let m = tinyllama::loader::load_model(p, dtype, false)?.model;
                     (p.display().to_string(), m.cfg.clone(), Some(m))
                 }
                 None => {

@@ -33,7 +33,7 @@ pub fn run(a: ChatArgs) -> Result<()> {
     a.sampling.options()?;
     let dtype = tinyllama::model::ModelDtype::parse_or_auto(&a.sampling.dtype)?;
     let kv = a.sampling.kv.kind()?;
-    let mut loaded = tinyllama::model::load::load_model(&a.model, dtype, true)?;
+    let mut loaded = tinyllama::loader::load_model(&a.model, dtype, true)?;
     loaded.model.kv_cache = kv;
     let tok = &loaded.tokenizer;
     let name = |id: u32| tok.id_to_token(id).unwrap_or_default();

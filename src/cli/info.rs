@@ -26,7 +26,7 @@ pub fn run(m: InfoArgs) -> Result<()> {
                 eprintln!("{note}");
             }
             let p = resolved.path;
-            if tinyllama::model::load::is_gguf(&p) {
+            if tinyllama::loader::is_gguf(&p) {
                 let g = tinyllama::gguf::GgufFile::open(&p)?;
                 let cfg = tinyllama::gguf::llama::config(&g)?;
                 gguf_summary = Some(tinyllama::gguf::llama::FileSummary::of(&g, &cfg)?);

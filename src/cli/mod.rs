@@ -330,7 +330,7 @@ pub fn load_model_dir(
     kv: &KvArgs,
 ) -> Result<(tinyllama::model::InferenceModel, Tokenizer)> {
     let (dtype, kv) = (tinyllama::model::ModelDtype::parse_or_auto(dtype)?, kv.kind()?);
-    let mut m = tinyllama::model::load::load_model(dir, dtype, true)?;
+    let mut m = tinyllama::loader::load_model(dir, dtype, true)?;
     m.model.kv_cache = kv;
     Ok((m.model, m.tokenizer))
 }

@@ -59,12 +59,12 @@ pub fn run(a: ServeArgs) -> Result<()> {
     ensure!(a.max_queue >= 1, "--max-queue must be at least 1 (requests wait there for a place in the batch)");
     let dtype = tinyllama::model::ModelDtype::parse_or_auto(&a.dtype)?;
     let kv = a.kv.kind()?;
-    let mut loaded = tinyllama::model::load::load_model(&a.model, dtype, true)?;
+    let mut loaded = tinyllama::loader::load_model(&a.model, dtype, true)?;
     loaded.model.kv_cache = kv;
     let draft = match &a.draft {
         Some(p) => {
             let dd = tinyllama::model::ModelDtype::parse_or_auto(&a.draft_dtype)?;
-            let mut d = tinyllama::model::load::load_model(p, dd, true)?;
+            let mut d = tinyllama::loader::load_model(p, dd, true)?;
             d.model.kv_cache = kv;
             Some(d)
         }

@@ -8,7 +8,7 @@
 //! query heads, then the key heads, then the value heads. The output is `[B*T, n_heads * head_dim]`.
 
 use super::{axpy, dot, exp};
-use crate::kernels::quant::dot::Isa;
+use crate::kernels::isa::Isa;
 use crate::kernels::team::Disjoint;
 use rayon::prelude::*;
 

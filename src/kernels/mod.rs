@@ -9,6 +9,7 @@
 pub mod attention;
 pub mod cross_entropy;
 pub mod embedding;
+pub mod isa;
 pub mod matmul;
 pub mod quant;
 pub mod rms_norm;

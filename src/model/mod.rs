@@ -3,7 +3,6 @@
 
 pub mod inference;
 pub mod llama;
-pub mod load;
 pub mod params;
 pub mod prefetch;
 pub mod weights;

@@ -7,7 +7,7 @@
 pub mod api;
 pub mod engine;
 
-use crate::model::load::LoadedModel;
+use crate::loader::LoadedModel;
 use crate::tokenizer::chat_template::ChatTemplate;
 use crate::tokenizer::Tokenizer;
 use anyhow::{Context, Result};

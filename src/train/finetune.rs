@@ -201,7 +201,7 @@ pub struct FinetuneOutcome {
 pub fn template_for(choice: Option<&str>, model_dir: &Path, tok: &Tokenizer) -> Result<(ChatTemplate, String)> {
     let name = |id| tok.id_to_token(id).unwrap_or_default();
     let (bos, eos) = (name(tok.bos_id), name(tok.eos_id));
-    let own = crate::model::load::chat_template_of(model_dir);
+    let own = crate::loader::chat_template_of(model_dir);
     let (template, from) = ChatTemplate::choose(choice, own.as_deref(), &bos, &eos)?;
     let what = match from {
         TemplateSource::Flag(f) => format!("{f} (--chat-template)"),
@@ -341,7 +341,7 @@ pub fn finetune(
         eprintln!("{note}");
     }
     ensure!(
-        !crate::model::load::is_gguf(&named.path),
+        !crate::loader::is_gguf(&named.path),
         "{}: fine-tuning starts from a Hugging Face model directory or checkpoint, not a GGUF file",
         named.path.display()
     );

@@ -75,7 +75,7 @@ pub fn all_plain(bytes: &[u8]) -> bool {
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::needless_range_loop)] // kernels index per-token accumulator arrays by token
 pub(super) mod x86 {
-    use super::super::dot::GROUP;
+    use crate::kernels::isa::GROUP;
     use std::arch::x86_64::*;
 
     /// Whether this CPU has AVX-512 BF16 (and the rest of AVX-512 the kernel uses).
@@ -147,7 +147,7 @@ pub(super) mod x86 {
     }
 }
 
-/// [`GROUP`](super::dot::GROUP) bf16 rows of `cols` (even) columns (ggml's layout, concatenated)
+/// [`GROUP`](crate::kernels::isa::GROUP) bf16 rows of `cols` (even) columns (ggml's layout, concatenated)
 /// in the pair layout: for each column pair, each row's two values (4 bytes) in row order.
 pub fn to_pairs(rows: &[u8], group: usize) -> Vec<u8> {
     let rb = rows.len() / group;

@@ -44,8 +44,8 @@
 #![allow(clippy::needless_range_loop)] // kernels index several per-token arrays by one token index
 
 use super::{bf16, f16_to_f32, scale_min_k4, Format};
+pub use crate::kernels::isa::{Isa, GROUP};
 use crate::kernels::team;
-use std::sync::OnceLock;
 
 /// Most tokens that share one pass over a weight row.
 pub const MAX_TILE: usize = 4;
@@ -78,109 +78,6 @@ pub fn bf16_dot(isa: Isa) -> bool {
 
 /// Activation block length.
 pub const QA: usize = 32;
-
-/// The instruction set the kernels run on, chosen once at run time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Isa {
-    /// AVX-512 VNNI (+VL, BW) with AVX2 and FMA.
-    Avx512Vnni,
-    /// AVX2 with FMA and F16C.
-    Avx2,
-    /// AVX2 with AVX-VNNI (`vpdpbusd` on 256-bit vectors), as Intel's client cores since Alder
-    /// Lake and its E-core Xeons have it without AVX-512: the AVX2 kernels, but the quantized
-    /// formats' integer sums in one instruction where AVX2 takes `vpmaddubsw` and `vpmaddwd`.
-    AvxVnni,
-    Scalar,
-}
-
-impl Isa {
-    /// Every instruction set, best first.
-    const ALL: [Isa; 4] = [Isa::Avx512Vnni, Isa::AvxVnni, Isa::Avx2, Isa::Scalar];
-
-    /// The best this CPU supports, or `TINYLLAMA_ISA` (`avx512vnni`, `avxvnni`, `avx2`,
-    /// `scalar`) where this CPU has it; a value it cannot honour is said on stderr, once.
-    pub fn detect() -> Isa {
-        static ISA: OnceLock<Isa> = OnceLock::new();
-        *ISA.get_or_init(|| {
-            let all = Isa::all_supported();
-            match Isa::requested(&all, std::env::var("TINYLLAMA_ISA").ok().as_deref()) {
-                Ok(isa) => isa,
-                Err(why) => {
-                    eprintln!("warning: {why}; using {}", all[0].name());
-                    all[0]
-                }
-            }
-        })
-    }
-
-    /// The instruction set `TINYLLAMA_ISA` asks for among `all` (this CPU's, best first): the
-    /// best where unset, an error naming the value where it is unknown or not on this CPU (so
-    /// that a run asked to measure one path does not silently measure another).
-    fn requested(all: &[Isa], value: Option<&str>) -> Result<Isa, String> {
-        let Some(v) = value else { return Ok(all[0]) };
-        if let Some(&isa) = all.iter().find(|i| i.env_name() == v) {
-            return Ok(isa);
-        }
-        let names = |isas: &[Isa]| isas.iter().map(|i| i.env_name()).collect::<Vec<_>>().join(", ");
-        Err(if Isa::ALL.iter().any(|i| i.env_name() == v) {
-            format!("TINYLLAMA_ISA={v}: this CPU lacks it (it runs {})", names(all))
-        } else {
-            format!("TINYLLAMA_ISA={v}: unknown (one of {})", names(&Isa::ALL))
-        })
-    }
-
-    pub fn best_supported() -> Isa {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let avx2 =
-                is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c");
-            if avx2
-                && is_x86_feature_detected!("avx512vnni")
-                && is_x86_feature_detected!("avx512vl")
-                && is_x86_feature_detected!("avx512bw")
-            {
-                return Isa::Avx512Vnni;
-            }
-            if avx2 && is_x86_feature_detected!("avxvnni") {
-                return Isa::AvxVnni;
-            }
-            if avx2 {
-                return Isa::Avx2;
-            }
-        }
-        Isa::Scalar
-    }
-
-    /// Every instruction set this CPU can run, best first (for tests that compare them).
-    pub fn all_supported() -> Vec<Isa> {
-        let best = Isa::best_supported();
-        #[cfg(target_arch = "x86_64")]
-        let vnni = best != Isa::Scalar && is_x86_feature_detected!("avxvnni");
-        #[cfg(not(target_arch = "x86_64"))]
-        let vnni = false;
-        let below = Isa::ALL.iter().position(|&i| i == best).unwrap_or(Isa::ALL.len() - 1);
-        Isa::ALL[below..].iter().copied().filter(|&i| i != Isa::AvxVnni || vnni).collect()
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Isa::Avx512Vnni => "avx512-vnni",
-            Isa::AvxVnni => "avx-vnni",
-            Isa::Avx2 => "avx2",
-            Isa::Scalar => "scalar",
-        }
-    }
-
-    /// The `TINYLLAMA_ISA` value that asks for this instruction set.
-    pub fn env_name(self) -> &'static str {
-        match self {
-            Isa::Avx512Vnni => "avx512vnni",
-            Isa::AvxVnni => "avxvnni",
-            Isa::Avx2 => "avx2",
-            Isa::Scalar => "scalar",
-        }
-    }
-}
 
 /// How activations are prepared for a weight format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -456,9 +353,6 @@ fn quantize_q8_k(xs: &[f32], qs: &mut [i8]) -> f32 {
     }
     1.0 / iscale
 }
-
-/// Rows that run together in the [`to_groups`] layout.
-pub const GROUP: usize = 16;
 
 /// Whether `isa` reads `fmt` matrices in groups of [`GROUP`] rows ([`to_groups`]) rather than in
 /// ggml's row layout: every format but f32 on AVX2 and AVX-512.
@@ -2206,20 +2100,6 @@ mod tests {
     fn row(n: usize, seed: u64) -> Vec<f32> {
         let mut r = Rng::new(seed);
         (0..n).map(|_| r.normal() as f32).collect()
-    }
-
-    /// `TINYLLAMA_ISA` picks among the CPU's instruction sets; a value naming one it lacks, or
-    /// none at all, is an error that says so rather than a silent fallback.
-    #[test]
-    fn tinyllama_isa_is_honoured_or_refused_by_name() {
-        let all = [Isa::Avx2, Isa::Scalar];
-        assert_eq!(Isa::requested(&all, None), Ok(Isa::Avx2));
-        assert_eq!(Isa::requested(&all, Some("scalar")), Ok(Isa::Scalar));
-        assert_eq!(Isa::requested(&all, Some("avx2")), Ok(Isa::Avx2));
-        let lacks = Isa::requested(&all, Some("avxvnni")).unwrap_err();
-        assert!(lacks.contains("avxvnni") && lacks.contains("lacks") && lacks.contains("avx2, scalar"), "{lacks}");
-        let unknown = Isa::requested(&all, Some("sse4")).unwrap_err();
-        assert!(unknown.contains("sse4") && unknown.contains("unknown"), "{unknown}");
     }
 
     /// Every instruction set gives the same bits, for every tile size, one row at a time or in a

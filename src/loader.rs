@@ -1,9 +1,9 @@
 //! Loading a model for inference from what a user points at: a Hugging Face directory (or its
 //! `model.safetensors`), a training checkpoint, or a llama.cpp GGUF file.
 
-use super::{InferenceModel, ModelDtype};
 use crate::checkpoint::safetensors::Dtype;
 use crate::kernels::quant::Format;
+use crate::model::{InferenceModel, ModelDtype};
 use crate::tokenizer::Tokenizer;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
