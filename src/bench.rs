@@ -40,6 +40,37 @@ pub struct TrainBench {
     pub profile: Vec<(String, f64, f64)>,
 }
 
+impl std::fmt::Display for TrainBench {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let r = self;
+        writeln!(f, "step time     {:.0} ms (median of {}, min {:.0} ms)", r.step_ms, r.steps, r.step_ms_min)?;
+        writeln!(f, "tokens/s      {:.0}", r.tokens_per_s)?;
+        writeln!(
+            f,
+            "throughput    {:.1} GFLOP/s ({:.1} GFLOP/step: 6 × matmul params × tokens + attention)",
+            r.achieved_gflops, r.gflop_per_step
+        )?;
+        writeln!(
+            f,
+            "GEMM peak     {:.1} GFLOP/s (best of the model's GEMM shapes, {})",
+            r.gemm_peak_gflops, r.gemm_peak_shape
+        )?;
+        writeln!(f, "MFU           {:.1}% of the measured GEMM peak", 100.0 * r.mfu)?;
+        writeln!(f, "peak memory   {:.0} MiB (VmHWM)", r.peak_rss_bytes as f64 / (1 << 20) as f64)?;
+        writeln!(f, "CPU use       {:.2} cores of {} threads", r.cpu_utilisation, r.threads)?;
+        write!(f, "loss          {:.4} → {:.4}", r.loss_first, r.loss_last)?;
+        if !r.profile.is_empty() {
+            writeln!(f, "\n\nper step: kernel                          ms   calls   share")?;
+            let total: f64 = r.profile.iter().map(|p| p.1).sum();
+            for (name, ms, calls) in &r.profile {
+                writeln!(f, "  {name:32} {ms:8.1} {calls:7.0} {:6.1}%", 100.0 * ms / total)?;
+            }
+            write!(f, "  {:32} {total:8.1}", "total")?;
+        }
+        Ok(())
+    }
+}
+
 /// Times `steps` training steps after `warmup` untimed ones. With `profile`, the per-kernel
 /// breakdown of the timed steps is in the result.
 pub fn train_bench(
@@ -178,6 +209,48 @@ pub struct GenerateBench {
     /// Whether one-token decode prefetches, per weight format, as measured during the decode runs
     /// and in force at their end (`model::prefetch`).
     pub decode_prefetch: std::collections::BTreeMap<String, bool>,
+}
+
+impl std::fmt::Display for GenerateBench {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let r = self;
+        let mib = |b: f64| b / (1u64 << 20) as f64;
+        writeln!(f, "{} [{}], {} threads, {}", r.preset, r.dtype, r.threads, r.isa)?;
+        writeln!(f, "prefill        {:.1} tokens/s ({}-token prompt)", r.prefill_tokens_per_s, r.prompt_len)?;
+        // weights that fit in the caches are not read from memory each token
+        let cached =
+            if r.weight_bytes_per_token < PROBE_MIN_BYTES { ", which the caches may partly serve" } else { "" };
+        writeln!(
+            f,
+            "decode         {:.2} tokens/s ({:.0} MB of weights a token{cached}: {:.0}% of the {:.1} GB/s read bandwidth)",
+            r.decode_tokens_per_s,
+            r.weight_bytes_per_token as f64 / 1e6,
+            100.0 * r.bandwidth_fraction,
+            r.read_bandwidth_bytes_per_s / 1e9
+        )?;
+        if r.batch > 1 {
+            writeln!(
+                f,
+                "batched decode {:.1} tokens/s ({} sequences, {:.1}× one)",
+                r.batched_decode_tokens_per_s,
+                r.batch,
+                r.batched_decode_tokens_per_s / r.decode_tokens_per_s
+            )?;
+        }
+        if !r.decode_prefetch.is_empty() {
+            let ways: Vec<String> =
+                r.decode_prefetch.iter().map(|(fmt, &on)| format!("{fmt} {}", if on { "on" } else { "off" })).collect();
+            writeln!(f, "prefetch       {} (one-token decode, the faster way as measured)", ways.join(", "))?;
+        }
+        write!(
+            f,
+            "peak RSS       {:.0} MiB (weights {:.0} MiB + {} KV caches {:.0} MiB)",
+            mib(r.peak_rss_bytes as f64),
+            mib(r.weight_bytes as f64),
+            r.kv_cache_type,
+            mib(r.kv_cache_bytes as f64)
+        )
+    }
 }
 
 /// Matrices of at least this many bytes, far beyond the caches, are their own bandwidth probe.

@@ -412,21 +412,6 @@ impl TextStream {
     }
 }
 
-/// The Zephyr template of TinyLlama-1.1B-Chat: `<|system|>\n…</s>\n<|user|>\n…</s>\n<|assistant|>\n`.
-pub fn zephyr_prompt(system: Option<&str>, turns: &[(String, Option<String>)]) -> String {
-    let mut s = String::new();
-    if let Some(sys) = system {
-        s += &format!("<|system|>\n{sys}</s>\n");
-    }
-    for (user, assistant) in turns {
-        s += &format!("<|user|>\n{user}</s>\n<|assistant|>\n");
-        if let Some(a) = assistant {
-            s += &format!("{a}</s>\n");
-        }
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
@@ -564,12 +549,6 @@ mod tests {
         let stopped = generate(&model, &prompt, 6, &stops, &mut s, &mut |_| Ok(())).unwrap();
         let first = free.iter().position(|t| stops.contains(t)).unwrap();
         assert_eq!(stopped, free[..=first]);
-    }
-
-    #[test]
-    fn zephyr_template() {
-        let p = zephyr_prompt(Some("You are a pirate."), &[("Hi".into(), Some("Arr.".into())), ("Why?".into(), None)]);
-        assert_eq!(p, "<|system|>\nYou are a pirate.</s>\n<|user|>\nHi</s>\n<|assistant|>\nArr.</s>\n<|user|>\nWhy?</s>\n<|assistant|>\n");
     }
 
     /// Stop strings cut the text and are never shown, also when they arrive split over tokens;

@@ -32,16 +32,8 @@ pub fn chat_template_of(dir: &Path) -> Option<String> {
     v.get("chat_template")?.as_str().map(str::to_string)
 }
 
-/// A token the model has no row for would index past its embedding: refused at load, naming both.
 fn check_vocabulary(tok: &Tokenizer, cfg: &crate::config::LlamaConfig, source: &Path) -> Result<()> {
-    anyhow::ensure!(
-        tok.vocab_size() <= cfg.vocab_size,
-        "{}: the tokenizer has {} tokens but the model's vocabulary is {}: they do not belong together",
-        source.display(),
-        tok.vocab_size(),
-        cfg.vocab_size
-    );
-    Ok(())
+    tok.check_fits(cfg.vocab_size).with_context(|| source.display().to_string())
 }
 
 /// Loads `path` (any name `checkpoint::paths::resolve_model_path` reads: a run directory takes

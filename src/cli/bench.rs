@@ -90,72 +90,11 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
             println!("wrote {} ({name}, random weights, f32)", out.display());
         }
         BenchCmd::Generate { model, gguf, dtype, kv, prompt_len, new_tokens, batch, runs, json, .. } => {
-            let dtype = tinyllama::model::ModelDtype::parse(&dtype)?;
             let kv = kv.kind()?;
-            // the 512 MiB probe only for models too small to be their own (taken before loading,
-            // so that its buffer and the model are not in memory together)
-            let approx_bytes = match &gguf {
-                Some(p) => std::fs::metadata(p).map(|m| m.len() as usize).unwrap_or(0),
-                None => tinyllama::bench::approx_weight_bytes(&model.resolve("tinyllama-1.1b")?.1, dtype),
-            };
-            let bandwidth =
-                (approx_bytes < 2 * tinyllama::bench::PROBE_MIN_BYTES).then(tinyllama::bench::read_bandwidth);
-            let (name, cfg, loaded) = match &gguf {
-                Some(p) => {
-                    let dtype = (!tinyllama::loader::is_gguf(p)).then_some(dtype);
-                    let m = tinyllama::loader::load_model(p, dtype, false)?.model;
-                    (p.display().to_string(), m.cfg.clone(), Some(m))
-                }
-                None => {
-                    let (name, cfg) = model.resolve("tinyllama-1.1b")?;
-                    (name, cfg, None)
-                }
-            };
-            let r = tinyllama::bench::generate_bench(
-                &name, loaded, &cfg, dtype, prompt_len, new_tokens, batch, runs, bandwidth, kv,
-            )?;
-            if json {
-                println!("{}", serde_json::to_string(&r)?);
-            } else {
-                let mib = |b: f64| b / (1u64 << 20) as f64;
-                println!("{name} [{}], {} threads, {}", r.dtype, r.threads, r.isa);
-                println!("prefill        {:.1} tokens/s ({}-token prompt)", r.prefill_tokens_per_s, r.prompt_len);
-                // weights that fit in the caches are not read from memory each token
-                let cached = if r.weight_bytes_per_token < tinyllama::bench::PROBE_MIN_BYTES {
-                    ", which the caches may partly serve"
-                } else {
-                    ""
-                };
-                println!(
-                    "decode         {:.2} tokens/s ({:.0} MB of weights a token{cached}: {:.0}% of the {:.1} GB/s read bandwidth)",
-                    r.decode_tokens_per_s,
-                    r.weight_bytes_per_token as f64 / 1e6,
-                    100.0 * r.bandwidth_fraction,
-                    r.read_bandwidth_bytes_per_s / 1e9
-                );
-                if r.batch > 1 {
-                    println!(
-                        "batched decode {:.1} tokens/s ({} sequences, {:.1}× one)",
-                        r.batched_decode_tokens_per_s,
-                        r.batch,
-                        r.batched_decode_tokens_per_s / r.decode_tokens_per_s
-                    );
-                }
-                if !r.decode_prefetch.is_empty() {
-                    let ways: Vec<String> = r
-                        .decode_prefetch
-                        .iter()
-                        .map(|(f, &on)| format!("{f} {}", if on { "on" } else { "off" }))
-                        .collect();
-                    println!("prefetch       {} (one-token decode, the faster way as measured)", ways.join(", "));
-                }
-                println!(
-                    "peak RSS       {:.0} MiB (weights {:.0} MiB + {} KV caches {:.0} MiB)",
-                    mib(r.peak_rss_bytes as f64),
-                    mib(r.weight_bytes as f64),
-                    r.kv_cache_type,
-                    mib(r.kv_cache_bytes as f64)
-                );
+            let r = measure_generate(&model, gguf.as_deref(), &dtype, kv, [prompt_len, new_tokens, batch, runs])?;
+            match json {
+                true => println!("{}", serde_json::to_string(&r)?),
+                false => println!("{r}"),
             }
         }
         BenchCmd::Train { model, batch, seq_len, steps, warmup, json, profile } => {
@@ -169,35 +108,44 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
                 );
             }
             let r = tinyllama::bench::train_bench(&name, &cfg, batch, seq, steps.max(1), warmup, profile)?;
-            if json {
-                println!("{}", serde_json::to_string(&r)?);
-            } else {
-                println!("step time     {:.0} ms (median of {}, min {:.0} ms)", r.step_ms, r.steps, r.step_ms_min);
-                println!("tokens/s      {:.0}", r.tokens_per_s);
-                println!(
-                    "throughput    {:.1} GFLOP/s ({:.1} GFLOP/step: 6 × matmul params × tokens + attention)",
-                    r.achieved_gflops, r.gflop_per_step
-                );
-                println!(
-                    "GEMM peak     {:.1} GFLOP/s (best of the model's GEMM shapes, {})",
-                    r.gemm_peak_gflops, r.gemm_peak_shape
-                );
-                println!("MFU           {:.1}% of the measured GEMM peak", 100.0 * r.mfu);
-                println!("peak memory   {:.0} MiB (VmHWM)", r.peak_rss_bytes as f64 / (1 << 20) as f64);
-                println!("CPU use       {:.2} cores of {} threads", r.cpu_utilisation, r.threads);
-                println!("loss          {:.4} → {:.4}", r.loss_first, r.loss_last);
-                if !r.profile.is_empty() {
-                    println!("\nper step: kernel                          ms   calls   share");
-                    let total: f64 = r.profile.iter().map(|p| p.1).sum();
-                    for (name, ms, calls) in &r.profile {
-                        println!("  {name:32} {ms:8.1} {calls:7.0} {:6.1}%", 100.0 * ms / total);
-                    }
-                    println!("  {:32} {total:8.1}", "total");
-                }
+            match json {
+                true => println!("{}", serde_json::to_string(&r)?),
+                false => println!("{r}"),
             }
         }
     }
     Ok(())
+}
+
+/// `bench generate` on a model file or directory (`gguf`), or on random weights of a preset in
+/// `dtype`; `[prompt_len, new_tokens, batch, runs]`.
+fn measure_generate(
+    model: &ModelArg,
+    file: Option<&std::path::Path>,
+    dtype: &str,
+    kv: tinyllama::model::KvCacheType,
+    [prompt_len, new_tokens, batch, runs]: [usize; 4],
+) -> Result<tinyllama::bench::GenerateBench> {
+    let dtype = tinyllama::model::ModelDtype::parse(dtype)?;
+    // the 512 MiB probe only for models too small to be their own (taken before loading, so that
+    // its buffer and the model are not in memory together)
+    let approx_bytes = match file {
+        Some(p) => std::fs::metadata(p).map(|m| m.len() as usize).unwrap_or(0),
+        None => tinyllama::bench::approx_weight_bytes(&model.resolve("tinyllama-1.1b")?.1, dtype),
+    };
+    let bandwidth = (approx_bytes < 2 * tinyllama::bench::PROBE_MIN_BYTES).then(tinyllama::bench::read_bandwidth);
+    let (name, cfg, loaded) = match file {
+        Some(p) => {
+            let dtype = (!tinyllama::loader::is_gguf(p)).then_some(dtype);
+            let m = tinyllama::loader::load_model(p, dtype, false)?.model;
+            (p.display().to_string(), m.cfg.clone(), Some(m))
+        }
+        None => {
+            let (name, cfg) = model.resolve("tinyllama-1.1b")?;
+            (name, cfg, None)
+        }
+    };
+    tinyllama::bench::generate_bench(&name, loaded, &cfg, dtype, prompt_len, new_tokens, batch, runs, bandwidth, kv)
 }
 
 /// The random model (seed 7) of a preset/config for `bench generate --write-*`, with the built-in

@@ -71,7 +71,7 @@ pub struct EvalArgs {
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
-    use tinyllama::eval::{generative, humaneval, instruct};
+    use tinyllama::eval::generative;
     let names = tinyllama::eval::runner::task_names(a.suite.as_deref(), &a.tasks)?;
     ensure!(a.limit != Some(0), "--limit must be at least 1");
     ensure!(a.samples >= 1, "--samples must be at least 1");
@@ -106,58 +106,12 @@ pub fn run(a: EvalArgs) -> Result<()> {
     }
     if let Some(path) = &a.completions {
         ensure!(names == ["humaneval"], "--completions scores HumanEval only: pass --tasks humaneval");
-        let task = instruct::load_gen_task("humaneval", &a.data_dir, a.limit, None)?;
-        let given = humaneval::read_completions(path)?;
-        let completions = generative::completions_for(&task, &given)?;
-        let sandbox = humaneval::Sandbox::detect()?;
-        eprintln!("running {} programs: {}", given.len(), sandbox.describe());
-        let r = generative::score_humaneval(
-            &task,
-            &completions,
-            Some(&sandbox),
-            log.as_mut().map(|w| w as &mut dyn std::io::Write),
-            &format!("given completions ({})", path.display()),
-        )?;
-        print!("{}", tinyllama::eval::runner::generative_table(std::slice::from_ref(&r)));
-        if let Some(j) = &a.json {
-            tinyllama::files::write_json(
-                j,
-                &serde_json::json!({"completions": path, "limit": a.limit, "results": [r], "tinyllama_version": VERSION}),
-            )?;
-        }
-        return Ok(());
+        return score_completions(&a, path, log.as_mut().map(|w| w as &mut dyn std::io::Write));
     }
     let model_path = a.model.clone().context("--model is required")?;
     let (mut model, tok) = load_model_dir(&model_path, &a.dtype, &a.kv)?;
     if let Some(path) = &a.perplexity {
-        let tokens: Vec<u32> = if path.extension().map(|e| e == "bin").unwrap_or(false) {
-            tinyllama::data::shard::Shard::open(path)?.tokens()
-        } else {
-            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-            std::iter::once(tok.bos_id).chain(tok.encode(&text)?).collect()
-        };
-        let ctx = model.cfg.max_position_embeddings;
-        let window = a.window.unwrap_or(ctx);
-        ensure!(window <= ctx, "--window {window} exceeds the model's context ({ctx}): use --window {ctx} or less");
-        let stride = a.stride.unwrap_or((window / 2).max(1));
-        let p = tinyllama::eval::perplexity::perplexity(&model, &tokens, window, stride)?;
-        println!(
-            "{}: {} tokens scored, NLL {:.4}, perplexity {:.3} (window {window}, stride {stride})",
-            path.display(),
-            p.tokens_scored,
-            p.nll,
-            p.perplexity
-        );
-        if let Some(j) = &a.json {
-            let mut v = serde_json::to_value(&p)?;
-            v["model"] = serde_json::json!(model_path);
-            v["file"] = serde_json::json!(path);
-            v["window"] = serde_json::json!(window);
-            v["stride"] = serde_json::json!(stride);
-            v["tinyllama_version"] = serde_json::json!(VERSION);
-            tinyllama::files::write_json(j, &v)?;
-        }
-        return Ok(());
+        return perplexity(&a, &model_path, &model, &tok, path);
     }
     let json = a.json.clone();
     let (results, gen_results) = tinyllama::eval::runner::run_tasks(
@@ -188,6 +142,69 @@ pub fn run(a: EvalArgs) -> Result<()> {
             println!();
         }
         print!("{}", tinyllama::eval::runner::generative_table(&gen_results));
+    }
+    Ok(())
+}
+
+/// `--completions`: HumanEval's programs of given completions run and scored, without a model.
+fn score_completions(a: &EvalArgs, path: &std::path::Path, log: Option<&mut dyn std::io::Write>) -> Result<()> {
+    use tinyllama::eval::{generative, humaneval, instruct};
+    let task = instruct::load_gen_task("humaneval", &a.data_dir, a.limit, None)?;
+    let given = humaneval::read_completions(path)?;
+    let completions = generative::completions_for(&task, &given)?;
+    let sandbox = humaneval::Sandbox::detect()?;
+    eprintln!("running {} programs: {}", given.len(), sandbox.describe());
+    let r = generative::score_humaneval(
+        &task,
+        &completions,
+        Some(&sandbox),
+        log,
+        &format!("given completions ({})", path.display()),
+    )?;
+    print!("{}", tinyllama::eval::runner::generative_table(std::slice::from_ref(&r)));
+    if let Some(j) = &a.json {
+        tinyllama::files::write_json(
+            j,
+            &serde_json::json!({"completions": path, "limit": a.limit, "results": [r], "tinyllama_version": VERSION}),
+        )?;
+    }
+    Ok(())
+}
+
+/// `--perplexity`: sliding-window perplexity of a text file or a prepared shard.
+fn perplexity(
+    a: &EvalArgs,
+    model_path: &std::path::Path,
+    model: &tinyllama::model::InferenceModel,
+    tok: &tinyllama::tokenizer::Tokenizer,
+    path: &std::path::Path,
+) -> Result<()> {
+    let tokens: Vec<u32> = if path.extension().map(|e| e == "bin").unwrap_or(false) {
+        tinyllama::data::shard::Shard::open(path)?.tokens()
+    } else {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        std::iter::once(tok.bos_id).chain(tok.encode(&text)?).collect()
+    };
+    let ctx = model.cfg.max_position_embeddings;
+    let window = a.window.unwrap_or(ctx);
+    ensure!(window <= ctx, "--window {window} exceeds the model's context ({ctx}): use --window {ctx} or less");
+    let stride = a.stride.unwrap_or((window / 2).max(1));
+    let p = tinyllama::eval::perplexity::perplexity(model, &tokens, window, stride)?;
+    println!(
+        "{}: {} tokens scored, NLL {:.4}, perplexity {:.3} (window {window}, stride {stride})",
+        path.display(),
+        p.tokens_scored,
+        p.nll,
+        p.perplexity
+    );
+    if let Some(j) = &a.json {
+        let mut v = serde_json::to_value(&p)?;
+        v["model"] = serde_json::json!(model_path);
+        v["file"] = serde_json::json!(path);
+        v["window"] = serde_json::json!(window);
+        v["stride"] = serde_json::json!(stride);
+        v["tinyllama_version"] = serde_json::json!(VERSION);
+        tinyllama::files::write_json(j, &v)?;
     }
     Ok(())
 }

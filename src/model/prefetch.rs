@@ -2,11 +2,11 @@
 //!
 //! The group kernels can ask for the lines 9 KiB ahead of their reads (`dot_groups`'s
 //! `prefetch`). For the first pass of a batch over a block that pays on every machine measured
-//! (16 sequences +6–17%; 25–60% at earlier stops). At one token it depends on the machine and the
+//! (16 sequences +6–17%). At one token it depends on the machine and the
 //! format: on one AMD EPYC, Q4_K decode ran 52–57 → 65–88 tokens/s with it; on another, in the
 //! same process, Q4_0 and Q4_K_M decoded 3–17% faster without it while Q8_0 lost 10–15% without
 //! it (the hardware prefetcher keeps up with a kernel that does more arithmetic a byte, and the
-//! prefetch instructions then only take issue slots; BENCHMARKS.md, thirteenth stop). So decode
+//! prefetch instructions then only take issue slots). So decode
 //! measures both: during a decision each matrix runs with and without, in turn, and each pair of
 //! its times one token apart (the same memory conditions, the same matrix) is compared; the faster
 //! way is kept for that format for a while, then measured again. Prefetching changes no result,

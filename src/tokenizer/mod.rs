@@ -307,6 +307,17 @@ impl Tokenizer {
         }
     }
 
+    /// A token the model has no row for would index past its embedding: refused, naming both sizes.
+    pub fn check_fits(&self, model_vocab: usize) -> Result<()> {
+        anyhow::ensure!(
+            self.vocab_size() <= model_vocab,
+            "the tokenizer has {} tokens but the model's vocabulary is {}: they do not belong together",
+            self.vocab_size(),
+            model_vocab
+        );
+        Ok(())
+    }
+
     pub fn vocab_size(&self) -> usize {
         match &self.backend {
             Backend::Hf { inner, .. } => inner.get_vocab_size(true),

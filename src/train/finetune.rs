@@ -351,12 +351,7 @@ pub fn finetune(
     claim_run_dir(&fc.out, &resume, rank, verbose && rank == 0)?;
     let model = load_hf(&model_dir)?;
     let tok = Tokenizer::from_model_dir(&model_dir)?;
-    ensure!(
-        tok.vocab_size() <= model.cfg.vocab_size,
-        "the tokenizer has {} tokens but the model's vocabulary is {}",
-        tok.vocab_size(),
-        model.cfg.vocab_size
-    );
+    tok.check_fits(model.cfg.vocab_size).with_context(|| model_dir.display().to_string())?;
     let context = model.cfg.max_position_embeddings;
     let max_len = match fc.max_length {
         Some(m) => {

@@ -89,12 +89,7 @@ pub fn pretrain(
     claim_run_dir(&cfg.out, &resume, rank, verbose && rank == 0)?;
     let (model, tok) = initial_model(cfg)?;
     let mc = model.cfg.clone();
-    ensure!(
-        tok.vocab_size() <= mc.vocab_size,
-        "the tokenizer has {} tokens but the model's vocabulary is {}",
-        tok.vocab_size(),
-        mc.vocab_size
-    );
+    tok.check_fits(mc.vocab_size)?;
     ensure!(
         cfg.seq_len <= mc.max_position_embeddings,
         "seq_len {} exceeds the model's context ({})",

@@ -930,7 +930,7 @@ mod x86 {
     /// 4 tokens 1.6–2.6× (AVX2 alike), and many tokens (prefill) the same. Every group kernel
     /// prefetches into L2 (`_MM_HINT_T1`): into L1, on machines whose memory streamed ~30 GB/s,
     /// decode waited on memory (Q6_K 0.5–0.6 of the bandwidth, 0.9 with T1; Q8_0 +2–8%, AVX2
-    /// Q4_0 +16%, 16 Q4_0 sequences +15%; BENCHMARKS.md, eleventh and twelfth stops). At one
+    /// Q4_0 +16%, 16 Q4_0 sequences +15%). At one
     /// token another machine ran Q4_0 and Q4_K faster without it: decode measures both
     /// (`model::prefetch`).
     pub(super) const PREFETCH: usize = 9216;
@@ -1458,7 +1458,7 @@ mod x86 {
                     let p = g.add($b * gb);
                     // the lines of a later block (see `PREFETCH`), half before this block's loads
                     // and half after its arithmetic: all nine of a Q8_0 block in one burst
-                    // streamed its matrices ~10% slower (BENCHMARKS.md, ninth stop)
+                    // streamed its matrices ~10% slower
                     let (lines, first) = (gb.div_ceil(64), gb.div_ceil(128));
                     let ahead = |k: usize| _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(PREFETCH + 64 * k) as *const i8);
                     if PF {
@@ -1672,7 +1672,7 @@ mod x86 {
                         // x[j][t]: sub-block 8h + 2(2·pass + j) + half of token t, its chain started
                         // at the offset; a quad's unpacked vectors serve every token while in
                         // registers (the quarter's 16 unpacked first went through the stack: 4
-                        // tokens 12–15% slower, one 5%; BENCHMARKS.md, tenth stop). Eight chains
+                        // tokens 12–15% slower, one 5%). Eight chains
                         // a pass for 4 tokens, not sixteen: they fit in the registers whatever the
                         // compiler's tuning (a generic x86-64 build spilled them, prefill −45%).
                         for pass in 0..2 {
