@@ -78,3 +78,26 @@ pub fn trl_model(dst: &Path) -> PathBuf {
     std::fs::copy(tok, dst.join("tokenizer.json")).unwrap();
     dst.to_path_buf()
 }
+
+/// `tinyllama ARGS` with `stdin` fed to it; its output, whatever the exit status.
+pub fn tinyllama(args: &[&str], stdin: &str) -> std::process::Output {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tinyllama"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    c.wait_with_output().unwrap()
+}
+
+pub fn stdout_of(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr_of(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
