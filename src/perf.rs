@@ -4,7 +4,7 @@
 //! a resume does not spend seconds on it.
 
 use crate::config::LlamaConfig;
-use crate::kernels::matmul::matmul;
+use crate::kernels::matmul::{matmul, Output, Stored};
 use crate::rng::Rng;
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
@@ -41,7 +41,7 @@ pub fn gemm_peak(cfg: &LlamaConfig, rows: usize) -> GemmPeak {
         for _ in 0..3 {
             let t = Instant::now();
             for _ in 0..reps {
-                matmul(&mut c, &a, &b, m, n, k, false, true, false);
+                matmul(&mut c, &a, &b, m, n, k, Stored::AsIs, Stored::Transposed, Output::Overwrite);
             }
             best = best.min(t.elapsed().as_secs_f64() / reps as f64);
         }

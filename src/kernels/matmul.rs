@@ -3,8 +3,34 @@
 
 use gemm::Parallelism;
 
-/// `c[m,n] = a·b` (or `c += a·b` when `accumulate`), where `a` is `[m,k]` (stored `[k,m]` when
-/// `trans_a`) and `b` is `[k,n]` (stored `[n,k]` when `trans_b`).
+/// How an operand of [`matmul`] is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stored {
+    /// `[rows, cols]` of the product's view, row-major.
+    AsIs,
+    /// Its transpose, row-major (a weight `[out, in]` used as `[in, out]`).
+    Transposed,
+}
+
+/// Whether [`matmul`] replaces its output or adds to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    Overwrite,
+    Accumulate,
+}
+
+impl Output {
+    pub fn accumulate_if(accumulate: bool) -> Self {
+        if accumulate {
+            Output::Accumulate
+        } else {
+            Output::Overwrite
+        }
+    }
+}
+
+/// `c[m,n] = a·b` (or `c += a·b` with [`Output::Accumulate`]), where `a` is `[m,k]` (stored
+/// `[k,m]` when [`Stored::Transposed`]) and `b` is `[k,n]` (likewise `[n,k]`).
 #[allow(clippy::too_many_arguments)]
 pub fn matmul(
     c: &mut [f32],
@@ -13,10 +39,12 @@ pub fn matmul(
     m: usize,
     n: usize,
     k: usize,
-    trans_a: bool,
-    trans_b: bool,
-    accumulate: bool,
+    a_stored: Stored,
+    b_stored: Stored,
+    output: Output,
 ) {
+    let (trans_a, trans_b) = (a_stored == Stored::Transposed, b_stored == Stored::Transposed);
+    let accumulate = output == Output::Accumulate;
     assert!(c.len() >= m * n && a.len() >= m * k && b.len() >= k * n, "matmul: buffers too small");
     if m == 0 || n == 0 {
         return;
@@ -60,7 +88,7 @@ pub fn matmul(
 
 /// `y[rows, out] = x[rows, in] · wᵀ` for a weight `w[out, in]` (a bias-free `nn.Linear`).
 pub fn linear_forward(y: &mut [f32], x: &[f32], w: &[f32], rows: usize, d_in: usize, d_out: usize) {
-    matmul(y, x, w, rows, d_out, d_in, false, true, false);
+    matmul(y, x, w, rows, d_out, d_in, Stored::AsIs, Stored::Transposed, Output::Overwrite);
 }
 
 /// `dx[rows, in] (+)= dy[rows, out] · w`.
@@ -73,12 +101,12 @@ pub fn linear_backward_input(
     d_out: usize,
     accumulate: bool,
 ) {
-    matmul(dx, dy, w, rows, d_in, d_out, false, false, accumulate);
+    matmul(dx, dy, w, rows, d_in, d_out, Stored::AsIs, Stored::AsIs, Output::accumulate_if(accumulate));
 }
 
 /// `dw[out, in] += dyᵀ · x` (weight gradients always accumulate, across micro-batches too).
 pub fn linear_backward_weight(dw: &mut [f32], dy: &[f32], x: &[f32], rows: usize, d_in: usize, d_out: usize) {
-    matmul(dw, dy, x, d_out, d_in, rows, true, false, true);
+    matmul(dw, dy, x, d_out, d_in, rows, Stored::Transposed, Stored::AsIs, Output::Accumulate);
 }
 
 #[cfg(test)]
@@ -110,11 +138,12 @@ mod tests {
             for tb in [false, true] {
                 let want = naive(&a, &b, m, n, k, ta, tb);
                 let mut c = vec![1.0f32; m * n];
-                matmul(&mut c, &a, &b, m, n, k, ta, tb, true);
+                let stored = |t: bool| if t { Stored::Transposed } else { Stored::AsIs };
+                matmul(&mut c, &a, &b, m, n, k, stored(ta), stored(tb), Output::Accumulate);
                 for (x, w) in c.iter().zip(&want) {
                     assert!((*x as f64 - (w + 1.0)).abs() < 1e-4, "ta={ta} tb={tb}: {x} vs {}", w + 1.0);
                 }
-                matmul(&mut c, &a, &b, m, n, k, ta, tb, false);
+                matmul(&mut c, &a, &b, m, n, k, stored(ta), stored(tb), Output::Overwrite);
                 for (x, w) in c.iter().zip(&want) {
                     assert!((*x as f64 - w).abs() < 1e-4);
                 }

@@ -11,7 +11,7 @@ use crate::kernels::cross_entropy::{
     head_cross_entropy_backward, head_cross_entropy_forward, RowScale, HEAD_CHUNK_ROWS,
 };
 use crate::kernels::embedding::{embedding_backward, embedding_forward};
-use crate::kernels::matmul::{linear_backward_input, linear_backward_weight, linear_forward, matmul};
+use crate::kernels::matmul::{linear_backward_input, linear_backward_weight, linear_forward, matmul, Output, Stored};
 use crate::kernels::rms_norm::{rms_norm_backward, rms_norm_forward};
 use crate::kernels::rope::{rope_backward, rope_forward, RopeTable};
 use crate::kernels::swiglu::{swiglu_backward, swiglu_forward};
@@ -171,12 +171,16 @@ impl Llama {
             profile::timed("attention_forward", || attention_forward(att, lse, qkv, &mut ws.attn_scratch, shape));
             // residual add fused into the GEMM: x_mid = x_in + att·Woᵀ
             x_mid.copy_from_slice(x_in);
-            profile::timed("matmul_residual", || matmul(x_mid, att, &p[lp.wo.clone()], n, d, qd, false, true, true));
+            profile::timed("matmul_residual", || {
+                matmul(x_mid, att, &p[lp.wo.clone()], n, d, qd, Stored::AsIs, Stored::Transposed, Output::Accumulate)
+            });
             profile::timed("rms_norm_forward", || rms_norm_forward(xn2, rstd2, x_mid, &p[lp.mlp_norm.clone()], d, eps));
             profile::timed("linear_forward", || linear_forward(gu, xn2, &p[lp.wgu.clone()], n, d, 2 * f));
             profile::timed("swiglu_forward", || swiglu_forward(h, gu, f));
             x_out.copy_from_slice(x_mid);
-            profile::timed("matmul_residual", || matmul(x_out, h, &p[lp.wdown.clone()], n, d, f, false, true, true));
+            profile::timed("matmul_residual", || {
+                matmul(x_out, h, &p[lp.wdown.clone()], n, d, f, Stored::AsIs, Stored::Transposed, Output::Accumulate)
+            });
         }
         let last = &ws.resid[cfg.num_hidden_layers * n * d..][..n * d];
         profile::timed("rms_norm_forward", || {

@@ -9,7 +9,7 @@
 //! training forward). Quantized formats run the same integer kernels in both.
 
 use super::prefetch::PREFETCH_CHOICE;
-use crate::kernels::matmul::matmul;
+use crate::kernels::matmul::{matmul, Output, Stored};
 use crate::kernels::quant::bf16;
 use crate::kernels::quant::dot::{
     bf16_dot, dot_float_groups, dot_float_rows, dot_groups, dot_row, float_tile, from_groups, groups_cols, to_groups,
@@ -233,7 +233,17 @@ impl Linear {
         }
         if mode == RowMode::Batched && self.parts.len() == 1 {
             if let Some(w) = self.parts[0].f32s() {
-                matmul(y, x, w, n, self.rows, self.cols, false, true, accumulate);
+                matmul(
+                    y,
+                    x,
+                    w,
+                    n,
+                    self.rows,
+                    self.cols,
+                    Stored::AsIs,
+                    Stored::Transposed,
+                    Output::accumulate_if(accumulate),
+                );
                 return;
             }
         }

@@ -10,7 +10,7 @@
 use crate::checkpoint::safetensors::{write_safetensors, Dtype, SafeTensorsFile, TensorOut};
 use crate::config::LlamaConfig;
 use crate::files::write_json;
-use crate::kernels::matmul::matmul;
+use crate::kernels::matmul::{matmul, Output, Stored};
 use crate::model::params::ParamLayout;
 use crate::rng::Rng;
 use anyhow::{bail, ensure, Context, Result};
@@ -122,7 +122,17 @@ impl Lora {
         for t in &self.targets {
             let n = t.out * t.inp;
             let w = &mut params[t.weight.clone()];
-            matmul(w, &self.adapters[t.b.clone()], &self.adapters[t.a.clone()], t.out, t.inp, r, false, false, false);
+            matmul(
+                w,
+                &self.adapters[t.b.clone()],
+                &self.adapters[t.a.clone()],
+                t.out,
+                t.inp,
+                r,
+                Stored::AsIs,
+                Stored::AsIs,
+                Output::Overwrite,
+            );
             for (w, &b) in w.iter_mut().zip(&self.base[at..at + n]) {
                 *w = b + s * *w;
             }
@@ -136,8 +146,8 @@ impl Lora {
         for t in &self.targets {
             let dw = &self.full_grads[t.weight.clone()];
             let (a, b) = (&self.adapters[t.a.clone()], &self.adapters[t.b.clone()]);
-            matmul(&mut out[t.a.clone()], b, dw, r, t.inp, t.out, true, false, false);
-            matmul(&mut out[t.b.clone()], dw, a, t.out, r, t.inp, false, true, false);
+            matmul(&mut out[t.a.clone()], b, dw, r, t.inp, t.out, Stored::Transposed, Stored::AsIs, Output::Overwrite);
+            matmul(&mut out[t.b.clone()], dw, a, t.out, r, t.inp, Stored::AsIs, Stored::Transposed, Output::Overwrite);
             for v in &mut out[t.a.start..t.b.end] {
                 *v *= s;
             }
