@@ -378,13 +378,13 @@ pub fn generate_bench(
     for _ in 0..runs.max(1) {
         let mut cache = KvCache::new(&model, max_len);
         let t = Instant::now();
-        let mut logits = model.next_token_logits(&prompts[0], &mut cache, RowMode::Batched)?;
+        let mut logits = model.next_token_logits(&prompts[0], &mut cache, RowMode::MayUseGemm)?;
         pre.push(prompt_len as f64 / t.elapsed().as_secs_f64());
         let before = probe();
         let t = Instant::now();
         for _ in 0..new_tokens {
             let next = crate::kernels::argmax(&logits) as u32;
-            logits = model.next_token_logits(&[next], &mut cache, RowMode::Independent)?;
+            logits = model.next_token_logits(&[next], &mut cache, RowMode::BatchInvariant)?;
         }
         let tokens_per_s = new_tokens as f64 / t.elapsed().as_secs_f64();
         let limit = before.max(probe());
@@ -396,7 +396,7 @@ pub fn generate_bench(
         let mut caches: Vec<KvCache> = (0..batch).map(|_| KvCache::new(&model, max_len)).collect();
         let mut last: Vec<[u32; 1]> = vec![];
         for (c, p) in caches.iter_mut().zip(&prompts) {
-            let l = model.next_token_logits(p, c, RowMode::Batched)?;
+            let l = model.next_token_logits(p, c, RowMode::MayUseGemm)?;
             last.push([crate::kernels::argmax(&l) as u32]);
         }
         let v = cfg.vocab_size;
@@ -408,8 +408,8 @@ pub fn generate_bench(
             for _ in 0..new_tokens {
                 let mut segs: Vec<Segment> =
                     caches.iter_mut().zip(&last).map(|(c, t)| Segment { tokens: t, cache: c }).collect();
-                let hidden = model.forward(&mut segs, RowMode::Independent)?;
-                let logits = model.head_logits(&hidden, RowMode::Independent);
+                let hidden = model.forward(&mut segs, RowMode::BatchInvariant)?;
+                let logits = model.head_logits(&hidden, RowMode::BatchInvariant);
                 for (k, l) in last.iter_mut().enumerate() {
                     l[0] = crate::kernels::argmax(&logits[k * v..(k + 1) * v]) as u32;
                 }

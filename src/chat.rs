@@ -165,7 +165,7 @@ impl<'m> ChatSession<'m> {
         self.cache.truncate(common);
         r.reused = common;
         r.prefilled = prompt.len() - common;
-        let mut logits = self.model.next_token_logits(&prompt[common..], &mut self.cache, RowMode::Batched)?;
+        let mut logits = self.model.next_token_logits(&prompt[common..], &mut self.cache, RowMode::MayUseGemm)?;
         let mut sampler = Sampler::new(sampling.clone());
         sampler.remember(&prompt);
         let mut text = TextStream::new(self.stop_strings.clone(), None);
@@ -184,7 +184,7 @@ impl<'m> ChatSession<'m> {
                 break;
             }
             if r.tokens < max_new {
-                logits = self.model.next_token_logits(&[t], &mut self.cache, RowMode::Independent)?;
+                logits = self.model.next_token_logits(&[t], &mut self.cache, RowMode::BatchInvariant)?;
             }
         }
         on_text(&text.finish())?;

@@ -183,7 +183,7 @@ pub fn generate_text(
     let stops = stop_ids(&model.cfg, tok);
     let mut text = TextStream::new(stop.to_vec(), prompt.last().copied());
     let mut cache = KvCache::new(model, prompt.len() + max_new);
-    let mut logits = model.next_token_logits(prompt, &mut cache, RowMode::Batched)?;
+    let mut logits = model.next_token_logits(prompt, &mut cache, RowMode::MayUseGemm)?;
     let mut n = 0;
     while n < max_new {
         let t = sampler.sample(&logits);
@@ -196,7 +196,7 @@ pub fn generate_text(
             break;
         }
         if n < max_new {
-            logits = model.next_token_logits(&[t], &mut cache, RowMode::Independent)?;
+            logits = model.next_token_logits(&[t], &mut cache, RowMode::BatchInvariant)?;
         }
     }
     on_text(&text.finish())?;
@@ -309,7 +309,7 @@ pub fn generate_batch_with_prefix(
                 }
                 None => KvCache::new(model, max_len),
             };
-            let logits = model.next_token_logits(&r.prompt[cache.len..], &mut cache, RowMode::Batched)?;
+            let logits = model.next_token_logits(&r.prompt[cache.len..], &mut cache, RowMode::MayUseGemm)?;
             let mut sampler = Sampler::new(r.sampling.clone());
             sampler.remember(&r.prompt);
             let t = sampler.sample(&logits);
@@ -326,8 +326,8 @@ pub fn generate_batch_with_prefix(
         let toks: Vec<[u32; 1]> = live.iter().map(|s| [s.last]).collect();
         let mut segs: Vec<Segment> =
             live.iter_mut().zip(&toks).map(|(s, t)| Segment { tokens: t, cache: &mut s.cache }).collect();
-        let hidden = model.forward(&mut segs, RowMode::Independent)?;
-        let logits = model.head_logits(&hidden, RowMode::Independent);
+        let hidden = model.forward(&mut segs, RowMode::BatchInvariant)?;
+        let logits = model.head_logits(&hidden, RowMode::BatchInvariant);
         for (k, s) in live.iter_mut().enumerate() {
             let t = s.sampler.sample(&logits[k * v..(k + 1) * v]);
             out[s.i].push(t);
@@ -487,7 +487,7 @@ mod tests {
                 .collect();
             let mut cache = KvCache::new(&model, 21);
             let whole_prefix: Vec<u32> = std::iter::once(1).chain(prefix.iter().copied()).collect();
-            model.forward_cached_hidden(&whole_prefix, &mut cache, RowMode::Batched).unwrap();
+            model.forward_cached_hidden(&whole_prefix, &mut cache, RowMode::MayUseGemm).unwrap();
             let shared = generate_batch_with_prefix(&model, Some(&cache), &reqs, &[], 3, &mut |_, _| Ok(())).unwrap();
             let plain = generate_batch(&model, &reqs, &[], 3, &mut |_, _| Ok(())).unwrap();
             assert_eq!(shared, plain, "{dtype:?}");

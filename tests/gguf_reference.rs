@@ -122,7 +122,7 @@ fn exported_gguf_matches_gguf_py_and_llama_cpp() {
         assert!(model.half_kv_cache());
         model.kv_cache = KvCacheType::parse(kv).unwrap();
         let mut cache = KvCache::new(&model, 64);
-        let mut logits = model.next_token_logits(&prompt, &mut cache, RowMode::Batched).unwrap();
+        let mut logits = model.next_token_logits(&prompt, &mut cache, RowMode::MayUseGemm).unwrap();
         let first: Vec<f64> = r["first_logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
         let scale = first.iter().fold(0.0f64, |m, x| m.max(x.abs()));
         let diff = logits.iter().zip(&first).fold(0.0f64, |m, (a, b)| m.max((*a as f64 - b).abs()));
@@ -143,7 +143,7 @@ fn exported_gguf_matches_gguf_py_and_llama_cpp() {
         for _ in 0..32 {
             let t = tinyllama::kernels::argmax(&logits) as u32;
             ours.push(t);
-            logits = model.next_token_logits(&[t], &mut cache, RowMode::Independent).unwrap();
+            logits = model.next_token_logits(&[t], &mut cache, RowMode::BatchInvariant).unwrap();
         }
         let same = ours.iter().zip(&theirs).take_while(|(a, b)| a == b).count();
         eprintln!("{f}, {kv} KV cache: {same} of 32 greedy tokens as llama.cpp's");
@@ -176,7 +176,7 @@ fn compare_with_llama_cpp(py: &Path, file: &Path, text: &str, new_tokens: usize,
     let theirs: Vec<u32> = r["tokens"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
     let model = &m.model;
     let mut cache = KvCache::new(model, prompt.len() + new_tokens + 1);
-    let mut logits = model.next_token_logits(&prompt, &mut cache, RowMode::Batched).unwrap();
+    let mut logits = model.next_token_logits(&prompt, &mut cache, RowMode::MayUseGemm).unwrap();
     let first: Vec<f64> = r["first_logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
     let scale = first.iter().fold(0.0f64, |m, x| m.max(x.abs()));
     let diff = logits.iter().zip(&first).fold(0.0f64, |m, (a, b)| m.max((*a as f64 - b).abs()));
@@ -196,7 +196,7 @@ fn compare_with_llama_cpp(py: &Path, file: &Path, text: &str, new_tokens: usize,
             break;
         }
         ours.push(t);
-        logits = model.next_token_logits(&[t], &mut cache, RowMode::Independent).unwrap();
+        logits = model.next_token_logits(&[t], &mut cache, RowMode::BatchInvariant).unwrap();
     }
     diff / scale
 }

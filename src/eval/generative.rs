@@ -151,7 +151,7 @@ pub fn generate_items(
         let cache = if prefix.len() >= 2 {
             let t0 = std::time::Instant::now();
             let mut c = KvCache::new(model, prefix.len());
-            model.forward_cached_hidden(&prefix, &mut c, RowMode::Batched)?;
+            model.forward_cached_hidden(&prefix, &mut c, RowMode::MayUseGemm)?;
             work.prefix_tokens += prefix.len();
             work.prefix_seconds += t0.elapsed().as_secs_f64();
             Some(c)

@@ -29,7 +29,7 @@ pub fn perplexity(model: &InferenceModel, tokens: &[u32], window: usize, stride:
         let inp = &tokens[start..end - 1];
         let tgt: Vec<u32> = (start + 1..end).map(|j| if j >= next { tokens[j] } else { IGNORE_INDEX }).collect();
         let mut cache = KvCache::new(model, inp.len());
-        let hidden = model.forward_cached_hidden(inp, &mut cache, RowMode::Batched)?;
+        let hidden = model.forward_cached_hidden(inp, &mut cache, RowMode::MayUseGemm)?;
         for (l, &t) in model.row_losses(&hidden, &tgt).iter().zip(&tgt) {
             if t != IGNORE_INDEX {
                 sum += *l as f64;

@@ -9,7 +9,7 @@
 
 use super::{axpy, dot, exp};
 use crate::kernels::isa::Isa;
-use crate::kernels::team::Disjoint;
+use crate::kernels::worker_pool::DisjointRows;
 use rayon::prelude::*;
 
 /// Shapes of one attention call.
@@ -243,7 +243,7 @@ pub fn attention_forward(out: &mut [f32], lse: &mut [f32], qkv: &[f32], scratch:
     let (qs, os) = (s.qkv_stride(), s.out_stride());
     let rep = s.n_heads / s.n_kv_heads;
     let scale = s.scale();
-    let out_ptr = Disjoint(out.as_mut_ptr());
+    let out_ptr = DisjointRows(out.as_mut_ptr());
     let per_task = attention_scratch_len(s) / (s.batch * s.n_kv_heads);
     // One task per (batch, kv head): K is transposed once for the query heads that share it.
     lse[..s.batch * s.n_heads * t_len]
@@ -352,7 +352,7 @@ pub fn attention_backward(
     let (qs, os) = (s.qkv_stride(), s.out_stride());
     let rep = s.n_heads / s.n_kv_heads;
     let scale = s.scale();
-    let d_ptr = Disjoint(dqkv.as_mut_ptr());
+    let d_ptr = DisjointRows(dqkv.as_mut_ptr());
     let per_task = attention_scratch_len(s) / (s.batch * s.n_kv_heads);
     // One task per (batch, kv head): the query heads that share a kv head accumulate into the
     // same dK/dV, so they run in order inside one task.
@@ -519,9 +519,10 @@ pub fn attention_cached_batch(
     while per % 2 == 0 && rows.len() * n_heads / per < 2 * threads {
         per /= 2;
     }
-    let job = CachedJob { qkv, qkv_stride, seqs, rows: &rows, n_heads, rep, hd, per, out: Disjoint(out.as_mut_ptr()) };
+    let job =
+        CachedJob { qkv, qkv_stride, seqs, rows: &rows, n_heads, rep, hd, per, out: DisjointRows(out.as_mut_ptr()) };
     let isa = Isa::detect();
-    crate::kernels::team::run(rows.len() * n_heads / per, &|task| job.run(isa, task));
+    crate::kernels::worker_pool::run(rows.len() * n_heads / per, &|task| job.run(isa, task));
 }
 
 /// The shared arguments of one [`attention_cached_batch`] call.
@@ -534,7 +535,7 @@ struct CachedJob<'a> {
     rep: usize,
     hd: usize,
     per: usize,
-    out: Disjoint<f32>,
+    out: DisjointRows<f32>,
 }
 
 impl CachedJob<'_> {

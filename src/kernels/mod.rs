@@ -15,7 +15,7 @@ pub mod quant;
 pub mod rms_norm;
 pub mod rope;
 pub mod swiglu;
-pub mod team;
+pub mod worker_pool;
 
 /// Dot product with 16 independent accumulators, so that it vectorises.
 #[inline]

@@ -1,6 +1,6 @@
 //! RMSNorm (Llama): `y = w ⊙ x / sqrt(mean(x²) + ε)`, computed in f32 as transformers does.
 
-use super::team::{self, Disjoint};
+use super::worker_pool::{self, DisjointRows};
 use rayon::prelude::*;
 
 /// Normalises each of the `rows` rows of `x[rows, d]` into `y`, keeping `1/rms` per row in `rstd`
@@ -22,12 +22,12 @@ pub fn rms_norm_forward(y: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], d
 /// multiples of one scale) round the way llama.cpp rounds them.
 ///
 /// A row's in-order sum is one chain of dependent additions (~1.7 µs for 2048 values), so a task
-/// takes [`GGML_ROWS`] rows and runs their chains side by side; the tasks go to the [`team`], whose
+/// takes [`GGML_ROWS`] rows and runs their chains side by side; the tasks go to the [`worker_pool`], whose
 /// threads are awake after the matmul before (a decode step's one row stays on the calling thread).
 pub fn rms_norm_forward_ggml(y: &mut [f32], x: &[f32], w: &[f32], d: usize, eps: f32) {
     let n = (x.len() / d.max(1)).min(y.len() / d.max(1));
-    let out = Disjoint(y.as_mut_ptr());
-    team::run(n.div_ceil(GGML_ROWS), &|c| {
+    let out = DisjointRows(y.as_mut_ptr());
+    worker_pool::run(n.div_ceil(GGML_ROWS), &|c| {
         let first = c * GGML_ROWS;
         let mut sums = [0.0f64; GGML_ROWS];
         if n == 1 {

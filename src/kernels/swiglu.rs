@@ -1,7 +1,7 @@
 //! SwiGLU: `h = silu(g) ⊙ u`, where each row of the fused buffer `gu[rows, 2F]` holds the gate
 //! projection `g` then the up projection `u` (one GEMM computes both).
 
-use super::team::{self, Disjoint};
+use super::worker_pool::{self, DisjointRows};
 use rayon::prelude::*;
 
 #[inline]
@@ -13,12 +13,12 @@ pub fn swiglu_forward(h: &mut [f32], gu: &[f32], ffn: usize) {
     h.par_chunks_mut(ffn).zip(gu.par_chunks(2 * ffn)).for_each(|(h, gu)| swiglu_row(h, gu));
 }
 
-/// [`swiglu_forward`] of the few rows of a decode step, on the [`team`] (awake after the matmul
+/// [`swiglu_forward`] of the few rows of a decode step, on the [`worker_pool`] (awake after the matmul
 /// before, where rayon's workers have to be woken; one row on the calling thread).
 pub fn swiglu_forward_rows(h: &mut [f32], gu: &[f32], ffn: usize) {
     let rows = (h.len() / ffn.max(1)).min(gu.len() / (2 * ffn).max(1));
-    let out = Disjoint(h.as_mut_ptr());
-    team::run(rows, &|r| {
+    let out = DisjointRows(h.as_mut_ptr());
+    worker_pool::run(rows, &|r| {
         // SAFETY: row r < rows is written by task r only; in bounds of `h` by `rows`.
         let h = unsafe { std::slice::from_raw_parts_mut(out.get().add(r * ffn), ffn) };
         swiglu_row(h, &gu[r * 2 * ffn..][..2 * ffn]);

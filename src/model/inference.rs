@@ -18,7 +18,7 @@ use crate::kernels::quant::{f16_to_f32, f32_to_f16, Format};
 use crate::kernels::rms_norm::{rms_norm_forward, rms_norm_forward_ggml};
 use crate::kernels::rope::{rope_forward, RopeTable};
 use crate::kernels::swiglu::swiglu_forward_rows;
-use crate::kernels::team::{self, Disjoint};
+use crate::kernels::worker_pool::{self, DisjointRows};
 use anyhow::{ensure, Result};
 use std::sync::Arc;
 
@@ -236,13 +236,14 @@ impl DecoderLayer {
         // an f32 model's fresh prompt alone takes the training kernel, so that evaluation's numbers
         // are the training forward's; everything else the cached kernel, which is also the faster
         // one (Q4_0 prefill 1.2× at 256 tokens, 1.8× at 1,900: BENCHMARKS.md)
-        let training = m.training_numerics && matches!(&*segs, [seg] if seg.cache.len == 0 && mode == RowMode::Batched);
+        let training =
+            m.training_numerics && matches!(&*segs, [seg] if seg.cache.len == 0 && mode == RowMode::MayUseGemm);
         // each segment's rows rotated and cached, the segments of a decode batch in parallel (a
         // prompt's rows in parallel inside `rope_forward`)
         let starts: Vec<usize> =
             segs.iter().scan(0, |r0, seg| Some(std::mem::replace(r0, *r0 + seg.tokens.len()))).collect();
-        let rows = Disjoint(s.qkv.as_mut_ptr());
-        team::for_each_mut(segs, &|i, seg| {
+        let rows = DisjointRows(s.qkv.as_mut_ptr());
+        worker_pool::for_each_mut(segs, &|i, seg| {
             let (k, p0) = (seg.tokens.len(), seg.cache.len);
             // SAFETY: segment i's rows, written by this task only; in bounds as `s.qkv` holds n rows.
             let qkv = unsafe { std::slice::from_raw_parts_mut(rows.get().add(starts[i] * qs), k * qs) };
@@ -644,7 +645,7 @@ impl InferenceModel {
             return loss;
         }
         for (r0, chunk) in (0..targets.len()).step_by(HEAD_CHUNK_ROWS).zip(targets.chunks(HEAD_CHUNK_ROWS)) {
-            let logits = self.head_logits(&hidden[r0 * d..(r0 + chunk.len()) * d], RowMode::Batched);
+            let logits = self.head_logits(&hidden[r0 * d..(r0 + chunk.len()) * d], RowMode::MayUseGemm);
             for (j, &t) in chunk.iter().enumerate() {
                 if t != crate::kernels::cross_entropy::IGNORE_INDEX {
                     let row = &logits[j * v..(j + 1) * v];
@@ -672,10 +673,10 @@ impl InferenceModel {
         let common = cache.tokens.iter().zip(input).take_while(|(a, b)| a == b).count();
         let keep = common.min(context.len() - 1);
         cache.truncate(keep);
-        let hidden = self.forward_cached_hidden(&input[keep..], cache, RowMode::Batched)?;
+        let hidden = self.forward_cached_hidden(&input[keep..], cache, RowMode::MayUseGemm)?;
         let d = self.cfg.hidden_size;
         let rows = continuation.len();
-        let logits = self.head_logits(&hidden[hidden.len() - rows * d..], RowMode::Batched);
+        let logits = self.head_logits(&hidden[hidden.len() - rows * d..], RowMode::MayUseGemm);
         let v = self.cfg.vocab_size;
         let (mut sum, mut greedy) = (0.0f64, true);
         for (r, &t) in continuation.iter().enumerate() {
@@ -740,7 +741,7 @@ mod tests {
         let mut ws = Workspace::new(&llama.cfg, 1, tokens.len());
         llama.forward_loss(&mut ws, &tokens, &targets).unwrap();
         let mut cache = KvCache::new(&model, 64);
-        let hidden = model.forward_cached_hidden(&tokens, &mut cache, RowMode::Batched).unwrap();
+        let hidden = model.forward_cached_hidden(&tokens, &mut cache, RowMode::MayUseGemm).unwrap();
         assert!(hidden.iter().zip(&ws.xf).all(|(a, b)| a.to_bits() == b.to_bits()));
         let loss = model.row_losses(&hidden, &targets);
         assert!(loss.iter().zip(&ws.row_loss).all(|(a, b)| a.to_bits() == b.to_bits()));
@@ -761,17 +762,17 @@ mod tests {
                 .iter()
                 .map(|p| {
                     let mut c = KvCache::new(&model, 32);
-                    model.forward_cached_hidden(&p[..p.len() - 1], &mut c, RowMode::Independent).unwrap();
-                    model.forward_cached_hidden(&p[p.len() - 1..], &mut c, RowMode::Independent).unwrap()
+                    model.forward_cached_hidden(&p[..p.len() - 1], &mut c, RowMode::BatchInvariant).unwrap();
+                    model.forward_cached_hidden(&p[p.len() - 1..], &mut c, RowMode::BatchInvariant).unwrap()
                 })
                 .collect();
             let mut caches: Vec<KvCache> = (0..3).map(|_| KvCache::new(&model, 32)).collect();
             let mut segs: Vec<Segment> =
                 caches.iter_mut().zip(&prompts).map(|(c, p)| Segment { tokens: &p[..p.len() - 1], cache: c }).collect();
-            model.forward(&mut segs, RowMode::Independent).unwrap();
+            model.forward(&mut segs, RowMode::BatchInvariant).unwrap();
             let mut segs: Vec<Segment> =
                 caches.iter_mut().zip(&prompts).map(|(c, p)| Segment { tokens: &p[p.len() - 1..], cache: c }).collect();
-            let together = model.forward(&mut segs, RowMode::Independent).unwrap();
+            let together = model.forward(&mut segs, RowMode::BatchInvariant).unwrap();
             let d = model.cfg.hidden_size;
             for (i, a) in alone.iter().enumerate() {
                 assert!(
@@ -793,11 +794,11 @@ mod tests {
         for kv in [KvCacheType::Auto, KvCacheType::F32] {
             model.kv_cache = kv;
             let mut whole_cache = KvCache::new(&model, 64);
-            let whole = model.forward_cached_hidden(&tokens, &mut whole_cache, RowMode::Batched).unwrap();
+            let whole = model.forward_cached_hidden(&tokens, &mut whole_cache, RowMode::MayUseGemm).unwrap();
             let mut cache = KvCache::new(&model, 64);
             let mut pieces = vec![];
             for part in [&tokens[..33], &tokens[33..34], &tokens[34..]] {
-                pieces.extend(model.forward_cached_hidden(part, &mut cache, RowMode::Batched).unwrap());
+                pieces.extend(model.forward_cached_hidden(part, &mut cache, RowMode::MayUseGemm).unwrap());
             }
             assert_eq!(whole.len(), 60 * d);
             for (i, (a, b)) in whole.iter().zip(&pieces).enumerate() {

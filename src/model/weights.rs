@@ -2,9 +2,9 @@
 //! row bytes) and a [`Linear`] — matrices stacked by rows (fused q/k/v or gate/up, whose parts may
 //! have different formats, as llama.cpp's Q4_K_M gives `attn_v` more bits than `attn_q`).
 //!
-//! `Linear::forward` has two modes. [`RowMode::Independent`] computes each output element with the
+//! `Linear::forward` has two modes. [`RowMode::BatchInvariant`] computes each output element with the
 //! fixed-order kernels of [`dot`](crate::kernels::quant::dot), so a token's result does not depend
-//! on the other tokens of the call (batched decoding, the server). [`RowMode::Batched`] lets an f32
+//! on the other tokens of the call (batched decoding, the server). [`RowMode::MayUseGemm`] lets an f32
 //! matrix take the `gemm` crate (a prompt's prefill; evaluation, whose numbers stay those of the
 //! training forward). Quantized formats run the same integer kernels in both.
 
@@ -16,7 +16,7 @@ use crate::kernels::quant::dot::{
     Activations, Isa, FLOAT_TILE, GROUP, MAX_TILE,
 };
 use crate::kernels::quant::Format;
-use crate::kernels::team;
+use crate::kernels::worker_pool;
 use anyhow::{ensure, Result};
 use rayon::prelude::*;
 use std::ops::Range;
@@ -25,8 +25,11 @@ use std::time::Instant;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RowMode {
-    Independent,
-    Batched,
+    /// Fixed-order kernels: a token's result does not depend on the tokens beside it in the batch
+    /// (generation and serving, whose results must not change with what else runs).
+    BatchInvariant,
+    /// f32 matrices may go through `gemm` (a prompt, evaluation: the training forward's numbers).
+    MayUseGemm,
 }
 
 /// Where a matrix's bytes live.
@@ -231,7 +234,7 @@ impl Linear {
         if n == 0 {
             return;
         }
-        if mode == RowMode::Batched && self.parts.len() == 1 {
+        if mode == RowMode::MayUseGemm && self.parts.len() == 1 {
             if let Some(w) = self.parts[0].f32s() {
                 matmul(
                     y,
@@ -253,7 +256,7 @@ impl Linear {
             if !acts.prepared_for(n, self.cols, self.parts[i].format) {
                 acts.prepare(x, n, self.cols, self.parts[i].format);
             }
-            // the parts that read the same activations (q, k and v; gate and up) in one team job
+            // the parts that read the same activations (q, k and v; gate and up) in one worker-pool job
             let same = self.parts[i..].iter().take_while(|p| acts.prepared_for(n, self.cols, p.format)).count();
             let parts = &self.parts[i..i + same];
             matmul_rows(isa, parts, acts, y, self.rows, off, accumulate);
@@ -285,7 +288,7 @@ fn matmul_rows(
     accumulate: bool,
 ) {
     let n = acts.n;
-    let out = team::Disjoint(y.as_mut_ptr());
+    let out = worker_pool::DisjointRows(y.as_mut_ptr());
     // a few tasks per thread, claimed as threads come free (the machines are shared and noisy)
     let tasks = 4 * rayon::current_num_threads().max(1);
     let total: usize = parts.iter().map(|p| p.rows).sum();
@@ -367,7 +370,7 @@ fn matmul_rows(
     // finish a job together
     let bound = |c: usize| total * (c * tasks - c * c.saturating_sub(1) / 2) / (tasks * (tasks + 1) / 2);
     let began = one_token.then(Instant::now);
-    team::run(tasks, &|c| {
+    worker_pool::run(tasks, &|c| {
         let mut start = 0;
         for w in parts {
             // the task's rows of this part, its bounds rounded up to whole steps of the part (so
@@ -426,15 +429,15 @@ mod tests {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             let mut y = vec![f32::NAN; n * lin.rows];
             let mut acts = Activations::default();
-            pool.install(|| lin.forward(&mut y, &x, n, false, RowMode::Independent, &mut acts));
+            pool.install(|| lin.forward(&mut y, &x, n, false, RowMode::BatchInvariant, &mut acts));
             let same = y.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(same, "{threads} threads");
-            pool.install(|| lin.forward(&mut y, &x, n, true, RowMode::Independent, &mut acts));
+            pool.install(|| lin.forward(&mut y, &x, n, true, RowMode::BatchInvariant, &mut acts));
             assert!(y.iter().zip(&want).all(|(a, b)| *a == 2.0 * b), "{threads} threads, accumulating");
         }
     }
 
-    /// Independent rows: each token's output equals the token computed alone, bit for bit, for
+    /// BatchInvariant rows: each token's output equals the token computed alone, bit for bit, for
     /// every format and for stacked parts of different formats.
     #[test]
     fn a_tokens_result_does_not_depend_on_the_batch() {
@@ -456,10 +459,10 @@ mod tests {
         let mut acts = Activations::default();
         for lin in &lins {
             let mut all = vec![0.0f32; n * rows];
-            lin.forward(&mut all, &x, n, false, RowMode::Independent, &mut acts);
+            lin.forward(&mut all, &x, n, false, RowMode::BatchInvariant, &mut acts);
             for t in 0..n {
                 let mut one = vec![0.0f32; rows];
-                lin.forward(&mut one, &x[t * cols..], 1, false, RowMode::Independent, &mut acts);
+                lin.forward(&mut one, &x[t * cols..], 1, false, RowMode::BatchInvariant, &mut acts);
                 assert!(
                     one.iter().zip(&all[t * rows..]).all(|(a, b)| a.to_bits() == b.to_bits()),
                     "{:?}: token {t}",
@@ -470,12 +473,12 @@ mod tests {
             for threads in [1, 3] {
                 let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
                 let mut other = vec![0.0f32; n * rows];
-                pool.install(|| lin.forward(&mut other, &x, n, false, RowMode::Independent, &mut acts));
+                pool.install(|| lin.forward(&mut other, &x, n, false, RowMode::BatchInvariant, &mut acts));
                 assert!(other.iter().zip(&all).all(|(a, b)| a.to_bits() == b.to_bits()), "{threads} threads");
             }
             // and accumulate adds
             let mut acc = all.clone();
-            lin.forward(&mut acc, &x, n, true, RowMode::Independent, &mut acts);
+            lin.forward(&mut acc, &x, n, true, RowMode::BatchInvariant, &mut acts);
             assert!(acc.iter().zip(&all).all(|(a, b)| *a == 2.0 * b));
         }
     }

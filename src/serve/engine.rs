@@ -2,7 +2,7 @@
 //! wait in a bounded queue; between decode steps the engine admits the next one (its prompt
 //! prefilled alone, as `generate` does) when the batch has room and the KV-cache budget allows;
 //! each step decodes one token of every running sequence in one pass over the weights, each row
-//! computed independently ([`RowMode::Independent`]) — so a request's tokens are the same bits
+//! computed independently ([`RowMode::BatchInvariant`]) — so a request's tokens are the same bits
 //! whatever else shares the batch. A sequence whose receiver is gone (client disconnected, stop
 //! string found) is dropped at the next step.
 //!
@@ -258,7 +258,7 @@ fn run(
         };
         if let Some(job) = job.filter(|j| !j.events.is_closed()) {
             let mut cache = KvCache::new(model, job.prompt.len() + job.max_new);
-            match model.next_token_logits(&job.prompt, &mut cache, RowMode::Batched) {
+            match model.next_token_logits(&job.prompt, &mut cache, RowMode::MayUseGemm) {
                 Err(e) => {
                     let _ = job.events.send(Event::Failed(format!("{e:#}")));
                 }
@@ -268,7 +268,7 @@ fn run(
                     let draft_cache = match draft.filter(|_| plain_greedy) {
                         Some(d) => {
                             let mut c = KvCache::new(d, job.prompt.len() + job.max_new);
-                            d.forward_cached_hidden(&job.prompt, &mut c, RowMode::Batched).ok().map(|_| (c, vec![]))
+                            d.forward_cached_hidden(&job.prompt, &mut c, RowMode::MayUseGemm).ok().map(|_| (c, vec![]))
                         }
                         None => None,
                     };
@@ -321,7 +321,8 @@ fn run(
             .collect();
         let mut segs: Vec<Segment> =
             live.iter_mut().zip(&segs_tokens).map(|(s, t)| Segment { tokens: t, cache: &mut s.cache }).collect();
-        let step = model.forward(&mut segs, RowMode::Independent).map(|h| model.head_logits(&h, RowMode::Independent));
+        let step =
+            model.forward(&mut segs, RowMode::BatchInvariant).map(|h| model.head_logits(&h, RowMode::BatchInvariant));
         let logits = match step {
             Ok(l) => l,
             Err(e) => {
@@ -425,7 +426,7 @@ fn propose(d: &InferenceModel, live: &mut [Running], k: usize) -> Vec<Vec<u32>> 
             .zip(&feeds)
             .map(|((_, s), (_, t))| Segment { tokens: t, cache: &mut s.draft.as_mut().expect("a draft").0 })
             .collect();
-        let Ok(h) = d.forward(&mut segs, RowMode::Independent) else {
+        let Ok(h) = d.forward(&mut segs, RowMode::BatchInvariant) else {
             // cannot happen within the checks above; if it does, these sequences go on without a draft
             live.iter_mut().for_each(|s| s.draft = None);
             return vec![vec![]; live.len()];
@@ -438,7 +439,7 @@ fn propose(d: &InferenceModel, live: &mut [Running], k: usize) -> Vec<Vec<u32>> 
             r += t.len();
             lasts.extend_from_slice(&h[(r - 1) * dm..r * dm]);
         }
-        let logits = d.head_logits(&lasts, RowMode::Independent);
+        let logits = d.head_logits(&lasts, RowMode::BatchInvariant);
         for (n, &i) in idx.iter().enumerate() {
             props[i].push(crate::kernels::argmax(&logits[n * v..(n + 1) * v]) as u32);
         }

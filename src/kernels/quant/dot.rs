@@ -45,7 +45,7 @@
 
 use super::{bf16, f16_to_f32, scale_min_k4, Format};
 pub use crate::kernels::isa::{Isa, GROUP};
-use crate::kernels::team;
+use crate::kernels::worker_pool;
 
 /// Most tokens that share one pass over a weight row.
 pub const MAX_TILE: usize = 4;
@@ -288,7 +288,7 @@ const PARALLEL_VALUES: usize = 1 << 17;
 /// (a decode step) on the calling thread, without collecting the items (no allocation).
 fn per_tile<T: Send>(items: impl Iterator<Item = T>, values: usize, f: &(dyn Fn(usize, &mut T) + Sync)) {
     if values >= PARALLEL_VALUES {
-        team::for_each_mut(&mut items.collect::<Vec<T>>(), f);
+        worker_pool::for_each_mut(&mut items.collect::<Vec<T>>(), f);
     } else {
         items.enumerate().for_each(|(i, mut it)| f(i, &mut it));
     }

@@ -1,7 +1,7 @@
-//! A team of worker threads for the many short parallel loops of one decode step. A token of the
+//! A pool of worker threads for the many short parallel loops of one decode step. A token of the
 //! 1.1B model runs ~150 matmuls of 20–500 µs each; rayon's workers fall asleep between them, and
 //! waking one costs 20–80 µs (measured on our 2-vCPU machines), by which time the calling thread
-//! has often taken the whole loop itself. The team's workers spin for a while after each loop
+//! has often taken the whole loop itself. The pool's workers spin for a while after each loop
 //! instead (yielding the core to anyone else runnable), so the next loop starts at once; after
 //! [`SPIN`] without work they sleep. llama.cpp's thread pool does the same.
 //!
@@ -26,7 +26,7 @@ struct Job {
     panicked: AtomicBool,
 }
 
-struct Team {
+struct Pool {
     workers: usize,
     /// Bumped for each new job.
     epoch: AtomicUsize,
@@ -38,12 +38,12 @@ struct Team {
     caller: Mutex<()>,
 }
 
-static TEAM: OnceLock<&'static Team> = OnceLock::new();
+static TEAM: OnceLock<&'static Pool> = OnceLock::new();
 
-fn team() -> &'static Team {
+fn pool() -> &'static Pool {
     TEAM.get_or_init(|| {
         let workers = rayon::current_num_threads().saturating_sub(1);
-        let team: &'static Team = Box::leak(Box::new(Team {
+        let pool: &'static Pool = Box::leak(Box::new(Pool {
             workers,
             epoch: AtomicUsize::new(0),
             job: AtomicPtr::new(std::ptr::null_mut()),
@@ -54,21 +54,21 @@ fn team() -> &'static Team {
         }));
         for i in 0..workers {
             // a worker the system refuses only means fewer hands: the caller takes what is left
-            let _ = std::thread::Builder::new().name(format!("tinyllama-team-{i}")).spawn(move || worker(team));
+            let _ = std::thread::Builder::new().name(format!("tinyllama-worker-{i}")).spawn(move || worker(pool));
         }
-        team
+        pool
     })
 }
 
-/// Runs `f(0) … f(tasks − 1)` on the calling thread and the team's workers (each task once, in
+/// Runs `f(0) … f(tasks − 1)` on the calling thread and the pool's workers (each task once, in
 /// any order, on any thread); returns when all are done.
 pub fn run(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
-    let team = team();
-    if tasks <= 1 || team.workers == 0 {
+    let pool = pool();
+    if tasks <= 1 || pool.workers == 0 {
         (0..tasks).for_each(f);
         return;
     }
-    let Ok(_one_caller) = team.caller.try_lock() else {
+    let Ok(_one_caller) = pool.caller.try_lock() else {
         (0..tasks).into_par_iter().for_each(f);
         return;
     };
@@ -81,10 +81,10 @@ pub fn run(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
         done: AtomicUsize::new(0),
         panicked: AtomicBool::new(false),
     };
-    team.job.store(&job as *const Job as *mut Job, SeqCst);
-    team.epoch.fetch_add(1, SeqCst);
-    if *team.sleeping.lock().unwrap() > 0 {
-        team.wake.notify_all();
+    pool.job.store(&job as *const Job as *mut Job, SeqCst);
+    pool.epoch.fetch_add(1, SeqCst);
+    if *pool.sleeping.lock().unwrap() > 0 {
+        pool.wake.notify_all();
     }
     work_on(&job);
     while job.done.load(SeqCst) < tasks {
@@ -92,8 +92,8 @@ pub fn run(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
     }
     // No worker may still hold `job` when it goes out of scope: retire it, then wait for every
     // worker that joined before it was retired to leave.
-    team.job.store(std::ptr::null_mut(), SeqCst);
-    while team.joined.load(SeqCst) != 0 {
+    pool.job.store(std::ptr::null_mut(), SeqCst);
+    while pool.joined.load(SeqCst) != 0 {
         std::hint::spin_loop();
     }
     assert!(!job.panicked.load(SeqCst), "a parallel task panicked");
@@ -101,7 +101,7 @@ pub fn run(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
 
 /// Runs `f(i, &mut items[i])` for every item, as [`run`] does.
 pub fn for_each_mut<T: Send>(items: &mut [T], f: &(dyn Fn(usize, &mut T) + Sync)) {
-    let ptr = Disjoint(items.as_mut_ptr());
+    let ptr = DisjointRows(items.as_mut_ptr());
     run(items.len(), &|i| {
         // SAFETY: task i alone touches item i, and `items` is borrowed mutably for the whole run.
         f(i, unsafe { &mut *ptr.get().add(i) })
@@ -110,19 +110,19 @@ pub fn for_each_mut<T: Send>(items: &mut [T], f: &(dyn Fn(usize, &mut T) + Sync)
 
 /// A buffer's pointer shared by parallel tasks that each write their own, disjoint elements (the
 /// caller's promise, made at each write).
-pub struct Disjoint<T>(pub *mut T);
+pub struct DisjointRows<T>(pub *mut T);
 
-impl<T> Clone for Disjoint<T> {
+impl<T> Clone for DisjointRows<T> {
     fn clone(&self) -> Self {
         *self
     }
 }
-impl<T> Copy for Disjoint<T> {}
+impl<T> Copy for DisjointRows<T> {}
 // SAFETY: the elements are `Send`; tasks reach disjoint elements only.
-unsafe impl<T: Send> Send for Disjoint<T> {}
-unsafe impl<T: Send> Sync for Disjoint<T> {}
+unsafe impl<T: Send> Send for DisjointRows<T> {}
+unsafe impl<T: Send> Sync for DisjointRows<T> {}
 
-impl<T> Disjoint<T> {
+impl<T> DisjointRows<T> {
     /// A method, so that closures capture the whole `Sync` wrapper.
     pub fn get(self) -> *mut T {
         self.0
@@ -153,35 +153,35 @@ fn work_on(job: &Job) {
     }
 }
 
-fn worker(team: &'static Team) {
-    let mut seen = team.epoch.load(SeqCst);
+fn worker(pool: &'static Pool) {
+    let mut seen = pool.epoch.load(SeqCst);
     loop {
         let idle_since = Instant::now();
         let mut spins = 0u32;
-        while team.epoch.load(SeqCst) == seen {
+        while pool.epoch.load(SeqCst) == seen {
             std::hint::spin_loop();
             spins = spins.wrapping_add(1);
             if spins.is_multiple_of(64) {
                 // let anything else that wants this core run (rayon's workers, other processes)
                 std::thread::yield_now();
                 if idle_since.elapsed() > SPIN {
-                    let mut sleeping = team.sleeping.lock().unwrap();
+                    let mut sleeping = pool.sleeping.lock().unwrap();
                     *sleeping += 1;
-                    while team.epoch.load(SeqCst) == seen {
-                        sleeping = team.wake.wait(sleeping).unwrap();
+                    while pool.epoch.load(SeqCst) == seen {
+                        sleeping = pool.wake.wait(sleeping).unwrap();
                     }
                     *sleeping -= 1;
                 }
             }
         }
-        seen = team.epoch.load(SeqCst);
-        team.joined.fetch_add(1, SeqCst);
-        let job = team.job.load(SeqCst);
+        seen = pool.epoch.load(SeqCst);
+        pool.joined.fetch_add(1, SeqCst);
+        let job = pool.job.load(SeqCst);
         if !job.is_null() {
             // SAFETY: a job stays alive while `joined` counts us (see `run`).
             work_on(unsafe { &*job });
         }
-        team.joined.fetch_sub(1, SeqCst);
+        pool.joined.fetch_sub(1, SeqCst);
     }
 }
 
