@@ -65,7 +65,8 @@ pub struct ChatSession<'m> {
     /// Finished turns: user, then assistant.
     turns: Vec<(String, String)>,
     cache: KvCache,
-    stops: Vec<u32>,
+    /// Tokens that end a reply (EOS and the like).
+    end_ids: Vec<u32>,
     /// `--stop`: a reply ends before the first of these strings.
     stop_strings: Vec<String>,
 }
@@ -95,14 +96,14 @@ impl<'m> ChatSession<'m> {
             system,
             turns: vec![],
             cache: KvCache::new(model, ctx),
-            stops: crate::generate::stop_ids(&model.cfg, tok),
+            end_ids: crate::generate::end_ids(&model.cfg, tok),
             stop_strings: vec![],
         }
     }
 
     /// Replies end before the first of `stops` (not shown, not kept).
-    pub fn with_stop_strings(mut self, stops: Vec<String>) -> Self {
-        self.stop_strings = stops;
+    pub fn with_stop_strings(mut self, stop_strings: Vec<String>) -> Self {
+        self.stop_strings = stop_strings;
         self
     }
 
@@ -144,7 +145,7 @@ impl<'m> ChatSession<'m> {
         user: &str,
         sampling: &SamplingOptions,
         max_new: usize,
-        stop: &AtomicBool,
+        interrupt: &AtomicBool,
         on_text: &mut dyn FnMut(&str) -> Result<()>,
     ) -> Result<Reply> {
         let ctx = self.model.max_positions();
@@ -170,13 +171,13 @@ impl<'m> ChatSession<'m> {
         sampler.remember(&prompt);
         let mut text = TextStream::new(self.stop_strings.clone(), None);
         while r.tokens < max_new {
-            if stop.load(Ordering::Relaxed) {
+            if interrupt.load(Ordering::Relaxed) {
                 r.interrupted = true;
                 break;
             }
             let t = sampler.sample(&logits);
             r.tokens += 1;
-            if self.stops.contains(&t) {
+            if self.end_ids.contains(&t) {
                 break;
             }
             on_text(&text.push(self.tok, t)?)?;

@@ -173,22 +173,22 @@ pub fn generate_text(
     prompt: &[u32],
     sampler: &mut Sampler,
     max_new: usize,
-    stop: &[String],
+    stop_strings: &[String],
     on_text: &mut dyn FnMut(&str) -> Result<()>,
 ) -> Result<(String, usize)> {
     sampler.remember(prompt);
     let ctx = model.max_positions();
     ensure!(prompt.len() < ctx, "the prompt has {} tokens and fills the model's context ({ctx})", prompt.len());
     let max_new = max_new.min(ctx - prompt.len());
-    let stops = stop_ids(&model.cfg, tok);
-    let mut text = TextStream::new(stop.to_vec(), prompt.last().copied());
+    let ends = end_ids(&model.cfg, tok);
+    let mut text = TextStream::new(stop_strings.to_vec(), prompt.last().copied());
     let mut cache = KvCache::new(model, prompt.len() + max_new);
     let mut logits = model.next_token_logits(prompt, &mut cache, RowMode::MayUseGemm)?;
     let mut n = 0;
     while n < max_new {
         let t = sampler.sample(&logits);
         n += 1;
-        if stops.contains(&t) {
+        if ends.contains(&t) {
             break;
         }
         on_text(&text.push(tok, t)?)?;
@@ -231,7 +231,7 @@ pub fn read_prompts(file: &std::path::Path) -> Result<Vec<String>> {
 
 /// The ids that end a generation: the tokenizer's EOS and every `eos_token_id` of the model's
 /// config (which may be a list).
-pub fn stop_ids(cfg: &crate::config::LlamaConfig, tok: &crate::tokenizer::Tokenizer) -> Vec<u32> {
+pub fn end_ids(cfg: &crate::config::LlamaConfig, tok: &crate::tokenizer::Tokenizer) -> Vec<u32> {
     let mut ids = vec![tok.eos_id];
     for e in cfg.eos_ids() {
         if !ids.contains(&e) {
@@ -349,7 +349,7 @@ pub fn generate_batch_with_prefix(
 pub struct TextStream {
     /// The token before the first generated one: decoding after it keeps a leading space.
     after: Option<u32>,
-    stops: Vec<String>,
+    stop_strings: Vec<String>,
     ids: Vec<u32>,
     text: String,
     shown: usize,
@@ -358,8 +358,8 @@ pub struct TextStream {
 }
 
 impl TextStream {
-    pub fn new(stops: Vec<String>, after: Option<u32>) -> Self {
-        TextStream { after, stops, ids: vec![], text: String::new(), shown: 0, stopped: false }
+    pub fn new(stop_strings: Vec<String>, after: Option<u32>) -> Self {
+        TextStream { after, stop_strings, ids: vec![], text: String::new(), shown: 0, stopped: false }
     }
 
     pub fn ids(&self) -> &[u32] {
@@ -381,13 +381,13 @@ impl TextStream {
             Some(a) => tok.decode_after(a, &self.ids)?,
             None => tok.decode(&self.ids)?,
         };
-        if let Some(cut) = self.stops.iter().filter_map(|s| self.text.find(s.as_str())).min() {
+        if let Some(cut) = self.stop_strings.iter().filter_map(|s| self.text.find(s.as_str())).min() {
             self.text.truncate(cut);
             self.stopped = true;
             return Ok(self.finish());
         }
         let mut end = self.text.trim_end_matches('\u{fffd}').len();
-        for s in &self.stops {
+        for s in &self.stop_strings {
             // the longest tail of the text that begins a stop string waits
             if let Some(k) = (1..s.len()).rev().find(|&k| s.is_char_boundary(k) && self.text[..end].ends_with(&s[..k]))
             {
@@ -543,7 +543,7 @@ mod tests {
         let mut cfg = model.cfg.clone();
         cfg.extra_eos_token_ids = vec![free[2], 2];
         let tok = crate::tokenizer::Tokenizer::llama2();
-        let stops = stop_ids(&cfg, &tok);
+        let stops = end_ids(&cfg, &tok);
         assert_eq!(stops, [2, free[2]], "the tokenizer's EOS first, no repeats");
         let mut s = Sampler::new(SamplingOptions::default());
         let stopped = generate(&model, &prompt, 6, &stops, &mut s, &mut |_| Ok(())).unwrap();

@@ -105,12 +105,12 @@ fn stream_generate(
     tok: &Tokenizer,
     prompt: &[u32],
     s: &SamplingArgs,
-    stop: &[String],
+    stop_strings: &[String],
 ) -> Result<(String, usize)> {
     use std::io::Write;
     let mut sampler = tinyllama::generate::Sampler::new(s.options_announced()?);
     let mut out = std::io::stdout();
-    tinyllama::generate::generate_text(model, tok, prompt, &mut sampler, s.max_new_tokens, stop, &mut |piece| {
+    tinyllama::generate::generate_text(model, tok, prompt, &mut sampler, s.max_new_tokens, stop_strings, &mut |piece| {
         write!(out, "{piece}")?;
         Ok(out.flush()?)
     })
@@ -136,14 +136,14 @@ fn generate_many(
         })
         .collect::<Result<_>>()?;
     let t0 = std::time::Instant::now();
-    let stops = tinyllama::generate::stop_ids(&model.cfg, tok);
-    let outs = tinyllama::generate::generate_batch(model, &reqs, &stops, max_batch, &mut |_, _| Ok(()))?;
+    let ends = tinyllama::generate::end_ids(&model.cfg, tok);
+    let outs = tinyllama::generate::generate_batch(model, &reqs, &ends, max_batch, &mut |_, _| Ok(()))?;
     let n: usize = outs.iter().map(|o| o.len()).sum();
     use std::io::Write;
     let mut stdout = std::io::stdout();
     for ((p, r), o) in prompts.iter().zip(&reqs).zip(&outs) {
-        let ids: Vec<u32> = o.iter().copied().filter(|t| !stops.contains(t)).collect();
-        let finish = if o.last().is_some_and(|t| stops.contains(t)) { "stop" } else { "length" };
+        let ids: Vec<u32> = o.iter().copied().filter(|t| !ends.contains(t)).collect();
+        let finish = if o.last().is_some_and(|t| ends.contains(t)) { "stop" } else { "length" };
         let completion = tok.decode_after(*r.prompt.last().expect("BOS at least"), &ids)?;
         writeln!(
             stdout,

@@ -311,8 +311,8 @@ pub fn on_rank_zero<T>(result: Result<T>, comm: &dyn tinyllama::dist::Collective
 
 /// Ctrl-C finishes the step and checkpoints; a second one exits at once.
 pub fn stop_on_interrupt() -> Result<Arc<AtomicBool>> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
+    let interrupt = Arc::new(AtomicBool::new(false));
+    let flag = interrupt.clone();
     ctrlc::set_handler(move || {
         if flag.swap(true, Ordering::SeqCst) {
             eprintln!("second interrupt: exiting without a checkpoint");
@@ -321,7 +321,7 @@ pub fn stop_on_interrupt() -> Result<Arc<AtomicBool>> {
         eprintln!("interrupt: finishing this step, then writing a checkpoint (Ctrl-C again to abort)");
     })
     .context("cannot install the signal handler")?;
-    Ok(stop)
+    Ok(interrupt)
 }
 
 pub fn load_model_dir(

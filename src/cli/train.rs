@@ -226,9 +226,9 @@ pub fn pretrain(a: PretrainArgs) -> Result<()> {
         LlamaConfig::preset(name)?; // unknown presets fail before any work
     }
     let resume = a.start.resume();
-    let stop = stop_on_interrupt()?;
+    let interrupt = stop_on_interrupt()?;
     let comm = tinyllama::dist::init()?;
-    let result = tinyllama::train::pretrain::pretrain(&cfg, resume, &stop, !a.start.quiet, comm.as_ref());
+    let result = tinyllama::train::pretrain::pretrain(&cfg, resume, &interrupt, !a.start.quiet, comm.as_ref());
     let Some(out) = on_rank_zero(result, comm.as_ref())? else { return Ok(()) };
     if out.losses.is_empty() && !out.interrupted {
         println!(
@@ -335,9 +335,9 @@ fn finetune(mode: Mode, a: &FinetuneArgs, mode_flags: impl FnOnce(&mut FinetuneC
     set_some!(model, data, chat_template, max_steps, warmup_steps, max_length, lora_init);
     mode_flags(&mut c);
     let resume = a.start.resume();
-    let stop = stop_on_interrupt()?;
+    let interrupt = stop_on_interrupt()?;
     let comm = tinyllama::dist::init()?;
-    let result = finetune(mode, &c, resume, &stop, !a.start.quiet, comm.as_ref());
+    let result = finetune(mode, &c, resume, &interrupt, !a.start.quiet, comm.as_ref());
     let Some(out) = on_rank_zero(result, comm.as_ref())? else { return Ok(()) };
     if out.rows.is_empty() && !out.interrupted {
         println!("nothing to do: the run in {} is at step {} of {}", c.out.display(), out.step, out.max_steps);

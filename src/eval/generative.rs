@@ -137,7 +137,7 @@ pub fn generate_items(
         model.max_positions()
     );
     let samples = if task.name == "humaneval" { opts.samples.max(1) } else { 1 };
-    let eos = crate::generate::stop_ids(&model.cfg, tok);
+    let eos = crate::generate::end_ids(&model.cfg, tok);
     let mut out: Vec<Vec<Vec<u32>>> = vec![vec![]; task.items.len()];
     let mut done = 0usize;
     let mut work = GenWork::default();

@@ -115,7 +115,7 @@ pub struct GenParams {
     /// `None`: as many as the context leaves.
     pub max_tokens: Option<usize>,
     pub sampling: SamplingOptions,
-    pub stop: Vec<String>,
+    pub stop_strings: Vec<String>,
     pub logprobs: Option<usize>,
     pub stream: bool,
     pub include_usage: bool,
@@ -235,7 +235,7 @@ fn common(
             frequency_penalty: frequency_penalty.unwrap_or(0.0) as f32,
             presence_penalty: presence_penalty.unwrap_or(0.0) as f32,
         },
-        stop,
+        stop_strings: stop,
         logprobs: None,
         stream,
         include_usage: stream_options.and_then(|o| o.include_usage).unwrap_or(false),
@@ -403,7 +403,7 @@ mod tests {
         assert_eq!(model.as_deref(), Some("m"));
         assert!(matches!(prompt, Prompt::Text(t) if t == "Hi"));
         assert_eq!(
-            (p.max_tokens, p.sampling.temperature, p.stop.clone(), p.stream),
+            (p.max_tokens, p.sampling.temperature, p.stop_strings.clone(), p.stream),
             (Some(16), 0.0, vec!["\n".to_string()], false)
         );
         assert_eq!(p.sampling.seed, 7, "no seed: the fresh one");

@@ -49,7 +49,7 @@ struct AppState {
     template: ChatTemplate,
     opts: ServeOptions,
     ctx: usize,
-    stop_ids: Vec<u32>,
+    end_ids: Vec<u32>,
     started: u64,
     next_id: AtomicU64,
 }
@@ -87,7 +87,7 @@ pub fn serve(loaded: LoadedModel, draft: Option<LoadedModel>, opts: ServeOptions
         eprintln!("note: the model has no chat template; /v1/chat/completions uses TinyLlama-Chat's Zephyr template");
     }
     let ctx = model.max_positions();
-    let stop_ids = crate::generate::stop_ids(&model.cfg, &tok);
+    let end_ids = crate::generate::end_ids(&model.cfg, &tok);
     let kv_budget =
         opts.kv_budget.unwrap_or_else(|| opts.max_batch.max(1) * crate::model::KvCache::bytes_for(&model, ctx));
     let eopts = EngineOptions {
@@ -97,14 +97,14 @@ pub fn serve(loaded: LoadedModel, draft: Option<LoadedModel>, opts: ServeOptions
         kv_budget,
     };
     let drafting = draft.is_some();
-    let engine = Engine::start(Arc::new(model), draft, stop_ids.clone(), eopts)?;
+    let engine = Engine::start(Arc::new(model), draft, end_ids.clone(), eopts)?;
     let state = Arc::new(AppState {
         engine: engine.clone(),
         tok,
         template,
         opts: opts.clone(),
         ctx,
-        stop_ids,
+        end_ids,
         started: now_s(),
         next_id: AtomicU64::new(1),
     });
@@ -273,8 +273,8 @@ struct TextStream {
 }
 
 impl TextStream {
-    fn new(st: Arc<AppState>, stops: Vec<String>, after: Option<u32>, max_new: usize) -> Self {
-        let text = crate::generate::TextStream::new(stops, after);
+    fn new(st: Arc<AppState>, stop_strings: Vec<String>, after: Option<u32>, max_new: usize) -> Self {
+        let text = crate::generate::TextStream::new(stop_strings, after);
         TextStream { st, after, text, finish: None, generated: 0, max_new, logprobs: vec![] }
     }
 
@@ -289,7 +289,7 @@ impl TextStream {
                 Ok(self.text.finish())
             }
             Event::Token { .. } if self.finish.is_some() => Ok(String::new()),
-            Event::Token { id, .. } if self.st.stop_ids.contains(&id) => {
+            Event::Token { id, .. } if self.st.end_ids.contains(&id) => {
                 self.generated += 1;
                 self.finish = Some("stop");
                 Ok(self.text.finish())
@@ -415,7 +415,7 @@ async fn respond(
         return Ok(stream_response(st, rx, p, prompt.len(), after, max_new, id, kind).into_response());
     }
     let mut rx = rx;
-    let mut ts = TextStream::new(st.clone(), p.stop.clone(), after, max_new);
+    let mut ts = TextStream::new(st.clone(), p.stop_strings.clone(), after, max_new);
     let mut text = String::new();
     while ts.finish.is_none() {
         let Some(ev) = rx.recv().await else { break };
@@ -499,8 +499,12 @@ fn stream_response(
             json!(t)
         }
     };
-    let init =
-        StreamState { ts: TextStream::new(st, p.stop, after, max_new), rx, phase: if chat { 0 } else { 1 }, offset: 0 };
+    let init = StreamState {
+        ts: TextStream::new(st, p.stop_strings, after, max_new),
+        rx,
+        phase: if chat { 0 } else { 1 },
+        offset: 0,
+    };
     let stream = futures_util::stream::unfold(init, move |mut s| {
         let chunk = chunk.clone();
         async move {

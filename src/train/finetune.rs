@@ -325,7 +325,7 @@ pub fn finetune(
     mode: Mode,
     fc: &FinetuneConfig,
     resume: Resume,
-    stop: &AtomicBool,
+    interrupt: &AtomicBool,
     verbose: bool,
     comm: &dyn Collectives,
 ) -> Result<FinetuneOutcome> {
@@ -507,7 +507,7 @@ pub fn finetune(
     let mut tokens_done = 0u64;
     let (sft, pairs) = (&sft, &pairs);
     while t.step < max_steps {
-        if t.any_rank(stop.load(Ordering::Relaxed)) {
+        if t.any_rank(interrupt.load(Ordering::Relaxed)) {
             out.interrupted = true;
             break;
         }
@@ -616,7 +616,7 @@ pub fn finetune(
             row,
             format!("loss {loss:.4}{progress} | lr {} | gnorm {norm:.3} | {tps:.0} tok/s", super::format_lr(lr)),
         )?;
-        if t.checkpoint_due(stop.load(Ordering::Relaxed)) {
+        if t.checkpoint_due(interrupt.load(Ordering::Relaxed)) {
             out.checkpoint = Some(save(&mut t)?);
         }
     }

@@ -80,7 +80,7 @@ fn check_resumable(saved: &TrainConfig, now: &TrainConfig, dir: &Path) -> Result
 pub fn pretrain(
     cfg: &TrainConfig,
     resume: Resume,
-    stop: &AtomicBool,
+    interrupt: &AtomicBool,
     verbose: bool,
     comm: &dyn Collectives,
 ) -> Result<Outcome> {
@@ -187,7 +187,7 @@ pub fn pretrain(
     let mut batches: Vec<(Vec<u32>, Vec<u32>)> = vec![(vec![], vec![]); accum];
     while t.step < cfg.max_steps {
         // a signal on any rank stops every rank after the same step
-        if t.any_rank(stop.load(Ordering::Relaxed)) {
+        if t.any_rank(interrupt.load(Ordering::Relaxed)) {
             out.interrupted = true;
             break;
         }
@@ -225,7 +225,7 @@ pub fn pretrain(
                 100.0 * mfu
             ),
         )?;
-        let interrupted = stop.load(Ordering::Relaxed);
+        let interrupted = interrupt.load(Ordering::Relaxed);
         if let (Some(vo), 0) = (&val_opts, rank) {
             if step.is_multiple_of(cfg.eval_interval.max(1)) || step == cfg.max_steps {
                 let vl = match validate(&t.model, &mut ws, &data_dir, vo, cfg) {
