@@ -2,12 +2,14 @@
 //! passes over a preallocated [`Workspace`] ([`llama`]).
 
 pub mod inference;
+pub mod kv_cache;
 pub mod llama;
 pub mod params;
 pub mod prefetch;
 pub mod weights;
 
-pub use inference::{DecoderLayer, InferenceModel, KvCache, KvCacheType, ModelDtype, Segment};
+pub use inference::{DecoderLayer, InferenceModel, ModelDtype, Segment};
+pub use kv_cache::{KvCache, KvCacheType};
 pub use llama::{Llama, Workspace};
 pub use params::{HfTensor, ParamLayout};
 pub use weights::{Linear, RowMode, WeightMatrix};
