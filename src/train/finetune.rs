@@ -145,6 +145,33 @@ impl FinetuneConfig {
         }
     }
 
+    /// The optimiser, schedule and checkpoint settings as the shared training loop takes them.
+    fn train_config(&self, model_dir: &Path, max_len: usize, max_steps: u64) -> TrainConfig {
+        TrainConfig {
+            preset: String::new(),
+            init_from: Some(model_dir.to_path_buf()),
+            out: self.out.clone(),
+            seq_len: max_len,
+            micro_batch: self.micro_batch,
+            max_steps,
+            max_lr: self.max_lr,
+            min_lr: self.min_lr,
+            warmup_steps: Some(self.warmup_steps.unwrap_or((max_steps as f64 * 0.1).ceil() as u64)),
+            decay_steps: None,
+            weight_decay: self.weight_decay,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            grad_clip: self.grad_clip,
+            log_interval: self.log_interval,
+            save_interval: self.save_interval,
+            keep_last: self.keep_last,
+            seed: self.seed,
+            nan_patience: self.nan_patience,
+            ..TrainConfig::default()
+        }
+    }
+
     /// The settings a run in `out` recorded (`train_config.json`'s "finetune"), for a resumed run
     /// that does not repeat its flags; `None` where there is no such run.
     pub fn recorded(out: &Path) -> Result<Option<Self>> {
@@ -320,6 +347,213 @@ fn dpo_pair(loss: DpoLoss, beta: f64, dc: f64, dr: f64, nc: usize, nr: usize) ->
     }
 }
 
+/// The model directory a fine-tune starts from: any name `checkpoint::paths` reads (a run takes
+/// its latest checkpoint, said when `say`), not a GGUF file.
+fn start_dir(fc: &FinetuneConfig, say: bool) -> Result<PathBuf> {
+    let named = crate::checkpoint::paths::resolve_model_path(fc.model.as_deref().unwrap_or(Path::new("")))?;
+    if let (Some(note), true) = (&named.note, say) {
+        eprintln!("{note}");
+    }
+    ensure!(
+        !crate::loader::is_gguf(&named.path),
+        "{}: fine-tuning starts from a Hugging Face model directory or checkpoint, not a GGUF file",
+        named.path.display()
+    );
+    Ok(if named.path.is_file() { named.path.parent().unwrap_or(Path::new(".")).to_path_buf() } else { named.path })
+}
+
+/// The run's examples (SFT, packed or not) or preference pairs (DPO), with how many were cut to
+/// `max_len` and how many left out.
+fn read_examples(
+    mode: Mode,
+    fc: &FinetuneConfig,
+    data: &Path,
+    renderer: &Renderer,
+    max_len: usize,
+    say: &dyn Fn(&str),
+) -> Result<(Vec<SftExample>, Vec<PreferenceExample>, usize, usize)> {
+    Ok(match mode {
+        Mode::Sft if fc.packing => {
+            let p = sft_examples(data, renderer, fc.loss_on, usize::MAX)?;
+            let packed = pack_wrapped(&p.examples, max_len);
+            say(&format!(
+                "packing: {} examples into {} sequences of up to {max_len} tokens",
+                p.examples.len(),
+                packed.len()
+            ));
+            (packed, vec![], 0, p.dropped)
+        }
+        Mode::Sft => {
+            let p = sft_examples(data, renderer, fc.loss_on, max_len)?;
+            (p.examples, vec![], p.truncated, p.dropped)
+        }
+        Mode::Dpo => {
+            let p = preference_examples(data, renderer, max_len)?;
+            (vec![], p.examples, p.truncated, p.dropped)
+        }
+    })
+}
+
+/// PEFT's LoRA adapters when `lora_rank` > 0 (PEFT's initialisation, or `lora_init`'s).
+fn lora_adapters(fc: &FinetuneConfig, model: &Llama, say: &dyn Fn(&str)) -> Result<Option<Lora>> {
+    if fc.lora_rank == 0 {
+        return Ok(None);
+    }
+    let r = fc.lora_rank;
+    let targets = crate::train::lora::parse_targets(&fc.lora_targets)?;
+    let mut l = Lora::new(&model.cfg, &model.params, &targets, r, fc.lora_alpha, fc.seed)?;
+    if let Some(dir) = &fc.lora_init {
+        l.load_peft(dir)?;
+    }
+    say(&format!(
+        "LoRA: rank {r}, alpha {}, {} weights adapted, {} trainable parameters of {}",
+        fc.lora_alpha,
+        l.targets.len(),
+        l.adapters.len(),
+        model.layout.total
+    ));
+    Ok(Some(l))
+}
+
+/// DPO's reference log-probabilities of each pair (chosen, rejected): those a resumed run kept in
+/// `recorded` for the same data, else computed once from `policy` (the starting weights) or
+/// `ref_model`.
+#[allow(clippy::too_many_arguments)]
+fn dpo_reference(
+    fc: &FinetuneConfig,
+    policy: &Llama,
+    pairs: &[PreferenceExample],
+    recorded: Option<&Path>,
+    data_digest: &str,
+    max_len: usize,
+    pad_id: u32,
+    say: &dyn Fn(&str),
+) -> Result<Vec<[f64; 2]>> {
+    let kept = recorded.and_then(|p| std::fs::read(p).ok()).and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+    if let Some(v) = kept.filter(|v| v["data_digest"] == data_digest) {
+        return serde_json::from_value(v["logps"].clone()).context("ref_logps.json");
+    }
+    say("computing the reference model's log-probabilities (once)");
+    match &fc.ref_model {
+        Some(dir) => {
+            let r = load_hf(dir)?;
+            ensure!(r.cfg.vocab_size == policy.cfg.vocab_size, "--ref-model has another vocabulary");
+            reference_logps(&r, pairs, fc.micro_batch, max_len, pad_id)
+        }
+        None => reference_logps(policy, pairs, fc.micro_batch, max_len, pad_id),
+    }
+}
+
+/// What one optimiser step of an objective gives the loop: the metrics row's own fields, the
+/// progress line's, this rank's loss sum and the divisor of the mean, and the tokens it ran.
+struct StepResult {
+    row: Value,
+    progress: String,
+    loss_sum: f64,
+    divisor: f64,
+    tokens: u64,
+}
+
+/// SFT's step: the mean cross-entropy over the completion tokens of the whole `batch` (TRL's),
+/// this rank's examples `mine` in micro-batches, gradients accumulated into the trainer's.
+#[allow(clippy::too_many_arguments)]
+fn sft_step(
+    t: &mut Trainer,
+    ws: &mut Workspaces,
+    sft: &[SftExample],
+    batch: &[usize],
+    mine: &[usize],
+    micro_batch: usize,
+    pad_id: u32,
+    max_len: usize,
+) -> Result<StepResult> {
+    let ex: Vec<&SftExample> = batch.iter().map(|&i| &sft[i]).collect();
+    // at least 1, as TRL's clamp: a batch of pieces without completion tokens adds nothing
+    let total: usize = ex.iter().map(|e| e.loss_tokens()).sum::<usize>().max(1);
+    let (model, grads) = t.model_and_grads();
+    let (mut loss_sum, mut tokens) = (0.0, 0u64);
+    for mb in mine.chunks(micro_batch) {
+        let seqs: Vec<_> = mb
+            .iter()
+            .map(|&i| (sft[i].input_ids.clone(), sft[i].labels.iter().map(|&l| l != IGNORE_INDEX).collect()))
+            .collect();
+        let b = pad(&seqs, pad_id, max_len);
+        let w = ws.get(model, b.batch, b.len);
+        let mean = model.forward_backward(w, grads, &b.x, &b.y, 1.0 / total as f32)?;
+        let counted = b.y.iter().filter(|&&y| y != IGNORE_INDEX).count();
+        loss_sum += mean * counted as f64;
+        tokens += seqs.iter().map(|(ids, _)| ids.len() as u64).sum::<u64>();
+    }
+    Ok(StepResult {
+        row: json!({"loss_tokens": total}),
+        progress: String::new(),
+        loss_sum,
+        divisor: total as f64,
+        tokens,
+    })
+}
+
+/// DPO's step: each pair's loss from the policy's and the reference's log-probabilities, its
+/// gradient through per-token weights; rewards summed over ranks.
+#[allow(clippy::too_many_arguments)]
+fn dpo_step(
+    t: &mut Trainer,
+    ws: &mut Workspaces,
+    pairs: &[PreferenceExample],
+    refs: &[[f64; 2]],
+    batch: &[usize],
+    mine: &[usize],
+    fc: &FinetuneConfig,
+    pad_id: u32,
+    max_len: usize,
+) -> Result<StepResult> {
+    let (model, grads) = t.model_and_grads();
+    let npairs = batch.len() as f64;
+    // per rank: loss, chosen and rejected rewards, accuracy, margin (sums over pairs)
+    let mut sums = [0.0f64; 5];
+    let mut tokens = 0u64;
+    for mb in mine.chunks(fc.micro_batch) {
+        let k = mb.len();
+        let seqs: Vec<_> =
+            [true, false].iter().flat_map(|&c| mb.iter().map(move |&i| pairs[i].sequence(c, max_len))).collect();
+        let counts: Vec<usize> = seqs.iter().map(|(_, m)| m.iter().filter(|&&b| b).count()).collect();
+        tokens += seqs.iter().map(|(ids, _)| ids.len() as u64).sum::<u64>();
+        let b = pad(&seqs, pad_id, max_len);
+        let w = ws.get(model, b.batch, b.len);
+        let len = b.len;
+        let y = &b.y;
+        model.forward_backward_weighted(w, grads, &b.x, y, |row_loss| {
+            let lp = sequence_logps(row_loss, y, len);
+            let mut weights = vec![0.0f32; row_loss.len()];
+            for j in 0..k {
+                let [rc, rr] = refs[mb[j]];
+                let (dc, dr) = (lp[j] - rc, lp[k + j] - rr);
+                let (l, gc, gr) = dpo_pair(fc.loss_type, fc.beta, dc, dr, counts[j], counts[k + j]);
+                let (cr, rj) = (fc.beta * dc, fc.beta * dr);
+                for (s, v) in sums.iter_mut().zip([l, cr, rj, (cr > rj) as u8 as f64, cr - rj]) {
+                    *s += v;
+                }
+                // ∂L/∂loss_t = −∂L/∂logp for every completion token of the sequence
+                weights[j * len..(j + 1) * len].fill((-gc / npairs) as f32);
+                weights[(k + j) * len..(k + j + 1) * len].fill((-gr / npairs) as f32);
+            }
+            weights
+        })?;
+    }
+    let loss_sum = sums[0];
+    let mut rest = [sums[1], sums[2], sums[3], sums[4]];
+    t.sum_over_ranks(&mut rest);
+    let r = rest.map(|v| v / npairs);
+    Ok(StepResult {
+        row: json!({"rewards_chosen": r[0], "rewards_rejected": r[1], "reward_accuracy": r[2],
+            "reward_margin": r[3]}),
+        progress: format!(" | margin {:.3} | acc {:.2}", r[3], r[2]),
+        loss_sum,
+        divisor: npairs,
+        tokens,
+    })
+}
+
 /// Runs (or resumes) SFT or DPO; one process or one rank of a data-parallel job.
 pub fn finetune(
     mode: Mode,
@@ -336,17 +570,7 @@ pub fn finetune(
         ensure!(fc.loss_on == LossOn::Completion, "loss_on is an SFT setting: DPO scores the completions");
     }
     let (world, rank) = (comm.world(), comm.rank());
-    let named = crate::checkpoint::paths::resolve_model_path(fc.model.as_deref().unwrap_or(Path::new("")))?;
-    if let (Some(note), true) = (&named.note, verbose && comm.rank() == 0) {
-        eprintln!("{note}");
-    }
-    ensure!(
-        !crate::loader::is_gguf(&named.path),
-        "{}: fine-tuning starts from a Hugging Face model directory or checkpoint, not a GGUF file",
-        named.path.display()
-    );
-    let model_dir =
-        if named.path.is_file() { named.path.parent().unwrap_or(Path::new(".")).to_path_buf() } else { named.path };
+    let model_dir = start_dir(fc, verbose && rank == 0)?;
     let data = fc.data.clone().unwrap_or_default();
     claim_run_dir(&fc.out, &resume, rank, verbose && rank == 0)?;
     let model = load_hf(&model_dir)?;
@@ -367,26 +591,7 @@ pub fn finetune(
             eprintln!("{m}");
         }
     };
-    let (sft, pairs, truncated, dropped) = match mode {
-        Mode::Sft if fc.packing => {
-            let p = sft_examples(&data, &renderer, fc.loss_on, usize::MAX)?;
-            let packed = pack_wrapped(&p.examples, max_len);
-            say(&format!(
-                "packing: {} examples into {} sequences of up to {max_len} tokens",
-                p.examples.len(),
-                packed.len()
-            ));
-            (packed, vec![], 0, p.dropped)
-        }
-        Mode::Sft => {
-            let p = sft_examples(&data, &renderer, fc.loss_on, max_len)?;
-            (p.examples, vec![], p.truncated, p.dropped)
-        }
-        Mode::Dpo => {
-            let p = preference_examples(&data, &renderer, max_len)?;
-            (vec![], p.examples, p.truncated, p.dropped)
-        }
-    };
+    let (sft, pairs, truncated, dropped) = read_examples(mode, fc, &data, &renderer, max_len, &say)?;
     let n = sft.len() + pairs.len();
     say(&format!(
         "data: {} {} from {} ({truncated} cut to max_length {}, {dropped} left out with nothing to learn); \
@@ -399,49 +604,10 @@ pub fn finetune(
     let global = fc.micro_batch * fc.accumulation * world;
     let per_epoch = n.div_ceil(global) as u64;
     let max_steps = fc.max_steps.unwrap_or(fc.epochs * per_epoch);
-    let tc = TrainConfig {
-        preset: String::new(),
-        init_from: Some(model_dir.clone()),
-        out: fc.out.clone(),
-        seq_len: max_len,
-        micro_batch: fc.micro_batch,
-        max_steps,
-        max_lr: fc.max_lr,
-        min_lr: fc.min_lr,
-        warmup_steps: Some(fc.warmup_steps.unwrap_or((max_steps as f64 * 0.1).ceil() as u64)),
-        decay_steps: None,
-        weight_decay: fc.weight_decay,
-        beta1: fc.beta1,
-        beta2: fc.beta2,
-        eps: fc.eps,
-        grad_clip: fc.grad_clip,
-        log_interval: fc.log_interval,
-        save_interval: fc.save_interval,
-        keep_last: fc.keep_last,
-        seed: fc.seed,
-        nan_patience: fc.nan_patience,
-        ..TrainConfig::default()
-    };
+    let tc = fc.train_config(&model_dir, max_len, max_steps);
     let data_digest = format!("{:016x}", crate::files::digest(&std::fs::read(&data)?));
     let pad_id = tok.eos_id;
-    let lora = match fc.lora_rank {
-        0 => None,
-        r => {
-            let targets = crate::train::lora::parse_targets(&fc.lora_targets)?;
-            let mut l = Lora::new(&model.cfg, &model.params, &targets, r, fc.lora_alpha, fc.seed)?;
-            if let Some(dir) = &fc.lora_init {
-                l.load_peft(dir)?;
-            }
-            say(&format!(
-                "LoRA: rank {r}, alpha {}, {} weights adapted, {} trainable parameters of {}",
-                fc.lora_alpha,
-                l.targets.len(),
-                l.adapters.len(),
-                model.layout.total
-            ));
-            Some(l)
-        }
-    };
+    let lora = lora_adapters(fc, &model, &say)?;
     let mut t = Trainer::with_lora(&tc, model, tok, comm, verbose, lora);
     t.chat_template = Some(template.source.clone());
     t.base_model = model_dir.display().to_string();
@@ -451,24 +617,10 @@ pub fn finetune(
     let ref_path = fc.out.join("ref_logps.json");
     let refs: Vec<[f64; 2]> = match mode {
         Mode::Sft => vec![],
-        Mode::Dpo => match std::fs::read(&ref_path).ok().and_then(|b| serde_json::from_slice::<Value>(&b).ok()) {
-            Some(v)
-                if !matches!(resume, Resume::No | Resume::Overwrite) && v["data_digest"] == data_digest.as_str() =>
-            {
-                serde_json::from_value(v["logps"].clone()).context("ref_logps.json")?
-            }
-            _ => {
-                say("computing the reference model's log-probabilities (once)");
-                match &fc.ref_model {
-                    Some(dir) => {
-                        let r = load_hf(dir)?;
-                        ensure!(r.cfg.vocab_size == t.model.cfg.vocab_size, "--ref-model has another vocabulary");
-                        reference_logps(&r, &pairs, fc.micro_batch, max_len, pad_id)?
-                    }
-                    None => reference_logps(&t.model, &pairs, fc.micro_batch, max_len, pad_id)?,
-                }
-            }
-        },
+        Mode::Dpo => {
+            let recorded = (!matches!(resume, Resume::No | Resume::Overwrite)).then_some(ref_path.as_path());
+            dpo_reference(fc, &t.model, &pairs, recorded, &data_digest, max_len, pad_id, &say)?
+        }
     };
 
     if let Some(state) = t.resume(&resume)? {
@@ -517,78 +669,9 @@ pub fn finetune(
         let per = batch.len().div_ceil(world);
         let mine = &batch[(rank * per).min(batch.len())..((rank + 1) * per).min(batch.len())];
         t.zero_grads();
-        let (mut row, progress, loss_sum, divisor, tokens) = match mode {
-            Mode::Sft => {
-                let ex: Vec<&SftExample> = batch.iter().map(|&i| &sft[i]).collect();
-                // at least 1, as TRL's clamp: a batch of pieces without completion tokens adds nothing
-                let total: usize = ex.iter().map(|e| e.loss_tokens()).sum::<usize>().max(1);
-                let (model, grads) = t.model_and_grads();
-                let (mut loss_sum, mut tokens) = (0.0, 0u64);
-                for mb in mine.chunks(fc.micro_batch) {
-                    let seqs: Vec<_> = mb
-                        .iter()
-                        .map(|&i| {
-                            (sft[i].input_ids.clone(), sft[i].labels.iter().map(|&l| l != IGNORE_INDEX).collect())
-                        })
-                        .collect();
-                    let b = pad(&seqs, pad_id, max_len);
-                    let w = ws.get(model, b.batch, b.len);
-                    let mean = model.forward_backward(w, grads, &b.x, &b.y, 1.0 / total as f32)?;
-                    let counted = b.y.iter().filter(|&&y| y != IGNORE_INDEX).count();
-                    loss_sum += mean * counted as f64;
-                    tokens += seqs.iter().map(|(ids, _)| ids.len() as u64).sum::<u64>();
-                }
-                (json!({"loss_tokens": total}), String::new(), loss_sum, total as f64, tokens)
-            }
-            Mode::Dpo => {
-                let (model, grads) = t.model_and_grads();
-                let npairs = batch.len() as f64;
-                // per rank: loss, chosen and rejected rewards, accuracy, margin (sums over pairs)
-                let mut sums = [0.0f64; 5];
-                let mut tokens = 0u64;
-                for mb in mine.chunks(fc.micro_batch) {
-                    let k = mb.len();
-                    let seqs: Vec<_> = [true, false]
-                        .iter()
-                        .flat_map(|&c| mb.iter().map(move |&i| pairs[i].sequence(c, max_len)))
-                        .collect();
-                    let counts: Vec<usize> = seqs.iter().map(|(_, m)| m.iter().filter(|&&b| b).count()).collect();
-                    tokens += seqs.iter().map(|(ids, _)| ids.len() as u64).sum::<u64>();
-                    let b = pad(&seqs, pad_id, max_len);
-                    let w = ws.get(model, b.batch, b.len);
-                    let len = b.len;
-                    let y = &b.y;
-                    model.forward_backward_weighted(w, grads, &b.x, y, |row_loss| {
-                        let lp = sequence_logps(row_loss, y, len);
-                        let mut weights = vec![0.0f32; row_loss.len()];
-                        for j in 0..k {
-                            let [rc, rr] = refs[mb[j]];
-                            let (dc, dr) = (lp[j] - rc, lp[k + j] - rr);
-                            let (l, gc, gr) = dpo_pair(fc.loss_type, fc.beta, dc, dr, counts[j], counts[k + j]);
-                            let (cr, rj) = (fc.beta * dc, fc.beta * dr);
-                            for (s, v) in sums.iter_mut().zip([l, cr, rj, (cr > rj) as u8 as f64, cr - rj]) {
-                                *s += v;
-                            }
-                            // ∂L/∂loss_t = −∂L/∂logp for every completion token of the sequence
-                            weights[j * len..(j + 1) * len].fill((-gc / npairs) as f32);
-                            weights[(k + j) * len..(k + j + 1) * len].fill((-gr / npairs) as f32);
-                        }
-                        weights
-                    })?;
-                }
-                let loss_sum = sums[0];
-                let mut rest = [sums[1], sums[2], sums[3], sums[4]];
-                t.sum_over_ranks(&mut rest);
-                let r = rest.map(|v| v / npairs);
-                (
-                    json!({"rewards_chosen": r[0], "rewards_rejected": r[1], "reward_accuracy": r[2],
-                        "reward_margin": r[3]}),
-                    format!(" | margin {:.3} | acc {:.2}", r[3], r[2]),
-                    loss_sum,
-                    npairs,
-                    tokens,
-                )
-            }
+        let StepResult { mut row, progress, loss_sum, divisor, tokens } = match mode {
+            Mode::Sft => sft_step(&mut t, &mut ws, sft, &batch, mine, fc.micro_batch, pad_id, max_len)?,
+            Mode::Dpo => dpo_step(&mut t, &mut ws, pairs, &refs, &batch, mine, fc, pad_id, max_len)?,
         };
         let mut tk = [tokens as f64];
         t.sum_over_ranks(&mut tk);
