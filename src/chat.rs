@@ -135,7 +135,7 @@ impl<'m> ChatSession<'m> {
             msgs.push(Message { role: "assistant".into(), content: a.clone() });
         }
         msgs.push(Message { role: "user".into(), content: user.into() });
-        Ok(self.tok.with_bos(self.tok.encode(&self.template.render(&msgs, true)?)?))
+        self.tok.with_bos(self.tok.encode(&self.template.render(&msgs, true)?)?)
     }
 
     /// The assistant's reply to `user`, its text streamed to `on_text` as it comes. `stop` set

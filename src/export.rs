@@ -153,6 +153,7 @@ fn copy_adapter(from: &Path, to: &Path) -> Result<()> {
 /// `--overwrite`, is removed only once the new one is complete).
 fn write_replacing(out: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let name = out.file_name().with_context(|| format!("{}: not a directory name", out.display()))?;
+    ensure!(!out.exists() || out.is_dir(), "{} exists and is not a directory", out.display());
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
     let tmp = parent.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
@@ -164,7 +165,6 @@ fn write_replacing(out: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result
     }
     let old = parent.join(format!(".{}.old-{}", name.to_string_lossy(), std::process::id()));
     if out.exists() {
-        ensure!(out.is_dir(), "{} exists and is not a directory", out.display());
         std::fs::rename(out, &old).with_context(|| format!("cannot move {} aside", out.display()))?;
     }
     std::fs::rename(&tmp, out).with_context(|| format!("cannot move the export into {}", out.display()))?;

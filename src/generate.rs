@@ -165,7 +165,7 @@ pub fn generate(
 
 /// Generates after `prompt` as `tinyllama generate` does: the prompt prefilled in one pass, then
 /// one token at a time, each decoded to text as soon as it is whole and handed to `on_text`;
-/// stops at EOS, at one of the `stop` strings (not shown) or after `max_new` tokens (fewer if the
+/// stops at EOS, at one of the `stop_strings` (not shown) or after `max_new` tokens (fewer if the
 /// context fills). Returns the text and the number of tokens generated.
 pub fn generate_text(
     model: &InferenceModel,

@@ -53,6 +53,17 @@ fn flags_are_checked_before_the_model_loads() {
     refused(&["generate", "-m", s(&m), "-p", &words(300)], "", "fills the model's context of 256");
     let o = ok(&["generate", "-m", s(&m), "-p", &words(250), "-n", "100"]);
     assert!(err(&o).contains("fill the model's context of 256 tokens"), "{}", err(&o));
+    // a tokenizer that adds no BOS (add_bos_token: false) and an empty prompt: nothing to run from
+    let no_bos = d.join("no-bos");
+    std::fs::create_dir_all(&no_bos).unwrap();
+    for e in std::fs::read_dir(&m).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, no_bos.join(p.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(no_bos.join("tokenizer_config.json"), r#"{"add_bos_token": false}"#).unwrap();
+    refused(&["generate", "-m", s(&no_bos), "-p", ""], "", "the prompt is empty");
+    let o = ok(&["generate", "-m", s(&no_bos), "-p", "Hi", "-n", "2"]);
+    assert!(err(&o).contains("1 prompt + 2 generated tokens"), "no BOS before `Hi`: {}", err(&o));
     // a reader that goes away ends the output quietly
     let log = d.join("pipe-err.txt");
     let script =

@@ -322,6 +322,8 @@ fn error_of(status_want: u16, (status, text): (u16, String)) -> Value {
 fn bad_input_gets_the_right_4xx_and_the_server_keeps_serving() {
     let d = common::tmpdir("serve-bad");
     let m = common::tiny_model(&d);
+    // a tokenizer that adds no BOS: an empty prompt has nothing to run from
+    std::fs::write(m.join("tokenizer_config.json"), r#"{"add_bos_token": false}"#).unwrap();
     let srv = Server::start(&m, &["--api-key", "sekret", "--max-body-kib", "64"]);
     let auth = [("Authorization", "Bearer sekret")];
     let post = |path: &str, body: &str| srv.request("POST", path, &auth, body.as_bytes());
@@ -384,6 +386,8 @@ fn bad_input_gets_the_right_4xx_and_the_server_keeps_serving() {
     error_of(400, post("/v1/completions", r#"{"model": "tiny", "prompt": [1, 99999999]}"#));
     error_of(413, post("/v1/completions", &json!({"model": "tiny", "prompt": "x".repeat(100_000)}).to_string()));
     error_of(404, srv.request("GET", "/v2/anything", &auth, b""));
+    let v = error_of(400, post("/v1/completions", r#"{"model": "tiny", "prompt": ""}"#));
+    assert_eq!(v["error"]["param"], "prompt", "{v}");
     // still serving
     let (status, text) = post("/v1/completions", r#"{"model": "tiny", "prompt": "Hi", "max_tokens": 3}"#);
     assert_eq!(status, 200, "{text}");

@@ -144,7 +144,8 @@ fn generate_many(
     for ((p, r), o) in prompts.iter().zip(&reqs).zip(&outs) {
         let ids: Vec<u32> = o.iter().copied().filter(|t| !ends.contains(t)).collect();
         let finish = if o.last().is_some_and(|t| ends.contains(t)) { "stop" } else { "length" };
-        let completion = tok.decode_after(*r.prompt.last().expect("BOS at least"), &ids)?;
+        let last = *r.prompt.last().context("an empty prompt (encode_prompt refuses those)")?;
+        let completion = tok.decode_after(last, &ids)?;
         writeln!(
             stdout,
             "{}",

@@ -403,13 +403,9 @@ pub fn export(
     let mut add =
         |gname: &str, kind: &str, layer: usize, range: std::ops::Range<usize>, rows: usize, cols: usize, perm: bool| {
             let fmt = if kind == "norm" { Format::F32 } else { dtype.format_for(kind, layer, nl, cols) };
-            if kind != "norm" && fmt != dtype.wanted_format(kind, layer, nl) {
-                fallbacks.push(Fallback {
-                    tensor: gname.to_string(),
-                    wanted: dtype.wanted_format(kind, layer, nl),
-                    written: fmt,
-                    cols,
-                });
+            let wanted = dtype.wanted_format(kind, layer, nl);
+            if kind != "norm" && fmt != wanted {
+                fallbacks.push(Fallback { tensor: gname.to_string(), wanted, written: fmt, cols });
             }
             let rb = fmt.row_bytes(cols).expect("format_for picks a format that fits the row");
             let mut bytes = vec![0u8; rows * rb];

@@ -463,6 +463,7 @@ impl InferenceModel {
 
     /// Logits of the last of `tokens` after running them through the cache (one sequence).
     pub fn next_token_logits(&self, tokens: &[u32], cache: &mut KvCache, mode: RowMode) -> Result<Vec<f32>> {
+        ensure!(!tokens.is_empty(), "no tokens to compute the next token's logits from");
         let hidden = self.forward_cached_hidden(tokens, cache, mode)?;
         let d = self.cfg.hidden_size;
         Ok(self.head_logits(&hidden[hidden.len() - d..], mode))

@@ -389,7 +389,7 @@ async fn chat_completions(
     let text =
         st.template.render(&messages, true).map_err(|e| ApiError::invalid(format!("{e:#}"), Some("messages")))?;
     let ids = st.tok.encode(&text).map_err(|e| ApiError::invalid(format!("{e:#}"), Some("messages")))?;
-    let prompt = st.tok.with_bos(ids);
+    let prompt = st.tok.with_bos(ids).map_err(|e| ApiError::invalid(format!("{e:#}"), Some("messages")))?;
     respond(st, prompt, p, None, Kind::Chat).await
 }
 

@@ -216,15 +216,26 @@ impl Tokenizer {
 
     /// `ids` (a rendered chat, say) with BOS put first where the tokenizer adds one and the text
     /// did not hold it already (as llama.cpp's server does).
-    pub fn with_bos(&self, ids: Vec<u32>) -> Vec<u32> {
-        if !self.config.add_bos_token || ids.first() == Some(&self.bos_id) {
-            return ids;
-        }
-        std::iter::once(self.bos_id).chain(ids).collect()
+    /// Never empty: an empty text without BOS is an error, as in [`encode_prompt`](Self::encode_prompt).
+    pub fn with_bos(&self, ids: Vec<u32>) -> Result<Vec<u32>> {
+        let ids = if !self.config.add_bos_token || ids.first() == Some(&self.bos_id) {
+            ids
+        } else {
+            std::iter::once(self.bos_id).chain(ids).collect()
+        };
+        Self::nonempty(ids)
+    }
+
+    fn nonempty(ids: Vec<u32>) -> Result<Vec<u32>> {
+        anyhow::ensure!(
+            !ids.is_empty(),
+            "the prompt is empty, and this tokenizer adds no BOS (add_bos_token: false): give it some text"
+        );
+        Ok(ids)
     }
 
     /// The ids of a prompt as transformers' `tokenizer(text)` gives them: BOS first and EOS last
-    /// where the tokenizer's settings add them.
+    /// where the tokenizer's settings add them; never empty (an empty text without BOS is an error).
     pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
         let mut ids = Vec::with_capacity(text.len() / 3 + 2);
         if self.config.add_bos_token {
@@ -234,7 +245,7 @@ impl Tokenizer {
         if self.config.add_eos_token {
             ids.push(self.eos_id);
         }
-        Ok(ids)
+        Self::nonempty(ids)
     }
 
     /// Token ids of `text`, without BOS or EOS.
