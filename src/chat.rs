@@ -1,10 +1,10 @@
 //! A chat session (`tinyllama chat`): the conversation rendered with the model's chat template at
-//! every turn, the KV cache kept across turns (only what the cache does not already hold is
-//! prefilled), the oldest turns dropped when the context would overflow, and a reply that can be
-//! stopped mid-way.
+//! every turn and run on the decode engine, whose prefix cache keeps the last turn (only what it
+//! does not already hold is prefilled); the oldest turns dropped when the context would overflow,
+//! and a reply that can be stopped mid-way.
 
-use crate::generate::{Sampler, SamplingOptions, TextStream};
-use crate::model::{InferenceModel, KvCache, RowMode};
+use crate::decode::{Engine, EngineOptions, Event, Request, SamplingOptions, TextStream};
+use crate::model::InferenceModel;
 use crate::tokenizer::chat_template::{ChatTemplate, Message};
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Result};
@@ -64,7 +64,8 @@ pub struct ChatSession<'m> {
     system: Option<String>,
     /// Finished turns: user, then assistant.
     turns: Vec<(String, String)>,
-    cache: KvCache,
+    /// One sequence at a time; finished turns stay in its prefix cache.
+    engine: Engine<'m>,
     /// Tokens that end a reply (EOS and the like).
     end_ids: Vec<u32>,
     /// `--stop`: a reply ends before the first of these strings.
@@ -87,18 +88,25 @@ pub struct Reply {
 }
 
 impl<'m> ChatSession<'m> {
-    pub fn new(model: &'m InferenceModel, tok: &'m Tokenizer, template: ChatTemplate, system: Option<String>) -> Self {
-        let ctx = model.max_positions();
-        ChatSession {
+    /// A session on `model` (and `draft`, a draft model for speculative decoding).
+    pub fn new(
+        model: &'m InferenceModel,
+        draft: Option<&'m InferenceModel>,
+        tok: &'m Tokenizer,
+        template: ChatTemplate,
+        system: Option<String>,
+    ) -> Result<Self> {
+        let opts = EngineOptions::for_model(model, 1, model.max_positions());
+        Ok(ChatSession {
             model,
             tok,
             template,
             system,
             turns: vec![],
-            cache: KvCache::new(model, ctx),
-            end_ids: crate::generate::end_ids(&model.cfg, tok),
+            engine: Engine::new(model, draft, opts)?,
+            end_ids: crate::decode::end_ids(&model.cfg, tok),
             stop_strings: vec![],
-        }
+        })
     }
 
     /// Replies end before the first of `stops` (not shown, not kept).
@@ -110,7 +118,7 @@ impl<'m> ChatSession<'m> {
     /// Forgets the conversation (the system prompt stays).
     pub fn reset(&mut self) {
         self.turns.clear();
-        self.cache.truncate(0);
+        self.engine.clear_prefixes();
     }
 
     /// A new system prompt starts a new conversation.
@@ -160,33 +168,41 @@ impl<'m> ChatSession<'m> {
         if prompt.len() >= ctx {
             bail!("the message needs {} tokens, the model's context is {ctx}: shorten it", prompt.len());
         }
-        let max_new = max_new.min(ctx - prompt.len());
-        // keep what the cache shares with this prompt (all but its last token at most)
-        let common = self.cache.tokens.iter().zip(&prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
-        self.cache.truncate(common);
-        r.reused = common;
-        r.prefilled = prompt.len() - common;
-        let mut logits = self.model.next_token_logits(&prompt[common..], &mut self.cache, RowMode::MayUseGemm)?;
-        let mut sampler = Sampler::new(sampling.clone());
-        sampler.remember(&prompt);
+        let req = Request::new(prompt.clone(), max_new, sampling.clone(), self.end_ids.clone());
+        let id = self.engine.add(req)?;
         let mut text = TextStream::new(self.stop_strings.clone(), None);
-        while r.tokens < max_new {
-            if interrupt.load(Ordering::Relaxed) {
+        let mut events = vec![];
+        let mut stopping = false;
+        while !self.engine.is_idle() {
+            if interrupt.load(Ordering::Relaxed) && !stopping {
                 r.interrupted = true;
-                break;
+                stopping = true;
+                self.engine.cancel(id, &mut events);
+            } else {
+                self.engine.step(&mut events)?;
             }
-            let t = sampler.sample(&logits);
-            r.tokens += 1;
-            if self.end_ids.contains(&t) {
-                break;
+            let mut i = 0;
+            while i < events.len() {
+                match &events[i] {
+                    Event::Token { id: t, .. } => {
+                        r.tokens += 1;
+                        if !self.end_ids.contains(t) && !text.stopped {
+                            on_text(&text.push(self.tok, *t)?)?;
+                            if text.stopped && !stopping {
+                                stopping = true;
+                                self.engine.cancel(id, &mut events);
+                            }
+                        }
+                    }
+                    Event::Finished { reused, .. } => {
+                        r.reused = *reused;
+                        r.prefilled = prompt.len() - reused;
+                    }
+                    Event::Failed { message, .. } => bail!("{message}"),
+                }
+                i += 1;
             }
-            on_text(&text.push(self.tok, t)?)?;
-            if text.stopped {
-                break;
-            }
-            if r.tokens < max_new {
-                logits = self.model.next_token_logits(&[t], &mut self.cache, RowMode::BatchInvariant)?;
-            }
+            events.clear();
         }
         on_text(&text.finish())?;
         r.text = text.text().to_string();
@@ -217,7 +233,7 @@ mod tests {
         let t = || ChatTemplate::for_model(None, "<s>", "</s>").unwrap().0;
         let no = AtomicBool::new(false);
         let greedy = SamplingOptions::default();
-        let mut s = ChatSession::new(&model, &tok, t(), Some("Be brief.".into()));
+        let mut s = ChatSession::new(&model, None, &tok, t(), Some("Be brief.".into())).unwrap();
         let first = s.reply("Hello!", &greedy, 6, &no, &mut |_| Ok(())).unwrap();
         assert_eq!((first.reused, first.tokens), (0, 6));
         let mut streamed = String::new();
@@ -235,7 +251,7 @@ mod tests {
             first.prefilled
         );
         // the same conversation from scratch: the same second reply
-        let mut fresh = ChatSession::new(&model, &tok, t(), Some("Be brief.".into()));
+        let mut fresh = ChatSession::new(&model, None, &tok, t(), Some("Be brief.".into())).unwrap();
         fresh.turns.push(("Hello!".into(), first.text.trim().into()));
         let again = fresh.reply("And then?", &greedy, 6, &no, &mut |_| Ok(())).unwrap();
         assert_eq!(again.text, second.text);

@@ -9,6 +9,7 @@ pub mod chat;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod decode;
 pub mod dist;
 pub mod eval;
 pub mod export;

@@ -85,3 +85,30 @@ pub fn load_model(path: &Path, dtype: Option<ModelDtype>, progress: bool) -> Res
     let model = InferenceModel::from_params(cfg, llama.params, dtype)?;
     Ok(LoadedModel { model, tokenizer, chat_template, source: dir })
 }
+
+impl LoadedModel {
+    /// Refuses a draft model (speculative decoding) that cannot serve this one: another
+    /// vocabulary, or a shorter context.
+    pub fn check_draft(&self, draft: &LoadedModel) -> Result<()> {
+        let (t, d) = (&self.tokenizer, &draft.tokenizer);
+        anyhow::ensure!(
+            draft.model.cfg.vocab_size == self.model.cfg.vocab_size
+                && d.vocab_size() == t.vocab_size()
+                && (0..t.vocab_size() as u32).all(|i| d.id_to_token(i) == t.id_to_token(i)),
+            "the draft model {} does not share the vocabulary of {} ({} and {} tokens): speculative decoding needs the same tokenizer",
+            draft.source.display(),
+            self.source.display(),
+            draft.model.cfg.vocab_size,
+            self.model.cfg.vocab_size
+        );
+        anyhow::ensure!(
+            draft.model.max_positions() >= self.model.max_positions(),
+            "the draft model {} has a context of {} tokens, shorter than the {} of {}: choose a draft with at least the model's context",
+            draft.source.display(),
+            draft.model.max_positions(),
+            self.model.max_positions(),
+            self.source.display()
+        );
+        Ok(())
+    }
+}

@@ -12,8 +12,8 @@ const FLOORS: &[&[&str]] = &[
     &["kernels"],
     &["config", "tokenizer"],
     &["model", "data", "perf", "dist"],
-    &["checkpoint", "gguf", "generate"],
-    &["loader", "chat", "eval"],
+    &["checkpoint", "gguf", "decode"],
+    &["loader", "chat", "eval", "generate"],
     &["train", "serve"],
     &["bench", "export"],
 ];

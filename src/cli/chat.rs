@@ -47,7 +47,7 @@ pub fn run(a: ChatArgs) -> Result<()> {
         eprintln!("note: {} has no chat template: using TinyLlama-Chat's Zephyr template", a.model.display());
     }
     let sampling = a.sampling.options_announced()?;
-    let mut session = tinyllama::chat::ChatSession::new(&loaded.model, tok, template, a.system.clone())
+    let mut session = tinyllama::chat::ChatSession::new(&loaded.model, None, tok, template, a.system.clone())?
         .with_stop_strings(a.stop.clone());
     let interactive = std::io::stdin().is_terminal();
     eprintln!("chat with {} — /help for commands; Ctrl-C stops a reply; Ctrl-D or /exit quits", a.model.display());

@@ -83,7 +83,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     );
     let opts = generative::GenOptions {
         max_batch: a.max_batch,
-        sampling: tinyllama::generate::SamplingOptions {
+        sampling: tinyllama::decode::SamplingOptions {
             temperature: a.temperature,
             top_k: if a.temperature > 0.0 { 50 } else { 0 },
             seed: a.seed,

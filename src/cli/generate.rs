@@ -1,9 +1,11 @@
 //! `tinyllama generate`: text from a prompt, or many prompts decoded together.
 
-use super::{load_model_dir, SamplingArgs};
+use super::{EngineArgs, KvArgs, SamplingArgs};
 use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
 use std::path::PathBuf;
+use tinyllama::decode::{EngineOptions, Request};
+use tinyllama::model::InferenceModel;
 use tinyllama::tokenizer::Tokenizer;
 
 #[derive(Args)]
@@ -30,6 +32,8 @@ pub struct GenerateArgs {
     max_batch: usize,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
 }
 
 pub fn run(a: GenerateArgs) -> Result<()> {
@@ -41,6 +45,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     };
     // every flag is checked before the model loads
     a.sampling.options()?;
+    a.engine.check()?;
     ensure!(a.max_batch >= 1, "--max-batch must be at least 1");
     let nonempty = |text: String, from: &str| -> Result<String> {
         ensure!(!text.is_empty(), "{from} holds no prompt text (pass --prompt \"\" to generate from BOS alone)");
@@ -59,7 +64,9 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         }
         _ => None,
     };
-    let (model, tok) = load_model_dir(&a.model, &a.sampling.dtype, &a.sampling.kv)?;
+    let loaded = load(&a.model, &a.sampling.dtype, &a.sampling.kv)?;
+    let draft = a.engine.load_draft(&loaded, &a.sampling.kv)?;
+    let (model, tok, draft) = (&loaded.model, &loaded.tokenizer, draft.as_ref().map(|d| &d.model));
     match (text, &a.prompts) {
         (Some(p), _) => {
             let prompt: Vec<u32> = tok.encode_prompt(&p)?;
@@ -73,7 +80,8 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             let mut stdout = std::io::stdout();
             write!(stdout, "{p}")?;
             let t0 = std::time::Instant::now();
-            let (_, n) = stream_generate(&model, &tok, &prompt, &a.sampling, &a.stop)?;
+            let opts = a.engine.options(model, 1, ctx);
+            let (_, n) = stream_generate(model, draft, opts, tok, &prompt, &a.sampling, &a.stop)?;
             writeln!(stdout)?;
             let dt = t0.elapsed().as_secs_f64();
             eprintln!(
@@ -90,27 +98,40 @@ pub fn run(a: GenerateArgs) -> Result<()> {
                 );
             }
         }
-        (None, Some(file)) => generate_many(&model, &tok, file, a.max_batch, &a.sampling)?,
+        (None, Some(file)) => {
+            let opts = a.engine.options(model, a.max_batch, model.max_positions());
+            generate_many(model, draft, opts, tok, file, &a.sampling)?
+        }
         (None, None) => bail!("generate needs a prompt"), // refused above; kept an error, not a panic
     }
     Ok(())
 }
 
+/// The model named by `-m`, in the format asked for.
+fn load(path: &std::path::Path, dtype: &str, kv: &KvArgs) -> Result<tinyllama::loader::LoadedModel> {
+    let dtype = tinyllama::model::ModelDtype::parse_or_auto(dtype)?;
+    let mut m = tinyllama::loader::load_model(path, dtype, true)?;
+    m.model.kv_cache = kv.kind()?;
+    Ok(m)
+}
+
 /// Generates and prints text as it comes (decoded after the prompt's last token, so that a leading
 /// space is kept; characters split across tokens appear whole; text from a `--stop` string on is
-/// neither printed nor kept). Returns the text and the number of tokens generated. The tokens
-/// are those of `generate::generate` (prefill, then one independent row per step).
+/// neither printed nor kept). Returns the text and the number of tokens generated.
 fn stream_generate(
-    model: &tinyllama::model::InferenceModel,
+    model: &InferenceModel,
+    draft: Option<&InferenceModel>,
+    opts: EngineOptions,
     tok: &Tokenizer,
     prompt: &[u32],
     s: &SamplingArgs,
     stop_strings: &[String],
 ) -> Result<(String, usize)> {
     use std::io::Write;
-    let mut sampler = tinyllama::generate::Sampler::new(s.options_announced()?);
+    let sampling = s.options_announced()?;
     let mut out = std::io::stdout();
-    tinyllama::generate::generate_text(model, tok, prompt, &mut sampler, s.max_new_tokens, stop_strings, &mut |piece| {
+    let max_new = s.max_new_tokens;
+    tinyllama::generate::generate_text(model, draft, opts, tok, prompt, sampling, max_new, stop_strings, &mut |piece| {
         write!(out, "{piece}")?;
         Ok(out.flush()?)
     })
@@ -118,26 +139,28 @@ fn stream_generate(
 
 /// `generate --prompts`: every prompt decoded in one batch; one JSON line per prompt, in order.
 fn generate_many(
-    model: &tinyllama::model::InferenceModel,
+    model: &InferenceModel,
+    draft: Option<&InferenceModel>,
+    opts: EngineOptions,
     tok: &Tokenizer,
     file: &std::path::Path,
-    max_batch: usize,
     s: &SamplingArgs,
 ) -> Result<()> {
     let prompts = tinyllama::generate::read_prompts(file)?;
     let base = s.options_announced()?;
-    let reqs: Vec<tinyllama::generate::Request> = prompts
+    let ends = tinyllama::decode::end_ids(&model.cfg, tok);
+    let reqs: Vec<Request> = prompts
         .iter()
         .enumerate()
         .map(|(i, p)| {
             let mut sampling = base.clone();
             sampling.seed = base.seed.wrapping_add(i as u64);
-            Ok(tinyllama::generate::Request { prompt: tok.encode_prompt(p)?, max_new: s.max_new_tokens, sampling })
+            Ok(Request::new(tok.encode_prompt(p)?, s.max_new_tokens, sampling, ends.clone()))
         })
         .collect::<Result<_>>()?;
     let t0 = std::time::Instant::now();
-    let ends = tinyllama::generate::end_ids(&model.cfg, tok);
-    let outs = tinyllama::generate::generate_batch(model, &reqs, &ends, max_batch, &mut |_, _| Ok(()))?;
+    let mut engine = tinyllama::decode::Engine::new(model, draft, opts)?;
+    let outs = engine.generate_all(reqs.clone(), &mut |_, _| Ok(()))?;
     let n: usize = outs.iter().map(|o| o.len()).sum();
     use std::io::Write;
     let mut stdout = std::io::stdout();

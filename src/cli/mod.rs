@@ -243,6 +243,72 @@ pub struct KvArgs {
     kv_cache: String,
 }
 
+/// How the decode engine runs: the rows of a step, and speculative decoding with a draft model.
+#[derive(Args)]
+pub struct EngineArgs {
+    /// Rows one step computes: each running sequence's next token (and the draft tokens it
+    /// verifies) first, then chunks of waiting prompts fill the rest. Smaller keeps streams steady
+    /// while long prompts arrive; larger prefills a little faster.
+    #[arg(long, default_value_t = tinyllama::decode::DEFAULT_STEP_TOKENS)]
+    step_tokens: usize,
+    /// A draft model with the same tokenizer (this model quantized, or TinyLlama for a larger
+    /// Llama-2) for speculative decoding: greedy output is unchanged, sampling keeps its
+    /// distribution; faster where the draft agrees.
+    #[arg(long)]
+    draft: Option<std::path::PathBuf>,
+    /// Weight format of the draft (as --dtype: auto keeps a safetensors draft's stored format,
+    /// e.g. q8_0 quantizes it at load; GGUF files keep their own).
+    #[arg(long, default_value = "auto")]
+    draft_dtype: String,
+    /// Tokens the draft proposes per step at most (fewer where it is unsure, and adapting to how
+    /// many the model accepts).
+    #[arg(long, default_value_t = tinyllama::decode::DraftOptions::default().max_tokens)]
+    draft_tokens: usize,
+    /// The draft stops proposing where its most likely token is less likely than this (llama.cpp's
+    /// --draft-p-min).
+    #[arg(long, default_value_t = tinyllama::decode::DraftOptions::default().p_min)]
+    draft_p_min: f32,
+}
+
+impl EngineArgs {
+    /// The flags' values checked (before any model loads).
+    fn check(&self) -> Result<()> {
+        ensure!(self.step_tokens >= 1, "--step-tokens must be at least 1 (rows a step computes)");
+        ensure!(self.draft_tokens >= 1, "--draft-tokens must be at least 1");
+        ensure!((0.0..=1.0).contains(&self.draft_p_min), "--draft-p-min must be in [0, 1], not {}", self.draft_p_min);
+        tinyllama::model::ModelDtype::parse_or_auto(&self.draft_dtype)
+            .map_err(|e| anyhow::anyhow!("--draft-dtype: {e}"))?;
+        Ok(())
+    }
+
+    /// The engine's options for `max_batch` sequences of `max_len` positions.
+    fn options(
+        &self,
+        model: &tinyllama::model::InferenceModel,
+        max_batch: usize,
+        max_len: usize,
+    ) -> tinyllama::decode::EngineOptions {
+        let mut o = tinyllama::decode::EngineOptions::for_model(model, max_batch, max_len);
+        o.step_tokens = self.step_tokens;
+        o.draft = tinyllama::decode::DraftOptions { max_tokens: self.draft_tokens, p_min: self.draft_p_min };
+        o
+    }
+
+    /// The draft model, checked against `target` (same vocabulary, enough context).
+    fn load_draft(
+        &self,
+        target: &tinyllama::loader::LoadedModel,
+        kv: &KvArgs,
+    ) -> Result<Option<tinyllama::loader::LoadedModel>> {
+        let Some(p) = &self.draft else { return Ok(None) };
+        let dtype = tinyllama::model::ModelDtype::parse_or_auto(&self.draft_dtype)?;
+        let mut d = tinyllama::loader::load_model(p, dtype, true)?;
+        d.model.kv_cache = kv.kind()?;
+        target.check_draft(&d)?;
+        Ok(Some(d))
+    }
+}
+
 impl KvArgs {
     fn kind(&self) -> Result<tinyllama::model::KvCacheType> {
         tinyllama::model::KvCacheType::parse(&self.kv_cache).map_err(|e| anyhow::anyhow!("--kv-cache: {e}"))
@@ -251,7 +317,7 @@ impl KvArgs {
 
 impl SamplingArgs {
     /// The sampler's settings, refused when out of range (rather than silently misbehaving).
-    fn options(&self) -> Result<tinyllama::generate::SamplingOptions> {
+    fn options(&self) -> Result<tinyllama::decode::SamplingOptions> {
         ensure!(
             self.temperature.is_finite() && self.temperature >= 0.0,
             "--temperature must be a finite number ≥ 0 (0 = greedy), not {}",
@@ -268,7 +334,7 @@ impl SamplingArgs {
         {
             ensure!((-2.0..=2.0).contains(&v), "{flag} must be in [-2, 2] (0 = off), not {v}");
         }
-        Ok(tinyllama::generate::SamplingOptions {
+        Ok(tinyllama::decode::SamplingOptions {
             temperature: self.temperature,
             top_k: self.top_k,
             top_p: self.top_p,
@@ -282,7 +348,7 @@ impl SamplingArgs {
 
     /// [`options`](Self::options) with a random seed when sampling without `--seed` (said on
     /// stderr, so that the run can be repeated).
-    fn options_announced(&self) -> Result<tinyllama::generate::SamplingOptions> {
+    fn options_announced(&self) -> Result<tinyllama::decode::SamplingOptions> {
         let mut o = self.options()?;
         if self.seed.is_none() && self.temperature > 0.0 {
             o.seed = std::time::SystemTime::now()

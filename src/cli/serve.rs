@@ -1,6 +1,6 @@
 //! `tinyllama serve`: the OpenAI-compatible server's flags.
 
-use super::KvArgs;
+use super::{EngineArgs, KvArgs};
 use anyhow::{ensure, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -32,7 +32,8 @@ pub struct ServeArgs {
     /// Requests that may wait for a place in the batch; more are answered 429.
     #[arg(long, default_value_t = 64)]
     max_queue: usize,
-    /// KV-cache memory for all running sequences, in MiB [default: --max-batch full contexts].
+    /// KV-cache memory for running sequences and cached prompt prefixes together, in MiB (prefixes
+    /// are evicted least recently used first) [default: --max-batch + 1 full contexts].
     #[arg(long)]
     kv_budget_mib: Option<usize>,
     /// Require `Authorization: Bearer KEY` on /v1/ requests (also TINYLLAMA_API_KEY).
@@ -41,36 +42,19 @@ pub struct ServeArgs {
     /// Largest request body, in KiB.
     #[arg(long, default_value_t = 1024)]
     max_body_kib: usize,
-    /// A draft model with the same tokenizer (e.g. TinyLlama for a larger Llama-2, or this model
-    /// quantized): greedy requests decode speculatively — the same tokens, faster when it agrees.
-    #[arg(long)]
-    draft: Option<PathBuf>,
-    /// Weight format of the draft (safetensors drafts: auto keeps the stored format, as --dtype;
-    /// GGUF files keep their own).
-    #[arg(long, default_value = "auto")]
-    draft_dtype: String,
-    /// Tokens the draft proposes per step.
-    #[arg(long, default_value_t = 4)]
-    draft_tokens: usize,
+    #[command(flatten)]
+    engine: EngineArgs,
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
     ensure!(a.max_batch >= 1, "--max-batch must be at least 1");
     ensure!(a.max_queue >= 1, "--max-queue must be at least 1 (requests wait there for a place in the batch)");
+    a.engine.check()?;
     let dtype = tinyllama::model::ModelDtype::parse_or_auto(&a.dtype)?;
     let kv = a.kv.kind()?;
     let mut loaded = tinyllama::loader::load_model(&a.model, dtype, true)?;
     loaded.model.kv_cache = kv;
-    let draft = match &a.draft {
-        Some(p) => {
-            let dd = tinyllama::model::ModelDtype::parse_or_auto(&a.draft_dtype)?;
-            let mut d = tinyllama::loader::load_model(p, dd, true)?;
-            d.model.kv_cache = kv;
-            Some(d)
-        }
-        None => None,
-    };
-    ensure!(a.draft_tokens >= 1, "--draft-tokens must be at least 1");
+    let draft = a.engine.load_draft(&loaded, &a.kv)?;
     let model_name = a.model_name.clone().unwrap_or_else(|| {
         let p = if a.model.file_name().is_some_and(|n| n == "model.safetensors") {
             a.model.parent().unwrap_or(&a.model)
@@ -88,8 +72,12 @@ pub fn run(a: ServeArgs) -> Result<()> {
         max_queue: a.max_queue,
         kv_budget: a.kv_budget_mib.map(|m| m << 20),
         max_body: a.max_body_kib << 10,
-        draft_tokens: a.draft_tokens,
     };
-    tinyllama::serve::serve(loaded, draft, opts)?;
+    let ctx = loaded.model.max_positions();
+    let mut engine = a.engine.options(&loaded.model, a.max_batch, ctx);
+    if let Some(b) = opts.kv_budget {
+        engine.kv_budget = b;
+    }
+    tinyllama::serve::serve(loaded, draft, opts, engine)?;
     Ok(())
 }

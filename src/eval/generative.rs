@@ -2,13 +2,13 @@
 //! decoding of at most the task's new tokens, EOS stops, the prediction is the decoded new
 //! tokens (special tokens skipped); an item is correct iff the stripped prediction starts with
 //! its label, a HumanEval completion iff its program passes. The items of a subtask share their
-//! few-shot prefix: it is computed once and each item continues from a copy of its cache; items
-//! decode together in batches, and every item's tokens are those it gets alone.
+//! few-shot prefix: it is prefilled once into the decode engine's prefix cache and each item continues
+//! from a copy; items decode together, and every item's tokens are those it gets alone.
 
 use super::humaneval::{self, Outcome, Sandbox};
 use super::instruct::{py_strip, GenItem, GenTask};
-use crate::generate::{generate_batch_with_prefix, Request, SamplingOptions};
-use crate::model::{InferenceModel, KvCache, RowMode};
+use crate::decode::{Engine, EngineOptions, Event, Request, SamplingOptions};
+use crate::model::InferenceModel;
 use crate::tokenizer::Tokenizer;
 use anyhow::{ensure, Context, Result};
 use rayon::prelude::*;
@@ -137,7 +137,8 @@ pub fn generate_items(
         model.max_positions()
     );
     let samples = if task.name == "humaneval" { opts.samples.max(1) } else { 1 };
-    let eos = crate::generate::end_ids(&model.cfg, tok);
+    let eos = crate::decode::end_ids(&model.cfg, tok);
+    let mut engine = Engine::new(model, None, EngineOptions::for_model(model, opts.max_batch, need))?;
     let mut out: Vec<Vec<Vec<u32>>> = vec![vec![]; task.items.len()];
     let mut done = 0usize;
     let mut work = GenWork::default();
@@ -148,46 +149,48 @@ pub fn generate_items(
         let end = start + task.items[start..].iter().take_while(|i| &i.subtask == sub).count();
         let group: Vec<&GenItem> = task.items[start..end].iter().collect();
         let prefix = shared_prefix(&group, task.shots);
-        let cache = if prefix.len() >= 2 {
+        if prefix.len() >= 2 {
             let t0 = std::time::Instant::now();
-            let mut c = KvCache::new(model, prefix.len());
-            model.forward_cached_hidden(&prefix, &mut c, RowMode::MayUseGemm)?;
+            engine.add(Request::new(prefix.clone(), 0, opts.sampling.clone(), vec![]))?;
+            engine.run(&mut |_, _| Ok(()))?;
             work.prefix_tokens += prefix.len();
             work.prefix_seconds += t0.elapsed().as_secs_f64();
-            Some(c)
-        } else {
-            None
-        };
-        let reused = |t: &[u32]| match &cache {
-            Some(c) => c.tokens.iter().zip(t).take_while(|(a, b)| a == b).count().min(t.len().saturating_sub(1)),
-            None => 0,
-        };
-        let mut reqs = vec![];
+        }
+        // request id → (item of the group, sample)
+        let mut index = std::collections::HashMap::new();
         for (j, item) in group.iter().enumerate() {
             for s in 0..samples {
                 let k = ((start + j) * samples + s) as u64;
                 let mut sampling = opts.sampling.clone();
                 sampling.seed = sampling.seed.wrapping_add(k.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-                work.item_prompt_tokens += item.tokens.len() - reused(&item.tokens);
-                reqs.push(Request { prompt: item.tokens.clone(), max_new: task.max_new, sampling });
+                let id = engine.add(Request::new(item.tokens.clone(), task.max_new, sampling, eos.clone()))?;
+                index.insert(id, (j, s));
             }
         }
-        let mut counts = vec![0usize; reqs.len()];
+        let mut new: Vec<Vec<Vec<u32>>> = vec![vec![vec![]; samples]; group.len()];
         let mut left = vec![samples; group.len()];
-        let new = generate_batch_with_prefix(model, cache.as_ref(), &reqs, &eos, opts.max_batch, &mut |r, t| {
-            counts[r] += 1;
-            if eos.contains(&t) || counts[r] == task.max_new {
-                left[r / samples] -= 1;
-                if left[r / samples] == 0 {
-                    done += 1;
-                    on_item(done);
+        engine.run(&mut |_, ev| {
+            match ev {
+                Event::Token { seq, id, .. } => {
+                    let (j, s) = index[&seq];
+                    new[j][s].push(id);
                 }
+                Event::Finished { seq, reused, .. } => {
+                    let (j, _) = index[&seq];
+                    work.item_prompt_tokens += group[j].tokens.len() - reused;
+                    left[j] -= 1;
+                    if left[j] == 0 {
+                        done += 1;
+                        on_item(done);
+                    }
+                }
+                Event::Failed { message, .. } => anyhow::bail!("{message}"),
             }
             Ok(())
         })?;
-        for (r, toks) in new.into_iter().enumerate() {
-            work.generated_tokens += toks.len();
-            out[start + r / samples].push(toks);
+        for (j, toks) in new.into_iter().enumerate() {
+            work.generated_tokens += toks.iter().map(Vec::len).sum::<usize>();
+            out[start + j] = toks;
         }
         start = end;
     }
@@ -385,7 +388,8 @@ pub fn completions_for(task: &GenTask, given: &[(String, String)]) -> Result<Vec
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::generate::{generate, Sampler};
+    use crate::decode::Sampler;
+    use crate::generate::generate;
     use crate::kernels::quant::Format;
     use crate::model::ModelDtype;
 

@@ -1,7 +1,7 @@
 //! The OpenAI request bodies `serve` accepts, checked into generation parameters, and the error
 //! object every refusal carries (`{"error": {"message", "type", "param", "code"}}`).
 
-use crate::generate::SamplingOptions;
+use crate::decode::SamplingOptions;
 use crate::tokenizer::chat_template::Message;
 use serde::Deserialize;
 use serde_json::{json, Value};

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod engine;
 
+use crate::decode::Request;
 use crate::loader::LoadedModel;
 use crate::tokenizer::chat_template::ChatTemplate;
 use crate::tokenizer::Tokenizer;
@@ -24,7 +25,7 @@ use engine::{Engine, EngineOptions, Event, Job, Refusal, TokenLogprob};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 #[derive(Clone, Debug)]
@@ -39,8 +40,6 @@ pub struct ServeOptions {
     pub kv_budget: Option<usize>,
     /// Largest request body in bytes.
     pub max_body: usize,
-    /// Tokens the draft model proposes per step.
-    pub draft_tokens: usize,
 }
 
 struct AppState {
@@ -67,37 +66,29 @@ fn now_s() -> u64 {
 
 /// Runs the server until SIGTERM / Ctrl-C. `on_listening` gets the bound address (port 0 picks
 /// a free one).
-pub fn serve(loaded: LoadedModel, draft: Option<LoadedModel>, opts: ServeOptions) -> Result<()> {
+pub fn serve(
+    loaded: LoadedModel,
+    draft: Option<LoadedModel>,
+    opts: ServeOptions,
+    engine_opts: crate::decode::EngineOptions,
+) -> Result<()> {
+    if let Some(d) = &draft {
+        loaded.check_draft(d)?;
+    }
     let LoadedModel { model, tokenizer: tok, chat_template, .. } = loaded;
-    let draft = match draft {
-        Some(d) => {
-            anyhow::ensure!(
-                d.model.cfg.vocab_size == model.cfg.vocab_size
-                    && (0..tok.vocab_size() as u32).all(|i| d.tokenizer.id_to_token(i) == tok.id_to_token(i)),
-                "the draft model {} does not share the model's tokenizer: speculative decoding needs the same vocabulary",
-                d.source.display()
-            );
-            Some(Arc::new(d.model))
-        }
-        None => None,
-    };
+    let draft = draft.map(|d| Arc::new(d.model));
     let name = |id: u32| tok.id_to_token(id).unwrap_or_default();
     let (template, own) = ChatTemplate::for_model(chat_template.as_deref(), &name(tok.bos_id), &name(tok.eos_id))?;
     if !own {
         eprintln!("note: the model has no chat template; /v1/chat/completions uses TinyLlama-Chat's Zephyr template");
     }
     let ctx = model.max_positions();
-    let end_ids = crate::generate::end_ids(&model.cfg, &tok);
-    let kv_budget =
-        opts.kv_budget.unwrap_or_else(|| opts.max_batch.max(1) * crate::model::KvCache::bytes_for(&model, ctx));
-    let eopts = EngineOptions {
-        max_batch: opts.max_batch.max(1),
-        draft_tokens: opts.draft_tokens.max(1),
-        max_queue: opts.max_queue,
-        kv_budget,
-    };
+    let end_ids = crate::decode::end_ids(&model.cfg, &tok);
+    let kv_budget = engine_opts.kv_budget;
+    let (step_tokens, draft_tokens) = (engine_opts.step_tokens, engine_opts.draft.max_tokens);
+    let eopts = EngineOptions { decode: engine_opts, max_queue: opts.max_queue };
     let drafting = draft.is_some();
-    let engine = Engine::start(Arc::new(model), draft, end_ids.clone(), eopts)?;
+    let engine = Engine::start(Arc::new(model), draft, eopts)?;
     let state = Arc::new(AppState {
         engine: engine.clone(),
         tok,
@@ -128,13 +119,13 @@ pub fn serve(loaded: LoadedModel, draft: Option<LoadedModel>, opts: ServeOptions
             tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         let local = listener.local_addr()?;
         eprintln!(
-            "listening on http://{local} (model `{}`, batch {}, queue {}, KV budget {} MiB{}{})",
+            "listening on http://{local} (model `{}`, batch {}, queue {}, {step_tokens} tokens a step, KV budget {} MiB{}{})",
             opts.model_name,
             opts.max_batch,
             opts.max_queue,
             kv_budget >> 20,
             if drafting {
-                format!(", speculative decoding with {} draft tokens", opts.draft_tokens)
+                format!(", speculative decoding with up to {draft_tokens} draft tokens")
             } else {
                 String::new()
             },
@@ -222,15 +213,9 @@ fn submit(
     }
     let max_new = p.max_tokens.unwrap_or(usize::MAX).min(st.ctx - prompt.len());
     let (tx, rx) = unbounded_channel();
-    let job = Job {
-        prompt: prompt.to_vec(),
-        max_new,
-        sampling: p.sampling.clone(),
-        logprobs: p.logprobs,
-        events: tx,
-        submitted: Instant::now(),
-    };
-    match st.engine.submit(job) {
+    let mut request = Request::new(prompt.to_vec(), max_new, p.sampling.clone(), st.end_ids.clone());
+    request.logprobs = p.logprobs;
+    match st.engine.submit(Job { request, events: tx }) {
         Ok(()) => Ok((rx, max_new)),
         Err(Refusal::QueueFull(n)) => Err(ApiError {
             status: 429,
@@ -239,14 +224,9 @@ fn submit(
             param: None,
             code: Some("queue_full"),
         }),
-        Err(Refusal::TooLarge(need, budget)) => Err(ApiError::invalid(
-            format!(
-                "the request needs {} MiB of KV cache (prompt + max_tokens), more than the server's budget of {} MiB: lower max_tokens",
-                need >> 20,
-                budget >> 20
-            ),
-            Some("max_tokens"),
-        )),
+        Err(Refusal::Invalid(why)) => {
+            Err(ApiError::invalid(format!("{why}: lower max_tokens or shorten the prompt"), Some("max_tokens")))
+        }
         Err(Refusal::ShuttingDown) => Err(ApiError {
             status: 503,
             message: "the server is shutting down".into(),
@@ -264,7 +244,7 @@ struct TextStream {
     st: Arc<AppState>,
     /// The prompt's last token: a completion is decoded after it, keeping its leading space.
     after: Option<u32>,
-    text: crate::generate::TextStream,
+    text: crate::decode::TextStream,
     finish: Option<&'static str>,
     generated: usize,
     max_new: usize,
@@ -274,7 +254,7 @@ struct TextStream {
 
 impl TextStream {
     fn new(st: Arc<AppState>, stop_strings: Vec<String>, after: Option<u32>, max_new: usize) -> Self {
-        let text = crate::generate::TextStream::new(stop_strings, after);
+        let text = crate::decode::TextStream::new(stop_strings, after);
         TextStream { st, after, text, finish: None, generated: 0, max_new, logprobs: vec![] }
     }
 
@@ -568,22 +548,25 @@ async fn health(State(st): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics(State(st): State<Arc<AppState>>) -> Response {
-    let m = &st.engine.metrics;
+    ([("content-type", "text/plain; version=0.0.4")], prometheus(&st.engine.metrics)).into_response()
+}
+
+/// The engine's counters in Prometheus' text format.
+fn prometheus(m: &crate::decode::Metrics) -> String {
+    use crate::decode::metrics::GAP_BUCKETS;
     let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    let ttft_n = r(&m.ttft_count);
+    let g = |a: &std::sync::atomic::AtomicUsize| a.load(Ordering::Relaxed).to_string();
+    let secs = |a: &AtomicU64| format!("{:.6}", r(a) as f64 / 1e6);
+    let ratio = |num: u64, den: u64| format!("{:.4}", if den > 0 { num as f64 / den as f64 } else { 0.0 });
     let mut out = String::new();
     let mut put = |name: &str, kind: &str, help: &str, v: String| {
         out += &format!("# HELP tinyllama_{name} {help}\n# TYPE tinyllama_{name} {kind}\ntinyllama_{name} {v}\n");
     };
-    put("requests_waiting", "gauge", "Requests in the queue.", m.waiting.load(Ordering::Relaxed).to_string());
-    put("requests_running", "gauge", "Sequences in the running batch.", m.running.load(Ordering::Relaxed).to_string());
-    put(
-        "kv_cache_bytes",
-        "gauge",
-        "KV-cache bytes held by running sequences.",
-        m.kv_bytes.load(Ordering::Relaxed).to_string(),
-    );
-    put("requests_total", "counter", "Requests admitted to the queue.", r(&m.requests_total).to_string());
+    put("requests_waiting", "gauge", "Requests waiting for a place in the batch.", g(&m.waiting));
+    put("requests_running", "gauge", "Sequences in the running batch.", g(&m.running));
+    put("kv_cache_bytes", "gauge", "KV-cache bytes held by running sequences.", g(&m.kv_bytes));
+    put("prefix_cache_bytes", "gauge", "KV-cache bytes held by cached prompt prefixes.", g(&m.prefix_bytes));
+    put("requests_total", "counter", "Requests admitted to the engine.", r(&m.requests_total).to_string());
     put(
         "requests_rejected_total",
         "counter",
@@ -592,13 +575,28 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     );
     put("prompt_tokens_total", "counter", "Prompt tokens of admitted requests.", r(&m.prompt_tokens_total).to_string());
     put("generation_tokens_total", "counter", "Tokens generated.", r(&m.generated_tokens_total).to_string());
-    put("decode_steps_total", "counter", "Batched decode steps.", r(&m.decode_steps_total).to_string());
+    put("decode_steps_total", "counter", "Engine steps (one pass of the model each).", r(&m.steps_total).to_string());
+    put(
+        "step_prefill_tokens_total",
+        "counter",
+        "Prompt tokens prefilled in steps.",
+        r(&m.step_prefill_tokens_total).to_string(),
+    );
+    put(
+        "step_decode_tokens_total",
+        "counter",
+        "Decode rows of steps (draft tokens verified included).",
+        r(&m.step_decode_tokens_total).to_string(),
+    );
+    put("last_step_prefill_tokens", "gauge", "Prompt tokens in the last step.", g(&m.last_step_prefill_tokens));
+    put("last_step_decode_tokens", "gauge", "Decode rows in the last step.", g(&m.last_step_decode_tokens));
     put(
         "generation_tokens_per_second",
         "gauge",
         "Tokens generated per second over the last 10 s.",
         format!("{:.3}", m.tokens_per_second()),
     );
+    let ttft_n = r(&m.ttft_count);
     put(
         "time_to_first_token_seconds_mean",
         "gauge",
@@ -606,19 +604,34 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         format!("{:.6}", if ttft_n > 0 { r(&m.ttft_micros_total) as f64 / ttft_n as f64 / 1e6 } else { 0.0 }),
     );
     put("time_to_first_token_seconds_count", "counter", "First tokens timed.", ttft_n.to_string());
-    let secs = |a: &AtomicU64| format!("{:.6}", r(a) as f64 / 1e6);
-    put("decode_seconds_total", "counter", "Time in the model's batched decode passes.", secs(&m.decode_micros_total));
+    put("decode_seconds_total", "counter", "Time in the model's passes.", secs(&m.step_micros_total));
     put("draft_seconds_total", "counter", "Time in the draft model's proposals.", secs(&m.draft_micros_total));
+    let (lookups, hits) = (r(&m.prefix_lookups_total), r(&m.prefix_hits_total));
+    put("prefix_cache_lookups_total", "counter", "Prompts looked up in the prefix cache.", lookups.to_string());
+    put("prefix_cache_hits_total", "counter", "Prompts that continued a cached prefix.", hits.to_string());
+    put(
+        "prefix_cache_tokens_reused_total",
+        "counter",
+        "Prompt tokens taken from cached prefixes.",
+        r(&m.prefix_tokens_reused_total).to_string(),
+    );
     let (proposed, accepted) = (r(&m.draft_proposed_total), r(&m.draft_accepted_total));
     put("draft_tokens_proposed_total", "counter", "Tokens the draft model proposed.", proposed.to_string());
     put("draft_tokens_accepted_total", "counter", "Proposed tokens the model accepted.", accepted.to_string());
-    put(
-        "draft_acceptance_rate",
-        "gauge",
-        "Accepted / proposed draft tokens.",
-        format!("{:.4}", if proposed > 0 { accepted as f64 / proposed as f64 } else { 0.0 }),
+    put("draft_acceptance_rate", "gauge", "Accepted / proposed draft tokens.", ratio(accepted, proposed));
+    // the gaps between a sequence's tokens, as a Prometheus histogram (cumulative buckets)
+    out += "# HELP tinyllama_inter_token_seconds Time between consecutive tokens of a sequence.\n# TYPE tinyllama_inter_token_seconds histogram\n";
+    let mut cumulative = 0;
+    for (i, b) in m.gap_buckets.iter().enumerate() {
+        cumulative += r(b);
+        let le = GAP_BUCKETS.get(i).map_or("+Inf".to_string(), |u| u.to_string());
+        out += &format!("tinyllama_inter_token_seconds_bucket{{le=\"{le}\"}} {cumulative}\n");
+    }
+    out += &format!(
+        "tinyllama_inter_token_seconds_sum {}\ntinyllama_inter_token_seconds_count {cumulative}\n",
+        secs(&m.gap_micros_total)
     );
-    ([("content-type", "text/plain; version=0.0.4")], out).into_response()
+    out
 }
 
 /// A known endpoint asked with another method: 405 with the error object (axum's own has no body).
