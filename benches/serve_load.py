@@ -5,6 +5,10 @@ Prints one JSON line: total completion tokens / wall time, time to first token a
 latency (p50, p99). Standard library only, so any python3 runs it.
 
     python3 benches/serve_load.py --url http://127.0.0.1:8080 --model NAME --streams 16 --tokens 32
+
+With --arrivals N: while the streams decode, N long prompts (--arrival-words words each) arrive
+--arrival-every seconds apart, each asking for 8 tokens; reported are the streams' gaps between
+tokens over that time (p50, p99, max) and the arriving prompts' times to first token.
 """
 import argparse
 import http.client
@@ -20,6 +24,9 @@ p.add_argument("--streams", type=int, default=1)
 p.add_argument("--tokens", type=int, default=32)
 p.add_argument("--prompt-words", type=int, default=48)
 p.add_argument("--offset", type=int, default=0, help="first prompt index (vary it between runs: no prompt-cache hits)")
+p.add_argument("--arrivals", type=int, default=0)
+p.add_argument("--arrival-every", type=float, default=5.0)
+p.add_argument("--arrival-words", type=int, default=900)
 a = p.parse_args()
 u = urllib.parse.urlparse(a.url)
 
@@ -33,9 +40,9 @@ def prompt(i):
     return f"{i}: " + " ".join(WORDS[(i * 7 + k * 3) % len(WORDS)] for k in range(a.prompt_words))
 
 
-def one(i, out):
-    body = json.dumps({"model": a.model, "prompt": prompt(i), "max_tokens": a.tokens, "temperature": 0,
-                       "stream": True})
+def one(i, out, text=None, tokens=None):
+    body = json.dumps({"model": a.model, "prompt": text or prompt(i), "max_tokens": tokens or a.tokens,
+                       "temperature": 0, "stream": True})
     c = http.client.HTTPConnection(u.hostname, u.port, timeout=600)
     t0 = time.perf_counter()
     c.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
@@ -54,7 +61,11 @@ def one(i, out):
             finish = ch[0]["finish_reason"]
     # a chunk may carry several tokens (a character split across tokens): a run that stopped at
     # its length generated exactly max_tokens
-    out[i] = (t0, stamps, a.tokens if finish == "length" else len(stamps))
+    out[i] = (t0, stamps, (tokens or a.tokens) if finish == "length" else len(stamps))
+
+
+def long_prompt(i):
+    return f"{i + a.offset} arrives: " + " ".join(WORDS[(i * 11 + k * 5) % len(WORDS)] for k in range(a.arrival_words))
 
 
 def pct(v, q):
@@ -67,9 +78,35 @@ ths = [threading.Thread(target=one, args=(i, out)) for i in range(a.streams)]
 t0 = time.perf_counter()
 for t in ths:
     t.start()
+arrived = [None] * a.arrivals
+if a.arrivals:
+    time.sleep(a.arrival_every)
+    ats = []
+    for j in range(a.arrivals):
+        t = threading.Thread(target=one, args=(j, arrived, long_prompt(j), 8))
+        t.start()
+        ats.append(t)
+        time.sleep(a.arrival_every)
+    for t in ats:
+        t.join()
+    end_of_arrivals = time.perf_counter()
 for t in ths:
     t.join()
 wall = time.perf_counter() - t0
+if a.arrivals:
+    # the streams' gaps while prompts arrived (from the first arrival to the last first token)
+    first = min(t for t, _, _ in arrived)
+    last = max(s[0] for _, s, _ in arrived if s)
+    gaps = [b - a_ for _, s, _ in out for a_, b in zip(s, s[1:]) if b >= first and a_ <= last]
+    all_gaps = [b - a_ for _, s, _ in out for a_, b in zip(s, s[1:])]
+    still = sum(1 for _, s, _ in out if s and s[-1] >= last)
+    print(json.dumps({"streams": a.streams, "arrivals": a.arrivals, "arrival_words": a.arrival_words,
+                      "streams_running_at_last_arrival": still,
+                      "gap_p50_ms": round(1000 * pct(all_gaps, 0.5), 1),
+                      "gap_p99_ms_during_arrivals": round(1000 * pct(gaps, 0.99), 1),
+                      "gap_max_ms_during_arrivals": round(1000 * max(gaps, default=float("nan")), 1),
+                      "arrival_ttft_s": [round(s[0] - t, 3) for t, s, _ in arrived if s]}))
+    raise SystemExit(0)
 ttft = [s[0] - t for t, s, _ in out if s]
 itl = [b - a_ for _, s, _ in out for a_, b in zip(s, s[1:])]
 tokens = sum(n for _, _, n in out)

@@ -88,15 +88,27 @@ pub struct Reply {
 }
 
 impl<'m> ChatSession<'m> {
-    /// A session on `model` (and `draft`, a draft model for speculative decoding).
+    /// A session on `model` with the engine's default options.
     pub fn new(
         model: &'m InferenceModel,
-        draft: Option<&'m InferenceModel>,
         tok: &'m Tokenizer,
         template: ChatTemplate,
         system: Option<String>,
     ) -> Result<Self> {
         let opts = EngineOptions::for_model(model, 1, model.max_positions());
+        Self::on_engine(model, None, opts, tok, template, system)
+    }
+
+    /// A session on `model` (and `draft`, a draft model for speculative decoding), the engine run
+    /// with `opts` (`max_batch` 1 is enough: one reply at a time).
+    pub fn on_engine(
+        model: &'m InferenceModel,
+        draft: Option<&'m InferenceModel>,
+        opts: EngineOptions,
+        tok: &'m Tokenizer,
+        template: ChatTemplate,
+        system: Option<String>,
+    ) -> Result<Self> {
         Ok(ChatSession {
             model,
             tok,
@@ -233,7 +245,7 @@ mod tests {
         let t = || ChatTemplate::for_model(None, "<s>", "</s>").unwrap().0;
         let no = AtomicBool::new(false);
         let greedy = SamplingOptions::default();
-        let mut s = ChatSession::new(&model, None, &tok, t(), Some("Be brief.".into())).unwrap();
+        let mut s = ChatSession::new(&model, &tok, t(), Some("Be brief.".into())).unwrap();
         let first = s.reply("Hello!", &greedy, 6, &no, &mut |_| Ok(())).unwrap();
         assert_eq!((first.reused, first.tokens), (0, 6));
         let mut streamed = String::new();
@@ -251,7 +263,7 @@ mod tests {
             first.prefilled
         );
         // the same conversation from scratch: the same second reply
-        let mut fresh = ChatSession::new(&model, None, &tok, t(), Some("Be brief.".into())).unwrap();
+        let mut fresh = ChatSession::new(&model, &tok, t(), Some("Be brief.".into())).unwrap();
         fresh.turns.push(("Hello!".into(), first.text.trim().into()));
         let again = fresh.reply("And then?", &greedy, 6, &no, &mut |_| Ok(())).unwrap();
         assert_eq!(again.text, second.text);

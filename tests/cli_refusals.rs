@@ -37,6 +37,33 @@ fn out_of_range_values_are_refused() {
     refused(&["eval", "--tasks", "piqa", "--data-dir", "/no/such/dir"], &m, "pass --data-dir DIR");
     #[cfg(feature = "serve")]
     refused(&["serve", "--max-queue", "0"], &m, "--max-queue must be at least 1");
+    // the decode engine's flags, before any model loads
+    refused(&["generate", "--prompt", "Hi", "--step-tokens", "0"], &m, "--step-tokens must be at least 1");
+    refused(&["generate", "--prompt", "Hi", "--draft-tokens", "0"], &m, "--draft-tokens must be at least 1");
+    refused(&["generate", "--prompt", "Hi", "--draft-tokens=-2"], &m, "invalid value '-2'");
+    refused(&["generate", "--prompt", "Hi", "--draft-p-min", "1.5"], &m, "--draft-p-min must be in [0, 1]");
+    #[cfg(feature = "serve")]
+    refused(&["serve", "--step-tokens", "0"], &m, "--step-tokens must be at least 1");
+    // a draft of another vocabulary, or of a shorter context, is refused by name
+    let other = common::tiny_model(&d.join("other"));
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(other.join("config.json")).unwrap()).unwrap();
+    cfg["max_position_embeddings"] = serde_json::json!(64);
+    std::fs::write(other.join("config.json"), cfg.to_string()).unwrap();
+    let o = other.to_str().unwrap();
+    refused(&["generate", "--prompt", "Hi", "--draft", o], &m, "has a context of 64 tokens, shorter than the 256");
+    // the model drafting for itself in Q8_0: the same greedy text
+    let run = |extra: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_tinyllama"))
+            .args(["generate", "--prompt", "Once upon a time", "-n", "24", "--temperature", "0", "--model"])
+            .arg(&m)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{extra:?}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    assert_eq!(run(&["--draft-dtype", "q8_0", "--draft-p-min", "0"]), run(&[]));
     // `info` takes the model as every command does; config.json says 1e-5, not 9.999999747378752e-6
     let o = Command::new(env!("CARGO_BIN_EXE_tinyllama")).args(["info", "--model"]).arg(&m).output().unwrap();
     assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("parameters: 8930432"), "{o:?}");

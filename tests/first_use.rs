@@ -172,6 +172,10 @@ fn help_shows_each_commands_own_flags_and_defaults() {
     let generate = help(&["generate", "--help"]);
     let model_help = generate.lines().skip_while(|l| !l.contains("-m, --model <MODEL>")).nth(1).unwrap();
     assert!(model_help.ends_with("[required]"), "{generate}");
+    // the decode engine's flags, with their defaults
+    assert_eq!(default_of(&generate, "--step-tokens"), "32");
+    assert_eq!(default_of(&generate, "--draft-tokens"), "5");
+    assert!(generate.contains("--draft <DRAFT>") && generate.contains("--draft-p-min"), "{generate}");
     let chat = help(&["chat", "--help"]);
     for want in ["/reset", "/system", "/exit", "--chat-template", "--stop"] {
         assert!(chat.contains(want), "{want}");
@@ -194,7 +198,7 @@ fn help_shows_each_commands_own_flags_and_defaults() {
         "--runs",
         "1",
     ]);
-    assert!(err(&o).contains("measuring a 215-token prompt"), "{}", err(&o));
+    assert!(err(&o).contains("measuring a 214-token prompt"), "{}", err(&o));
 }
 
 #[test]

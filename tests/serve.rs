@@ -535,6 +535,46 @@ fn queue_limit_disconnects_and_sigterm() {
     std::fs::remove_dir_all(d).unwrap();
 }
 
+/// Long prompts cut into 3-row chunks while other streams decode, and prompts that continue a
+/// cached conversation: every answer equals `tinyllama generate` of the prompt alone, and the
+/// prefix cache and the step counters say they were used.
+#[test]
+fn chunked_prefill_and_prefix_reuse_change_no_answer() {
+    let d = common::tmpdir("serve-chunks");
+    let m = common::tiny_model(&d);
+    let srv = Server::start(&m, &["--step-tokens", "3", "--max-batch", "4"]);
+    let long: Vec<String> = (0..4).map(|i| format!("{} {}", PROMPTS[i], PROMPTS[(i + 3) % 8].repeat(3))).collect();
+    let wants: Vec<String> = long.iter().map(|p| generate(&m, p, 12)).collect();
+    let addr = srv.addr.clone();
+    std::thread::scope(|s| {
+        for (p, want) in long.iter().zip(&wants) {
+            let addr = addr.clone();
+            s.spawn(move || {
+                let body = json!({"model": "tiny", "prompt": p, "max_tokens": 12, "temperature": 0});
+                let (_, text) = http(&addr, "POST", "/v1/completions", &[], body.to_string().as_bytes());
+                let v: Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(&v["choices"][0]["text"], want, "{p:?} chunked among others");
+            });
+        }
+    });
+    // the same prompts again: continued from the cache, the same answers
+    for (p, want) in long.iter().zip(&wants) {
+        let (_, v) =
+            srv.post("/v1/completions", &json!({"model": "tiny", "prompt": p, "max_tokens": 12, "temperature": 0}));
+        assert_eq!(&v["choices"][0]["text"], want, "{p:?} from the prefix cache");
+    }
+    let (_, text) = srv.request("GET", "/metrics", &[], b"");
+    let get = |k: &str| -> f64 {
+        text.lines().find_map(|l| l.strip_prefix(&format!("tinyllama_{k} "))).unwrap().parse().unwrap()
+    };
+    assert!(get("prefix_cache_hits_total") >= 4.0, "{text}");
+    assert!(get("prefix_cache_tokens_reused_total") >= long.iter().map(|p| p.len() as f64 / 8.0).sum::<f64>());
+    let steps = get("decode_steps_total");
+    assert!(get("step_prefill_tokens_total") >= 3.0 * 20.0 && steps > 20.0, "{text}");
+    assert!(text.contains("tinyllama_inter_token_seconds_bucket{le=\"+Inf\"}"), "{text}");
+    std::fs::remove_dir_all(d).unwrap();
+}
+
 /// With a draft model (this model quantized to Q4_0: it agrees often, not always), greedy
 /// answers are the same tokens as without one, alone or batched with sampled requests; the
 /// acceptance counters move.

@@ -1,6 +1,6 @@
 //! `tinyllama bench generate` and `bench train`: flags and reports.
 
-use super::{KvArgs, ModelArg};
+use super::{EngineArgs, KvArgs, ModelArg};
 use anyhow::{ensure, Result};
 use clap::Subcommand;
 use std::path::PathBuf;
@@ -39,6 +39,10 @@ pub enum BenchCmd {
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
+        /// The engine's step budget and speculative decoding. With --draft-dtype but no --draft,
+        /// the draft is the measured model's own weights in that format (a model and its Q8_0).
+        #[command(flatten)]
+        engine: EngineArgs,
         /// Instead of measuring: write the random model as a GGUF file in --dtype (for measuring
         /// llama.cpp and us on the same file: benches/compare_generate.sh).
         #[arg(long, value_name = "FILE")]
@@ -89,9 +93,10 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
             tok.save(&out.join("tokenizer.json"))?;
             println!("wrote {} ({name}, random weights, f32)", out.display());
         }
-        BenchCmd::Generate { model, gguf, dtype, kv, prompt_len, new_tokens, batch, runs, json, .. } => {
-            let kv = kv.kind()?;
-            let r = measure_generate(&model, gguf.as_deref(), &dtype, kv, [prompt_len, new_tokens, batch, runs])?;
+        BenchCmd::Generate { model, gguf, dtype, kv, prompt_len, new_tokens, batch, runs, json, engine, .. } => {
+            engine.check()?;
+            let r =
+                measure_generate(&model, gguf.as_deref(), &dtype, &kv, &engine, [prompt_len, new_tokens, batch, runs])?;
             match json {
                 true => println!("{}", serde_json::to_string(&r)?),
                 false => println!("{r}"),
@@ -117,16 +122,18 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
     Ok(())
 }
 
-/// `bench generate` on a model file or directory (`gguf`), or on random weights of a preset in
+/// `bench generate` on a model file or directory (`file`), or on random weights of a preset in
 /// `dtype`; `[prompt_len, new_tokens, batch, runs]`.
 fn measure_generate(
     model: &ModelArg,
     file: Option<&std::path::Path>,
     dtype: &str,
-    kv: tinyllama::model::KvCacheType,
+    kv: &KvArgs,
+    engine: &EngineArgs,
     [prompt_len, new_tokens, batch, runs]: [usize; 4],
 ) -> Result<tinyllama::bench::GenerateBench> {
-    let dtype = tinyllama::model::ModelDtype::parse(dtype)?;
+    use tinyllama::model::{InferenceModel, ModelDtype};
+    let dtype = ModelDtype::parse(dtype)?;
     // the 512 MiB probe only for models too small to be their own (taken before loading, so that
     // its buffer and the model are not in memory together)
     let approx_bytes = match file {
@@ -134,18 +141,40 @@ fn measure_generate(
         None => tinyllama::bench::approx_weight_bytes(&model.resolve("tinyllama-1.1b")?.1, dtype),
     };
     let bandwidth = (approx_bytes < 2 * tinyllama::bench::PROBE_MIN_BYTES).then(tinyllama::bench::read_bandwidth);
-    let (name, cfg, loaded) = match file {
+    let self_draft = engine.draft_dtype_of_self()?;
+    let (name, mut target, mut draft) = match file {
         Some(p) => {
-            let dtype = (!tinyllama::loader::is_gguf(p)).then_some(dtype);
-            let m = tinyllama::loader::load_model(p, dtype, false)?.model;
-            (p.display().to_string(), m.cfg.clone(), Some(m))
+            let loaded = tinyllama::loader::load_model(p, (!tinyllama::loader::is_gguf(p)).then_some(dtype), false)?;
+            let draft = engine.load_draft(&loaded, kv)?.map(|d| d.model);
+            (p.display().to_string(), loaded.model, draft)
         }
         None => {
             let (name, cfg) = model.resolve("tinyllama-1.1b")?;
-            (name, cfg, None)
+            let params = tinyllama::model::Llama::new_init(cfg.clone(), 7).params;
+            let draft = match self_draft {
+                Some(dd) => Some(InferenceModel::from_params(cfg.clone(), params.clone(), dd)?),
+                None => None,
+            };
+            anyhow::ensure!(
+                engine.draft.is_none(),
+                "--draft needs --model (random weights draft themselves: --draft-dtype)"
+            );
+            (name, InferenceModel::from_params(cfg, params, dtype)?, draft)
         }
     };
-    tinyllama::bench::generate_bench(&name, loaded, &cfg, dtype, prompt_len, new_tokens, batch, runs, bandwidth, kv)
+    target.kv_cache = kv.kind()?;
+    if let Some(d) = draft.as_mut() {
+        d.kv_cache = kv.kind()?;
+    }
+    let setup = tinyllama::bench::GenerateSetup {
+        prompt_len,
+        new_tokens,
+        batch,
+        runs,
+        step_tokens: engine.step_tokens,
+        draft: engine.draft_options(),
+    };
+    tinyllama::bench::generate_bench(&name, &target, draft.as_ref(), &setup, bandwidth)
 }
 
 /// The random model (seed 7) of a preset/config for `bench generate --write-*`, with the built-in

@@ -1,6 +1,6 @@
 //! `tinyllama chat`: a conversation on the terminal or over a pipe.
 
-use super::SamplingArgs;
+use super::{EngineArgs, SamplingArgs};
 use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
@@ -22,6 +22,8 @@ pub struct ChatArgs {
     stop: Vec<String>,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
 }
 
 /// `tinyllama chat`: line editing and history on a terminal, `/help`, `/reset`, `/system TEXT`,
@@ -31,10 +33,12 @@ pub fn run(a: ChatArgs) -> Result<()> {
     use std::io::{BufRead, IsTerminal, Write};
     use tinyllama::tokenizer::chat_template::{ChatTemplate, TemplateSource};
     a.sampling.options()?;
+    a.engine.check()?;
     let dtype = tinyllama::model::ModelDtype::parse_or_auto(&a.sampling.dtype)?;
     let kv = a.sampling.kv.kind()?;
     let mut loaded = tinyllama::loader::load_model(&a.model, dtype, true)?;
     loaded.model.kv_cache = kv;
+    let draft = a.engine.load_draft(&loaded, &a.sampling.kv)?;
     let tok = &loaded.tokenizer;
     let name = |id: u32| tok.id_to_token(id).unwrap_or_default();
     let (template, from) = ChatTemplate::choose(
@@ -47,8 +51,11 @@ pub fn run(a: ChatArgs) -> Result<()> {
         eprintln!("note: {} has no chat template: using TinyLlama-Chat's Zephyr template", a.model.display());
     }
     let sampling = a.sampling.options_announced()?;
-    let mut session = tinyllama::chat::ChatSession::new(&loaded.model, None, tok, template, a.system.clone())?
-        .with_stop_strings(a.stop.clone());
+    let opts = a.engine.options(&loaded.model, 1, loaded.model.max_positions());
+    let draft = draft.as_ref().map(|d| &d.model);
+    let mut session =
+        tinyllama::chat::ChatSession::on_engine(&loaded.model, draft, opts, tok, template, a.system.clone())?
+            .with_stop_strings(a.stop.clone());
     let interactive = std::io::stdin().is_terminal();
     eprintln!("chat with {} — /help for commands; Ctrl-C stops a reply; Ctrl-D or /exit quits", a.model.display());
     let mut editor = if interactive { rustyline::DefaultEditor::new().ok() } else { None };

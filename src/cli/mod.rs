@@ -246,9 +246,10 @@ pub struct KvArgs {
 /// How the decode engine runs: the rows of a step, and speculative decoding with a draft model.
 #[derive(Args)]
 pub struct EngineArgs {
-    /// Rows one step computes: each running sequence's next token (and the draft tokens it
-    /// verifies) first, then chunks of waiting prompts fill the rest. Smaller keeps streams steady
-    /// while long prompts arrive; larger prefills a little faster.
+    /// Rows one step computes while sequences are decoding: each one's next token (and the draft
+    /// tokens it verifies) first, then chunks of waiting prompts fill the rest. Smaller keeps
+    /// streams steady while long prompts arrive; larger gets those prompts their first token
+    /// sooner. (With nothing decoding, prompts take up to 512 rows a step.)
     #[arg(long, default_value_t = tinyllama::decode::DEFAULT_STEP_TOKENS)]
     step_tokens: usize,
     /// A draft model with the same tokenizer (this model quantized, or TinyLlama for a larger
@@ -257,7 +258,8 @@ pub struct EngineArgs {
     #[arg(long)]
     draft: Option<std::path::PathBuf>,
     /// Weight format of the draft (as --dtype: auto keeps a safetensors draft's stored format,
-    /// e.g. q8_0 quantizes it at load; GGUF files keep their own).
+    /// e.g. q8_0 quantizes it at load; GGUF files keep their own). Without --draft: the model
+    /// drafts for itself in this format.
     #[arg(long, default_value = "auto")]
     draft_dtype: String,
     /// Tokens the draft proposes per step at most (fewer where it is unsure, and adapting to how
@@ -281,6 +283,18 @@ impl EngineArgs {
         Ok(())
     }
 
+    fn draft_options(&self) -> tinyllama::decode::DraftOptions {
+        tinyllama::decode::DraftOptions { max_tokens: self.draft_tokens, p_min: self.draft_p_min }
+    }
+
+    /// `--draft-dtype` given without `--draft`: the format in which a model drafts for itself.
+    fn draft_dtype_of_self(&self) -> Result<Option<tinyllama::model::ModelDtype>> {
+        match self.draft {
+            Some(_) => Ok(None),
+            None => tinyllama::model::ModelDtype::parse_or_auto(&self.draft_dtype),
+        }
+    }
+
     /// The engine's options for `max_batch` sequences of `max_len` positions.
     fn options(
         &self,
@@ -290,19 +304,27 @@ impl EngineArgs {
     ) -> tinyllama::decode::EngineOptions {
         let mut o = tinyllama::decode::EngineOptions::for_model(model, max_batch, max_len);
         o.step_tokens = self.step_tokens;
-        o.draft = tinyllama::decode::DraftOptions { max_tokens: self.draft_tokens, p_min: self.draft_p_min };
+        o.draft = self.draft_options();
         o
     }
 
-    /// The draft model, checked against `target` (same vocabulary, enough context).
+    /// The draft model, checked against `target` (same vocabulary, enough context): `--draft`, or
+    /// with `--draft-dtype` alone the target's own weights in that format.
     fn load_draft(
         &self,
         target: &tinyllama::loader::LoadedModel,
         kv: &KvArgs,
     ) -> Result<Option<tinyllama::loader::LoadedModel>> {
-        let Some(p) = &self.draft else { return Ok(None) };
         let dtype = tinyllama::model::ModelDtype::parse_or_auto(&self.draft_dtype)?;
-        let mut d = tinyllama::loader::load_model(p, dtype, true)?;
+        let path = match (&self.draft, dtype) {
+            (Some(p), _) => p.clone(),
+            (None, Some(_)) if tinyllama::loader::is_gguf(&target.source) => {
+                anyhow::bail!("--draft-dtype without --draft: a GGUF model keeps its format, so it cannot draft for itself; pass --draft FILE")
+            }
+            (None, Some(_)) => target.source.clone(),
+            (None, None) => return Ok(None),
+        };
+        let mut d = tinyllama::loader::load_model(&path, dtype, true)?;
         d.model.kv_cache = kv.kind()?;
         target.check_draft(&d)?;
         Ok(Some(d))

@@ -97,8 +97,8 @@ impl Engine {
     }
 
     pub fn submit(&self, job: Job) -> Result<(), Refusal> {
-        let check = decode::Engine::new(&self.checker, self.draft.as_deref(), self.opts.decode.clone())
-            .and_then(|e| e.check(&job.request));
+        let check =
+            decode::engine::check_request(&self.checker, self.draft.as_deref(), &self.opts.decode, &job.request);
         if let Err(e) = check {
             return Err(Refusal::Invalid(format!("{e:#}")));
         }

@@ -11,6 +11,9 @@ use anyhow::Result;
 use serde::Serialize;
 use std::time::Instant;
 
+mod generate;
+pub use generate::{generate_bench, GenerateBench, GenerateSetup};
+
 #[derive(Debug, Serialize)]
 pub struct TrainBench {
     pub preset: String,
@@ -173,86 +176,6 @@ pub fn process_cpu_seconds() -> f64 {
         .unwrap_or(0.0)
 }
 
-#[derive(Debug, Serialize)]
-pub struct GenerateBench {
-    pub preset: String,
-    /// Weight formats, e.g. `q4_0 ×155, f32 …`.
-    pub dtype: String,
-    pub params: usize,
-    pub threads: usize,
-    /// The instruction set the kernels ran on.
-    pub isa: String,
-    pub prompt_len: usize,
-    pub new_tokens: usize,
-    /// Median over runs of prompt tokens / prefill time.
-    pub prefill_tokens_per_s: f64,
-    /// Median over runs of generated tokens / decode time (greedy, KV cache).
-    pub decode_tokens_per_s: f64,
-    /// Sequences decoded together in the batched measurement.
-    pub batch: usize,
-    /// Median over runs of tokens of all sequences / decode time, `batch` sequences together.
-    pub batched_decode_tokens_per_s: f64,
-    /// Bytes of weights one decode step reads.
-    pub weight_bytes_per_token: usize,
-    /// Read bandwidth of this process on all threads, measured in the same run: median over the
-    /// decode runs of the better of a probe just before and one just after the run, each
-    /// streaming the model's matrices ([`stream_bandwidth`]; models under [`PROBE_MIN_BYTES`]:
-    /// a 512 MiB buffer before the model was loaded, [`read_bandwidth`]).
-    pub read_bandwidth_bytes_per_s: f64,
-    /// Median over the decode runs of tokens/s × bytes per token ÷ that run's read bandwidth.
-    pub bandwidth_fraction: f64,
-    pub weight_bytes: usize,
-    /// The KV caches of the measurements: f16 or f32 elements (`--kv-cache`).
-    pub kv_cache_type: String,
-    pub kv_cache_bytes: usize,
-    pub peak_rss_bytes: u64,
-    /// Whether one-token decode prefetches, per weight format, as measured during the decode runs
-    /// and in force at their end (`model::prefetch`).
-    pub decode_prefetch: std::collections::BTreeMap<String, bool>,
-}
-
-impl std::fmt::Display for GenerateBench {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let r = self;
-        let mib = |b: f64| b / (1u64 << 20) as f64;
-        writeln!(f, "{} [{}], {} threads, {}", r.preset, r.dtype, r.threads, r.isa)?;
-        writeln!(f, "prefill        {:.1} tokens/s ({}-token prompt)", r.prefill_tokens_per_s, r.prompt_len)?;
-        // weights that fit in the caches are not read from memory each token
-        let cached =
-            if r.weight_bytes_per_token < PROBE_MIN_BYTES { ", which the caches may partly serve" } else { "" };
-        writeln!(
-            f,
-            "decode         {:.2} tokens/s ({:.0} MB of weights a token{cached}: {:.0}% of the {:.1} GB/s read bandwidth)",
-            r.decode_tokens_per_s,
-            r.weight_bytes_per_token as f64 / 1e6,
-            100.0 * r.bandwidth_fraction,
-            r.read_bandwidth_bytes_per_s / 1e9
-        )?;
-        if r.batch > 1 {
-            writeln!(
-                f,
-                "batched decode {:.1} tokens/s ({} sequences, {:.1}× one)",
-                r.batched_decode_tokens_per_s,
-                r.batch,
-                r.batched_decode_tokens_per_s / r.decode_tokens_per_s
-            )?;
-        }
-        if !r.decode_prefetch.is_empty() {
-            let ways: Vec<String> =
-                r.decode_prefetch.iter().map(|(fmt, &on)| format!("{fmt} {}", if on { "on" } else { "off" })).collect();
-            writeln!(f, "prefetch       {} (one-token decode, the faster way as measured)", ways.join(", "))?;
-        }
-        write!(
-            f,
-            "peak RSS       {:.0} MiB (weights {:.0} MiB + {} KV caches {:.0} MiB)",
-            mib(r.peak_rss_bytes as f64),
-            mib(r.weight_bytes as f64),
-            r.kv_cache_type,
-            mib(r.kv_cache_bytes as f64)
-        )
-    }
-}
-
 /// Matrices of at least this many bytes, far beyond the caches, are their own bandwidth probe.
 pub const PROBE_MIN_BYTES: usize = 256 << 20;
 
@@ -324,127 +247,6 @@ fn streamed_sum(xs: &[u8]) -> u64 {
         }
     }
     acc.iter().fold(0, |s, a| s.wrapping_add(*a))
-}
-
-/// Prefill, decode and batched-decode speed (random weights: speed does not depend on them), of
-/// `model`, or of a random model of `cfg` in `dtype`. `bandwidth`: from [`read_bandwidth`],
-/// measured by the caller before the model was loaded (so that its buffer and the model are not
-/// in memory together and peak RSS is the model's), needed only for models under
-/// [`PROBE_MIN_BYTES`] (larger ones are probed by reading their own matrices).
-#[allow(clippy::too_many_arguments)]
-pub fn generate_bench(
-    name: &str,
-    model: Option<crate::model::InferenceModel>,
-    cfg: &LlamaConfig,
-    dtype: crate::model::ModelDtype,
-    prompt_len: usize,
-    new_tokens: usize,
-    batch: usize,
-    runs: usize,
-    bandwidth: Option<f64>,
-    kv: crate::model::KvCacheType,
-) -> Result<GenerateBench> {
-    use crate::model::{InferenceModel, KvCache, RowMode, Segment};
-    let mut model = match model {
-        Some(m) => m,
-        None => InferenceModel::from_params(cfg.clone(), Llama::new_init(cfg.clone(), 7).params, dtype)?,
-    };
-    model.kv_cache = kv;
-    let cfg = model.cfg.clone();
-    let fits = prompt_len.min(cfg.max_position_embeddings.saturating_sub(new_tokens + 1)).max(1);
-    if fits != prompt_len {
-        eprintln!(
-            "note: --prompt-len {prompt_len} with --new-tokens {new_tokens} does not fit the model's context of {}: \
-             measuring a {fits}-token prompt",
-            cfg.max_position_embeddings
-        );
-    }
-    let prompt_len = fits;
-    let mut r = Rng::new(3);
-    let prompts: Vec<Vec<u32>> =
-        (0..batch.max(1)).map(|_| (0..prompt_len).map(|_| r.below(cfg.vocab_size as u64) as u32).collect()).collect();
-    let (mut pre, mut dec, mut bdec) = (vec![], vec![], vec![]);
-    let max_len = prompt_len + new_tokens + 1;
-    // weights far larger than the caches are their own bandwidth probe, read just before and just
-    // after each decode measurement (the machine's bandwidth drifts within a run); smaller ones
-    // take the caller's probe
-    let weights = model.matmul_weights();
-    let probe_weights = model.matmul_bytes() >= PROBE_MIN_BYTES;
-    // (a small model the caller took for a big one, without a probe: measured here after all)
-    let fixed = (!probe_weights).then(|| bandwidth.unwrap_or_else(read_bandwidth));
-    let probe = || fixed.unwrap_or_else(|| stream_bandwidth(&weights, 3));
-    let (mut bw, mut fraction) = (vec![], vec![]);
-    let per_token = model.matmul_bytes();
-    for _ in 0..runs.max(1) {
-        let mut cache = KvCache::new(&model, max_len);
-        let t = Instant::now();
-        let mut logits = model.next_token_logits(&prompts[0], &mut cache, RowMode::MayUseGemm)?;
-        pre.push(prompt_len as f64 / t.elapsed().as_secs_f64());
-        let before = probe();
-        let t = Instant::now();
-        for _ in 0..new_tokens {
-            let next = crate::kernels::argmax(&logits) as u32;
-            logits = model.next_token_logits(&[next], &mut cache, RowMode::BatchInvariant)?;
-        }
-        let tokens_per_s = new_tokens as f64 / t.elapsed().as_secs_f64();
-        let limit = before.max(probe());
-        dec.push(tokens_per_s);
-        bw.push(limit);
-        fraction.push(tokens_per_s * per_token as f64 / limit);
-    }
-    if batch > 1 {
-        let mut caches: Vec<KvCache> = (0..batch).map(|_| KvCache::new(&model, max_len)).collect();
-        let mut last: Vec<[u32; 1]> = vec![];
-        for (c, p) in caches.iter_mut().zip(&prompts) {
-            let l = model.next_token_logits(p, c, RowMode::MayUseGemm)?;
-            last.push([crate::kernels::argmax(&l) as u32]);
-        }
-        let v = cfg.vocab_size;
-        for _ in 0..runs.max(1) {
-            for c in caches.iter_mut() {
-                c.truncate(prompt_len);
-            }
-            let t = Instant::now();
-            for _ in 0..new_tokens {
-                let mut segs: Vec<Segment> =
-                    caches.iter_mut().zip(&last).map(|(c, t)| Segment { tokens: t, cache: c }).collect();
-                let hidden = model.forward(&mut segs, RowMode::BatchInvariant)?;
-                let logits = model.head_logits(&hidden, RowMode::BatchInvariant);
-                for (k, l) in last.iter_mut().enumerate() {
-                    l[0] = crate::kernels::argmax(&logits[k * v..(k + 1) * v]) as u32;
-                }
-            }
-            bdec.push((batch * new_tokens) as f64 / t.elapsed().as_secs_f64());
-        }
-    }
-    let med = |v: &mut Vec<f64>| {
-        if v.is_empty() {
-            return 0.0;
-        }
-        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        v[v.len() / 2]
-    };
-    Ok(GenerateBench {
-        preset: name.to_string(),
-        dtype: model.format_summary(),
-        params: cfg.num_params(),
-        threads: rayon::current_num_threads(),
-        isa: crate::kernels::isa::Isa::detect().name().to_string(),
-        prompt_len,
-        new_tokens,
-        prefill_tokens_per_s: med(&mut pre),
-        decode_tokens_per_s: med(&mut dec),
-        batch,
-        batched_decode_tokens_per_s: med(&mut bdec),
-        weight_bytes_per_token: per_token,
-        read_bandwidth_bytes_per_s: med(&mut bw),
-        bandwidth_fraction: med(&mut fraction),
-        weight_bytes: model.weight_bytes(),
-        kv_cache_type: if model.half_kv_cache() { "f16" } else { "f32" }.to_string(),
-        kv_cache_bytes: KvCache::bytes_for(&model, max_len) * (1 + batch),
-        peak_rss_bytes: peak_rss_bytes(),
-        decode_prefetch: crate::model::prefetch::PREFETCH_CHOICE.lock().unwrap_or_else(|e| e.into_inner()).decisions(),
-    })
 }
 
 #[cfg(test)]
