@@ -4,7 +4,8 @@
 # One virtual environment, cached at $TINYLLAMA_PYENV (default ~/.cache/tinyllama/pyenv); tests find it there and skip
 # loudly without it. Re-running is cheap once it exists. torch and transformers (PyPI's wheels, ~5 GB
 # with their CUDA libraries, ~1.5 min) are in it too: convert_hf_to_gguf.py and the transformers
-# comparisons need them. And the `openai` client, which the tests of `tinyllama serve` drive.
+# comparisons need them. And the `openai` client and lm-evaluation-harness, which the tests of
+# `tinyllama serve` drive.
 set -euo pipefail
 ENV="${TINYLLAMA_PYENV:-$HOME/.cache/tinyllama/pyenv}"
 LLAMA_CPP_PYTHON=0.3.36
@@ -18,7 +19,7 @@ if grep -qw amx_int8 /proc/cpuinfo 2>/dev/null; then
   LLAMA_MARK="no-amx"
 fi
 llama_built_as_wanted() { [ "$(cat "$ENV/.llama-cpp-build" 2>/dev/null || echo native)" = "$LLAMA_MARK" ]; }
-if [ -x "$ENV/bin/python" ] && "$ENV/bin/python" -c "import gguf, numpy, safetensors, sentencepiece, llama_cpp, torch, transformers, openai" 2>/dev/null \
+if [ -x "$ENV/bin/python" ] && "$ENV/bin/python" -c "import gguf, numpy, safetensors, sentencepiece, llama_cpp, torch, transformers, openai, lm_eval" 2>/dev/null \
    && [ -f "$ENV/src/llama.cpp/convert_hf_to_gguf.py" ] && llama_built_as_wanted; then
   echo "python references ready in $ENV"; exit 0
 fi
@@ -30,6 +31,8 @@ PY="$ENV/bin/python"
 "$PY" -c "import torch, transformers" 2>/dev/null || "$PY" -m pip install -q torch transformers
 # the official OpenAI client, for the server's tests
 "$PY" -c "import openai" 2>/dev/null || "$PY" -m pip install -q openai
+# lm-evaluation-harness's API models: scoring through `tinyllama serve` (tests/serve.rs)
+"$PY" -c "import lm_eval" 2>/dev/null || "$PY" -m pip install -q "lm_eval[api]"
 # TRL and PEFT, the references of `sft` / `dpo` / LoRA (tests/finetune_cli.rs; the fixture is vendored)
 "$PY" -c "import trl, peft, datasets, accelerate" 2>/dev/null || "$PY" -m pip install -q trl peft datasets accelerate
 # the sdist carries llama.cpp's converter and gguf-py at the version the library is built from

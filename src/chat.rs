@@ -211,6 +211,7 @@ impl<'m> ChatSession<'m> {
                         r.prefilled = prompt.len() - reused;
                     }
                     Event::Failed { message, .. } => bail!("{message}"),
+                    Event::PromptLogprobs { .. } => {}
                 }
                 i += 1;
             }

@@ -57,7 +57,7 @@ pub fn generate_text(
                 }
             }
             Event::Failed { message, .. } => anyhow::bail!("{message}"),
-            Event::Finished { .. } => {}
+            Event::Finished { .. } | Event::PromptLogprobs { .. } => {}
         }
         Ok(())
     })?;

@@ -650,3 +650,217 @@ fn openai_python_client() {
     assert_eq!(v["errors"], json!({"max_tokens_0": 400, "unknown_model": 404, "wrong_key": 401}));
     std::fs::remove_dir_all(d).unwrap();
 }
+
+/// lm-evaluation-harness (`lm_eval[api]`, `local-completions` with token-id requests and `echo`)
+/// run against the server on local copies of ARC-Easy and PIQA gives `tinyllama eval`'s acc and
+/// acc_norm, and every choice's log-likelihood within 1e-3; the choices of a question continue
+/// its cached context.
+#[test]
+fn lm_eval_through_http_equals_tinyllama_eval() {
+    let Some(py) = common::python("lm_eval_through_http_equals_tinyllama_eval", "lm_eval") else { return };
+    let Some(shared) = common::require("lm_eval_through_http_equals_tinyllama_eval", Path::new("../shared")) else {
+        return;
+    };
+    let d = common::tmpdir("serve-lmeval");
+    let m = common::tiny_model(&d);
+    // transformers reads the same tokenizer and adds BOS as `tinyllama eval` does
+    std::fs::write(
+        m.join("tokenizer_config.json"),
+        r#"{"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "add_bos_token": true}"#,
+    )
+    .unwrap();
+    let (data, tasks) = (d.join("data"), d.join("tasks"));
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::create_dir_all(&tasks).unwrap();
+    let yaml = |name: &str, file: &str, text: &str, target: &str, choices: &str| {
+        let lines: Vec<String> = std::fs::read_to_string(shared.join("eval").join(file))
+            .unwrap()
+            .lines()
+            .take(24)
+            .map(String::from)
+            .collect();
+        std::fs::write(data.join(file), lines.join("\n") + "\n").unwrap();
+        let y = format!(
+            "task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    validation: {}\noutput_type: multiple_choice\n\
+             validation_split: validation\ndoc_to_text: \"{text}\"\ndoc_to_target: \"{target}\"\ndoc_to_choice: \"{choices}\"\n\
+             metric_list:\n  - metric: acc\n  - metric: acc_norm\n",
+            data.join(file).display()
+        );
+        std::fs::write(tasks.join(format!("{name}.yaml")), y).unwrap();
+    };
+    // lm-eval v0.4's own prompts for the two tasks
+    yaml(
+        "tl_arc_easy",
+        "arc_easy_validation.jsonl",
+        "Question: {{question}}\\nAnswer:",
+        "{{choices.label.index(answerKey)}}",
+        "{{choices.text}}",
+    );
+    yaml("tl_piqa", "piqa_validation.jsonl", "Question: {{goal}}\\nAnswer:", "{{label}}", "{{[sol1, sol2]}}");
+    let ours = d.join("ours.json");
+    let samples = d.join("ours.jsonl");
+    let o = Command::new(BIN)
+        .args(["eval", "--tasks", "arc_easy,piqa", "--data-dir"])
+        .arg(&data)
+        .arg("--json")
+        .arg(&ours)
+        .arg("--log-samples")
+        .arg(&samples)
+        .arg("--model")
+        .arg(&m)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let srv = Server::start(&m, &[]);
+    let out = d.join("lm-eval");
+    let o = Command::new(&py)
+        .args(["-m", "lm_eval", "--model", "local-completions", "--model_args"])
+        .arg(format!(
+            "model=tiny,base_url=http://{}/v1/completions,tokenized_requests=True,tokenizer_backend=huggingface,tokenizer={},add_bos_token=True,num_concurrent=4,max_retries=1",
+            srv.addr,
+            m.display()
+        ))
+        .args(["--tasks", "tl_arc_easy,tl_piqa", "--include_path"])
+        .arg(&tasks)
+        .arg("--output_path")
+        .arg(&out)
+        .arg("--log_samples")
+        .env("HF_DATASETS_OFFLINE", "1")
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "lm_eval failed: {}", String::from_utf8_lossy(&o.stderr));
+    let files: Vec<std::path::PathBuf> =
+        std::fs::read_dir(out.join("tiny")).unwrap().map(|e| e.unwrap().path()).collect();
+    let of = |prefix: &str| {
+        files.iter().find(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix)).unwrap().clone()
+    };
+    let theirs: Value = serde_json::from_str(&std::fs::read_to_string(of("results_")).unwrap()).unwrap();
+    let mine: Value = serde_json::from_str(&std::fs::read_to_string(&ours).unwrap()).unwrap();
+    let logged: Vec<Value> =
+        std::fs::read_to_string(&samples).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for (task, name) in [("arc_easy", "tl_arc_easy"), ("piqa", "tl_piqa")] {
+        let r = mine["results"].as_array().unwrap().iter().find(|r| r["task"] == task).unwrap();
+        for metric in ["acc", "acc_norm"] {
+            let (a, b) =
+                (r[metric].as_f64().unwrap(), theirs["results"][name][format!("{metric},none")].as_f64().unwrap());
+            assert!((a - b).abs() < 1e-9, "{task} {metric}: tinyllama eval {a}, lm-eval through HTTP {b}");
+        }
+        for line in std::fs::read_to_string(of(&format!("samples_{name}_"))).unwrap().lines() {
+            let s: Value = serde_json::from_str(line).unwrap();
+            let doc = s["doc_id"].as_u64().unwrap();
+            for (c, resp) in s["filtered_resps"].as_array().unwrap().iter().enumerate() {
+                let http: f64 = resp[0].as_str().unwrap().parse().unwrap();
+                let direct = logged
+                    .iter()
+                    .find(|x| x["task"] == task && x["doc_index"] == doc && x["choice_index"] == c as u64)
+                    .unwrap()["loglikelihood"]
+                    .as_f64()
+                    .unwrap();
+                assert!(
+                    (http - direct).abs() < 1e-3 * direct.abs().max(1.0),
+                    "{task} doc {doc} choice {c}: {http} vs {direct}"
+                );
+            }
+        }
+    }
+    let (_, text) = srv.request("GET", "/metrics", &[], b"");
+    let hits: f64 =
+        text.lines().find_map(|l| l.strip_prefix("tinyllama_prefix_cache_hits_total ")).unwrap().parse().unwrap();
+    assert!(hits > 24.0, "the choices reuse their question's cache: {hits} hits");
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+/// Several prompts, `n` samples, `echo` scoring with `max_tokens: 0`, and vLLM's tokenizer
+/// endpoints; bad requests get 400 and the server goes on.
+#[test]
+fn prompt_lists_samples_echo_and_tokenizer_endpoints() {
+    let d = common::tmpdir("serve-eval-api");
+    let m = common::tiny_model(&d);
+    let srv = Server::start(&m, &[]);
+    let tok = tinyllama::tokenizer::Tokenizer::llama2();
+    // /tokenize and /detokenize: the tokenizer's ids, BOS as asked
+    let (s, v) = srv.post("/tokenize", &json!({"prompt": "It is a truth", "add_special_tokens": false}));
+    assert_eq!(s, 200);
+    let ids: Vec<u32> = serde_json::from_value(v["tokens"].clone()).unwrap();
+    assert_eq!(ids, tok.encode("It is a truth").unwrap());
+    let (_, v) = srv.post("/tokenize", &json!({"prompt": "It is a truth"}));
+    assert_eq!(v["tokens"][0], 1);
+    assert_eq!(v["count"], ids.len() + 1);
+    let (_, v) = srv.post("/detokenize", &json!({"tokens": ids}));
+    assert_eq!(v["prompt"], "It is a truth");
+    let (s, info) = srv.request("GET", "/tokenizer_info", &[], b"");
+    assert_eq!(s, 200);
+    let info: Value = serde_json::from_str(&info).unwrap();
+    assert_eq!((info["bos_token"].as_str(), info["eos_token"].as_str()), (Some("<s>"), Some("</s>")));
+    // two prompts × n 3, sampled: seeded, reproducible, each choice its index
+    let body = json!({"model": "tiny", "prompt": [PROMPTS[0], PROMPTS[1]], "n": 3, "max_tokens": 6, "temperature": 1.0, "seed": 5});
+    let (s, a) = srv.post("/v1/completions", &body);
+    assert_eq!(s, 200, "{a}");
+    let (_, b) = srv.post("/v1/completions", &body);
+    let texts = |v: &Value| {
+        v["choices"].as_array().unwrap().iter().map(|c| c["text"].as_str().unwrap().to_string()).collect::<Vec<_>>()
+    };
+    assert_eq!(texts(&a), texts(&b));
+    assert_eq!(
+        a["choices"].as_array().unwrap().iter().map(|c| c["index"].as_u64().unwrap()).collect::<Vec<_>>(),
+        [0, 1, 2, 3, 4, 5]
+    );
+    assert!(texts(&a)[..3].iter().collect::<std::collections::BTreeSet<_>>().len() > 1, "{:?}", texts(&a));
+    // the first choice of a prompt equals that prompt asked alone with the same seed
+    let (_, alone) = srv.post(
+        "/v1/completions",
+        &json!({"model": "tiny", "prompt": PROMPTS[1], "max_tokens": 6, "temperature": 1.0, "seed": 5}),
+    );
+    assert_eq!(alone["choices"][0]["text"], a["choices"][3]["text"]);
+    // echo with max_tokens 0: the prompt's own log-probabilities, the first null, as a full
+    // forward scores them
+    let prompt: Vec<u32> = std::iter::once(1).chain(tok.encode(PROMPTS[3]).unwrap()).collect();
+    let (s, v) = srv.post(
+        "/v1/completions",
+        &json!({"model": "tiny", "prompt": prompt, "max_tokens": 0, "echo": true, "logprobs": 2}),
+    );
+    assert_eq!(s, 200, "{v}");
+    let lp = &v["choices"][0]["logprobs"];
+    assert_eq!(lp["tokens"].as_array().unwrap().len(), prompt.len());
+    assert!(lp["token_logprobs"][0].is_null());
+    assert_eq!(lp["top_logprobs"][1].as_object().unwrap().len(), 2);
+    let model = tinyllama::loader::load_model(&m, None, false).unwrap().model;
+    let mut cache = tinyllama::model::KvCache::new(&model, prompt.len());
+    let hidden = model.forward_cached_hidden(&prompt, &mut cache, tinyllama::model::RowMode::BatchInvariant).unwrap();
+    let logits = model.head_logits(&hidden, tinyllama::model::RowMode::BatchInvariant);
+    let vsz = model.cfg.vocab_size;
+    for i in 1..prompt.len() {
+        let row = &logits[(i - 1) * vsz..i * vsz];
+        let lse = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let z: f64 = row.iter().map(|&x| ((x - lse) as f64).exp()).sum();
+        let want = (row[prompt[i] as usize] - lse) as f64 - z.ln();
+        let got = lp["token_logprobs"][i].as_f64().unwrap();
+        assert!((got - want).abs() < 1e-4, "token {i}: {got} vs {want}");
+    }
+    assert_eq!(v["usage"]["completion_tokens"], 0);
+    // bad input: 400 with the parameter named, and the server keeps serving
+    for (body, param) in [
+        (json!({"model": "tiny", "prompt": []}), "prompt"),
+        (json!({"model": "tiny", "prompt": [[1, 2], []]}), "prompt"),
+        (json!({"model": "tiny", "prompt": [1, 40000]}), "prompt"),
+        (json!({"model": "tiny", "prompt": "x", "n": 1000}), "n"),
+        (json!({"model": "tiny", "prompt": ["a", "b"], "stream": true}), "stream"),
+        (json!({"model": "tiny", "prompt": "x", "max_tokens": 0}), "max_tokens"),
+        (json!({"model": "tiny", "prompt": "x", "n": 2, "best_of": 3}), "best_of"),
+    ] {
+        let (s, v) = srv.post("/v1/completions", &body);
+        assert_eq!(s, 400, "{body}: {v}");
+        assert_eq!(v["error"]["param"], param, "{body}: {v}");
+    }
+    let (s, _) = srv.post(
+        "/v1/chat/completions",
+        &json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "echo": true}),
+    );
+    assert_eq!(s, 400);
+    let (s, v) = srv.post("/detokenize", &json!({"tokens": [40000]}));
+    assert_eq!((s, v["error"]["param"].as_str()), (400, Some("tokens")));
+    let (s, _) = srv.post("/v1/completions", &json!({"model": "tiny", "prompt": "still here", "max_tokens": 2}));
+    assert_eq!(s, 200);
+    std::fs::remove_dir_all(d).unwrap();
+}

@@ -11,7 +11,7 @@ use super::logprobs::logprobs;
 use super::metrics::Metrics;
 use super::prefix_cache::PrefixCache;
 use super::sampler::Sampler;
-use super::sequence::{DraftState, Event, Finish, Request, SeqId, Sequence};
+use super::sequence::{DraftState, Event, Finish, Request, SeqId, Sequence, PROMPT_TOP_MAX};
 use super::speculative::{self, DraftOptions, Proposal};
 use crate::model::{InferenceModel, KvCache, RowMode, Segment};
 use anyhow::{bail, ensure, Result};
@@ -162,6 +162,7 @@ impl<'m> Engine<'m> {
             last: 0,
             generated: 0,
             reused: 0,
+            prompt_lp: None,
             draft: None,
             finished: None,
             last_token_at: None,
@@ -218,7 +219,8 @@ impl<'m> Engine<'m> {
                 break;
             }
             let mut s = self.waiting.pop_front().expect("present");
-            let start = self.prefixes.start(&s.req.prompt, max_len, self.model, self.draft);
+            let wants_lp = s.req.prompt_logprobs.is_some();
+            let start = self.prefixes.start(&s.req.prompt, max_len, self.model, self.draft, wants_lp);
             Metrics::add(&self.metrics.prefix_lookups_total, 1);
             if start.reused > 0 {
                 Metrics::add(&self.metrics.prefix_hits_total, 1);
@@ -226,6 +228,7 @@ impl<'m> Engine<'m> {
             }
             s.cache = start.cache;
             s.reused = start.reused;
+            s.prompt_lp = start.prompt_lp;
             // the draft follows where its context holds the whole sequence
             let draft_fits = self.draft.is_some_and(|d| max_len <= d.max_positions());
             s.draft = start.draft.filter(|_| draft_fits).map(|cache| {
@@ -332,7 +335,7 @@ impl<'m> Engine<'m> {
                 on_token(i, id)
             }
             Event::Failed { message, .. } => bail!("{message}"),
-            Event::Finished { .. } => Ok(()),
+            Event::Finished { .. } | Event::PromptLogprobs { .. } => Ok(()),
         })?;
         Ok(out)
     }
@@ -368,11 +371,8 @@ impl<'m> Engine<'m> {
         let mut rows = vec![];
         let mut r0 = 0;
         for (s, f) in self.running.iter().zip(feeds) {
-            if s.generated > 0 {
-                rows.extend_from_slice(&hidden[r0 * d..(r0 + f.len()) * d]);
-            } else if !f.is_empty() && s.to_prefill() == 0 && s.max_new > 0 {
-                rows.extend_from_slice(&hidden[(r0 + f.len() - 1) * d..(r0 + f.len()) * d]);
-            }
+            let want = logit_rows(s, f.len());
+            rows.extend_from_slice(&hidden[(r0 + want.start) * d..(r0 + want.end) * d]);
             r0 += f.len();
         }
         Ok(self.model.head_logits(&rows, RowMode::BatchInvariant))
@@ -400,20 +400,41 @@ impl<'m> Engine<'m> {
         let mut produced = 0;
         for ((s, f), prop) in self.running.iter_mut().zip(feeds).zip(proposals) {
             if s.generated == 0 {
-                if !f.is_empty() && s.to_prefill() == 0 {
-                    if s.max_new == 0 {
-                        s.finished = Some(Finish::Length);
-                        continue;
+                let want = logit_rows(s, f.len());
+                let rows = &logits[row0 * v..(row0 + want.len()) * v];
+                row0 += want.len();
+                if let Some(lp) = s.prompt_lp.as_mut() {
+                    // row of position p scores the prompt's token p + 1
+                    let p0 = s.cache.len - f.len();
+                    for (j, row) in rows.chunks_exact(v).enumerate() {
+                        if let Some(&next) = s.req.prompt.get(p0 + j + 1) {
+                            lp.push(Some(logprobs(row, next, PROMPT_TOP_MAX)));
+                        }
                     }
-                    let row = &logits[row0 * v..(row0 + 1) * v];
-                    row0 += 1;
-                    let t = s.sampler.sample(row);
-                    let ttft = s.req.submitted.elapsed().as_micros() as usize;
-                    Metrics::add(&self.metrics.ttft_micros_total, ttft);
-                    Metrics::add(&self.metrics.ttft_count, 1);
-                    emit(s, t, row, events, &self.metrics);
-                    produced += 1;
                 }
+                if f.is_empty() || s.to_prefill() > 0 {
+                    continue;
+                }
+                if let (Some(lp), Some(top)) = (&s.prompt_lp, s.req.prompt_logprobs) {
+                    let logprobs = lp.iter().map(|x| {
+                        x.clone().map(|mut t| {
+                            t.top.truncate(top);
+                            t
+                        })
+                    });
+                    events.push(Event::PromptLogprobs { seq: s.id, logprobs: logprobs.collect() });
+                }
+                if s.max_new == 0 {
+                    s.finished = Some(Finish::Length);
+                    continue;
+                }
+                let row = &rows[rows.len() - v..];
+                let t = s.sampler.sample(row);
+                let ttft = s.req.submitted.elapsed().as_micros() as usize;
+                Metrics::add(&self.metrics.ttft_micros_total, ttft);
+                Metrics::add(&self.metrics.ttft_count, 1);
+                emit(s, t, row, events, &self.metrics);
+                produced += 1;
                 continue;
             }
             if f.is_empty() {
@@ -460,7 +481,7 @@ impl<'m> Engine<'m> {
             self.kv_running -= self.kv_bytes(s.req.prompt.len() + s.max_new);
             events.push(Event::Finished { seq: s.id, reason, reused: s.reused });
             if self.opts.prefix_reuse == PrefixReuse::On {
-                self.prefixes.insert(s.cache, s.draft.map(|d| d.cache), per_position);
+                self.prefixes.insert(s.cache, s.draft.map(|d| d.cache), s.prompt_lp.unwrap_or_default(), per_position);
                 while self.kv_running + self.prefixes.bytes() > self.opts.kv_budget && self.prefixes.evict_oldest() {}
             }
         }
@@ -475,6 +496,19 @@ impl<'m> Engine<'m> {
         self.kv_running = 0;
         self.publish_sizes();
         Ok(StepReport::default())
+    }
+}
+
+/// Which of the `fed` rows a sequence ran in this step need logits (relative to its first): every
+/// decode row; while prefilling, every row when the prompt's log-probabilities are wanted, else
+/// the prompt's last row when it ends here and tokens are to follow.
+fn logit_rows(s: &Sequence, fed: usize) -> std::ops::Range<usize> {
+    if s.generated > 0 || (fed > 0 && s.prompt_lp.is_some()) {
+        return 0..fed;
+    }
+    match fed > 0 && s.to_prefill() == 0 && s.max_new > 0 {
+        true => fed - 1..fed,
+        false => 0..0,
     }
 }
 
@@ -497,6 +531,9 @@ pub fn check_request(
     let v = model.cfg.vocab_size;
     if let Some(&t) = req.prompt.iter().find(|&&t| t as usize >= v) {
         bail!("token id {t} is outside the vocabulary (size {v})");
+    }
+    if let Some(n) = req.prompt_logprobs {
+        ensure!(n <= PROMPT_TOP_MAX, "at most {PROMPT_TOP_MAX} top log-probabilities per prompt token, not {n}");
     }
     let per_position = KvCache::bytes_per_position(model) + draft.map_or(0, KvCache::bytes_per_position);
     let max_new = req.max_new.min(ctx.saturating_sub(req.prompt.len()));

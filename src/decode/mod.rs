@@ -18,7 +18,7 @@ pub use engine::{Engine, EngineOptions, PrefixReuse, StepReport, DEFAULT_STEP_TO
 pub use logprobs::TokenLogprob;
 pub use metrics::Metrics;
 pub use sampler::{Distribution, Sampler, SamplingOptions};
-pub use sequence::{Event, Finish, Request, SeqId};
+pub use sequence::{Event, Finish, Request, SeqId, PROMPT_TOP_MAX};
 pub use speculative::DraftOptions;
 pub use text::{end_ids, TextStream};
 

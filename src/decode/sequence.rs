@@ -8,6 +8,9 @@ use std::time::Instant;
 
 pub type SeqId = u64;
 
+/// Top alternatives kept for each prompt position (OpenAI's legacy `logprobs` allows at most 5).
+pub const PROMPT_TOP_MAX: usize = 5;
+
 /// What a caller asks the engine for.
 #[derive(Clone, Debug)]
 pub struct Request {
@@ -21,19 +24,25 @@ pub struct Request {
     pub end_ids: Vec<u32>,
     /// How many top alternatives to report with each token (`None`: no log-probabilities).
     pub logprobs: Option<usize>,
+    /// The prompt's own log-probabilities (OpenAI's `echo` with `logprobs`): each prompt token's
+    /// given the ones before it, with this many top alternatives (at most
+    /// [`PROMPT_TOP_MAX`]), in one [`Event::PromptLogprobs`] before the first token.
+    pub prompt_logprobs: Option<usize>,
     /// When the request was made (time to first token counts from here).
     pub submitted: Instant,
 }
 
 impl Request {
     pub fn new(prompt: Vec<u32>, max_new: usize, sampling: SamplingOptions, end_ids: Vec<u32>) -> Self {
-        Request { prompt, max_new, sampling, end_ids, logprobs: None, submitted: Instant::now() }
+        Request { prompt, max_new, sampling, end_ids, logprobs: None, prompt_logprobs: None, submitted: Instant::now() }
     }
 }
 
 /// What the engine reports.
 #[derive(Debug)]
 pub enum Event {
+    /// The prompt's log-probabilities, one per prompt token (`None` for the first).
+    PromptLogprobs { seq: SeqId, logprobs: Vec<Option<TokenLogprob>> },
     /// A generated token (an end id included, last), with its log-probability when asked for.
     Token { seq: SeqId, id: u32, logprob: Option<TokenLogprob> },
     /// No more tokens. `reused`: prompt tokens taken from a cached prefix.
@@ -73,6 +82,8 @@ pub(crate) struct Sequence {
     pub last: u32,
     pub generated: usize,
     pub reused: usize,
+    /// With `prompt_logprobs`: each prompt token's so far (top [`PROMPT_TOP_MAX`]).
+    pub prompt_lp: Option<Vec<Option<TokenLogprob>>>,
     pub draft: Option<DraftState>,
     pub finished: Option<Finish>,
     pub last_token_at: Option<Instant>,

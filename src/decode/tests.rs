@@ -57,7 +57,7 @@ fn run(
                 match ev {
                     Event::Token { seq, id, .. } => got[ids.iter().position(|&s| s == seq).unwrap()].push(id),
                     Event::Failed { message, .. } => panic!("{message}"),
-                    Event::Finished { .. } => {}
+                    Event::Finished { .. } | Event::PromptLogprobs { .. } => {}
                 }
             }
         }
@@ -294,4 +294,57 @@ fn bad_options_and_requests_are_named() {
     assert!(bad(&mut Engine::new(&m, None, small).unwrap(), vec![1, 2], 4).contains("KV cache"));
     let got = e.generate_all(requests(2, 4), &mut |_, _| Ok(())).unwrap();
     assert_eq!(got, alone(&m, &requests(2, 4)));
+}
+
+/// The prompt's log-probabilities (`echo`) are the same bits whether the prompt continued a cached
+/// prefix or was computed whole, and equal a log-softmax of a full forward's rows.
+#[test]
+fn prompt_logprobs_reuse_prefixes_without_changing_them() {
+    let m = model(12, Format::Q8_0);
+    let shared: Vec<u32> = (0..30u32).map(|j| (j * 37 + 5) % 300).collect();
+    let reqs: Vec<Request> = (0..4u32)
+        .map(|i| {
+            let prompt = [vec![1], shared.clone(), (0..(3 + i)).map(|j| (j * 13 + i) % 300).collect()].concat();
+            let mut r = Request::new(prompt, if i % 2 == 0 { 0 } else { 2 }, SamplingOptions::default(), vec![]);
+            r.prompt_logprobs = Some(2);
+            r
+        })
+        .collect();
+    let run = |reuse: PrefixReuse| {
+        let mut e = Engine::new(&m, None, options(&m, 8, reuse)).unwrap();
+        let mut got = vec![];
+        for r in &reqs {
+            e.add(r.clone()).unwrap();
+            e.run(&mut |_, ev| {
+                if let Event::PromptLogprobs { logprobs, .. } = ev {
+                    got.push(logprobs);
+                }
+                Ok(())
+            })
+            .unwrap();
+        }
+        (got, Metrics::get(&e.metrics.prefix_tokens_reused_total))
+    };
+    let ((with, reused), (without, _)) = (run(PrefixReuse::On), run(PrefixReuse::Off));
+    assert!(reused >= 3 * 29, "reused {reused}");
+    assert_eq!(with.len(), 4);
+    for (r, (a, b)) in reqs.iter().zip(with.iter().zip(&without)) {
+        assert_eq!(a.len(), r.prompt.len());
+        assert!(a[0].is_none());
+        for (x, y) in a.iter().zip(b).skip(1) {
+            let (x, y) = (x.as_ref().unwrap(), y.as_ref().unwrap());
+            assert_eq!((x.logprob.to_bits(), &x.top), (y.logprob.to_bits(), &y.top));
+            assert_eq!(x.top.len(), 2);
+        }
+    }
+    // against a log-softmax of the rows of one whole forward
+    let p = &reqs[3].prompt;
+    let mut cache = crate::model::KvCache::new(&m, p.len());
+    let h = m.forward_cached_hidden(p, &mut cache, crate::model::RowMode::BatchInvariant).unwrap();
+    let logits = m.head_logits(&h, crate::model::RowMode::BatchInvariant);
+    let v = m.cfg.vocab_size;
+    for i in 1..p.len() {
+        let want = logprobs::logprobs(&logits[(i - 1) * v..i * v], p[i], 2);
+        assert_eq!(with[3][i].as_ref().unwrap().logprob.to_bits(), want.logprob.to_bits(), "token {i}");
+    }
 }

@@ -185,6 +185,7 @@ pub fn generate_items(
                     }
                 }
                 Event::Failed { message, .. } => anyhow::bail!("{message}"),
+                Event::PromptLogprobs { .. } => {}
             }
             Ok(())
         })?;

@@ -109,8 +109,25 @@ pub struct ChatMessage {
     pub name: Option<String>,
 }
 
+/// `POST /tokenize` (vLLM's shape).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizeRequest {
+    pub model: Option<String>,
+    pub prompt: String,
+    pub add_special_tokens: Option<bool>,
+}
+
+/// `POST /detokenize` (vLLM's shape).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetokenizeRequest {
+    pub model: Option<String>,
+    pub tokens: Vec<u32>,
+}
+
 /// Generation parameters of a checked request.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct GenParams {
     /// `None`: as many as the context leaves.
     pub max_tokens: Option<usize>,
@@ -119,7 +136,14 @@ pub struct GenParams {
     pub logprobs: Option<usize>,
     pub stream: bool,
     pub include_usage: bool,
+    /// Completions: the prompt's tokens come back first, with their log-probabilities.
+    pub echo: bool,
+    /// Choices per prompt (completions; chat: 1).
+    pub n: usize,
 }
+
+/// Choices one completion request may ask for (prompts × `n`).
+pub const MAX_CHOICES: usize = 128;
 
 /// The prompt of a completion request: text, or token ids.
 pub enum Prompt {
@@ -172,9 +196,11 @@ fn common(
             return Err(ApiError::invalid(format!("`top_k` is {k}: it must be ≥ 0 (0 or -1: all)"), Some("top_k")))
         }
     };
-    if let Some(n) = n.filter(|&n| n != 1) {
-        return Err(ApiError::invalid(format!("`n` is {n}: this server returns one choice per request"), Some("n")));
-    }
+    let n = match n {
+        None => 1,
+        Some(n) if (1..=MAX_CHOICES as i64).contains(&n) => n as usize,
+        Some(n) => return Err(ApiError::invalid(format!("`n` is {n}: it must be in 1..={MAX_CHOICES}"), Some("n"))),
+    };
     let [(frequency_penalty, _), (presence_penalty, _)] = penalties;
     for (p, name) in penalties {
         if p.is_some_and(|p| !(-2.0..=2.0).contains(&p)) {
@@ -239,35 +265,58 @@ fn common(
         logprobs: None,
         stream,
         include_usage: stream_options.and_then(|o| o.include_usage).unwrap_or(false),
+        echo: false,
+        n,
     })
 }
 
-impl CompletionRequest {
-    pub fn check(self, fresh_seed: u64) -> Result<(Option<String>, Prompt, GenParams), ApiError> {
-        if self.echo == Some(true) {
-            return Err(ApiError::invalid("`echo` is not supported", Some("echo")));
+/// A completion request's prompts: a string, a list of strings, a list of token ids, or a list of
+/// lists of token ids.
+fn prompts(v: Option<Value>) -> Result<Vec<Prompt>, ApiError> {
+    let bad = || {
+        ApiError::invalid(
+            "`prompt` must be a string, a list of strings, a list of token ids or a list of lists of token ids",
+            Some("prompt"),
+        )
+    };
+    let ids = |a: &[Value]| -> Result<Vec<u32>, ApiError> {
+        a.iter().map(|x| x.as_u64().and_then(|t| u32::try_from(t).ok()).ok_or_else(bad)).collect()
+    };
+    let out = match v {
+        None => return Err(ApiError::invalid("you must provide a `prompt`", Some("prompt"))),
+        Some(Value::String(s)) => vec![Prompt::Text(s)],
+        Some(Value::Array(a)) if a.is_empty() => {
+            return Err(ApiError::invalid("`prompt` is an empty list", Some("prompt")))
         }
-        if self.best_of.is_some_and(|b| b != 1) {
-            return Err(ApiError::invalid("`best_of` is not supported (only 1)", Some("best_of")));
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) => {
+            a.into_iter().map(|x| Prompt::Text(x.as_str().unwrap_or_default().to_string())).collect()
+        }
+        Some(Value::Array(a)) if a.iter().all(Value::is_number) => vec![Prompt::Tokens(ids(&a)?)],
+        Some(Value::Array(a)) if a.iter().all(Value::is_array) => a
+            .iter()
+            .map(|x| match x.as_array() {
+                Some(t) if !t.is_empty() => Ok(Prompt::Tokens(ids(t)?)),
+                _ => Err(ApiError::invalid("`prompt` holds an empty list of token ids", Some("prompt"))),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(bad()),
+    };
+    Ok(out)
+}
+
+impl CompletionRequest {
+    pub fn check(self, fresh_seed: u64) -> Result<(Option<String>, Vec<Prompt>, GenParams), ApiError> {
+        let echo = self.echo == Some(true);
+        if self.best_of.is_some_and(|b| Some(b) != self.n.or(Some(1))) {
+            return Err(ApiError::invalid(
+                "`best_of` other than `n` is not supported (every sampled choice is returned)",
+                Some("best_of"),
+            ));
         }
         if self.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
             return Err(ApiError::invalid("`suffix` is not supported", Some("suffix")));
         }
-        let prompt =
-            match self.prompt {
-                None => return Err(ApiError::invalid("you must provide a `prompt`", Some("prompt"))),
-                Some(Value::String(s)) => Prompt::Text(s),
-                Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
-                    Prompt::Text(a[0].as_str().unwrap_or_default().to_string())
-                }
-                Some(Value::Array(a)) if !a.is_empty() && a.iter().all(|x| x.is_u64()) => Prompt::Tokens(
-                    a.iter().map(|x| x.as_u64().and_then(|t| u32::try_from(t).ok()).unwrap_or(u32::MAX)).collect(),
-                ),
-                Some(_) => return Err(ApiError::invalid(
-                    "`prompt` must be a string, a list of one string, or a list of token ids (one prompt per request)",
-                    Some("prompt"),
-                )),
-            };
+        let prompt = prompts(self.prompt)?;
         let logprobs = match self.logprobs {
             None => None,
             Some(k @ 0..=5) => Some(k as usize),
@@ -275,8 +324,10 @@ impl CompletionRequest {
                 return Err(ApiError::invalid(format!("`logprobs` is {k}: it must be in 0..=5"), Some("logprobs")))
             }
         };
+        // `max_tokens: 0` with `echo` scores the prompt alone
+        let scoring = echo && self.max_tokens == Some(0);
         let mut p = common(
-            Some(self.max_tokens.unwrap_or(16)), // OpenAI's default for completions
+            Some(if scoring { 1 } else { self.max_tokens.unwrap_or(16) }), // OpenAI's default for completions
             "max_tokens",
             self.temperature,
             self.top_p,
@@ -292,6 +343,22 @@ impl CompletionRequest {
             fresh_seed,
         )?;
         p.logprobs = logprobs;
+        p.echo = echo;
+        if scoring {
+            p.max_tokens = Some(0);
+        }
+        if prompt.len() * p.n > MAX_CHOICES {
+            return Err(ApiError::invalid(
+                format!("{} prompts × `n` {} is more than {MAX_CHOICES} choices", prompt.len(), p.n),
+                Some("n"),
+            ));
+        }
+        if p.stream && (echo || p.n > 1 || prompt.len() > 1) {
+            return Err(ApiError::invalid(
+                "`stream` is supported for one prompt, `n` 1, without `echo`",
+                Some("stream"),
+            ));
+        }
         Ok((self.model, prompt, p))
     }
 }
@@ -372,6 +439,9 @@ impl ChatRequest {
             &self.logit_bias,
             fresh_seed,
         )?;
+        if p.n != 1 {
+            return Err(ApiError::invalid(format!("`n` is {}: chat completions return one choice", p.n), Some("n")));
+        }
         p.logprobs = logprobs;
         Ok((self.model, messages, p))
     }
@@ -393,7 +463,8 @@ mod tests {
     use super::*;
 
     fn completion(body: &str) -> Result<(Option<String>, Prompt, GenParams), ApiError> {
-        serde_json::from_str::<CompletionRequest>(body).map_err(parse_error)?.check(7)
+        let (model, mut prompts, p) = serde_json::from_str::<CompletionRequest>(body).map_err(parse_error)?.check(7)?;
+        Ok((model, prompts.remove(0), p))
     }
 
     #[test]
@@ -414,14 +485,17 @@ mod tests {
             (r#"{"model": "m", "prompt": "x", "max_tokens": -3}"#, "max_tokens"),
             (r#"{"model": "m", "prompt": "x", "temperature": 3}"#, "temperature"),
             (r#"{"model": "m", "prompt": "x", "top_p": 0}"#, "top_p"),
-            (r#"{"model": "m", "prompt": "x", "n": 2}"#, "n"),
+            (r#"{"model": "m", "prompt": "x", "n": 200}"#, "n"),
+            (r#"{"model": "m", "prompt": "x", "n": 0}"#, "n"),
             (r#"{"model": "m", "prompt": "x", "logprobs": 6}"#, "logprobs"),
             (r#"{"model": "m", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}"#, "stop"),
             (r#"{"model": "m", "prompt": "x", "presence_penalty": 2.5}"#, "presence_penalty"),
             (r#"{"model": "m", "prompt": "x", "frequency_penalty": -3}"#, "frequency_penalty"),
             (r#"{"model": "m", "prompt": "x", "repetition_penalty": 0}"#, "repetition_penalty"),
             (r#"{"model": "m", "prompt": "x", "frobnicate": 1}"#, "frobnicate"),
-            (r#"{"model": "m", "prompt": ["a", "b"]}"#, "prompt"),
+            (r#"{"model": "m", "prompt": []}"#, "prompt"),
+            (r#"{"model": "m", "prompt": ["a", 1]}"#, "prompt"),
+            (r#"{"model": "m", "prompt": "x", "echo": true, "stream": true}"#, "stream"),
             (r#"{"model": "m"}"#, "prompt"),
         ] {
             let e = completion(body).map(|_| ()).unwrap_err();

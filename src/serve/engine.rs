@@ -21,6 +21,8 @@ pub enum Event {
         id: u32,
         logprob: Option<TokenLogprob>,
     },
+    /// The prompt's log-probabilities (asked for with `echo`), before the first token.
+    PromptLogprobs(Vec<Option<TokenLogprob>>),
     /// No more tokens: the sequence ended (an end id or its length).
     Done,
     Failed(String),
@@ -165,6 +167,11 @@ fn run(mut engine: decode::Engine, queue: &(Mutex<Queue>, Condvar)) {
                 decode::Event::Token { seq, id, logprob } => {
                     if let Some(h) = handlers.get(&seq) {
                         let _ = h.send(Event::Token { id, logprob });
+                    }
+                }
+                decode::Event::PromptLogprobs { seq, logprobs } => {
+                    if let Some(h) = handlers.get(&seq) {
+                        let _ = h.send(Event::PromptLogprobs(logprobs));
                     }
                 }
                 decode::Event::Finished { seq, .. } => {

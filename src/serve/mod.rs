@@ -103,6 +103,9 @@ pub fn serve(
         .route("/v1/completions", post(completions).fallback(method_not_allowed))
         .route("/v1/chat/completions", post(chat_completions).fallback(method_not_allowed))
         .route("/v1/models", get(models).fallback(method_not_allowed))
+        .route("/tokenize", post(tokenize).fallback(method_not_allowed))
+        .route("/detokenize", post(detokenize).fallback(method_not_allowed))
+        .route("/tokenizer_info", get(tokenizer_info).fallback(method_not_allowed))
         .route("/health", get(health).fallback(method_not_allowed))
         .route("/metrics", get(metrics).fallback(method_not_allowed))
         .fallback(not_found)
@@ -215,6 +218,7 @@ fn submit(
     let (tx, rx) = unbounded_channel();
     let mut request = Request::new(prompt.to_vec(), max_new, p.sampling.clone(), st.end_ids.clone());
     request.logprobs = p.logprobs;
+    request.prompt_logprobs = p.logprobs.filter(|_| p.echo);
     match st.engine.submit(Job { request, events: tx }) {
         Ok(()) => Ok((rx, max_new)),
         Err(Refusal::QueueFull(n)) => Err(ApiError {
@@ -250,18 +254,24 @@ struct TextStream {
     max_new: usize,
     /// (token text, logprob) of tokens not yet reported.
     logprobs: Vec<(String, TokenLogprob)>,
+    /// The prompt's log-probabilities (`echo`).
+    prompt_lp: Vec<Option<TokenLogprob>>,
 }
 
 impl TextStream {
     fn new(st: Arc<AppState>, stop_strings: Vec<String>, after: Option<u32>, max_new: usize) -> Self {
         let text = crate::decode::TextStream::new(stop_strings, after);
-        TextStream { st, after, text, finish: None, generated: 0, max_new, logprobs: vec![] }
+        TextStream { st, after, text, finish: None, generated: 0, max_new, logprobs: vec![], prompt_lp: vec![] }
     }
 
     /// Takes one engine event; returns the text that may be shown now.
     fn push(&mut self, ev: Event) -> Result<String, String> {
         match ev {
             Event::Failed(e) => Err(e),
+            Event::PromptLogprobs(lp) => {
+                self.prompt_lp = lp;
+                Ok(String::new())
+            }
             Event::Done => {
                 if self.finish.is_none() {
                     self.finish = Some(if self.generated >= self.max_new { "length" } else { "stop" });
@@ -269,8 +279,12 @@ impl TextStream {
                 Ok(self.text.finish())
             }
             Event::Token { .. } if self.finish.is_some() => Ok(String::new()),
-            Event::Token { id, .. } if self.st.end_ids.contains(&id) => {
+            Event::Token { id, logprob } if self.st.end_ids.contains(&id) => {
+                // the end token is counted and scored (echo's clients slice its place off), not shown
                 self.generated += 1;
+                if let Some(lp) = logprob {
+                    self.logprobs.push((String::new(), lp));
+                }
                 self.finish = Some("stop");
                 Ok(self.text.finish())
             }
@@ -348,14 +362,116 @@ async fn completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let req: CompletionRequest = read_request(&st, &headers, body)?;
-    let (model, prompt, p) = req.check(fresh_seed(&st))?;
+    let (model, prompts, p) = req.check(fresh_seed(&st))?;
     check_model(&st, model)?;
-    let prompt = match prompt {
-        Prompt::Tokens(t) => t,
-        Prompt::Text(s) => st.tok.encode_prompt(&s).map_err(|e| ApiError::invalid(format!("{e:#}"), Some("prompt")))?,
+    let mut encoded = vec![];
+    for prompt in prompts {
+        encoded.push(match prompt {
+            Prompt::Tokens(t) => (t, None),
+            Prompt::Text(s) => {
+                let t = st.tok.encode_prompt(&s).map_err(|e| ApiError::invalid(format!("{e:#}"), Some("prompt")))?;
+                (t, Some(s))
+            }
+        });
+    }
+    if encoded.len() == 1 && p.n == 1 && !p.echo {
+        let (prompt, _) = encoded.remove(0);
+        let after = prompt.last().copied();
+        return respond(st, prompt, p, after, Kind::Completion).await;
+    }
+    completions_many(st, encoded, p).await
+}
+
+/// A completion request with several prompts, `n` > 1 or `echo`: every (prompt, sample) pair a
+/// sequence of its own, all submitted at once (the engine decodes them together, and prompts that
+/// share a beginning share its cache); choices in order, prompt by prompt. Sample `j` is seeded
+/// with `seed + j`.
+async fn completions_many(
+    st: Arc<AppState>,
+    prompts: Vec<(Vec<u32>, Option<String>)>,
+    p: GenParams,
+) -> Result<Response, ApiError> {
+    let mut jobs = vec![];
+    for (prompt, _) in &prompts {
+        for j in 0..p.n {
+            let mut pj = p.clone();
+            pj.sampling.seed = p.sampling.seed.wrapping_add(j as u64);
+            jobs.push(submit(&st, prompt, &pj, Kind::Completion)?);
+        }
+    }
+    let server_error =
+        |message: String| ApiError { status: 500, message, kind: "server_error", param: None, code: None };
+    let mut choices = vec![];
+    let mut completion_tokens = 0;
+    for (k, (mut rx, max_new)) in jobs.into_iter().enumerate() {
+        let (prompt, text) = &prompts[k / p.n];
+        let mut ts = TextStream::new(st.clone(), p.stop_strings.clone(), prompt.last().copied(), max_new);
+        let mut out = String::new();
+        while ts.finish.is_none() {
+            let Some(ev) = rx.recv().await else { break };
+            out += &ts.push(ev).map_err(server_error)?;
+        }
+        drop(rx);
+        completion_tokens += ts.generated;
+        let echoed = match (p.echo, text) {
+            (false, _) => String::new(),
+            (true, Some(t)) => t.clone(),
+            (true, None) => st.tok.decode(prompt).unwrap_or_default(),
+        };
+        let logprobs = match (p.logprobs, p.echo) {
+            (None, _) => Value::Null,
+            (Some(_), false) => ts.take_logprobs(true, 0),
+            (Some(_), true) => {
+                let mut lp = echo_logprobs(&st.tok, prompt, &ts.prompt_lp);
+                let offset = lp["text_offset"].as_array().and_then(|o| o.last()).and_then(Value::as_u64).unwrap_or(0);
+                let last_piece =
+                    lp["tokens"].as_array().and_then(|t| t.last()).and_then(Value::as_str).map_or(0, str::len);
+                let generated = ts.take_logprobs(true, offset as usize + last_piece);
+                for key in ["tokens", "token_logprobs", "top_logprobs", "text_offset"] {
+                    if let (Some(a), Some(b)) = (lp[key].as_array_mut(), generated[key].as_array()) {
+                        a.extend(b.iter().cloned());
+                    }
+                }
+                lp
+            }
+        };
+        choices.push(json!({"index": k, "text": echoed + &out, "logprobs": logprobs, "finish_reason": ts.finish.unwrap_or("stop")}));
+    }
+    let n = st.next_id.fetch_add(1, Ordering::Relaxed);
+    let prompt_tokens: usize = prompts.iter().map(|(t, _)| t.len()).sum();
+    Ok(Json(json!({
+        "id": format!("cmpl-{n}"), "object": "text_completion", "created": now_s(), "model": st.opts.model_name,
+        "choices": choices, "usage": usage(prompt_tokens, completion_tokens),
+    }))
+    .into_response())
+}
+
+/// The prompt's part of an `echo` response's `logprobs`: each token's text (decoded after the one
+/// before it), its log-probability (null for the first) and top alternatives, and text offsets.
+fn echo_logprobs(tok: &Tokenizer, prompt: &[u32], lps: &[Option<TokenLogprob>]) -> Value {
+    let piece = |i: usize, id: u32| match i {
+        0 => tok.decode(&[id]).unwrap_or_default(),
+        _ => tok.decode_after(prompt[i - 1], &[id]).unwrap_or_default(),
     };
-    let after = prompt.last().copied();
-    respond(st, prompt, p, after, Kind::Completion).await
+    let (mut tokens, mut token_lp, mut top, mut offsets) = (vec![], vec![], vec![], vec![]);
+    let mut offset = 0;
+    for (i, &id) in prompt.iter().enumerate() {
+        let text = piece(i, id);
+        offsets.push(offset);
+        offset += text.len();
+        tokens.push(text);
+        match lps.get(i).and_then(Option::as_ref) {
+            Some(lp) => {
+                token_lp.push(json!(lp.logprob));
+                top.push(Value::Object(lp.top.iter().map(|&(alt, l)| (piece(i, alt), json!(l))).collect()));
+            }
+            None => {
+                token_lp.push(Value::Null);
+                top.push(Value::Null);
+            }
+        }
+    }
+    json!({"tokens": tokens, "token_logprobs": token_lp, "top_logprobs": top, "text_offset": offsets})
 }
 
 async fn chat_completions(
@@ -535,6 +651,60 @@ fn stream_response(
     Sse::new(stream)
 }
 
+/// `POST /tokenize` (vLLM's): `{"prompt": TEXT, "add_special_tokens": true}` → the token ids, as
+/// completions would see them (BOS as the tokenizer's config says, with special tokens).
+async fn tokenize(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let req: api::TokenizeRequest = read_request(&st, &headers, body)?;
+    if req.model.is_some() {
+        check_model(&st, req.model)?;
+    }
+    let bad = |e: anyhow::Error| ApiError::invalid(format!("{e:#}"), Some("prompt"));
+    let tokens = match (req.add_special_tokens.unwrap_or(true), req.prompt.is_empty()) {
+        (true, false) => st.tok.encode_prompt(&req.prompt).map_err(bad)?,
+        (true, true) if st.tok.config.add_bos_token => vec![st.tok.bos_id],
+        _ => st.tok.encode(&req.prompt).map_err(bad)?,
+    };
+    Ok(Json(json!({"count": tokens.len(), "max_model_len": st.ctx, "tokens": tokens, "token_strs": Value::Null}))
+        .into_response())
+}
+
+/// `POST /detokenize` (vLLM's): `{"tokens": [ids]}` → `{"prompt": TEXT}` (special tokens skipped).
+async fn detokenize(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let req: api::DetokenizeRequest = read_request(&st, &headers, body)?;
+    if req.model.is_some() {
+        check_model(&st, req.model)?;
+    }
+    let v = st.tok.vocab_size() as u32;
+    if let Some(&t) = req.tokens.iter().find(|&&t| t >= v) {
+        return Err(ApiError::invalid(format!("token id {t} is outside the vocabulary ({v})"), Some("tokens")));
+    }
+    let text = st.tok.decode(&req.tokens).map_err(|e| ApiError::invalid(format!("{e:#}"), Some("tokens")))?;
+    Ok(Json(json!({"prompt": text})).into_response())
+}
+
+/// `GET /tokenizer_info` (vLLM's): the tokenizer's special tokens, chat template and limits, which
+/// lm-evaluation-harness's remote tokenizer reads.
+async fn tokenizer_info(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authorize(&st, &headers)?;
+    let name = |id: u32| st.tok.id_to_token(id);
+    let c = &st.tok.config;
+    Ok(Json(json!({
+        "tokenizer_class": c.tokenizer_class.clone().unwrap_or_else(|| "PreTrainedTokenizerFast".into()),
+        "bos_token": name(st.tok.bos_id), "eos_token": name(st.tok.eos_id), "pad_token": Value::Null,
+        "add_bos_token": c.add_bos_token, "add_eos_token": c.add_eos_token,
+        "chat_template": st.template.source, "model_max_length": st.ctx, "vocab_size": st.tok.vocab_size(),
+    }))
+    .into_response())
+}
+
 async fn models(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
     authorize(&st, &headers)?;
     Ok(Json(json!({"object": "list", "data": [{"id": st.opts.model_name, "object": "model", "created": st.started, "owned_by": "tinyllama"}]}))
@@ -636,7 +806,8 @@ fn prometheus(m: &crate::decode::Metrics) -> String {
 
 /// A known endpoint asked with another method: 405 with the error object (axum's own has no body).
 async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
-    let allowed = if uri.path().ends_with("completions") { "POST" } else { "GET" };
+    let path = uri.path();
+    let allowed = if path.ends_with("completions") || path.ends_with("tokenize") { "POST" } else { "GET" };
     ApiError {
         status: 405,
         message: format!("{} does not take {method}: use {allowed}", uri.path()),
@@ -648,7 +819,7 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
 
 async fn not_found() -> ApiError {
     ApiError::invalid(
-        "no such endpoint: see /v1/completions, /v1/chat/completions, /v1/models, /health, /metrics",
+        "no such endpoint: see /v1/completions, /v1/chat/completions, /v1/models, /tokenize, /detokenize, /tokenizer_info, /health, /metrics",
         None,
     )
     .with_code(404, "not_found")
