@@ -5,6 +5,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use tinyllama::kernels::matmul::Output;
 use tinyllama::kernels::quant::dot::Activations;
 use tinyllama::kernels::quant::Format;
 use tinyllama::model::weights::{Linear, RowMode, WeightMatrix};
@@ -49,16 +50,16 @@ fn one_token_matmul_allocates_nothing() {
     // first calls size the buffers and start the thread team (whose threads allocate as they
     // start, on their own time)
     for (_, lin) in &lins {
-        lin.forward(&mut y, &x, 1, false, RowMode::BatchInvariant, &mut acts);
+        lin.forward(&mut y, &x, 1, Output::Overwrite, RowMode::BatchInvariant, &mut acts);
     }
     std::thread::sleep(std::time::Duration::from_millis(100));
     for (name, lin) in &lins {
         let mut acts = Activations::default();
-        lin.forward(&mut y, &x, 1, false, RowMode::BatchInvariant, &mut acts);
+        lin.forward(&mut y, &x, 1, Output::Overwrite, RowMode::BatchInvariant, &mut acts);
         let before = ALLOCATIONS.load(SeqCst);
         for _ in 0..3 {
-            lin.forward(&mut y, &x, 1, false, RowMode::BatchInvariant, &mut acts);
-            lin.forward(&mut y, &x, 1, true, RowMode::BatchInvariant, &mut acts);
+            lin.forward(&mut y, &x, 1, Output::Overwrite, RowMode::BatchInvariant, &mut acts);
+            lin.forward(&mut y, &x, 1, Output::Accumulate, RowMode::BatchInvariant, &mut acts);
         }
         let n = ALLOCATIONS.load(SeqCst) - before;
         assert_eq!(n, 0, "{name}: {n} allocations in 6 one-token products");

@@ -14,6 +14,7 @@ use crate::kernels::attention::{
     attention_cached_batch, attention_forward, attention_scratch_len, AttnShape, CachedSeq,
 };
 use crate::kernels::cross_entropy::{head_cross_entropy_forward, log_sum_exp, HEAD_CHUNK_ROWS};
+use crate::kernels::matmul::Output;
 use crate::kernels::quant::dot::Activations;
 use crate::kernels::quant::{f16_to_f32, f32_to_f16, Format};
 use crate::kernels::rms_norm::{rms_norm_forward, rms_norm_forward_ggml};
@@ -91,7 +92,7 @@ impl DecoderLayer {
         let (qd, kvd) = (c.q_dim(), c.kv_dim());
         let qs = qd + 2 * kvd;
         m.norm(&mut s.xn, &mut s.rstd, x, &self.attn_norm);
-        self.wqkv.forward(&mut s.qkv, &s.xn, n, false, mode, &mut s.acts);
+        self.wqkv.forward(&mut s.qkv, &s.xn, n, Output::Overwrite, mode, &mut s.acts);
         // an f32 model's fresh prompt alone takes the training kernel, so that evaluation's numbers
         // are the training forward's; everything else the cached kernel, which is also the faster
         // one (Q4_0 prefill 1.2× at 256 tokens, 1.8× at 1,900: BENCHMARKS.md)
@@ -124,11 +125,11 @@ impl DecoderLayer {
             let seqs: Vec<CachedSeq> = segs.iter().map(|seg| seg.cache.seq(l, seg.tokens.len())).collect();
             attention_cached_batch(&mut s.att[..n * qd], &s.qkv[..n * qs], qs, &seqs, nh, nkv, hd);
         }
-        self.wo.forward(x, &s.att, n, true, mode, &mut s.acts);
+        self.wo.forward(x, &s.att, n, Output::Accumulate, mode, &mut s.acts);
         m.norm(&mut s.xn, &mut s.rstd, x, &self.mlp_norm);
-        self.wgu.forward(&mut s.gu, &s.xn, n, false, mode, &mut s.acts);
+        self.wgu.forward(&mut s.gu, &s.xn, n, Output::Overwrite, mode, &mut s.acts);
         swiglu_forward_rows(&mut s.h, &s.gu, f);
-        self.wdown.forward(x, &s.h, n, true, mode, &mut s.acts);
+        self.wdown.forward(x, &s.h, n, Output::Accumulate, mode, &mut s.acts);
     }
 }
 
@@ -457,7 +458,7 @@ impl InferenceModel {
         let (d, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
         let rows = hidden.len() / d;
         let mut logits = vec![0.0f32; rows * v];
-        self.lm_head.forward(&mut logits, hidden, rows, false, mode, &mut Activations::default());
+        self.lm_head.forward(&mut logits, hidden, rows, Output::Overwrite, mode, &mut Activations::default());
         logits
     }
 

@@ -229,24 +229,14 @@ impl Linear {
     }
 
     /// `y[n, rows] (+)= x[n, cols] · Wᵀ`.
-    pub fn forward(&self, y: &mut [f32], x: &[f32], n: usize, accumulate: bool, mode: RowMode, acts: &mut Activations) {
+    pub fn forward(&self, y: &mut [f32], x: &[f32], n: usize, output: Output, mode: RowMode, acts: &mut Activations) {
         assert!(x.len() >= n * self.cols && y.len() >= n * self.rows, "linear: buffers too small");
         if n == 0 {
             return;
         }
         if mode == RowMode::MayUseGemm && self.parts.len() == 1 {
             if let Some(w) = self.parts[0].f32s() {
-                matmul(
-                    y,
-                    x,
-                    w,
-                    n,
-                    self.rows,
-                    self.cols,
-                    Stored::AsIs,
-                    Stored::Transposed,
-                    Output::accumulate_if(accumulate),
-                );
+                matmul(y, x, w, n, self.rows, self.cols, Stored::AsIs, Stored::Transposed, output);
                 return;
             }
         }
@@ -259,7 +249,7 @@ impl Linear {
             // the parts that read the same activations (q, k and v; gate and up) in one worker-pool job
             let same = self.parts[i..].iter().take_while(|p| acts.prepared_for(n, self.cols, p.format)).count();
             let parts = &self.parts[i..i + same];
-            matmul_rows(isa, parts, acts, y, self.rows, off, accumulate);
+            matmul_rows(isa, parts, acts, y, self.rows, off, output);
             off += parts.iter().map(|p| p.rows).sum::<usize>();
             i += same;
         }
@@ -285,7 +275,7 @@ fn matmul_rows(
     y: &mut [f32],
     ld: usize,
     off: usize,
-    accumulate: bool,
+    output: Output,
 ) {
     let n = acts.n;
     let out = worker_pool::DisjointRows(y.as_mut_ptr());
@@ -300,10 +290,9 @@ fn matmul_rows(
         // SAFETY: these outputs of token t are written by one task only; in bounds by the assert
         // in `Linear::forward`.
         let y = unsafe { std::slice::from_raw_parts_mut(out.get().add(t * ld + r), vals.len()) };
-        if accumulate {
-            y.iter_mut().zip(vals).for_each(|(y, v)| *y += v);
-        } else {
-            y.copy_from_slice(vals);
+        match output {
+            Output::Accumulate => y.iter_mut().zip(vals).for_each(|(y, v)| *y += v),
+            Output::Overwrite => y.copy_from_slice(vals),
         }
     };
     // one token: prefetch or not as measured on this machine (`super::prefetch`), timing the job for it
@@ -429,10 +418,10 @@ mod tests {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             let mut y = vec![f32::NAN; n * lin.rows];
             let mut acts = Activations::default();
-            pool.install(|| lin.forward(&mut y, &x, n, false, RowMode::BatchInvariant, &mut acts));
+            pool.install(|| lin.forward(&mut y, &x, n, Output::Overwrite, RowMode::BatchInvariant, &mut acts));
             let same = y.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(same, "{threads} threads");
-            pool.install(|| lin.forward(&mut y, &x, n, true, RowMode::BatchInvariant, &mut acts));
+            pool.install(|| lin.forward(&mut y, &x, n, Output::Accumulate, RowMode::BatchInvariant, &mut acts));
             assert!(y.iter().zip(&want).all(|(a, b)| *a == 2.0 * b), "{threads} threads, accumulating");
         }
     }
@@ -459,10 +448,10 @@ mod tests {
         let mut acts = Activations::default();
         for lin in &lins {
             let mut all = vec![0.0f32; n * rows];
-            lin.forward(&mut all, &x, n, false, RowMode::BatchInvariant, &mut acts);
+            lin.forward(&mut all, &x, n, Output::Overwrite, RowMode::BatchInvariant, &mut acts);
             for t in 0..n {
                 let mut one = vec![0.0f32; rows];
-                lin.forward(&mut one, &x[t * cols..], 1, false, RowMode::BatchInvariant, &mut acts);
+                lin.forward(&mut one, &x[t * cols..], 1, Output::Overwrite, RowMode::BatchInvariant, &mut acts);
                 assert!(
                     one.iter().zip(&all[t * rows..]).all(|(a, b)| a.to_bits() == b.to_bits()),
                     "{:?}: token {t}",
@@ -473,12 +462,12 @@ mod tests {
             for threads in [1, 3] {
                 let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
                 let mut other = vec![0.0f32; n * rows];
-                pool.install(|| lin.forward(&mut other, &x, n, false, RowMode::BatchInvariant, &mut acts));
+                pool.install(|| lin.forward(&mut other, &x, n, Output::Overwrite, RowMode::BatchInvariant, &mut acts));
                 assert!(other.iter().zip(&all).all(|(a, b)| a.to_bits() == b.to_bits()), "{threads} threads");
             }
             // and accumulate adds
             let mut acc = all.clone();
-            lin.forward(&mut acc, &x, n, true, RowMode::BatchInvariant, &mut acts);
+            lin.forward(&mut acc, &x, n, Output::Accumulate, RowMode::BatchInvariant, &mut acts);
             assert!(acc.iter().zip(&all).all(|(a, b)| *a == 2.0 * b));
         }
     }
