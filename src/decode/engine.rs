@@ -273,6 +273,9 @@ impl<'m> Engine<'m> {
             feeds.push(f);
         }
         let decode_rows: usize = feeds.iter().map(Vec::len).sum();
+        // prompts always advance: when decode rows (many sequences, each with its draft tokens)
+        // fill the budget, a quarter of it still goes to prefill
+        budget = budget.max(self.opts.step_tokens / 4).max(1);
         for (s, f) in self.running.iter().zip(feeds.iter_mut()) {
             if !s.decoding() && s.to_prefill() > 0 {
                 let n = s.to_prefill().min(budget);
