@@ -266,76 +266,20 @@ pub fn read_corpus(inputs: &[PathBuf], max_bytes: usize) -> Result<(Vec<String>,
 /// `prepare_{prefix}_{i}.json` in the output directory).
 pub fn prepare(opts: &PrepareOptions, tok: &Tokenizer) -> Result<PrepareStats> {
     let (shard_i, shard_n) = opts.shard;
-    ensure!(shard_n >= 1 && shard_i < shard_n, "--shard {shard_i}/{shard_n}: need 0 <= i < n");
-    ensure!((0.0..1.0).contains(&opts.val_fraction), "--val-fraction must be in [0, 1)");
-    ensure!(
-        !opts.prefix.is_empty() && opts.prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'),
-        "--prefix `{}`: use letters, digits and '-' (it becomes part of file names)",
-        opts.prefix
-    );
+    check_options(opts)?;
     let all = discover_inputs(&opts.inputs)?;
     ensure!(!all.is_empty(), "no input files found in {:?}", opts.inputs);
     let files: Vec<PathBuf> = all.into_iter().skip(shard_i).step_by(shard_n).collect();
-    let stale = earlier_output(&opts.output, &opts.prefix, shard_i);
-    if !stale.is_empty() {
-        ensure!(
-            opts.replace,
-            "{} already holds {} file(s) of prefix `{}`, shard {shard_i}, from an earlier run (first: {}): the loader \
-             would read them together with the new ones. Pass --replace to delete exactly those files, or use \
-             another --output or --prefix",
-            opts.output.display(),
-            stale.len(),
-            opts.prefix,
-            stale[0].display()
-        );
-        for f in &stale {
-            std::fs::remove_file(f).with_context(|| format!("cannot remove {}", f.display()))?;
-        }
-        if opts.progress {
-            eprintln!("--replace: removed {} file(s) of the earlier run from {}", stale.len(), opts.output.display());
-        }
-    }
+    remove_earlier_output(opts)?;
     let dtype = TokenDtype::for_vocab(tok.vocab_size());
     let name = |split: &str| format!("{split}_{}_{shard_i}", opts.prefix);
     let mut train = PackedShardWriter::new(&opts.output, &name("train"), opts.chunk_size, dtype)?;
     let mut val = PackedShardWriter::new(&opts.output, &name("validation"), opts.chunk_size, dtype)?;
     let t0 = Instant::now();
     let bar = progress_bar(opts.progress, files.len());
-
-    // A reader thread streams documents in batches of ~8 MB; this thread tokenizes each batch
-    // on all cores and appends it in order, so output is the same for any thread count.
-    enum Msg {
-        Docs(Vec<String>),
-        FileDone(Box<PrepareStats>),
-    }
-    let (tx, rx) = sync_channel::<Result<Msg>>(2);
-    let strict = opts.strict;
-    let reader_files = files.clone();
-    let reader = std::thread::spawn(move || {
-        let mut batch = vec![];
-        let mut bytes = 0usize;
-        for path in &reader_files {
-            let mut stats = PrepareStats { files: 1, ..Default::default() };
-            let mut closed = false;
-            let r = read_documents(path, strict, &mut stats, &mut |doc| {
-                bytes += doc.len();
-                batch.push(doc);
-                if bytes >= 8 << 20 {
-                    closed |= tx.send(Ok(Msg::Docs(std::mem::take(&mut batch)))).is_err();
-                    bytes = 0;
-                }
-            });
-            if let Err(e) = r {
-                let _ = tx.send(Err(e));
-                return;
-            }
-            if closed || tx.send(Ok(Msg::FileDone(Box::new(stats)))).is_err() {
-                return;
-            }
-        }
-        let _ = tx.send(Ok(Msg::Docs(batch)));
-    });
-
+    // a reader thread streams documents in batches; this thread tokenizes each batch on all cores
+    // and appends it in order, so output is the same for any thread count
+    let (rx, reader) = spawn_reader(files, opts.strict);
     let mut stats = PrepareStats::default();
     let mut doc_index = 0u64;
     for msg in rx {
@@ -347,8 +291,7 @@ pub fn prepare(opts: &PrepareOptions, tok: &Tokenizer) -> Result<PrepareStats> {
             Msg::Docs(d) => d,
         };
         let refs: Vec<&str> = docs.iter().map(|s| s.as_str()).collect();
-        let encoded = tok.encode_batch(&refs)?;
-        for ids in encoded {
+        for ids in tok.encode_batch(&refs)? {
             let is_val =
                 opts.val_fraction > 0.0 && Rng::fork(0x0005_EED0_F0A1, doc_index).uniform() < opts.val_fraction;
             let w = if is_val { &mut val } else { &mut train };
@@ -389,13 +332,99 @@ pub fn prepare(opts: &PrepareOptions, tok: &Tokenizer) -> Result<PrepareStats> {
     stats.val_tokens = vt;
     stats.shard_files = tf.iter().chain(&vf).map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
     stats.seconds = t0.elapsed().as_secs_f64();
+    write_summary(opts, tok, &stats)?;
+    Ok(stats)
+}
+
+/// `--shard`, `--val-fraction` and `--prefix` as they must be.
+fn check_options(opts: &PrepareOptions) -> Result<()> {
+    let (shard_i, shard_n) = opts.shard;
+    ensure!(shard_n >= 1 && shard_i < shard_n, "--shard {shard_i}/{shard_n}: need 0 <= i < n");
+    ensure!((0.0..1.0).contains(&opts.val_fraction), "--val-fraction must be in [0, 1)");
+    ensure!(
+        !opts.prefix.is_empty() && opts.prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'),
+        "--prefix `{}`: use letters, digits and '-' (it becomes part of file names)",
+        opts.prefix
+    );
+    Ok(())
+}
+
+/// An earlier run's shards of this prefix and shard in the output: refused, or with `--replace`
+/// exactly those files deleted (the loader would read them together with the new ones).
+fn remove_earlier_output(opts: &PrepareOptions) -> Result<()> {
+    let shard_i = opts.shard.0;
+    let stale = earlier_output(&opts.output, &opts.prefix, shard_i);
+    if stale.is_empty() {
+        return Ok(());
+    }
+    ensure!(
+        opts.replace,
+        "{} already holds {} file(s) of prefix `{}`, shard {shard_i}, from an earlier run (first: {}): the loader \
+         would read them together with the new ones. Pass --replace to delete exactly those files, or use \
+         another --output or --prefix",
+        opts.output.display(),
+        stale.len(),
+        opts.prefix,
+        stale[0].display()
+    );
+    for f in &stale {
+        std::fs::remove_file(f).with_context(|| format!("cannot remove {}", f.display()))?;
+    }
+    if opts.progress {
+        eprintln!("--replace: removed {} file(s) of the earlier run from {}", stale.len(), opts.output.display());
+    }
+    Ok(())
+}
+
+/// What the reader thread sends: a batch of documents, or a file's counts once it is read.
+enum Msg {
+    Docs(Vec<String>),
+    FileDone(Box<PrepareStats>),
+}
+
+/// Reads `files` in order on a thread of its own, sending documents in batches of ~8 MB (an error
+/// ends the stream).
+fn spawn_reader(
+    files: Vec<PathBuf>,
+    strict: bool,
+) -> (std::sync::mpsc::Receiver<Result<Msg>>, std::thread::JoinHandle<()>) {
+    let (tx, rx) = sync_channel::<Result<Msg>>(2);
+    let reader = std::thread::spawn(move || {
+        let mut batch = vec![];
+        let mut bytes = 0usize;
+        for path in &files {
+            let mut stats = PrepareStats { files: 1, ..Default::default() };
+            let mut closed = false;
+            let r = read_documents(path, strict, &mut stats, &mut |doc| {
+                bytes += doc.len();
+                batch.push(doc);
+                if bytes >= 8 << 20 {
+                    closed |= tx.send(Ok(Msg::Docs(std::mem::take(&mut batch)))).is_err();
+                    bytes = 0;
+                }
+            });
+            if let Err(e) = r {
+                let _ = tx.send(Err(e));
+                return;
+            }
+            if closed || tx.send(Ok(Msg::FileDone(Box::new(stats)))).is_err() {
+                return;
+            }
+        }
+        let _ = tx.send(Ok(Msg::Docs(batch)));
+    });
+    (rx, reader)
+}
+
+/// `prepare_{prefix}_{shard}.json`: the options and the counts, beside the shards.
+fn write_summary(opts: &PrepareOptions, tok: &Tokenizer, stats: &PrepareStats) -> Result<()> {
+    let (shard_i, shard_n) = opts.shard;
     let summary = serde_json::json!({
         "prefix": opts.prefix, "shard": [shard_i, shard_n], "chunk_size": opts.chunk_size,
         "val_fraction": opts.val_fraction, "vocab_size": tok.vocab_size(), "eos_id": tok.eos_id,
         "stats": stats,
     });
-    crate::files::write_json(&opts.output.join(format!("prepare_{}_{shard_i}.json", opts.prefix)), &summary)?;
-    Ok(stats)
+    crate::files::write_json(&opts.output.join(format!("prepare_{}_{shard_i}.json", opts.prefix)), &summary)
 }
 
 fn merge(a: &mut PrepareStats, b: PrepareStats) {
