@@ -146,7 +146,7 @@ pub fn head_cross_entropy_backward(
             )
         });
         timed("head_linear_backward_input", || {
-            linear_backward_input(&mut dxf[r0 * d..(r0 + n) * d], logits, w, n, d, vocab, false)
+            linear_backward_input(&mut dxf[r0 * d..(r0 + n) * d], logits, w, n, d, vocab)
         });
         timed("head_linear_backward_weight", || linear_backward_weight(dw, logits, x, n, d, vocab));
     }

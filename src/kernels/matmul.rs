@@ -19,16 +19,6 @@ pub enum Output {
     Accumulate,
 }
 
-impl Output {
-    pub fn accumulate_if(accumulate: bool) -> Self {
-        if accumulate {
-            Output::Accumulate
-        } else {
-            Output::Overwrite
-        }
-    }
-}
-
 /// `c[m,n] = a·b` (or `c += a·b` with [`Output::Accumulate`]), where `a` is `[m,k]` (stored
 /// `[k,m]` when [`Stored::Transposed`]) and `b` is `[k,n]` (likewise `[n,k]`).
 #[allow(clippy::too_many_arguments)]
@@ -91,17 +81,9 @@ pub fn linear_forward(y: &mut [f32], x: &[f32], w: &[f32], rows: usize, d_in: us
     matmul(y, x, w, rows, d_out, d_in, Stored::AsIs, Stored::Transposed, Output::Overwrite);
 }
 
-/// `dx[rows, in] (+)= dy[rows, out] · w`.
-pub fn linear_backward_input(
-    dx: &mut [f32],
-    dy: &[f32],
-    w: &[f32],
-    rows: usize,
-    d_in: usize,
-    d_out: usize,
-    accumulate: bool,
-) {
-    matmul(dx, dy, w, rows, d_in, d_out, Stored::AsIs, Stored::AsIs, Output::accumulate_if(accumulate));
+/// `dx[rows, in] = dy[rows, out] · w`.
+pub fn linear_backward_input(dx: &mut [f32], dy: &[f32], w: &[f32], rows: usize, d_in: usize, d_out: usize) {
+    matmul(dx, dy, w, rows, d_in, d_out, Stored::AsIs, Stored::AsIs, Output::Overwrite);
 }
 
 /// `dw[out, in] += dyᵀ · x` (weight gradients always accumulate, across micro-batches too).

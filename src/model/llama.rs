@@ -327,14 +327,14 @@ impl Llama {
 
             // MLP: dres is ∂L/∂x_out here.
             profile::timed("linear_backward_input", || {
-                linear_backward_input(&mut ws.dh, &ws.dres, &p[lp.wdown.clone()], n, f, d, false)
+                linear_backward_input(&mut ws.dh, &ws.dres, &p[lp.wdown.clone()], n, f, d)
             });
             profile::timed("linear_backward_weight", || {
                 linear_backward_weight(&mut grads[lp.wdown.clone()], &ws.dres, h, n, f, d)
             });
             profile::timed("swiglu_backward", || swiglu_backward(&mut ws.dgu, &ws.dh, gu, f));
             profile::timed("linear_backward_input", || {
-                linear_backward_input(&mut ws.dxn, &ws.dgu, &p[lp.wgu.clone()], n, d, 2 * f, false)
+                linear_backward_input(&mut ws.dxn, &ws.dgu, &p[lp.wgu.clone()], n, d, 2 * f)
             });
             profile::timed("linear_backward_weight", || {
                 linear_backward_weight(&mut grads[lp.wgu.clone()], &ws.dgu, xn2, n, d, 2 * f)
@@ -352,7 +352,7 @@ impl Llama {
             });
             // Attention: dres is ∂L/∂x_mid here.
             profile::timed("linear_backward_input", || {
-                linear_backward_input(&mut ws.datt, &ws.dres, &p[lp.wo.clone()], n, qd, d, false)
+                linear_backward_input(&mut ws.datt, &ws.dres, &p[lp.wo.clone()], n, qd, d)
             });
             profile::timed("linear_backward_weight", || {
                 linear_backward_weight(&mut grads[lp.wo.clone()], &ws.dres, att, n, qd, d)
@@ -362,7 +362,7 @@ impl Llama {
             });
             profile::timed("rope_backward", || rope_backward(&mut ws.dqkv, qs, n_rot, ws.seq_len, 0, &self.rope));
             profile::timed("linear_backward_input", || {
-                linear_backward_input(&mut ws.dxn, &ws.dqkv, &p[lp.wqkv.clone()], n, d, qs, false)
+                linear_backward_input(&mut ws.dxn, &ws.dqkv, &p[lp.wqkv.clone()], n, d, qs)
             });
             profile::timed("linear_backward_weight", || {
                 linear_backward_weight(&mut grads[lp.wqkv.clone()], &ws.dqkv, xn1, n, d, qs)
