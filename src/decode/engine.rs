@@ -113,10 +113,6 @@ impl<'m> Engine<'m> {
         self
     }
 
-    pub fn options(&self) -> &EngineOptions {
-        &self.opts
-    }
-
     /// Positions a sequence may reach: the model's context (and the draft's).
     pub fn context(&self) -> usize {
         self.model.max_positions()
@@ -134,7 +130,7 @@ impl<'m> Engine<'m> {
 
     /// The tokens `req` will generate at most: its `max_new` within the context.
     pub fn max_new_within_context(&self, req: &Request) -> usize {
-        req.max_new.min(self.context().saturating_sub(req.prompt.len()))
+        max_new_within(req, self.context())
     }
 
     /// Checks a request before it queues: see [`check_request`].
@@ -515,6 +511,11 @@ fn logit_rows(s: &Sequence, fed: usize) -> std::ops::Range<usize> {
     }
 }
 
+/// `req.max_new` within a context of `ctx` positions.
+fn max_new_within(req: &Request, ctx: usize) -> usize {
+    req.max_new.min(ctx.saturating_sub(req.prompt.len()))
+}
+
 /// Checks a request as an engine of `model` (and `draft`) with `opts` would before it queues: a
 /// prompt that fits the context, known token ids, a KV cache within the budget. The error names
 /// what is wrong.
@@ -539,7 +540,7 @@ pub fn check_request(
         ensure!(n <= PROMPT_TOP_MAX, "at most {PROMPT_TOP_MAX} top log-probabilities per prompt token, not {n}");
     }
     let per_position = KvCache::bytes_per_position(model) + draft.map_or(0, KvCache::bytes_per_position);
-    let max_new = req.max_new.min(ctx.saturating_sub(req.prompt.len()));
+    let max_new = max_new_within(req, ctx);
     let need = KvCache::capacity(req.prompt.len() + max_new) * per_position;
     ensure!(need <= opts.kv_budget, "the request needs {need} bytes of KV cache; the budget is {}", opts.kv_budget);
     Ok(())

@@ -93,11 +93,6 @@ impl Engine {
         Ok(engine)
     }
 
-    /// The tokens a request will generate at most (its `max_new` within the context).
-    pub fn max_new(&self, req: &Request) -> usize {
-        req.max_new.min(self.checker.max_positions().saturating_sub(req.prompt.len()))
-    }
-
     pub fn submit(&self, job: Job) -> Result<(), Refusal> {
         let check =
             decode::engine::check_request(&self.checker, self.draft.as_deref(), &self.opts.decode, &job.request);
