@@ -16,6 +16,7 @@ pub mod export;
 pub mod files;
 pub mod generate;
 pub mod gguf;
+pub mod hub;
 pub mod kernels;
 pub mod loader;
 pub mod model;

@@ -39,6 +39,7 @@ fn run() -> Result<()> {
         #[cfg(feature = "serve")]
         Cmd::Serve(a) => cli::serve::run(a),
         Cmd::Info(a) => cli::info::run(a),
+        Cmd::Download(a) => cli::hub::download(a),
         Cmd::Bench(b) => cli::bench::run(b),
     }
 }

@@ -12,7 +12,7 @@ const FLOORS: &[&[&str]] = &[
     &["kernels"],
     &["config", "tokenizer"],
     &["model", "data", "perf", "dist"],
-    &["checkpoint", "gguf", "decode"],
+    &["checkpoint", "gguf", "decode", "hub"],
     &["loader", "chat", "eval", "generate"],
     &["train", "serve"],
     &["bench", "export"],

@@ -8,6 +8,8 @@ use tinyllama::checkpoint::safetensors::Dtype;
 use tinyllama::tokenizer::Tokenizer;
 
 #[derive(Subcommand)]
+// parsed once per process: the variants' sizes do not matter
+#[allow(clippy::large_enum_variant)]
 pub enum BenchCmd {
     /// Prefill, decode and batched-decode speed (tokens/s) with the KV cache, against the read
     /// bandwidth measured in the same run; random weights of a preset/config, or a GGUF file.
@@ -15,9 +17,11 @@ pub enum BenchCmd {
         #[command(flatten)]
         model: ModelArg,
         /// A model to measure instead of random weights: a GGUF file, or a Hugging Face directory
-        /// or training checkpoint (converted to --dtype at load).
+        /// or training checkpoint (converted to --dtype at load); or a Hugging Face Hub id.
         #[arg(long = "model", short = 'm', conflicts_with_all = ["preset", "config"])]
         gguf: Option<PathBuf>,
+        #[command(flatten)]
+        hub: super::hub::HubArgs,
         /// Weight format of the random model (or of a --model directory): f32, f16, bf16, q8_0, q4_0,
         /// q4_k_m, q4_k, q6_k. GGUF files keep their own.
         #[arg(long, default_value = "f32")]
@@ -93,10 +97,13 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
             tok.save(&out.join("tokenizer.json"))?;
             println!("wrote {} ({name}, random weights, f32)", out.display());
         }
-        BenchCmd::Generate { model, gguf, dtype, kv, prompt_len, new_tokens, batch, runs, json, engine, .. } => {
+        BenchCmd::Generate {
+            model, gguf, hub, dtype, kv, prompt_len, new_tokens, batch, runs, json, engine, ..
+        } => {
             engine.check()?;
-            let r =
-                measure_generate(&model, gguf.as_deref(), &dtype, &kv, &engine, [prompt_len, new_tokens, batch, runs])?;
+            let gguf = gguf.map(|p| hub.locate(&p)).transpose()?;
+            let shape = [prompt_len, new_tokens, batch, runs];
+            let r = measure_generate(&model, gguf.as_deref(), &dtype, &kv, &engine, &hub, shape)?;
             match json {
                 true => println!("{}", serde_json::to_string(&r)?),
                 false => println!("{r}"),
@@ -130,6 +137,7 @@ fn measure_generate(
     dtype: &str,
     kv: &KvArgs,
     engine: &EngineArgs,
+    hub: &super::hub::HubArgs,
     [prompt_len, new_tokens, batch, runs]: [usize; 4],
 ) -> Result<tinyllama::bench::GenerateBench> {
     use tinyllama::model::{InferenceModel, ModelDtype};
@@ -145,7 +153,7 @@ fn measure_generate(
     let (name, mut target, mut draft) = match file {
         Some(p) => {
             let loaded = tinyllama::loader::load_model(p, (!tinyllama::loader::is_gguf(p)).then_some(dtype), false)?;
-            let draft = engine.load_draft(&loaded, kv)?.map(|d| d.model);
+            let draft = engine.load_draft(&loaded, kv, hub)?.map(|d| d.model);
             (p.display().to_string(), loaded.model, draft)
         }
         None => {

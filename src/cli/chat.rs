@@ -9,8 +9,11 @@ use std::path::PathBuf;
 pub struct ChatArgs {
     /// A chat model: Hugging Face directory or GGUF file. Its chat template (tokenizer_config.json
     /// or GGUF metadata) renders the conversation; TinyLlama-Chat's Zephyr template when it has none.
+    /// A Hugging Face Hub id works too: `org/name`, `org/name:Q4_0` (a local path wins).
     #[arg(long, short = 'm')]
     model: PathBuf,
+    #[command(flatten)]
+    hub: super::hub::HubArgs,
     /// System prompt.
     #[arg(long)]
     system: Option<String>,
@@ -36,9 +39,9 @@ pub fn run(a: ChatArgs) -> Result<()> {
     a.engine.check()?;
     let dtype = tinyllama::model::ModelDtype::parse_or_auto(&a.sampling.dtype)?;
     let kv = a.sampling.kv.kind()?;
-    let mut loaded = tinyllama::loader::load_model(&a.model, dtype, true)?;
+    let mut loaded = tinyllama::loader::load_model(&a.hub.locate(&a.model)?, dtype, true)?;
     loaded.model.kv_cache = kv;
-    let draft = a.engine.load_draft(&loaded, &a.sampling.kv)?;
+    let draft = a.engine.load_draft(&loaded, &a.sampling.kv, &a.hub)?;
     let tok = &loaded.tokenizer;
     let name = |id: u32| tok.id_to_token(id).unwrap_or_default();
     let (template, from) = ChatTemplate::choose(

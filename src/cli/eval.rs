@@ -7,10 +7,13 @@ use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct EvalArgs {
-    /// A Hugging Face model directory (or a training checkpoint) with tokenizer.json, or a GGUF file.
+    /// A Hugging Face model directory (or a training checkpoint) with tokenizer.json, or a GGUF file;
+    /// or a Hugging Face Hub id: `org/name`, `org/name:Q4_0` for a GGUF repository (a local path wins).
     /// Not needed with `--completions`.
     #[arg(long, short = 'm', required_unless_present = "completions")]
     model: Option<PathBuf>,
+    #[command(flatten)]
+    hub: super::hub::HubArgs,
     /// Weight format for a safetensors model: auto (as stored: bf16 and f16 stay so, else f32),
     /// f32, f16, bf16, q8_0, q4_0, q4_k_m, q4_k, q6_k (quantized at load). GGUF files keep their own.
     #[arg(long, default_value = "auto")]
@@ -108,7 +111,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         ensure!(names == ["humaneval"], "--completions scores HumanEval only: pass --tasks humaneval");
         return score_completions(&a, path, log.as_mut().map(|w| w as &mut dyn std::io::Write));
     }
-    let model_path = a.model.clone().context("--model is required")?;
+    let model_path = a.hub.locate(&a.model.clone().context("--model is required")?)?;
     let (mut model, tok) = load_model_dir(&model_path, &a.dtype, &a.kv)?;
     if let Some(path) = &a.perplexity {
         return perplexity(&a, &model_path, &model, &tok, path);

@@ -9,9 +9,11 @@ use std::path::PathBuf;
 pub struct ExportArgs {
     /// What to export: a checkpoint (runs/NAME/checkpoints/step-N; `step-400` for step-00000400), a
     /// run directory (its latest checkpoint) or any Hugging Face model directory. GGUF files are
-    /// not read here.
+    /// not read here. A Hugging Face Hub id (`org/name`) works too (a local path wins).
     #[arg(long, short = 'm', alias = "model")]
     checkpoint: PathBuf,
+    #[command(flatten)]
+    hub: super::hub::HubArgs,
     /// Output directory for a Hugging Face model (LlamaForCausalLM + tokenizer).
     #[arg(long, conflicts_with = "gguf")]
     hf: Option<PathBuf>,
@@ -40,7 +42,7 @@ pub fn run(a: ExportArgs) -> Result<()> {
         (None, None) => bail!("export needs --hf DIR or --gguf FILE"),
     };
     let lines = export(&ExportOptions {
-        source: a.checkpoint,
+        source: a.hub.locate(&a.checkpoint)?,
         target,
         dtype: (a.dtype != "auto").then_some(a.dtype),
         lora: if a.merge_lora { Lora::Merge } else { Lora::AdapterOnly },

@@ -10,9 +10,12 @@ use tinyllama::tokenizer::Tokenizer;
 
 #[derive(Args)]
 pub struct GenerateArgs {
-    /// A Hugging Face model directory (or a training checkpoint) with tokenizer.json, or a GGUF file.
+    /// A Hugging Face model directory (or a training checkpoint) with tokenizer.json, or a GGUF file;
+    /// or a Hugging Face Hub id: `org/name`, `org/name:Q4_0` for a GGUF repository (a local path wins).
     #[arg(long, short = 'm')]
     model: PathBuf,
+    #[command(flatten)]
+    hub: super::hub::HubArgs,
     /// The prompt (BOS is prepended); `-` reads it from stdin, as does no prompt flag with text
     /// piped in.
     #[arg(long, short = 'p', conflicts_with_all = ["prompts", "prompt_file"])]
@@ -64,8 +67,8 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         }
         _ => None,
     };
-    let loaded = load(&a.model, &a.sampling.dtype, &a.sampling.kv)?;
-    let draft = a.engine.load_draft(&loaded, &a.sampling.kv)?;
+    let loaded = load(&a.hub.locate(&a.model)?, &a.sampling.dtype, &a.sampling.kv)?;
+    let draft = a.engine.load_draft(&loaded, &a.sampling.kv, &a.hub)?;
     let (model, tok, draft) = (&loaded.model, &loaded.tokenizer, draft.as_ref().map(|d| &d.model));
     match (text, &a.prompts) {
         (Some(p), _) => {

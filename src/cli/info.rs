@@ -10,9 +10,11 @@ use tinyllama::config::LlamaConfig;
 #[derive(Args)]
 pub struct InfoArgs {
     /// A model: Hugging Face directory (or its model.safetensors), training checkpoint, run
-    /// directory (its latest checkpoint), or GGUF file.
+    /// directory (its latest checkpoint), or GGUF file; or a Hugging Face Hub id (a local path wins).
     #[arg(long, short = 'm', conflicts_with_all = ["preset", "config"])]
     model: Option<PathBuf>,
+    #[command(flatten)]
+    hub: super::hub::HubArgs,
     #[command(flatten)]
     spec: ModelArg,
 }
@@ -21,7 +23,7 @@ pub fn run(m: InfoArgs) -> Result<()> {
     let mut gguf_summary = None;
     let (name, cfg) = match &m.model {
         Some(named) => {
-            let resolved = tinyllama::checkpoint::paths::resolve_model_path(named)?;
+            let resolved = tinyllama::checkpoint::paths::resolve_model_path(&m.hub.locate(named)?)?;
             if let Some(note) = &resolved.note {
                 eprintln!("{note}");
             }

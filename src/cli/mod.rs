@@ -8,6 +8,7 @@ pub mod eval;
 pub mod export;
 pub mod generate;
 mod help;
+pub mod hub;
 pub mod info;
 #[cfg(feature = "serve")]
 pub mod serve;
@@ -27,6 +28,7 @@ use chat::ChatArgs;
 use eval::EvalArgs;
 use export::ExportArgs;
 use generate::GenerateArgs;
+use hub::DownloadArgs;
 use info::InfoArgs;
 #[cfg(feature = "serve")]
 use serve::ServeArgs;
@@ -142,6 +144,14 @@ pub enum Cmd {
     /// Print a model configuration and its parameter count (a preset, a config.json, or a model:
     /// HF directory, its model.safetensors, a checkpoint or a GGUF file).
     Info(InfoArgs),
+    /// Fetch a model from the Hugging Face Hub into its cache (huggingface_hub's, shared with
+    /// Python), without running it; prints the local path.
+    ///
+    /// `org/name`: what a model needs (safetensors weights, config, tokenizer, chat template);
+    /// `org/name:Q4_K_M` or --hf-file: one GGUF file; --include: files by pattern. Reads HF_HOME,
+    /// HF_HUB_CACHE, HF_ENDPOINT, HF_TOKEN (or the token file) and HF_HUB_OFFLINE as huggingface_hub
+    /// does. Interrupted downloads resume.
+    Download(DownloadArgs),
     /// Benchmarks: `bench train` (training step, MFU), `bench generate` (prefill and decode).
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -314,10 +324,11 @@ impl EngineArgs {
         &self,
         target: &tinyllama::loader::LoadedModel,
         kv: &KvArgs,
+        hub: &hub::HubArgs,
     ) -> Result<Option<tinyllama::loader::LoadedModel>> {
         let dtype = tinyllama::model::ModelDtype::parse_or_auto(&self.draft_dtype)?;
         let path = match (&self.draft, dtype) {
-            (Some(p), _) => p.clone(),
+            (Some(p), _) => hub.locate_other(p)?,
             (None, Some(_)) if tinyllama::loader::is_gguf(&target.source) => {
                 anyhow::bail!("--draft-dtype without --draft: a GGUF model keeps its format, so it cannot draft for itself; pass --draft FILE")
             }

@@ -7,9 +7,12 @@ use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct ServeArgs {
-    /// A Hugging Face model directory (or training checkpoint) with tokenizer.json, or a GGUF file.
+    /// A Hugging Face model directory (or a training checkpoint) with tokenizer.json, or a GGUF file;
+    /// or a Hugging Face Hub id: `org/name`, `org/name:Q4_0` for a GGUF repository (a local path wins).
     #[arg(long, short = 'm')]
     model: PathBuf,
+    #[command(flatten)]
+    hub: super::hub::HubArgs,
     /// Weight format for a safetensors model: auto (as stored: bf16 and f16 stay so, else f32),
     /// f32, f16, bf16, q8_0, q4_0, q4_k_m, q4_k, q6_k (quantized at load). GGUF files keep their own.
     #[arg(long, default_value = "auto")]
@@ -22,7 +25,7 @@ pub struct ServeArgs {
     /// Port (0: any free one; the address is printed).
     #[arg(long, default_value_t = 8080)]
     port: u16,
-    /// The model's name in the API (`model` of requests, /v1/models) [default: the file or
+    /// The model's name in the API (`model` of requests, /v1/models) [default: the Hub id, or the file or
     /// directory name].
     #[arg(long)]
     model_name: Option<String>,
@@ -52,10 +55,15 @@ pub fn run(a: ServeArgs) -> Result<()> {
     a.engine.check()?;
     let dtype = tinyllama::model::ModelDtype::parse_or_auto(&a.dtype)?;
     let kv = a.kv.kind()?;
-    let mut loaded = tinyllama::loader::load_model(&a.model, dtype, true)?;
+    let mut loaded = tinyllama::loader::load_model(&a.hub.locate(&a.model)?, dtype, true)?;
     loaded.model.kv_cache = kv;
-    let draft = a.engine.load_draft(&loaded, &a.kv)?;
+    let draft = a.engine.load_draft(&loaded, &a.kv, &a.hub)?;
+    let by_hub_id = !a.model.exists() && a.model.to_str().and_then(tinyllama::hub::HubId::parse).is_some();
     let model_name = a.model_name.clone().unwrap_or_else(|| {
+        if by_hub_id {
+            // as vLLM names a model served by Hub id
+            return a.model.to_string_lossy().into_owned();
+        }
         let p = if a.model.file_name().is_some_and(|n| n == "model.safetensors") {
             a.model.parent().unwrap_or(&a.model)
         } else {

@@ -28,9 +28,11 @@ pub struct PretrainArgs {
     max_steps: Option<u64>,
     #[command(flatten)]
     start: RunStart,
-    /// Start from a Hugging Face checkpoint directory (continued pretraining).
+    /// Start from a Hugging Face checkpoint directory (continued pretraining), or a Hub id (`org/name`).
     #[arg(long)]
     init_from: Option<PathBuf>,
+    #[command(flatten)]
+    hub: super::hub::HubArgs,
     /// Seed of the initialisation and of the data order.
     #[arg(long)]
     seed: Option<u64>,
@@ -72,9 +74,12 @@ pub struct PretrainArgs {
 #[derive(Args)]
 pub struct FinetuneArgs {
     /// The Hugging Face model directory (or checkpoint) to start from (config.json,
-    /// model.safetensors, tokenizer.json). Required for a new run; a resumed run recorded it.
+    /// model.safetensors, tokenizer.json), or a Hugging Face Hub id (`org/name`; a local path wins).
+    /// Required for a new run; a resumed run recorded it.
     #[arg(long, short = 'm')]
     model: Option<PathBuf>,
+    #[command(flatten)]
+    hub: super::hub::HubArgs,
     /// Training data: a JSONL file in one of TRL's formats (see above). Required for a new run; a
     /// resumed run recorded it.
     #[arg(long)]
@@ -207,8 +212,8 @@ pub fn pretrain(a: PretrainArgs) -> Result<()> {
     if a.data.is_some() {
         cfg.data = a.data.clone();
     }
-    if a.init_from.is_some() {
-        cfg.init_from = a.init_from.clone();
+    if let Some(p) = &a.init_from {
+        cfg.init_from = Some(a.hub.locate(p)?);
     }
     if a.tokenizer.is_some() {
         cfg.tokenizer = a.tokenizer.clone();
@@ -275,6 +280,7 @@ pub fn sft(a: SftArgs) -> Result<()> {
 
 pub fn dpo(a: DpoArgs) -> Result<()> {
     use tinyllama::train::finetune::DpoLoss;
+    let ref_model = a.ref_model.as_ref().map(|p| a.common.hub.locate_other(p)).transpose()?;
     finetune(Mode::Dpo, &a.common, |c| {
         if let Some(b) = a.beta {
             c.beta = b;
@@ -285,8 +291,8 @@ pub fn dpo(a: DpoArgs) -> Result<()> {
             Some(_) => c.loss_type = DpoLoss::Sigmoid,
             None => {}
         }
-        if a.ref_model.is_some() {
-            c.ref_model = a.ref_model.clone();
+        if ref_model.is_some() {
+            c.ref_model = ref_model;
         }
     })
 }
@@ -333,6 +339,9 @@ fn finetune(mode: Mode, a: &FinetuneArgs, mode_flags: impl FnOnce(&mut FinetuneC
         ($($field:ident),*) => {$(if a.$field.is_some() { c.$field = a.$field.clone(); })*};
     }
     set_some!(model, data, chat_template, max_steps, warmup_steps, max_length, lora_init);
+    if let Some(m) = &c.model {
+        c.model = Some(a.hub.locate(m)?);
+    }
     mode_flags(&mut c);
     let resume = a.start.resume();
     let interrupt = stop_on_interrupt()?;
