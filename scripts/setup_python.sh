@@ -19,7 +19,7 @@ if grep -qw amx_int8 /proc/cpuinfo 2>/dev/null; then
   LLAMA_MARK="no-amx"
 fi
 llama_built_as_wanted() { [ "$(cat "$ENV/.llama-cpp-build" 2>/dev/null || echo native)" = "$LLAMA_MARK" ]; }
-if [ -x "$ENV/bin/python" ] && "$ENV/bin/python" -c "import gguf, numpy, safetensors, sentencepiece, llama_cpp, torch, transformers, openai, lm_eval" 2>/dev/null \
+if [ -x "$ENV/bin/python" ] && "$ENV/bin/python" -c "import gguf, numpy, safetensors, sentencepiece, llama_cpp, torch, transformers, openai, lm_eval, selenium, huggingface_hub" 2>/dev/null \
    && [ -f "$ENV/src/llama.cpp/convert_hf_to_gguf.py" ] && llama_built_as_wanted; then
   echo "python references ready in $ENV"; exit 0
 fi
@@ -33,6 +33,10 @@ PY="$ENV/bin/python"
 "$PY" -c "import openai" 2>/dev/null || "$PY" -m pip install -q openai
 # lm-evaluation-harness's API models: scoring through `tinyllama serve` (tests/serve.rs)
 "$PY" -c "import lm_eval" 2>/dev/null || "$PY" -m pip install -q "lm_eval[api]"
+# selenium drives headless Chromium through the chat page (tests/webui.rs); huggingface_hub shares
+# its cache with `-m org/name` (tests/hub.rs; transformers brings it)
+"$PY" -c "import selenium" 2>/dev/null || "$PY" -m pip install -q selenium
+"$PY" -c "import huggingface_hub" 2>/dev/null || "$PY" -m pip install -q huggingface_hub
 # TRL and PEFT, the references of `sft` / `dpo` / LoRA (tests/finetune_cli.rs; the fixture is vendored)
 "$PY" -c "import trl, peft, datasets, accelerate" 2>/dev/null || "$PY" -m pip install -q trl peft datasets accelerate
 # the sdist carries llama.cpp's converter and gguf-py at the version the library is built from

@@ -42,6 +42,9 @@ pub struct ServeArgs {
     /// Require `Authorization: Bearer KEY` on /v1/ requests (also TINYLLAMA_API_KEY).
     #[arg(long, env = "TINYLLAMA_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// No chat page at `/` (the API alone).
+    #[arg(long)]
+    no_webui: bool,
     /// Largest request body, in KiB.
     #[arg(long, default_value_t = 1024)]
     max_body_kib: usize,
@@ -80,6 +83,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         max_queue: a.max_queue,
         kv_budget: a.kv_budget_mib.map(|m| m << 20),
         max_body: a.max_body_kib << 10,
+        webui: !a.no_webui,
     };
     let ctx = loaded.model.max_positions();
     let mut engine = a.engine.options(&loaded.model, a.max_batch, ctx);

@@ -4,7 +4,7 @@
 //! `POST /tokenize`, `POST /detokenize`, `GET /tokenizer_info` (vLLM's), `GET /health`,
 //! `GET /metrics` (Prometheus text). `state.rs` what the handlers share, `completions.rs` the two
 //! generation endpoints, `text.rs` tokens into OpenAI's text and log-probabilities, `tokenize.rs`
-//! the tokenizer's endpoints. Bad requests get OpenAI's error object and a
+//! the tokenizer's endpoints, `webui.rs` the chat page at `/` (and `/props`). Bad requests get OpenAI's error object and a
 //! 4xx; the server keeps serving. SIGTERM or Ctrl-C: stop accepting, finish what runs, exit.
 
 pub mod api;
@@ -13,6 +13,7 @@ pub mod engine;
 mod state;
 mod text;
 mod tokenize;
+mod webui;
 
 use crate::loader::LoadedModel;
 use crate::tokenizer::chat_template::ChatTemplate;
@@ -41,6 +42,7 @@ pub fn serve(
     if let Some(d) = &draft {
         loaded.check_draft(d)?;
     }
+    let page_defaults = state::PageDefaults::of_model(&loaded.source);
     let LoadedModel { model, tokenizer: tok, chat_template, .. } = loaded;
     let draft = draft.map(|d| Arc::new(d.model));
     let name = |id: u32| tok.id_to_token(id).unwrap_or_default();
@@ -64,7 +66,9 @@ pub fn serve(
         end_ids,
         started: now_s(),
         next_id: AtomicU64::new(1),
+        page_defaults,
     });
+    let page = if opts.webui { webui::routes() } else { Router::new() };
     let app = Router::new()
         .route("/v1/completions", post(completions::completions).fallback(method_not_allowed))
         .route("/v1/chat/completions", post(completions::chat_completions).fallback(method_not_allowed))
@@ -74,6 +78,7 @@ pub fn serve(
         .route("/tokenizer_info", get(tokenize::tokenizer_info).fallback(method_not_allowed))
         .route("/health", get(health).fallback(method_not_allowed))
         .route("/metrics", get(metrics).fallback(method_not_allowed))
+        .merge(page)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(opts.max_body))
         .with_state(state);

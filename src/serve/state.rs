@@ -29,6 +29,40 @@ pub struct ServeOptions {
     pub kv_budget: Option<usize>,
     /// Largest request body in bytes.
     pub max_body: usize,
+    /// The chat page at `/` (`--no-webui`: none).
+    pub webui: bool,
+}
+
+/// The sampling settings the page starts from: the model's `generation_config.json` where it
+/// sets them, else llama.cpp's web UI defaults.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PageDefaults {
+    pub temperature: f64,
+    pub top_p: f64,
+    /// `None`: until the model ends or the context fills.
+    pub max_tokens: Option<u64>,
+}
+
+impl PageDefaults {
+    /// From a model directory's `generation_config.json` (transformers' names: `do_sample: false`
+    /// is greedy, `max_new_tokens`).
+    pub fn of_model(source: &std::path::Path) -> PageDefaults {
+        let mut d = PageDefaults { temperature: 0.8, top_p: 0.95, max_tokens: None };
+        let dir = if source.is_dir() { source } else { source.parent().unwrap_or(source) };
+        let Ok(text) = std::fs::read_to_string(dir.join("generation_config.json")) else { return d };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { return d };
+        if let Some(t) = v["temperature"].as_f64() {
+            d.temperature = t;
+        }
+        if v["do_sample"] == serde_json::json!(false) {
+            d.temperature = 0.0;
+        }
+        if let Some(p) = v["top_p"].as_f64() {
+            d.top_p = p;
+        }
+        d.max_tokens = v["max_new_tokens"].as_u64();
+        d
+    }
 }
 
 pub(super) struct AppState {
@@ -40,6 +74,8 @@ pub(super) struct AppState {
     pub(super) end_ids: Vec<u32>,
     pub(super) started: u64,
     pub(super) next_id: AtomicU64,
+    /// What the chat page starts from.
+    pub(super) page_defaults: PageDefaults,
 }
 
 impl IntoResponse for ApiError {

@@ -1,6 +1,8 @@
 //! What the integration tests share: the rule for a reference that is not there.
 #![allow(dead_code)]
 
+pub mod server;
+
 use std::path::{Path, PathBuf};
 
 /// True when every reference must be present (CI sets `TINYLLAMA_REQUIRE_FIXTURES=1`).
