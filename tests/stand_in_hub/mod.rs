@@ -227,6 +227,24 @@ fn commit_of(hub: &Hub, repo: &str, rev: &str, headers: &HeaderMap) -> Result<St
     commit.ok_or_else(|| error(StatusCode::NOT_FOUND, "RevisionNotFound", &format!("Invalid rev id: {rev}"), None))
 }
 
+/// Logs the request, then resolves `rev` of `org/name` as the Hub would (or its error).
+#[allow(clippy::result_large_err)]
+fn enter(
+    hub: &Hub,
+    method: &Method,
+    headers: &HeaderMap,
+    repo: &str,
+    rev: &str,
+    path: String,
+) -> Result<String, Response<Body>> {
+    log(hub, method, &path, headers);
+    commit_of(hub, repo, rev, headers)
+}
+
+fn json_response(v: serde_json::Value) -> Response<Body> {
+    Response::builder().header("content-type", "application/json").body(Body::from(v.to_string())).unwrap()
+}
+
 async fn revision(
     State(hub): State<Arc<Hub>>,
     Path((org, name, rev)): Path<(String, String, String)>,
@@ -234,8 +252,7 @@ async fn revision(
     headers: HeaderMap,
 ) -> Response<Body> {
     let repo = format!("{org}/{name}");
-    log(&hub, &method, &format!("/api/models/{repo}/revision/{rev}"), &headers);
-    let commit = match commit_of(&hub, &repo, &rev, &headers) {
+    let commit = match enter(&hub, &method, &headers, &repo, &rev, format!("/api/models/{repo}/revision/{rev}")) {
         Ok(c) => c,
         Err(e) => return e,
     };
@@ -248,7 +265,7 @@ async fn revision(
         "disabled": false, "downloads": 0, "likes": 0, "tags": [], "library_name": "transformers",
         "lastModified": "2026-01-01T00:00:00.000Z", "createdAt": "2026-01-01T00:00:00.000Z", "siblings": siblings,
     });
-    Response::builder().header("content-type", "application/json").body(Body::from(body.to_string())).unwrap()
+    json_response(body)
 }
 
 async fn tree(
@@ -258,8 +275,7 @@ async fn tree(
     headers: HeaderMap,
 ) -> Response<Body> {
     let repo = format!("{org}/{name}");
-    log(&hub, &method, &format!("/api/models/{repo}/tree/{rev}"), &headers);
-    let commit = match commit_of(&hub, &repo, &rev, &headers) {
+    let commit = match enter(&hub, &method, &headers, &repo, &rev, format!("/api/models/{repo}/tree/{rev}")) {
         Ok(c) => c,
         Err(e) => return e,
     };
@@ -274,10 +290,7 @@ async fn tree(
             e
         })
         .collect();
-    Response::builder()
-        .header("content-type", "application/json")
-        .body(Body::from(serde_json::Value::from(entries).to_string()))
-        .unwrap()
+    json_response(serde_json::Value::from(entries))
 }
 
 async fn resolve(
@@ -287,8 +300,7 @@ async fn resolve(
     headers: HeaderMap,
 ) -> Response<Body> {
     let repo = format!("{org}/{name}");
-    log(&hub, &method, &format!("/{repo}/resolve/{rev}/{file}"), &headers);
-    let commit = match commit_of(&hub, &repo, &rev, &headers) {
+    let commit = match enter(&hub, &method, &headers, &repo, &rev, format!("/{repo}/resolve/{rev}/{file}")) {
         Ok(c) => c,
         Err(e) => return e,
     };
@@ -325,8 +337,9 @@ async fn resolve_cache(
     headers: HeaderMap,
 ) -> Response<Body> {
     let repo = format!("{org}/{name}");
-    log(&hub, &method, &format!("/api/resolve-cache/models/{repo}/{commit}/{file}"), &headers);
-    if let Err(e) = commit_of(&hub, &repo, &commit, &headers) {
+    if let Err(e) =
+        enter(&hub, &method, &headers, &repo, &commit, format!("/api/resolve-cache/models/{repo}/{commit}/{file}"))
+    {
         return e;
     }
     let repos = hub.repos.lock().unwrap();
