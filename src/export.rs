@@ -13,6 +13,8 @@ pub enum ExportTarget {
     Hf(PathBuf),
     /// A llama.cpp GGUF file.
     Gguf(PathBuf),
+    /// A LoRA checkpoint's adapter as llama.cpp's LoRA GGUF (for `--lora` over the base GGUF).
+    GgufLora(PathBuf),
 }
 
 /// Whether an existing output may be replaced.
@@ -56,7 +58,7 @@ pub fn export(o: &ExportOptions) -> Result<Vec<String>> {
         dir = dir.parent().unwrap_or(Path::new(".")).to_path_buf();
     }
     let out = match &o.target {
-        ExportTarget::Hf(p) | ExportTarget::Gguf(p) => p,
+        ExportTarget::Hf(p) | ExportTarget::Gguf(p) | ExportTarget::GgufLora(p) => p,
     };
     if out.exists() && o.existing == Existing::Refuse {
         bail!("{} exists: choose another output, or pass --overwrite to replace it", out.display());
@@ -66,6 +68,27 @@ pub fn export(o: &ExportOptions) -> Result<Vec<String>> {
         bail!("--merge-lora: {} holds no LoRA adapter (adapter_model.safetensors)", dir.display());
     }
     match &o.target {
+        ExportTarget::GgufLora(file) => {
+            ensure!(
+                has_adapter,
+                "--gguf-lora: {} holds no LoRA adapter (adapter_model.safetensors): export a checkpoint of `sft`/`dpo --lora-rank`",
+                dir.display()
+            );
+            ensure!(o.lora == Lora::AdapterOnly, "--gguf-lora writes the adapter alone: drop --merge-lora");
+            ensure!(o.dtype.as_deref().is_none_or(|d| d == "f32"), "--gguf-lora writes f32 adapters: drop --dtype");
+            let cfg = crate::config::LlamaConfig::from_hf_file(&dir.join("config.json"))?;
+            let adapters = crate::checkpoint::peft::read_adapter(&dir, &cfg)?;
+            let name = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            crate::gguf::llama::export_lora(&cfg, &adapters, &name, file)?;
+            lines.push(format!(
+                "wrote {} (LoRA rank {}, alpha {}, {} weights adapted; llama.cpp: --lora {} over a GGUF of the base model)",
+                file.display(),
+                adapters.rank,
+                adapters.alpha,
+                adapters.targets.len(),
+                file.display()
+            ));
+        }
         ExportTarget::Hf(hf) if has_adapter && o.lora == Lora::AdapterOnly => {
             write_replacing(hf, |tmp| copy_adapter(&dir, tmp))?;
             lines.push(format!(

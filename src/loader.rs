@@ -40,12 +40,30 @@ fn check_vocabulary(tok: &Tokenizer, cfg: &crate::config::LlamaConfig, source: &
 /// its latest checkpoint, said on stderr). Safetensors weights are converted to `dtype` (`None`:
 /// kept as stored where that is bf16 or f16, else f32); GGUF files keep the formats they store. `progress`: say on stderr what is being done.
 pub fn load_model(path: &Path, dtype: Option<ModelDtype>, progress: bool) -> Result<LoadedModel> {
+    load_model_with_lora(path, None, dtype, progress)
+}
+
+/// As [`load_model`], with a PEFT LoRA adapter directory merged into the weights (in memory, before
+/// any conversion to `dtype`); the base must be a safetensors model.
+pub fn load_model_with_lora(
+    path: &Path,
+    lora: Option<&Path>,
+    dtype: Option<ModelDtype>,
+    progress: bool,
+) -> Result<LoadedModel> {
     let resolved = crate::checkpoint::paths::resolve_model_path(path)?;
     if let Some(note) = &resolved.note {
         eprintln!("{note}");
     }
     let path = resolved.path.as_path();
     if is_gguf(path) {
+        if let Some(a) = lora {
+            anyhow::bail!(
+                "--lora {}: a PEFT adapter applies to a safetensors model, and {} is a GGUF file (pass the model's Hugging Face directory, or merge the adapter with `tinyllama export --merge-lora`)",
+                a.display(),
+                path.display()
+            );
+        }
         let g = crate::gguf::llama::load(path)?;
         if progress {
             if let Some(d) = dtype.filter(|d| *d != ModelDtype::Uniform(Format::F32)) {
@@ -65,7 +83,19 @@ pub fn load_model(path: &Path, dtype: Option<ModelDtype>, progress: bool) -> Res
         });
     }
     let dir = if path.is_file() { path.parent().unwrap_or(Path::new(".")).to_path_buf() } else { path.to_path_buf() };
-    let llama = crate::checkpoint::hf::load_hf(&dir)?;
+    let mut llama = crate::checkpoint::hf::load_hf(&dir)?;
+    if let Some(a) = lora {
+        let adapters = crate::checkpoint::peft::read_adapter(a, &llama.cfg)?;
+        if progress {
+            eprintln!(
+                "LoRA {}: rank {}, {} weights adapted, merged",
+                a.display(),
+                adapters.rank,
+                adapters.targets.len()
+            );
+        }
+        adapters.merge_into(&mut llama.params);
+    }
     let tokenizer = Tokenizer::from_model_dir(&dir)
         .with_context(|| format!("{}: a model directory needs its tokenizer.json", dir.display()))?;
     check_vocabulary(&tokenizer, &llama.cfg, &dir)?;

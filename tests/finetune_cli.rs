@@ -209,6 +209,40 @@ fn lora_exports_match_peft() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("no LoRA adapter"));
 
+    // --lora over the base model, merged in memory, generates what the merged export does
+    let gen = |m: &Path, extra: &[&str]| {
+        let o = bin()
+            .args(["generate", "-p", "Hello", "-n", "12", "--temperature", "0", "-m"])
+            .arg(m)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        (String::from_utf8(o.stdout).unwrap(), String::from_utf8(o.stderr).unwrap())
+    };
+    let (by_adapter, said) = gen(&model, &["--lora", adapter.to_str().unwrap()]);
+    assert!(said.contains("rank 4, 14 weights adapted, merged"), "{said}");
+    assert_eq!(by_adapter, gen(&merged, &[]).0);
+    // bad input: a rank of 0, a rank above a layer's size, an adapter for another model
+    for (flags, says) in [
+        (&["--lora-rank", "0"][..], "--lora-rank 0: a LoRA rank is at least 1"),
+        (&["--lora-rank", "100000"][..], "is above the size of model.layers.0.self_attn.q_proj"),
+    ] {
+        let o = train("sft", &model, "sft_messages.jsonl", &d.join("bad"), flags).output().unwrap();
+        assert_eq!(o.status.code(), Some(1), "{flags:?}");
+        assert!(String::from_utf8_lossy(&o.stderr).contains(says), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(!d.join("bad").exists(), "nothing written");
+    }
+    let other = common::tiny_model(&d);
+    let o =
+        bin().args(["generate", "-p", "Hi", "-n", "2", "-m"]).arg(&other).arg("--lora").arg(&adapter).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("the adapter is for another model or rank"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
     let Some(py) = common::python(test, "peft,transformers") else { return };
     let script = "import sys, torch\nfrom transformers import LlamaForCausalLM\nfrom peft import PeftModel\n\
         base = LlamaForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32)\n\
@@ -217,5 +251,85 @@ fn lora_exports_match_peft() {
         worst = max((theirs[k] - ours[k]).abs().max().item() for k in theirs)\n\
         print(worst)\nassert worst < 1e-6, worst\n";
     run(Command::new(py).args(["-c", script]).arg(&model).arg(&adapter).arg(&merged));
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+/// `--checkpoint-activations` (each layer's forward recomputed in the backward) changes no bit:
+/// the same losses and the same weights, for a full fine-tune and for LoRA, SFT and DPO.
+#[test]
+fn recomputed_activations_change_no_bit() {
+    let d = common::tmpdir("ft-recompute");
+    let model = model_dir(&d);
+    for (mode, data, extra) in [
+        ("sft", "sft_messages.jsonl", &[][..]),
+        ("sft", "sft_messages.jsonl", &["--lora-rank", "4"][..]),
+        ("dpo", "dpo_conv.jsonl", &["--lora-rank", "2"][..]),
+    ] {
+        let (kept, recomputed) = (d.join("kept"), d.join("recomputed"));
+        run(&mut train(mode, &model, data, &kept, extra));
+        run(train(mode, &model, data, &recomputed, extra).arg("--checkpoint-activations"));
+        assert_eq!(metrics(&kept), metrics(&recomputed), "{mode} {extra:?}");
+        let ck = "checkpoints/step-00000004/model.safetensors";
+        assert!(
+            std::fs::read(kept.join(ck)).unwrap() == std::fs::read(recomputed.join(ck)).unwrap(),
+            "{mode} {extra:?}"
+        );
+        std::fs::remove_dir_all(&kept).unwrap();
+        std::fs::remove_dir_all(&recomputed).unwrap();
+    }
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+/// `export --gguf-lora` writes what llama.cpp's convert_lora_to_gguf.py writes from the PEFT
+/// adapter (every tensor and key), and llama.cpp running the base GGUF with it as its LoRA gives
+/// the greedy tokens of our merged model's GGUF.
+#[test]
+fn gguf_lora_equals_llama_cpps_converter_and_runs_in_llama_cpp() {
+    let test = "gguf_lora_equals_llama_cpps_converter_and_runs_in_llama_cpp";
+    let d = common::tmpdir("ft-gguf-lora");
+    let model = model_dir(&d);
+    let out = d.join("run");
+    run(&mut train("sft", &model, "sft_messages.jsonl", &out, &["--lora-rank", "4", "--lora-alpha", "256"]));
+    let ck = out.join("checkpoints/step-00000004");
+    let (ours, adapter) = (d.join("lora.gguf"), d.join("adapter"));
+    run(bin().args(["export", "--checkpoint"]).arg(&ck).arg("--gguf-lora").arg(&ours));
+    run(bin().args(["export", "--checkpoint"]).arg(&ck).arg("--hf").arg(&adapter));
+    run(bin().args(["export", "--dtype", "f32", "--checkpoint"]).arg(&model).arg("--gguf").arg(d.join("base.gguf")));
+    run(bin().args(["export", "--dtype", "f32", "--checkpoint"]).arg(&ck).arg("--gguf").arg(d.join("merged.gguf")));
+    // refused: no adapter, --merge-lora with it, an existing output
+    let refused = |args: &[&str], says: &str| {
+        let o = bin().args(args).output().unwrap();
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        assert!(String::from_utf8_lossy(&o.stderr).contains(says), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    let x = d.join("x.gguf");
+    refused(
+        &["export", "--checkpoint", model.to_str().unwrap(), "--gguf-lora", x.to_str().unwrap()],
+        "holds no LoRA adapter",
+    );
+    refused(
+        &["export", "--merge-lora", "--checkpoint", ck.to_str().unwrap(), "--gguf-lora", x.to_str().unwrap()],
+        "drop --merge-lora",
+    );
+    refused(&["export", "--checkpoint", ck.to_str().unwrap(), "--gguf-lora", ours.to_str().unwrap()], "exists");
+    assert!(!x.exists());
+
+    let Some(py) = common::python(test, "gguf,llama_cpp") else { return };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/lora_gguf_check.py");
+    let o = run(Command::new(py)
+        .arg(script)
+        .arg(&model)
+        .arg(&adapter)
+        .arg(&ours)
+        .arg(d.join("base.gguf"))
+        .arg(d.join("merged.gguf"))
+        .args(["[1, 15043, 29892, 920]", "12"]));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["tensors_ours"], v["tensors_theirs"]);
+    assert_eq!(v["mismatch"], serde_json::json!([]), "tensors that differ from convert_lora_to_gguf.py's");
+    assert_eq!(v["keys_ours"], v["keys_theirs"]);
+    assert_eq!(v["keys_ours"]["adapter.type"], "lora");
+    assert_eq!(v["with_lora"], v["merged"], "llama.cpp with our LoRA GGUF = our merged model");
+    assert_ne!(v["with_lora"], v["base"], "the adapter changes the output");
     std::fs::remove_dir_all(d).unwrap();
 }

@@ -75,7 +75,7 @@ fn exported_gguf_matches_gguf_py_and_llama_cpp() {
             })
             .collect();
         let outs: Vec<TensorOut> =
-            deq.iter().map(|(n, v)| TensorOut { name: n.clone(), shape: vec![v.len()], data: v }).collect();
+            deq.iter().map(|(n, v)| TensorOut { name: n.clone(), shape: vec![v.len()], data: v, plus: None }).collect();
         write_safetensors(&dir.join(format!("{f}.deq.safetensors")), &outs, Dtype::F32, &Default::default()).unwrap();
     }
     let report = run(&py, &["formats", dir.to_str().unwrap(), &FORMATS.join(",")]);

@@ -87,7 +87,8 @@ fn open_weight_files(dir: &Path) -> Result<Vec<SafeTensorsFile>> {
 }
 
 /// Writes `model` as a Hugging Face checkpoint directory that transformers loads as
-/// `LlamaForCausalLM`. Shards when the weights exceed `max_shard_bytes` (0: never).
+/// `LlamaForCausalLM`. Shards when the weights exceed `max_shard_bytes` (0: never). A model with
+/// LoRA adapters is written with them merged.
 pub fn save_hf(model: &Llama, dir: &Path, dtype: Dtype, max_shard_bytes: u64) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut cfg_json = model.cfg.to_hf_json();
@@ -98,9 +99,19 @@ pub fn save_hf(model: &Llama, dir: &Path, dtype: Dtype, max_shard_bytes: u64) ->
     });
     write_json(&dir.join("config.json"), &cfg_json)?;
     let tensors = model.layout.hf_tensors(&model.cfg);
+    // a model with LoRA adapters is written merged, one adapted tensor's copy at a time
+    type Merge<'m> = Box<dyn Fn(&mut [f32]) + Sync + 'm>;
+    let merges: Vec<Option<Merge>> = tensors
+        .iter()
+        .map(|t| {
+            let a = model.adapters.as_ref()?;
+            let target = a.targets.iter().find(|g| g.weight == t.range)?;
+            Some(Box::new(move |w: &mut [f32]| a.add_delta(target, w)) as Merge)
+        })
+        .collect();
     let mut shards: Vec<Vec<TensorOut>> = vec![vec![]];
     let mut size = 0u64;
-    for t in &tensors {
+    for (t, merge) in tensors.iter().zip(&merges) {
         let bytes = (t.range.len() * dtype.size()) as u64;
         if max_shard_bytes > 0 && size > 0 && size + bytes > max_shard_bytes {
             shards.push(vec![]);
@@ -111,6 +122,7 @@ pub fn save_hf(model: &Llama, dir: &Path, dtype: Dtype, max_shard_bytes: u64) ->
             name: t.name.clone(),
             shape: t.shape.clone(),
             data: &model.params[t.range.clone()],
+            plus: merge.as_deref(),
         });
     }
     let mut meta = Map::new();

@@ -187,10 +187,16 @@ impl SafeTensorsFile {
 }
 
 /// One tensor to write: name, shape, f32 data (converted to the file's dtype on the way out).
+/// A change made to a tensor's values as they are written.
+pub type Change<'a> = &'a (dyn Fn(&mut [f32]) + Sync);
+
 pub struct TensorOut<'a> {
     pub name: String,
     pub shape: Vec<usize>,
     pub data: &'a [f32],
+    /// Applied to a copy of `data` just before it is written (one tensor's copy at a time): a
+    /// LoRA adapter's `s·B·A` added, so that merged weights are written without a merged model.
+    pub plus: Option<Change<'a>>,
 }
 
 /// Writes a safetensors file atomically (temp file in the same folder, fsync, rename).
@@ -224,7 +230,12 @@ pub fn write_safetensors(
         w.write_all(&hjson)?;
         let mut buf = Vec::with_capacity(1 << 20);
         for t in tensors {
-            for chunk in t.data.chunks(1 << 18) {
+            let changed = t.plus.map(|f| {
+                let mut v = t.data.to_vec();
+                f(&mut v);
+                v
+            });
+            for chunk in changed.as_deref().unwrap_or(t.data).chunks(1 << 18) {
                 buf.clear();
                 match dtype {
                     Dtype::F32 => chunk.iter().for_each(|v| buf.extend_from_slice(&v.to_le_bytes())),
@@ -260,8 +271,8 @@ mod tests {
         for dt in [Dtype::F32, Dtype::BF16, Dtype::F16] {
             let p = d.join(format!("x-{}.safetensors", dt.name()));
             let ts = [
-                TensorOut { name: "a".into(), shape: vec![3, 4], data: &a },
-                TensorOut { name: "b".into(), shape: vec![2], data: &b },
+                TensorOut { name: "a".into(), shape: vec![3, 4], data: &a, plus: None },
+                TensorOut { name: "b".into(), shape: vec![2], data: &b, plus: None },
             ];
             write_safetensors(&p, &ts, dt, &Map::new()).unwrap();
             let f = SafeTensorsFile::open(&p).unwrap();
@@ -281,8 +292,13 @@ mod tests {
         let d = tmpdir("trunc");
         let p = d.join("m.safetensors");
         let a = vec![0.5f32; 100];
-        write_safetensors(&p, &[TensorOut { name: "w".into(), shape: vec![100], data: &a }], Dtype::F32, &Map::new())
-            .unwrap();
+        write_safetensors(
+            &p,
+            &[TensorOut { name: "w".into(), shape: vec![100], data: &a, plus: None }],
+            Dtype::F32,
+            &Map::new(),
+        )
+        .unwrap();
         let bytes = std::fs::read(&p).unwrap();
         std::fs::write(&p, &bytes[..bytes.len() - 10]).unwrap();
         let err = format!("{:#}", SafeTensorsFile::open(&p).err().unwrap());

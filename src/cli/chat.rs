@@ -14,6 +14,10 @@ pub struct ChatArgs {
     model: PathBuf,
     #[command(flatten)]
     hub: super::hub::HubArgs,
+    /// A PEFT LoRA adapter directory (adapter_config.json, adapter_model.safetensors; what `sft
+    /// --lora-rank` and PEFT write), merged in memory into the weights of a safetensors model.
+    #[arg(long, value_name = "ADAPTER_DIR")]
+    lora: Option<PathBuf>,
     /// System prompt.
     #[arg(long)]
     system: Option<String>,
@@ -39,7 +43,7 @@ pub fn run(a: ChatArgs) -> Result<()> {
     a.engine.check()?;
     let dtype = tinyllama::model::ModelDtype::parse_or_auto(&a.sampling.dtype)?;
     let kv = a.sampling.kv.kind()?;
-    let mut loaded = tinyllama::loader::load_model(&a.hub.locate(&a.model)?, dtype, true)?;
+    let mut loaded = tinyllama::loader::load_model_with_lora(&a.hub.locate(&a.model)?, a.lora.as_deref(), dtype, true)?;
     loaded.model.kv_cache = kv;
     let draft = a.engine.load_draft(&loaded, &a.sampling.kv, &a.hub)?;
     let tok = &loaded.tokenizer;

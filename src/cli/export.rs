@@ -5,7 +5,7 @@ use clap::Args;
 use std::path::PathBuf;
 
 #[derive(Args)]
-#[command(group(clap::ArgGroup::new("output").required(true).args(["hf", "gguf"])))]
+#[command(group(clap::ArgGroup::new("output").required(true).args(["hf", "gguf", "gguf_lora"])))]
 pub struct ExportArgs {
     /// What to export: a checkpoint (runs/NAME/checkpoints/step-N; `step-400` for step-00000400), a
     /// run directory (its latest checkpoint) or any Hugging Face model directory. GGUF files are
@@ -20,6 +20,10 @@ pub struct ExportArgs {
     /// Output GGUF file for llama.cpp (tokenizer with SentencePiece scores and chat template embedded).
     #[arg(long)]
     gguf: Option<PathBuf>,
+    /// Output LoRA GGUF for llama.cpp's `--lora` (a LoRA checkpoint's adapter, as
+    /// convert_lora_to_gguf.py writes it; f32), applied over a GGUF of the base model.
+    #[arg(long, value_name = "ADAPTER.gguf", conflicts_with_all = ["hf", "gguf"])]
+    gguf_lora: Option<PathBuf>,
     /// Weight format: auto (the source's own: a bf16 checkpoint stays bf16; f32 when mixed); f32,
     /// bf16 or f16 for --hf; f32, f16, bf16, q8_0, q4_0, q4_k_m (llama.cpp's mix: Q4_K, with Q6_K
     /// for the head and some layers' attn_v/ffn_down), q4_k or q6_k for --gguf.
@@ -36,10 +40,11 @@ pub struct ExportArgs {
 
 pub fn run(a: ExportArgs) -> Result<()> {
     use tinyllama::export::{export, Existing, ExportOptions, ExportTarget, Lora};
-    let target = match (a.hf, a.gguf) {
-        (Some(hf), _) => ExportTarget::Hf(hf),
-        (None, Some(g)) => ExportTarget::Gguf(g),
-        (None, None) => bail!("export needs --hf DIR or --gguf FILE"),
+    let target = match (a.hf, a.gguf, a.gguf_lora) {
+        (Some(hf), _, _) => ExportTarget::Hf(hf),
+        (None, Some(g), _) => ExportTarget::Gguf(g),
+        (None, None, Some(l)) => ExportTarget::GgufLora(l),
+        (None, None, None) => bail!("export needs --hf DIR, --gguf FILE or --gguf-lora FILE"),
     };
     let lines = export(&ExportOptions {
         source: a.hub.locate(&a.checkpoint)?,

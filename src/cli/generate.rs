@@ -16,6 +16,10 @@ pub struct GenerateArgs {
     model: PathBuf,
     #[command(flatten)]
     hub: super::hub::HubArgs,
+    /// A PEFT LoRA adapter directory (adapter_config.json, adapter_model.safetensors; what `sft
+    /// --lora-rank` and PEFT write), merged in memory into the weights of a safetensors model.
+    #[arg(long, value_name = "ADAPTER_DIR")]
+    lora: Option<PathBuf>,
     /// The prompt (BOS is prepended); `-` reads it from stdin, as does no prompt flag with text
     /// piped in.
     #[arg(long, short = 'p', conflicts_with_all = ["prompts", "prompt_file"])]
@@ -67,7 +71,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         }
         _ => None,
     };
-    let loaded = load(&a.hub.locate(&a.model)?, &a.sampling.dtype, &a.sampling.kv)?;
+    let loaded = load(&a.hub.locate(&a.model)?, a.lora.as_deref(), &a.sampling.dtype, &a.sampling.kv)?;
     let draft = a.engine.load_draft(&loaded, &a.sampling.kv, &a.hub)?;
     let (model, tok, draft) = (&loaded.model, &loaded.tokenizer, draft.as_ref().map(|d| &d.model));
     match (text, &a.prompts) {
@@ -111,9 +115,14 @@ pub fn run(a: GenerateArgs) -> Result<()> {
 }
 
 /// The model named by `-m`, in the format asked for.
-fn load(path: &std::path::Path, dtype: &str, kv: &KvArgs) -> Result<tinyllama::loader::LoadedModel> {
+fn load(
+    path: &std::path::Path,
+    lora: Option<&std::path::Path>,
+    dtype: &str,
+    kv: &KvArgs,
+) -> Result<tinyllama::loader::LoadedModel> {
     let dtype = tinyllama::model::ModelDtype::parse_or_auto(dtype)?;
-    let mut m = tinyllama::loader::load_model(path, dtype, true)?;
+    let mut m = tinyllama::loader::load_model_with_lora(path, lora, dtype, true)?;
     m.model.kv_cache = kv.kind()?;
     Ok(m)
 }

@@ -13,6 +13,10 @@ pub struct ServeArgs {
     model: PathBuf,
     #[command(flatten)]
     hub: super::hub::HubArgs,
+    /// A PEFT LoRA adapter directory (adapter_config.json, adapter_model.safetensors; what `sft
+    /// --lora-rank` and PEFT write), merged in memory into the weights of a safetensors model.
+    #[arg(long, value_name = "ADAPTER_DIR")]
+    lora: Option<PathBuf>,
     /// Weight format for a safetensors model: auto (as stored: bf16 and f16 stay so, else f32),
     /// f32, f16, bf16, q8_0, q4_0, q4_k_m, q4_k, q6_k (quantized at load). GGUF files keep their own.
     #[arg(long, default_value = "auto")]
@@ -58,7 +62,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
     a.engine.check()?;
     let dtype = tinyllama::model::ModelDtype::parse_or_auto(&a.dtype)?;
     let kv = a.kv.kind()?;
-    let mut loaded = tinyllama::loader::load_model(&a.hub.locate(&a.model)?, dtype, true)?;
+    let mut loaded = tinyllama::loader::load_model_with_lora(&a.hub.locate(&a.model)?, a.lora.as_deref(), dtype, true)?;
     loaded.model.kv_cache = kv;
     let draft = a.engine.load_draft(&loaded, &a.kv, &a.hub)?;
     let by_hub_id = !a.model.exists() && a.model.to_str().and_then(tinyllama::hub::HubId::parse).is_some();

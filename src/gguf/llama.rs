@@ -9,6 +9,7 @@
 use super::{GgufFile, GgufWriter, Value};
 use crate::config::LlamaConfig;
 use crate::kernels::quant::Format;
+use crate::model::lora::Adapters;
 use crate::model::weights::Storage;
 use crate::model::{DecoderLayer, InferenceModel, Linear, ModelDtype, ParamLayout, WeightMatrix};
 use crate::tokenizer::spm::SpmVocab;
@@ -439,6 +440,48 @@ pub fn export(
     add("output.weight", "head", 0, layout.lm_head.clone(), cfg.vocab_size, d, false);
     w.write(out)?;
     Ok(GgufExport { fallbacks })
+}
+
+/// llama.cpp's name of the weight a PEFT module adapts (`self_attn.q_proj` → `attn_q`).
+fn gguf_weight_of(module: &str) -> Option<&'static str> {
+    let last = module.rsplit('.').next()?;
+    let names = [
+        ("q_proj", "attn_q"),
+        ("k_proj", "attn_k"),
+        ("v_proj", "attn_v"),
+        ("o_proj", "attn_output"),
+        ("gate_proj", "ffn_gate"),
+        ("up_proj", "ffn_up"),
+        ("down_proj", "ffn_down"),
+    ];
+    names.iter().find(|(hf, _)| *hf == last).map(|(_, g)| *g)
+}
+
+/// Writes LoRA adapters as llama.cpp's adapter GGUF, as `convert_lora_to_gguf.py` does:
+/// `general.type` `adapter`, `adapter.type` `lora`, `adapter.lora.alpha`; per adapted weight
+/// `blk.N.<weight>.weight.lora_a` (`A`, `[r, in]`) and `.lora_b` (`B`, `[out, r]`), f32, with q's
+/// and k's `B` rows permuted as their weights are. llama.cpp's `--lora` applies it over a GGUF of the
+/// base model.
+pub fn export_lora(cfg: &LlamaConfig, adapters: &Adapters, name: &str, out: &std::path::Path) -> Result<()> {
+    let mut w = GgufWriter::default();
+    w.set("general.architecture", Value::Str("llama".into()));
+    w.set("general.type", Value::Str("adapter".into()));
+    w.set("general.name", Value::Str(name.into()));
+    w.set("adapter.type", Value::Str("lora".into()));
+    w.set("adapter.lora.alpha", Value::F32(adapters.alpha as f32));
+    let r = adapters.rank;
+    let f32_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    for t in &adapters.targets {
+        let weight = gguf_weight_of(&t.module).with_context(|| format!("{}: not a Llama linear layer", t.module))?;
+        let base = format!("blk.{}.{weight}.weight", t.layer);
+        w.add_tensor(&format!("{base}.lora_a"), vec![t.inp, r], Format::F32, f32_bytes(&adapters.weights[t.a.clone()]));
+        let mut b = f32_bytes(&adapters.weights[t.b.clone()]);
+        if matches!(weight, "attn_q" | "attn_k") {
+            b = permute_rows(&b, t.out, r * 4, cfg.head_dim);
+        }
+        w.add_tensor(&format!("{base}.lora_b"), vec![r, t.out], Format::F32, b);
+    }
+    w.write(out)
 }
 
 #[cfg(test)]

@@ -115,13 +115,14 @@ pub fn log_sum_exp(l: &[f32]) -> f32 {
 }
 
 /// Output head + cross-entropy, forward and backward together, for training: fills `row_loss`,
-/// writes `dxf = ∂L/∂xf` and accumulates `dw += ∂L/∂w`, where `L = Σ scale_r · row_loss_r`.
+/// writes `dxf = ∂L/∂xf` and accumulates `dw += ∂L/∂w` (none for a frozen head), where
+/// `L = Σ scale_r · row_loss_r`.
 /// `scratch` needs `HEAD_CHUNK_ROWS * vocab` floats.
 #[allow(clippy::too_many_arguments)]
 pub fn head_cross_entropy_backward(
     row_loss: &mut [f32],
     dxf: &mut [f32],
-    dw: &mut [f32],
+    mut dw: Option<&mut [f32]>,
     xf: &[f32],
     w: &[f32],
     targets: &[u32],
@@ -148,7 +149,9 @@ pub fn head_cross_entropy_backward(
         timed("head_linear_backward_input", || {
             linear_backward_input(&mut dxf[r0 * d..(r0 + n) * d], logits, w, n, d, vocab)
         });
-        timed("head_linear_backward_weight", || linear_backward_weight(dw, logits, x, n, d, vocab));
+        if let Some(dw) = dw.as_deref_mut() {
+            timed("head_linear_backward_weight", || linear_backward_weight(dw, logits, x, n, d, vocab));
+        }
     }
 }
 
@@ -199,7 +202,7 @@ mod tests {
             let mut dxf = vec![f32::NAN; rows * d];
             let mut dw = vec![0.0; vocab * d];
             let mut s = vec![0.0; HEAD_CHUNK_ROWS * vocab];
-            head_cross_entropy_backward(&mut rl, &mut dxf, &mut dw, &xf, &w, &targets, d, vocab, scale, &mut s);
+            head_cross_entropy_backward(&mut rl, &mut dxf, Some(&mut dw), &xf, &w, &targets, d, vocab, scale, &mut s);
             assert!((objective(&rl) - loss(&xf, &w)).abs() < 1e-6);
             check("head+ce dxf", &xf, &dxf, &mut |x| loss(x, &w));
             check("head+ce dw", &w, &dw, &mut |wp| loss(&xf, wp));

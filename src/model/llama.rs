@@ -4,6 +4,7 @@
 //! Per layer (pre-norm, as Llama): `x_mid = x + Wo·attn(rope(Wqkv·norm1(x)))`,
 //! `x_out = x_mid + Wdown·swiglu(Wgu·norm2(x_mid))`; then a final norm and the untied head.
 
+use super::lora::{Adapters, Fused};
 use super::params::{init_params, ParamLayout};
 use crate::config::LlamaConfig;
 use crate::kernels::attention::{attention_backward, attention_forward, attention_scratch_len, AttnShape};
@@ -23,6 +24,20 @@ pub struct Llama {
     pub layout: ParamLayout,
     pub params: Vec<f32>,
     rope: RopeTable,
+    /// LoRA: adapters computed beside the frozen weights. With them, the backward computes the
+    /// adapters' gradients only (its gradient buffer is in their layout), no weight's.
+    pub adapters: Option<Adapters>,
+}
+
+/// What a training forward keeps for the backward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activations {
+    /// Every layer's activations.
+    KeepAll,
+    /// Each layer's input only (`--checkpoint-activations`): the backward recomputes a layer's
+    /// forward just before its backward, so activation memory is one layer's, for one more
+    /// forward's time; the results are the same bits.
+    RecomputePerLayer,
 }
 
 /// Activations kept for backward, and the gradient scratch, for one `(batch, seq_len)` shape.
@@ -30,6 +45,7 @@ pub struct Llama {
 pub struct Workspace {
     pub batch: usize,
     pub seq_len: usize,
+    pub activations: Activations,
     /// Residual stream: `n_layers + 1` blocks of `[B*T, d]` (each layer's input, then the last output).
     resid: Vec<f32>,
     /// Per layer: normed inputs, fused QKV (after RoPE), attention output, log-sum-exp,
@@ -58,18 +74,30 @@ pub struct Workspace {
     dqkv: Vec<f32>,
     attn_scratch: Vec<f32>,
     head_scratch: Vec<f32>,
+    /// LoRA, sized at the first step with adapters: each target's `x·Aᵀ` (`[n, r]`, kept for
+    /// backward), the scratch of its products, and a sink for the frozen norms' gradients.
+    lora_t: Vec<f32>,
+    lora_scratch: Vec<f32>,
+    norm_sink: Vec<f32>,
 }
 
 impl Workspace {
     pub fn new(cfg: &LlamaConfig, batch: usize, seq_len: usize) -> Self {
+        Self::with_activations(cfg, batch, seq_len, Activations::KeepAll)
+    }
+
+    pub fn with_activations(cfg: &LlamaConfig, batch: usize, seq_len: usize, activations: Activations) -> Self {
         let n = batch * seq_len;
-        let (d, l, f) = (cfg.hidden_size, cfg.num_hidden_layers, cfg.intermediate_size);
+        let (d, f) = (cfg.hidden_size, cfg.intermediate_size);
+        // per-layer activations: every layer's, or one layer's slot reused
+        let l = if activations == Activations::KeepAll { cfg.num_hidden_layers } else { 1 };
         let qs = cfg.q_dim() + 2 * cfg.kv_dim();
         let z = |k: usize| vec![0.0f32; k];
         Workspace {
             batch,
             seq_len,
-            resid: z((l + 1) * n * d),
+            activations,
+            resid: z((cfg.num_hidden_layers + 1) * n * d),
             xn1: z(l * n * d),
             qkv: z(l * n * qs),
             att: z(l * n * cfg.q_dim()),
@@ -97,11 +125,22 @@ impl Workspace {
                 head_dim: cfg.head_dim,
             })),
             head_scratch: z(HEAD_CHUNK_ROWS.min(n) * cfg.vocab_size),
+            lora_t: vec![],
+            lora_scratch: vec![],
+            norm_sink: vec![],
         }
     }
 
     pub fn tokens(&self) -> usize {
         self.batch * self.seq_len
+    }
+
+    /// Where layer `l`'s activations live in the per-layer buffers.
+    fn slot(&self, l: usize) -> usize {
+        match self.activations {
+            Activations::KeepAll => l,
+            Activations::RecomputePerLayer => 0,
+        }
     }
 }
 
@@ -117,7 +156,7 @@ impl Llama {
         let layout = ParamLayout::new(&cfg);
         assert_eq!(params.len(), layout.total, "parameter buffer does not match the config");
         let rope = RopeTable::new(cfg.head_dim, cfg.rope_theta, cfg.max_position_embeddings.max(1));
-        Llama { cfg, layout, params, rope }
+        Llama { cfg, layout, params, rope, adapters: None }
     }
 
     fn attn_shape(&self, ws: &Workspace) -> AttnShape {
@@ -127,6 +166,75 @@ impl Llama {
             n_heads: self.cfg.num_attention_heads,
             n_kv_heads: self.cfg.num_key_value_heads,
             head_dim: self.cfg.head_dim,
+        }
+    }
+
+    /// The length of the gradient buffer a backward accumulates into: every parameter, or (LoRA)
+    /// the adapters alone.
+    pub fn trainable_len(&self) -> usize {
+        self.adapters.as_ref().map_or(self.layout.total, |a| a.weights.len())
+    }
+
+    fn size_lora_buffers(&self, ws: &mut Workspace) {
+        let Some(ad) = &self.adapters else { return };
+        let n = ws.tokens();
+        let (t, scratch) = (ad.targets.len() * n * ad.rank, n * (ad.max_out() + ad.rank));
+        if ws.lora_t.len() != t || ws.lora_scratch.len() != scratch {
+            ws.lora_t = vec![0.0; t];
+            ws.lora_scratch = vec![0.0; scratch];
+            ws.norm_sink = vec![0.0; self.cfg.hidden_size];
+        }
+    }
+
+    /// The adapters on `layer`'s `fused` matrix added to its output `y` (`width` wide).
+    #[allow(clippy::too_many_arguments)]
+    fn adapt(
+        &self,
+        layer: usize,
+        fused: Fused,
+        y: &mut [f32],
+        width: usize,
+        x: &[f32],
+        n: usize,
+        lora_t: &mut [f32],
+        scratch: &mut [f32],
+    ) {
+        let Some(ad) = &self.adapters else { return };
+        let r = ad.rank;
+        profile::timed("lora_forward", || {
+            for (i, tg) in ad.on(layer, fused) {
+                ad.forward(tg, y, width, x, n, &mut lora_t[i * n * r..][..n * r], scratch);
+            }
+        });
+    }
+
+    /// `dx = dy·W`, and the gradients of what trains: `∂L/∂W` (a full model), or the adapters'
+    /// on `W` (LoRA; `∂L/∂x` gets their part too).
+    #[allow(clippy::too_many_arguments)]
+    fn linear_backward(
+        &self,
+        grads: &mut [f32],
+        (layer, fused, w): (usize, Fused, std::ops::Range<usize>),
+        dx: &mut [f32],
+        dy: &[f32],
+        x: &[f32],
+        (n, d_in, d_out): (usize, usize, usize),
+        lora_t: &[f32],
+        scratch: &mut [f32],
+    ) {
+        profile::timed("linear_backward_input", || {
+            linear_backward_input(dx, dy, &self.params[w.clone()], n, d_in, d_out)
+        });
+        match &self.adapters {
+            None => profile::timed("linear_backward_weight", || {
+                linear_backward_weight(&mut grads[w], dy, x, n, d_in, d_out)
+            }),
+            Some(ad) => profile::timed("lora_backward", || {
+                let r = ad.rank;
+                for (i, tg) in ad.on(layer, fused) {
+                    ad.backward(tg, grads, dx, dy, d_out, x, &lora_t[i * n * r..][..n * r], n, scratch);
+                }
+            }),
         }
     }
 
@@ -142,51 +250,67 @@ impl Llama {
             ws.seq_len,
             self.rope.max_pos()
         );
-        let (d, f, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.rms_norm_eps);
-        let (qd, qs) = (cfg.q_dim(), cfg.q_dim() + 2 * cfg.kv_dim());
+        let (d, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
         let p = &self.params;
-        let shape = self.attn_shape(ws);
         profile::timed("embedding_forward", || {
             embedding_forward(&mut ws.resid[..n * d], tokens, &p[self.layout.embed.clone()], d)
         })?;
-        for (l, lp) in self.layout.layers.iter().enumerate() {
-            let (x_in, x_out) = ws.resid[l * n * d..(l + 2) * n * d].split_at_mut(n * d);
-            let xn1 = &mut ws.xn1[l * n * d..][..n * d];
-            let qkv = &mut ws.qkv[l * n * qs..][..n * qs];
-            let att = &mut ws.att[l * n * qd..][..n * qd];
-            let x_mid = &mut ws.x_mid[l * n * d..][..n * d];
-            let xn2 = &mut ws.xn2[l * n * d..][..n * d];
-            let gu = &mut ws.gu[l * n * 2 * f..][..n * 2 * f];
-            let h = &mut ws.h[l * n * f..][..n * f];
-            let rstd1 = &mut ws.rstd1[l * n..][..n];
-            let rstd2 = &mut ws.rstd2[l * n..][..n];
-            let lse = &mut ws.lse[l * shape.batch * shape.n_heads * shape.seq_len..]
-                [..shape.batch * shape.n_heads * shape.seq_len];
-
-            profile::timed("rms_norm_forward", || rms_norm_forward(xn1, rstd1, x_in, &p[lp.attn_norm.clone()], d, eps));
-            profile::timed("linear_forward", || linear_forward(qkv, xn1, &p[lp.wqkv.clone()], n, d, qs));
-            profile::timed("rope_forward", || {
-                rope_forward(qkv, qs, cfg.num_attention_heads + cfg.num_key_value_heads, ws.seq_len, 0, &self.rope)
-            });
-            profile::timed("attention_forward", || attention_forward(att, lse, qkv, &mut ws.attn_scratch, shape));
-            // residual add fused into the GEMM: x_mid = x_in + att·Woᵀ
-            x_mid.copy_from_slice(x_in);
-            profile::timed("matmul_residual", || {
-                matmul(x_mid, att, &p[lp.wo.clone()], n, d, qd, Stored::AsIs, Stored::Transposed, Output::Accumulate)
-            });
-            profile::timed("rms_norm_forward", || rms_norm_forward(xn2, rstd2, x_mid, &p[lp.mlp_norm.clone()], d, eps));
-            profile::timed("linear_forward", || linear_forward(gu, xn2, &p[lp.wgu.clone()], n, d, 2 * f));
-            profile::timed("swiglu_forward", || swiglu_forward(h, gu, f));
-            x_out.copy_from_slice(x_mid);
-            profile::timed("matmul_residual", || {
-                matmul(x_out, h, &p[lp.wdown.clone()], n, d, f, Stored::AsIs, Stored::Transposed, Output::Accumulate)
-            });
+        self.size_lora_buffers(ws);
+        for l in 0..cfg.num_hidden_layers {
+            self.layer_forward(ws, l);
         }
         let last = &ws.resid[cfg.num_hidden_layers * n * d..][..n * d];
         profile::timed("rms_norm_forward", || {
             rms_norm_forward(&mut ws.xf, &mut ws.rstdf, last, &p[self.layout.final_norm.clone()], d, eps)
         });
         Ok(())
+    }
+
+    /// Layer `l`'s forward: from `resid[l]` to `resid[l + 1]`, its activations in its slot.
+    fn layer_forward(&self, ws: &mut Workspace, l: usize) {
+        let cfg = &self.cfg;
+        let n = ws.tokens();
+        let (d, f, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.rms_norm_eps);
+        let (qd, qs) = (cfg.q_dim(), cfg.q_dim() + 2 * cfg.kv_dim());
+        let p = &self.params;
+        let shape = self.attn_shape(ws);
+        let lp = &self.layout.layers[l];
+        let s = ws.slot(l);
+        let (x_in, x_out) = ws.resid[l * n * d..(l + 2) * n * d].split_at_mut(n * d);
+        let xn1 = &mut ws.xn1[s * n * d..][..n * d];
+        let qkv = &mut ws.qkv[s * n * qs..][..n * qs];
+        let att = &mut ws.att[s * n * qd..][..n * qd];
+        let x_mid = &mut ws.x_mid[s * n * d..][..n * d];
+        let xn2 = &mut ws.xn2[s * n * d..][..n * d];
+        let gu = &mut ws.gu[s * n * 2 * f..][..n * 2 * f];
+        let h = &mut ws.h[s * n * f..][..n * f];
+        let rstd1 = &mut ws.rstd1[s * n..][..n];
+        let rstd2 = &mut ws.rstd2[s * n..][..n];
+        let lse = &mut ws.lse[s * shape.batch * shape.n_heads * shape.seq_len..]
+            [..shape.batch * shape.n_heads * shape.seq_len];
+
+        profile::timed("rms_norm_forward", || rms_norm_forward(xn1, rstd1, x_in, &p[lp.attn_norm.clone()], d, eps));
+        profile::timed("linear_forward", || linear_forward(qkv, xn1, &p[lp.wqkv.clone()], n, d, qs));
+        self.adapt(l, Fused::Qkv, qkv, qs, xn1, n, &mut ws.lora_t, &mut ws.lora_scratch);
+        profile::timed("rope_forward", || {
+            rope_forward(qkv, qs, cfg.num_attention_heads + cfg.num_key_value_heads, ws.seq_len, 0, &self.rope)
+        });
+        profile::timed("attention_forward", || attention_forward(att, lse, qkv, &mut ws.attn_scratch, shape));
+        // residual add fused into the GEMM: x_mid = x_in + att·Woᵀ
+        x_mid.copy_from_slice(x_in);
+        profile::timed("matmul_residual", || {
+            matmul(x_mid, att, &p[lp.wo.clone()], n, d, qd, Stored::AsIs, Stored::Transposed, Output::Accumulate)
+        });
+        self.adapt(l, Fused::O, x_mid, d, att, n, &mut ws.lora_t, &mut ws.lora_scratch);
+        profile::timed("rms_norm_forward", || rms_norm_forward(xn2, rstd2, x_mid, &p[lp.mlp_norm.clone()], d, eps));
+        profile::timed("linear_forward", || linear_forward(gu, xn2, &p[lp.wgu.clone()], n, d, 2 * f));
+        self.adapt(l, Fused::GateUp, gu, 2 * f, xn2, n, &mut ws.lora_t, &mut ws.lora_scratch);
+        profile::timed("swiglu_forward", || swiglu_forward(h, gu, f));
+        x_out.copy_from_slice(x_mid);
+        profile::timed("matmul_residual", || {
+            matmul(x_out, h, &p[lp.wdown.clone()], n, d, f, Stored::AsIs, Stored::Transposed, Output::Accumulate)
+        });
+        self.adapt(l, Fused::Down, x_out, d, h, n, &mut ws.lora_t, &mut ws.lora_scratch);
     }
 
     /// Full logits `[batch * seq_len, vocab]` (inference, parity checks).
@@ -233,7 +357,7 @@ impl Llama {
         targets: &[u32],
         grad_scale: f32,
     ) -> Result<f64> {
-        ensure!(grads.len() == self.layout.total, "gradient buffer does not match the model");
+        ensure!(grads.len() == self.trainable_len(), "gradient buffer does not match the model");
         self.check_targets(targets, ws.tokens())?;
         self.forward_hidden(ws, tokens)?;
         self.backward_from_hidden(ws, grads, tokens, targets, RowScale::Uniform(grad_scale));
@@ -252,7 +376,7 @@ impl Llama {
         targets: &[u32],
         weights: impl FnOnce(&[f32]) -> Vec<f32>,
     ) -> Result<()> {
-        ensure!(grads.len() == self.layout.total, "gradient buffer does not match the model");
+        ensure!(grads.len() == self.trainable_len(), "gradient buffer does not match the model");
         self.check_targets(targets, ws.tokens())?;
         self.forward_hidden(ws, tokens)?;
         let (d, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
@@ -283,12 +407,14 @@ impl Llama {
         let lay = &self.layout;
         let shape = self.attn_shape(ws);
         let n_rot = cfg.num_attention_heads + cfg.num_key_value_heads;
+        // LoRA: the weights are frozen; the norms' gradients go to a sink
+        let frozen = self.adapters.is_some();
 
         // head + cross-entropy, fused: dxn = ∂L/∂xf
         head_cross_entropy_backward(
             &mut ws.row_loss,
             &mut ws.dxn,
-            &mut grads[lay.lm_head.clone()],
+            if frozen { None } else { Some(&mut grads[lay.lm_head.clone()]) },
             &ws.xf,
             &p[lay.lm_head.clone()],
             targets,
@@ -302,7 +428,7 @@ impl Llama {
         profile::timed("rms_norm_backward", || {
             rms_norm_backward(
                 &mut ws.dres,
-                &mut grads[lay.final_norm.clone()],
+                if frozen { &mut ws.norm_sink } else { &mut grads[lay.final_norm.clone()] },
                 &ws.dxn,
                 last,
                 &ws.rstdf,
@@ -312,37 +438,42 @@ impl Llama {
         });
 
         for (l, lp) in lay.layers.iter().enumerate().rev() {
+            if ws.activations == Activations::RecomputePerLayer {
+                self.layer_forward(ws, l);
+            }
+            let s = ws.slot(l);
             let x_in = &ws.resid[l * n * d..][..n * d];
-            let xn1 = &ws.xn1[l * n * d..][..n * d];
-            let qkv = &ws.qkv[l * n * qs..][..n * qs];
-            let att = &ws.att[l * n * qd..][..n * qd];
-            let x_mid = &ws.x_mid[l * n * d..][..n * d];
-            let xn2 = &ws.xn2[l * n * d..][..n * d];
-            let gu = &ws.gu[l * n * 2 * f..][..n * 2 * f];
-            let h = &ws.h[l * n * f..][..n * f];
-            let rstd1 = &ws.rstd1[l * n..][..n];
-            let rstd2 = &ws.rstd2[l * n..][..n];
-            let lse = &ws.lse[l * shape.batch * shape.n_heads * shape.seq_len..]
+            let xn1 = &ws.xn1[s * n * d..][..n * d];
+            let qkv = &ws.qkv[s * n * qs..][..n * qs];
+            let att = &ws.att[s * n * qd..][..n * qd];
+            let x_mid = &ws.x_mid[s * n * d..][..n * d];
+            let xn2 = &ws.xn2[s * n * d..][..n * d];
+            let gu = &ws.gu[s * n * 2 * f..][..n * 2 * f];
+            let h = &ws.h[s * n * f..][..n * f];
+            let rstd1 = &ws.rstd1[s * n..][..n];
+            let rstd2 = &ws.rstd2[s * n..][..n];
+            let lse = &ws.lse[s * shape.batch * shape.n_heads * shape.seq_len..]
                 [..shape.batch * shape.n_heads * shape.seq_len];
 
             // MLP: dres is ∂L/∂x_out here.
-            profile::timed("linear_backward_input", || {
-                linear_backward_input(&mut ws.dh, &ws.dres, &p[lp.wdown.clone()], n, f, d)
-            });
-            profile::timed("linear_backward_weight", || {
-                linear_backward_weight(&mut grads[lp.wdown.clone()], &ws.dres, h, n, f, d)
-            });
+            let (lt, ls) = (&ws.lora_t, &mut ws.lora_scratch);
+            self.linear_backward(grads, (l, Fused::Down, lp.wdown.clone()), &mut ws.dh, &ws.dres, h, (n, f, d), lt, ls);
             profile::timed("swiglu_backward", || swiglu_backward(&mut ws.dgu, &ws.dh, gu, f));
-            profile::timed("linear_backward_input", || {
-                linear_backward_input(&mut ws.dxn, &ws.dgu, &p[lp.wgu.clone()], n, d, 2 * f)
-            });
-            profile::timed("linear_backward_weight", || {
-                linear_backward_weight(&mut grads[lp.wgu.clone()], &ws.dgu, xn2, n, d, 2 * f)
-            });
+            let (lt, ls) = (&ws.lora_t, &mut ws.lora_scratch);
+            self.linear_backward(
+                grads,
+                (l, Fused::GateUp, lp.wgu.clone()),
+                &mut ws.dxn,
+                &ws.dgu,
+                xn2,
+                (n, d, 2 * f),
+                lt,
+                ls,
+            );
             profile::timed("rms_norm_backward", || {
                 rms_norm_backward(
                     &mut ws.dres,
-                    &mut grads[lp.mlp_norm.clone()],
+                    if frozen { &mut ws.norm_sink } else { &mut grads[lp.mlp_norm.clone()] },
                     &ws.dxn,
                     x_mid,
                     rstd2,
@@ -351,26 +482,27 @@ impl Llama {
                 )
             });
             // Attention: dres is ∂L/∂x_mid here.
-            profile::timed("linear_backward_input", || {
-                linear_backward_input(&mut ws.datt, &ws.dres, &p[lp.wo.clone()], n, qd, d)
-            });
-            profile::timed("linear_backward_weight", || {
-                linear_backward_weight(&mut grads[lp.wo.clone()], &ws.dres, att, n, qd, d)
-            });
+            let (lt, ls) = (&ws.lora_t, &mut ws.lora_scratch);
+            self.linear_backward(grads, (l, Fused::O, lp.wo.clone()), &mut ws.datt, &ws.dres, att, (n, qd, d), lt, ls);
             profile::timed("attention_backward", || {
                 attention_backward(&mut ws.dqkv, &ws.datt, att, qkv, lse, &mut ws.attn_scratch, shape)
             });
             profile::timed("rope_backward", || rope_backward(&mut ws.dqkv, qs, n_rot, ws.seq_len, 0, &self.rope));
-            profile::timed("linear_backward_input", || {
-                linear_backward_input(&mut ws.dxn, &ws.dqkv, &p[lp.wqkv.clone()], n, d, qs)
-            });
-            profile::timed("linear_backward_weight", || {
-                linear_backward_weight(&mut grads[lp.wqkv.clone()], &ws.dqkv, xn1, n, d, qs)
-            });
+            let (lt, ls) = (&ws.lora_t, &mut ws.lora_scratch);
+            self.linear_backward(
+                grads,
+                (l, Fused::Qkv, lp.wqkv.clone()),
+                &mut ws.dxn,
+                &ws.dqkv,
+                xn1,
+                (n, d, qs),
+                lt,
+                ls,
+            );
             profile::timed("rms_norm_backward", || {
                 rms_norm_backward(
                     &mut ws.dres,
-                    &mut grads[lp.attn_norm.clone()],
+                    if frozen { &mut ws.norm_sink } else { &mut grads[lp.attn_norm.clone()] },
                     &ws.dxn,
                     x_in,
                     rstd1,
@@ -379,7 +511,11 @@ impl Llama {
                 )
             });
         }
-        profile::timed("embedding_backward", || embedding_backward(&mut grads[lay.embed.clone()], &ws.dres, tokens, d));
+        if !frozen {
+            profile::timed("embedding_backward", || {
+                embedding_backward(&mut grads[lay.embed.clone()], &ws.dres, tokens, d)
+            });
+        }
     }
 }
 
@@ -450,6 +586,39 @@ mod tests {
                 model.params.copy_from_slice(p);
                 model.forward_loss(&mut ws, &tokens, &targets).unwrap()
             });
+        }
+    }
+
+    /// Recomputing each layer's forward in the backward gives the same bits as keeping every
+    /// activation: losses and gradients, for a full model and for LoRA adapters.
+    #[test]
+    fn recomputed_activations_give_the_same_bits() {
+        let cfg = small_cfg(4, 2);
+        let (b, t) = (2, 7);
+        let (tokens, targets) = batch(&cfg, b * t, 4);
+        for lora in [false, true] {
+            let mut model = Llama::new_init(cfg.clone(), 3);
+            if lora {
+                let mut a = crate::model::lora::Adapters::new(
+                    &cfg,
+                    &["self_attn.q_proj".into(), "mlp.down_proj".into()],
+                    2,
+                    4.0,
+                    1,
+                )
+                .unwrap();
+                a.weights.iter_mut().enumerate().for_each(|(i, w)| *w += (i % 5) as f32 * 0.01);
+                model.adapters = Some(a);
+            }
+            let run = |activations| {
+                let mut ws = Workspace::with_activations(&cfg, b, t, activations);
+                let mut grads = vec![0.0; model.trainable_len()];
+                let loss = model.forward_backward(&mut ws, &mut grads, &tokens, &targets, 0.5).unwrap();
+                (loss.to_bits(), grads.iter().map(|g| g.to_bits()).collect::<Vec<_>>())
+            };
+            let (kept, recomputed) = (run(Activations::KeepAll), run(Activations::RecomputePerLayer));
+            assert!(kept.1.iter().any(|&g| g != 0), "gradients were computed");
+            assert_eq!(kept, recomputed, "lora {lora}");
         }
     }
 

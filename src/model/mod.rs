@@ -4,6 +4,7 @@
 pub mod inference;
 pub mod kv_cache;
 pub mod llama;
+pub mod lora;
 pub mod params;
 pub mod prefetch;
 pub mod weights;

@@ -92,8 +92,8 @@ pub fn save_checkpoint(
         write_safetensors(
             &tmp.join("optimizer.safetensors"),
             &[
-                TensorOut { name: "exp_avg".into(), shape: vec![n], data: &adam.m },
-                TensorOut { name: "exp_avg_sq".into(), shape: vec![n], data: &adam.v },
+                TensorOut { name: "exp_avg".into(), shape: vec![n], data: &adam.m, plus: None },
+                TensorOut { name: "exp_avg_sq".into(), shape: vec![n], data: &adam.v, plus: None },
             ],
             Dtype::F32,
             &meta,

@@ -10,7 +10,6 @@
 
 use super::checkpoint::TrainerState;
 use super::config::TrainConfig;
-use super::lora::Lora;
 use super::trainer::{claim_run_dir, resolved_config, DataPosition, Resume, Trainer};
 use crate::checkpoint::hf::load_hf;
 use crate::data::finetune::{
@@ -19,6 +18,8 @@ use crate::data::finetune::{
 use crate::dist::Collectives;
 use crate::files::write_json;
 use crate::kernels::cross_entropy::IGNORE_INDEX;
+use crate::model::llama::Activations;
+use crate::model::lora::Adapters;
 use crate::model::{Llama, Workspace};
 use crate::rng::Rng;
 use crate::tokenizer::chat_template::{ChatTemplate, TemplateSource};
@@ -98,6 +99,9 @@ pub struct FinetuneConfig {
     pub lora_targets: String,
     /// A PEFT adapter directory to start from (default: PEFT's initialisation, B = 0).
     pub lora_init: Option<PathBuf>,
+    /// Recompute each layer's forward in the backward (activation memory of one layer).
+    #[serde(default)]
+    pub checkpoint_activations: bool,
     pub log_interval: u64,
     pub save_interval: u64,
     pub keep_last: usize,
@@ -138,6 +142,7 @@ impl FinetuneConfig {
             lora_alpha: 16.0,
             lora_targets: "all".into(),
             lora_init: None,
+            checkpoint_activations: false,
             log_interval: 1,
             save_interval: 500,
             keep_last: 2,
@@ -277,13 +282,18 @@ fn pad(seqs: &[(Vec<u32>, Vec<bool>)], pad_id: u32, max_len: usize) -> Padded {
 }
 
 /// One workspace kept for the last shape (a new one only when the shape changes).
-struct Workspaces(Option<Workspace>);
+struct Workspaces(Option<Workspace>, Activations);
 
 impl Workspaces {
+    fn of(fc: &FinetuneConfig) -> Self {
+        let kept = if fc.checkpoint_activations { Activations::RecomputePerLayer } else { Activations::KeepAll };
+        Workspaces(None, kept)
+    }
+
     fn get(&mut self, model: &Llama, batch: usize, len: usize) -> &mut Workspace {
         if !matches!(&self.0, Some(w) if w.batch == batch && w.seq_len == len) {
             self.0 = None; // free the old one first
-            self.0 = Some(Workspace::new(&model.cfg, batch, len));
+            self.0 = Some(Workspace::with_activations(&model.cfg, batch, len, self.1));
         }
         self.0.as_mut().expect("just set")
     }
@@ -306,7 +316,8 @@ fn reference_logps(
     max_len: usize,
     pad_id: u32,
 ) -> Result<Vec<[f64; 2]>> {
-    let mut ws = Workspaces(None);
+    // forward only: one layer's activations suffice (the same bits as keeping them all)
+    let mut ws = Workspaces(None, Activations::RecomputePerLayer);
     let mut out = vec![];
     for chunk in pairs.chunks(micro_batch) {
         let seqs: Vec<_> =
@@ -395,21 +406,21 @@ fn read_examples(
 }
 
 /// PEFT's LoRA adapters when `lora_rank` > 0 (PEFT's initialisation, or `lora_init`'s).
-fn lora_adapters(fc: &FinetuneConfig, model: &Llama, say: &dyn Fn(&str)) -> Result<Option<Lora>> {
+fn lora_adapters(fc: &FinetuneConfig, model: &Llama, say: &dyn Fn(&str)) -> Result<Option<Adapters>> {
     if fc.lora_rank == 0 {
         return Ok(None);
     }
     let r = fc.lora_rank;
     let targets = crate::train::lora::parse_targets(&fc.lora_targets)?;
-    let mut l = Lora::new(&model.cfg, &model.params, &targets, r, fc.lora_alpha, fc.seed)?;
+    let mut l = Adapters::new(&model.cfg, &targets, r, fc.lora_alpha, fc.seed)?;
     if let Some(dir) = &fc.lora_init {
-        l.load_peft(dir)?;
+        crate::train::lora::load_peft(&mut l, dir)?;
     }
     say(&format!(
         "LoRA: rank {r}, alpha {}, {} weights adapted, {} trainable parameters of {}",
         fc.lora_alpha,
         l.targets.len(),
-        l.adapters.len(),
+        l.weights.len(),
         model.layout.total
     ));
     Ok(Some(l))
@@ -645,7 +656,7 @@ pub fn finetune(
     // `export` and transformers; LoRA adapters beside it in PEFT's files
     let save = |t: &mut Trainer| t.save(DataPosition::Examples(position.clone()));
 
-    let mut ws = Workspaces(None);
+    let mut ws = Workspaces::of(fc);
     let mut out = FinetuneOutcome {
         step: t.step,
         max_steps,

@@ -9,12 +9,12 @@ use super::checkpoint::{
     step_dir, write_tokenizer_config, TrainerState,
 };
 use super::config::TrainConfig;
-use super::lora::Lora;
 use super::metrics::MetricsSink;
 use super::{clip_to_norm, grad_sum_squares, AdamW, AdamWConfig, CosineSchedule};
 use crate::data::loader::LoaderState;
 use crate::dist::{shard_range, Collectives};
 use crate::files::write_json;
+use crate::model::lora::Adapters;
 use crate::model::Llama;
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, ensure, Context, Result};
@@ -131,9 +131,6 @@ pub struct Trainer<'a> {
     bar: Option<indicatif::ProgressBar>,
     t_start: Instant,
     pub start_step: u64,
-    /// LoRA: only the adapters are trained (the optimiser's parameters); the model holds the
-    /// merged weights.
-    pub lora: Option<Lora>,
     /// Written beside every checkpoint's model (`tokenizer_config.json`'s `chat_template`).
     pub chat_template: Option<String>,
     /// Where the base model came from (a LoRA adapter's `base_model_name_or_path`).
@@ -153,13 +150,12 @@ impl<'a> Trainer<'a> {
         tok: Tokenizer,
         comm: &'a dyn Collectives,
         verbose: bool,
-        lora: Option<Lora>,
+        lora: Option<Adapters>,
     ) -> Self {
         let (world, rank) = (comm.world(), comm.rank());
-        if let Some(l) = &lora {
-            l.merge_into(&mut model.params);
-        }
-        let n_params = lora.as_ref().map(|l| l.adapters.len()).unwrap_or(model.layout.total);
+        // LoRA: the adapters run beside the frozen weights, and are what the optimiser trains
+        model.adapters = lora;
+        let n_params = model.trainable_len();
         let shard = shard_range(n_params, rank, world);
         let block = n_params.div_ceil(world);
         let adam_cfg = AdamWConfig { beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weight_decay: cfg.weight_decay };
@@ -205,7 +201,6 @@ impl<'a> Trainer<'a> {
             bar: None,
             t_start: Instant::now(),
             start_step: 0,
-            lora,
             chat_template: None,
             base_model: String::new(),
         }
@@ -238,13 +233,11 @@ impl<'a> Trainer<'a> {
             dir.display(),
             ck.adam_m.len(),
             self.n_params,
-            if self.lora.is_some() { " (LoRA adapters: keep --lora-rank and --lora-targets)" } else { "" }
+            if self.model.adapters.is_some() { " (LoRA adapters: keep --lora-rank and --lora-targets)" } else { "" }
         );
-        match &mut self.lora {
-            Some(l) => {
-                l.load_peft(&dir)?;
-                l.merge_into(&mut self.model.params);
-            }
+        match &mut self.model.adapters {
+            // the frozen weights are the base model's, as loaded; the checkpoint's are merged
+            Some(a) => super::lora::load_peft(a, &dir)?,
             None => self.model.params = ck.model.params,
         }
         // the optimiser state is stored whole: any world size takes its own shard of it
@@ -310,18 +303,12 @@ impl<'a> Trainer<'a> {
     /// Zeroes the gradient buffer before a step's micro-batches accumulate into it.
     pub fn zero_grads(&mut self) {
         self.grads.fill(0.0);
-        if let Some(l) = &mut self.lora {
-            l.full_grads.fill(0.0);
-        }
     }
 
     /// The parameters and the gradient buffer (in the parameter layout) a mode's
     /// forward/backward reads and accumulates into.
     pub fn model_and_grads(&mut self) -> (&Llama, &mut [f32]) {
-        match &mut self.lora {
-            Some(l) => (&self.model, &mut l.full_grads),
-            None => (&self.model, &mut self.grads[..self.n_params]),
-        }
+        (&self.model, &mut self.grads[..self.n_params])
     }
 
     pub fn elapsed(&self) -> f64 {
@@ -356,9 +343,6 @@ impl<'a> Trainer<'a> {
     /// `nan_patience` of them in a row end the run.
     pub fn update(&mut self, loss_sum: f64, loss_divisor: f64, tokens: u64) -> Result<StepStats> {
         let shard = self.shard.clone();
-        if let Some(l) = &self.lora {
-            l.project_grads(&mut self.grads[..self.n_params]);
-        }
         // ZeRO-1: sum the gradients and keep this rank's block
         let g = if self.world > 1 {
             self.comm.reduce_scatter_sum(&self.grads, &mut self.gshard);
@@ -391,8 +375,8 @@ impl<'a> Trainer<'a> {
                 );
             }
         } else {
-            let trainable = match &mut self.lora {
-                Some(l) => &mut l.adapters,
+            let trainable = match &mut self.model.adapters {
+                Some(a) => &mut a.weights,
                 None => &mut self.model.params,
             };
             self.adam.update(&mut trainable[shard.clone()], g, lr);
@@ -401,9 +385,6 @@ impl<'a> Trainer<'a> {
                 self.pshard[..shard.len()].copy_from_slice(&trainable[shard.clone()]);
                 self.comm.all_gather(&self.pshard, &mut self.gathered);
                 trainable.copy_from_slice(&self.gathered[..self.n_params]);
-            }
-            if let Some(l) = &self.lora {
-                l.merge_into(&mut self.model.params);
             }
         }
         self.step += 1;
@@ -510,12 +491,13 @@ impl<'a> Trainer<'a> {
             if let Some(t) = &self.chat_template {
                 write_tokenizer_config(dir, &self.tok, self.model.cfg.max_position_embeddings, Some(t))?;
             }
-            if let Some(l) = &self.lora {
-                l.save_peft(dir, &self.base_model)?;
+            if let Some(a) = &self.model.adapters {
+                super::lora::save_peft(a, dir, &self.base_model)?;
             }
             Ok(())
         };
         let dir = if rank == 0 {
+            // a LoRA checkpoint's model is written merged, so that it runs and exports as a plain model
             save_checkpoint(&self.ckpt_root, &self.model, full, &self.tok, &state, &extra)
         } else {
             Ok(step_dir(&self.ckpt_root, step))
