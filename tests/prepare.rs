@@ -30,7 +30,7 @@ fn read_split(out: &Path, split: &str, prefix: &str) -> Vec<u32> {
     tinyllama::data::loader::component_files(out, split, prefix)
         .unwrap()
         .iter()
-        .flat_map(|f| Shard::open(f).unwrap().tokens())
+        .flat_map(|f| Shard::open(f).unwrap().tokens().unwrap())
         .collect()
 }
 

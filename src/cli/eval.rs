@@ -183,7 +183,7 @@ fn perplexity(
     path: &std::path::Path,
 ) -> Result<()> {
     let tokens: Vec<u32> = if path.extension().map(|e| e == "bin").unwrap_or(false) {
-        tinyllama::data::shard::Shard::open(path)?.tokens()
+        tinyllama::data::shard::Shard::open(path)?.tokens()?
     } else {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
         std::iter::once(tok.bos_id).chain(tok.encode(&text)?).collect()

@@ -212,7 +212,7 @@ impl Component {
                 let shard = &self.files[f as usize];
                 shard.check_unchanged()?;
                 self.pos.index += 1;
-                shard.read(b as usize * o.block_size, out);
+                shard.read(b as usize * o.block_size, out)?;
                 if let Some(v) = o.vocab_size {
                     if let Some(&t) = out.iter().find(|&&t| t as usize >= v) {
                         bail!(

@@ -142,20 +142,26 @@ impl PackedShardWriter {
     }
 }
 
-/// A shard opened for reading (memory-mapped), its header checked against its size.
+/// A shard opened for reading, its header checked against its size. Blocks are read with
+/// positioned reads (not a memory map), so that a file truncated under a run is an error naming
+/// it, never a SIGBUS.
 pub struct Shard {
     pub path: PathBuf,
-    map: memmap2::Mmap,
+    file: std::fs::File,
+    /// The file's size when it was opened.
+    bytes: u64,
     pub dtype: TokenDtype,
     pub len: usize,
 }
 
 impl Shard {
     pub fn open(path: &Path) -> Result<Self> {
+        use std::os::unix::fs::FileExt;
         let f = std::fs::File::open(path).with_context(|| format!("cannot open shard {}", path.display()))?;
-        // SAFETY: shards are written once (temp + rename) and not modified while read.
-        let map = unsafe { memmap2::Mmap::map(&f) }.with_context(|| format!("cannot map {}", path.display()))?;
-        ensure!(map.len() >= HEADER_LEN, "{}: {} bytes, shorter than the 24-byte header", path.display(), map.len());
+        let bytes = f.metadata().with_context(|| format!("cannot read {}", path.display()))?.len();
+        ensure!(bytes >= HEADER_LEN as u64, "{}: {bytes} bytes, shorter than the 24-byte header", path.display());
+        let mut map = [0u8; HEADER_LEN];
+        f.read_exact_at(&mut map, 0).with_context(|| format!("cannot read {}", path.display()))?;
         ensure!(&map[..7] == MAGIC, "{}: bad magic (not a LITPKDS token shard)", path.display());
         let version = u64::from_le_bytes(map[7..15].try_into().unwrap());
         ensure!(version == VERSION, "{}: shard format version {version}, expected {VERSION}", path.display());
@@ -163,7 +169,7 @@ impl Shard {
             format!("{}: dtype code {} is not an integer token type (4, 5 or 8)", path.display(), map[15])
         })?;
         let chunk = u64::from_le_bytes(map[16..24].try_into().unwrap()) as usize;
-        let data = map.len() - HEADER_LEN;
+        let data = bytes as usize - HEADER_LEN;
         ensure!(
             data.is_multiple_of(dtype.size()),
             "{}: {data} data bytes are not a whole number of {}-byte tokens",
@@ -176,50 +182,56 @@ impl Shard {
             path.display(),
             data / dtype.size()
         );
-        Ok(Shard { path: path.to_path_buf(), map, dtype, len: chunk })
+        Ok(Shard { path: path.to_path_buf(), file: f, bytes, dtype, len: chunk })
     }
 
     /// Tokens `start..start + out.len()` into `out`.
-    pub fn read(&self, start: usize, out: &mut [u32]) {
-        let d = &self.map[HEADER_LEN..];
+    pub fn read(&self, start: usize, out: &mut [u32]) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let size = self.dtype.size();
+        let mut d = vec![0u8; out.len() * size];
+        self.file.read_exact_at(&mut d, (HEADER_LEN + start * size) as u64).with_context(|| {
+            format!("shard {} changed while it was being read: tokens {start}.. cannot be read", self.path.display())
+        })?;
         match self.dtype {
             TokenDtype::U16 => {
-                for (o, c) in out.iter_mut().zip(d[start * 2..].chunks_exact(2)) {
+                for (o, c) in out.iter_mut().zip(d.chunks_exact(2)) {
                     *o = u16::from_le_bytes([c[0], c[1]]) as u32;
                 }
             }
             TokenDtype::I32 => {
-                for (o, c) in out.iter_mut().zip(d[start * 4..].chunks_exact(4)) {
+                for (o, c) in out.iter_mut().zip(d.chunks_exact(4)) {
                     *o = i32::from_le_bytes(c.try_into().unwrap()) as u32;
                 }
             }
             TokenDtype::I64 => {
-                for (o, c) in out.iter_mut().zip(d[start * 8..].chunks_exact(8)) {
+                for (o, c) in out.iter_mut().zip(d.chunks_exact(8)) {
                     *o = i64::from_le_bytes(c.try_into().unwrap()) as u32;
                 }
             }
         }
+        Ok(())
     }
 
     /// Errs, naming the file, when the shard was removed, replaced or resized since it was opened:
-    /// a read from a truncated mapping would kill the process with SIGBUS instead.
+    /// (a truncation between this check and a read is caught by the read itself).
     pub fn check_unchanged(&self) -> Result<()> {
         let meta = std::fs::metadata(&self.path)
             .with_context(|| format!("shard {} was removed while it was being read", self.path.display()))?;
         ensure!(
-            meta.len() == self.map.len() as u64,
+            meta.len() == self.bytes,
             "shard {} changed while it was being read: {} bytes, {} when it was opened (truncated or rewritten)",
             self.path.display(),
             meta.len(),
-            self.map.len()
+            self.bytes
         );
         Ok(())
     }
 
-    pub fn tokens(&self) -> Vec<u32> {
+    pub fn tokens(&self) -> Result<Vec<u32>> {
         let mut v = vec![0; self.len];
-        self.read(0, &mut v);
-        v
+        self.read(0, &mut v)?;
+        Ok(v)
     }
 }
 
@@ -250,7 +262,7 @@ mod tests {
         assert_eq!(u64::from_le_bytes(bytes[7..15].try_into().unwrap()), 1);
         assert_eq!(bytes[15], 8);
         assert_eq!(u64::from_le_bytes(bytes[16..24].try_into().unwrap()), 5); // unpadded remainder
-        let back: Vec<u32> = files.iter().flat_map(|f| Shard::open(f).unwrap().tokens()).collect();
+        let back: Vec<u32> = files.iter().flat_map(|f| Shard::open(f).unwrap().tokens().unwrap()).collect();
         assert_eq!(back, toks);
         std::fs::remove_dir_all(d).unwrap();
     }
@@ -271,7 +283,7 @@ mod tests {
         let p = d.join("train_slim_0_0000000000.bin");
         std::fs::write(&p, &b).unwrap();
         let s = Shard::open(&p).unwrap();
-        assert_eq!(s.tokens(), tokens.iter().map(|&t| t as u32).collect::<Vec<_>>());
+        assert_eq!(s.tokens().unwrap(), tokens.iter().map(|&t| t as u32).collect::<Vec<_>>());
         // int32 (code 4), as TinyLlama writes for large vocabularies
         let mut b = b"LITPKDS".to_vec();
         b.extend_from_slice(&1u64.to_le_bytes());
@@ -280,7 +292,7 @@ mod tests {
         b.extend_from_slice(&100_000i32.to_le_bytes());
         b.extend_from_slice(&7i32.to_le_bytes());
         std::fs::write(&p, &b).unwrap();
-        assert_eq!(Shard::open(&p).unwrap().tokens(), vec![100_000, 7]);
+        assert_eq!(Shard::open(&p).unwrap().tokens().unwrap(), vec![100_000, 7]);
         std::fs::remove_dir_all(d).unwrap();
     }
 
