@@ -412,3 +412,21 @@ print(json.dumps({"snap": snap, "config": open(cfg).read(), "warnings": [str(w) 
     assert_eq!(v["repos"], serde_json::json!([["tiny-org/tiny-model", names, [commit], total]]));
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// A listing naming a file outside the snapshot (`../…`) is refused before anything is written there.
+#[test]
+fn a_file_name_leaving_the_snapshot_is_refused() {
+    let d = common::tmpdir("hub-traversal");
+    let hub = StandInHub::start();
+    publish(
+        &hub,
+        "tiny-org/evil",
+        &[("config.json".into(), b"{}".to_vec()), ("../../../escaped.json".into(), b"x".to_vec())],
+    );
+    refused(
+        cmd(&d, &hub.url).args(["download", "tiny-org/evil", "--include", "*", "--quiet"]).output().unwrap(),
+        &["not a path inside the repository"],
+    );
+    assert!(!d.join("cache/escaped.json").exists() && !d.join("escaped.json").exists());
+    std::fs::remove_dir_all(&d).unwrap();
+}

@@ -236,6 +236,9 @@ fn online(id: &HubId, want: &Wanted, o: &FetchOptions, s: &Settings, cache: &Rep
     cache.write_ref(&o.revision, &info.sha)?;
     let mut downloaded = 0usize;
     let mut get = |file: &str| -> Result<PathBuf> {
+        if !select::is_safe_repo_path(file) {
+            bail!("{} lists a file named {file:?}, which is not a path inside the repository: refused", id.repo);
+        }
         let pointer = cache.snapshot(&info.sha).join(file);
         if pointer.exists() {
             return Ok(pointer);

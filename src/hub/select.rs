@@ -131,6 +131,16 @@ fn pick_gguf(repo: &str, ggufs: &[&str], tag: Option<&str>) -> Result<String> {
     }
 }
 
+/// A repository path that stays inside the snapshot folder (huggingface_hub's
+/// `_validate_relative_filename`): relative, no empty, `.` or `..` part. A listing from the network
+/// is untrusted.
+pub fn is_safe_repo_path(f: &str) -> bool {
+    !f.is_empty()
+        && !f.starts_with('/')
+        && !f.contains('\\')
+        && f.split('/').all(|p| !p.is_empty() && p != "." && p != "..")
+}
+
 /// fnmatch as huggingface_hub's `allow_patterns` uses it: `*` matches anything (`/` too), `?` one
 /// character; a pattern ending in `/` matches everything under that folder.
 pub fn glob_match(pattern: &str, name: &str) -> bool {
@@ -214,6 +224,14 @@ mod tests {
         let one = names(&["model-f16.gguf"]);
         assert_eq!(plan("o/n", &one, None, None).unwrap(), Plan::Gguf("model-f16.gguf".into()));
         assert!(plan("o/n", &files, None, Some("nope.gguf")).is_err());
+    }
+
+    #[test]
+    fn only_paths_inside_the_snapshot_are_taken() {
+        assert!(is_safe_repo_path("config.json") && is_safe_repo_path("onnx/model.onnx"));
+        for bad in ["", "/etc/passwd", "../x", "a/../../x", "a//b", "./a", "a/", "a\\b"] {
+            assert!(!is_safe_repo_path(bad), "{bad}");
+        }
     }
 
     #[test]
